@@ -1,0 +1,37 @@
+# SAMI Workbench: set-up, tests, demo.
+# `make test` and `make demo` create the virtual environment on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is pinned and installed first: on this CPU machine 2.13.0 is a local CPU build;
+# on a GPU node the same spec takes PyPI's CUDA build. Override e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
+TORCH_SPEC ?= torch==2.13.0
+RUN_DIR ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: install test test-unit demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m sami_core demo --run-dir $(RUN_DIR)
+
+bench: install
+	$(PY) benchmarks/logprob_matrix.py
+	$(PY) benchmarks/generation.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

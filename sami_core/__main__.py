@@ -1,0 +1,101 @@
+"""`python -m sami_core <command>`: the method's stages, runnable by hand or under Slurm.
+
+    python -m sami_core make-demo-model DIR
+    python -m sami_core generate --spec FILE --run-dir DIR
+    python -m sami_core train    --spec FILE --run-dir DIR   (also under torchrun)
+    python -m sami_core sample   --spec FILE --run-dir DIR
+    python -m sami_core validate KIND FILE
+    python -m sami_core demo     --run-dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from sami_core.errors import SamiError
+
+STAGES = ("generate", "train", "sample")
+
+
+def _run_stage(kind: str, spec_path: str, run_dir: str) -> int:
+    from sami_core.rundir import RunDir
+    from sami_core.spec import load_spec
+
+    spec = load_spec(kind, spec_path)
+    try:
+        if kind == "generate":
+            from sami_core.stages import run_generate
+
+            run_generate(spec, run_dir)
+        elif kind == "sample":
+            from sami_core.stages import run_sample
+
+            run_sample(spec, run_dir)
+        else:
+            from sami_core.train import run_train
+
+            run_train(spec, run_dir)
+    except BaseException as err:
+        if int(os.environ.get("RANK", "0")) == 0 and os.path.exists(os.path.join(run_dir, "spec.json")):
+            rd = RunDir(run_dir)
+            p = rd.path / "progress.json"
+            import json
+
+            prog = json.loads(p.read_text()) if p.exists() else {}
+            rd.progress(kind, prog.get("done", 0), prog.get("total", 0), prog.get("unit", ""),
+                        f"{type(err).__name__}: {err}", status="failed")
+        raise
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m sami_core", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("make-demo-model", help="build the embedded demo model offline", add_help=False)
+    for kind in STAGES:
+        p = sub.add_parser(kind, help=f"run the {kind} stage")
+        p.add_argument("--spec", required=True, help="YAML or JSON spec file")
+        p.add_argument("--run-dir", required=True, help="output directory (resumed when it exists)")
+    v = sub.add_parser("validate", help="validate a stage spec file and print it with defaults")
+    v.add_argument("kind", choices=STAGES)
+    v.add_argument("spec")
+    d = sub.add_parser("demo", help="generate -> train (torchrun, 2 processes) -> sample, on the demo model")
+    d.add_argument("--run-dir", required=True)
+    d.add_argument("--nproc", type=int, default=2, help="training processes (torchrun)")
+    d.add_argument("--quick", action="store_true", help="an even smaller run (for tests)")
+
+    if argv and argv[0] == "make-demo-model":
+        from sami_core.demo_model import main as demo_model_main
+
+        return demo_model_main(argv[1:])
+    args = parser.parse_args(argv)
+    try:
+        if args.command in STAGES:
+            return _run_stage(args.command, args.spec, args.run_dir)
+        if args.command == "validate":
+            import json
+
+            from sami_core.spec import load_spec
+
+            print(json.dumps(load_spec(args.kind, args.spec).model_dump(mode="json"), indent=2))
+            return 0
+        if args.command == "demo":
+            from sami_core.demo import run_demo
+
+            run_demo(args.run_dir, nproc=args.nproc, quick=args.quick)
+            return 0
+    except SamiError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # bad arguments found deep in a stage
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

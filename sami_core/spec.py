@@ -1,0 +1,278 @@
+"""Stage specs: what a stage is asked to do, validated up front.
+
+This module imports no torch/transformers so that the CLI, the workers and the app can
+validate specs without the ML stack. A spec file is YAML or JSON; unknown keys and wrong
+types are refused with ``field.path: reason`` lines (:class:`sami_core.errors.SpecError`).
+
+Paths may use two shorthands resolved by the stages (see :func:`resolve_shipped`):
+``model.path: demo`` is the embedded demo model, and ``constitution.path: demo:opus/0``
+is a constitution shipped with the project (``sami_core/data/sami_tldr/constitutions``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sami_core.errors import SpecError
+
+DATA_DIR = Path(__file__).parent / "data" / "sami_tldr"
+EXAMPLES_DIR = Path(__file__).parent / "examples"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelSpec(StrictModel):
+    path: str = Field(
+        "demo",
+        description="Hugging Face model id or local directory; `demo` is the embedded demo model.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; auto = bfloat16 on CUDA, float32 on CPU."
+    )
+    prompt_format: Literal["auto", "plain", "chat"] = Field(
+        "auto",
+        description="plain text template (base models) or the tokenizer's chat template "
+        "(instruct models); auto = chat when the tokenizer has a chat template.",
+    )
+    trust_remote_code: bool = Field(False, description="Passed to from_pretrained.")
+
+    @field_validator("path")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a model id or directory (or `demo`)")
+        return v
+
+
+class DataSpec(StrictModel):
+    source: Literal["demo", "hf", "file"] = Field(
+        "demo", description="demo = the shipped 250 TL;DR posts; hf = a hub dataset; file = local JSON/JSONL/CSV/Parquet."
+    )
+    dataset: str | None = Field(None, description="Hub dataset id (source: hf).")
+    config: str | None = Field(None, description="Hub dataset config name (source: hf).")
+    split: str = Field("train", description="Dataset split to read (source: hf).")
+    path: str | None = Field(None, description="Local file (source: file).")
+    field: str = Field("post", description="Column holding the query text.")
+    id_field: str | None = Field(None, description="Column holding a stable query id (default: row index).")
+    eval_size: int = Field(50, ge=0, description="Held-out queries for sampling/evaluation.")
+    train_size: int | None = Field(None, ge=1, description="Cap on training queries (default: all the rest).")
+    seed: int = Field(0, description="Seed of the deterministic train/eval split.")
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> "DataSpec":
+        if self.source == "hf" and not self.dataset:
+            raise ValueError("source 'hf' needs `dataset` (a hub dataset id)")
+        if self.source == "file" and not self.path:
+            raise ValueError("source 'file' needs `path` (a JSON/JSONL/CSV/Parquet file)")
+        return self
+
+
+class PrincipleSpec(StrictModel):
+    principle: str
+    antithesis: str | None = None
+
+
+class ConstitutionSpec(StrictModel):
+    path: str | None = Field(
+        None, description="Reference JSON (positive/negative/identifiers) or native JSON list; `demo:opus/0` for a shipped one."
+    )
+    principles: list[PrincipleSpec] | None = Field(None, description="Inline principles (instead of path).")
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ConstitutionSpec":
+        if (self.path is None) == (self.principles is None):
+            raise ValueError("give exactly one of `path` or `principles`")
+        if self.principles is not None and not self.principles:
+            raise ValueError("`principles` is empty: a constitution needs at least one principle")
+        return self
+
+
+class GenerationSpec(StrictModel):
+    temperature: float = Field(1.0, ge=0.0, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(16, ge=1)
+    seed: int = 0
+    backend: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="auto = vLLM when installed (and on CUDA), else transformers."
+    )
+
+
+class FilterSpec(StrictModel):
+    stop_sequences: list[str] = Field(
+        default_factory=lambda: ["\n\nPOST:", "\nHuman:", "\n\nHuman:"],
+        description="A response is cut at the first of these.",
+    )
+    drop_substrings: list[str] = Field(
+        default_factory=list, description="A response containing any of these is invalid."
+    )
+    min_chars: int = Field(1, ge=0, description="Shorter responses (after stripping) are invalid.")
+    require_distinct: bool = Field(True, description="Drop a query unless its N responses are distinct.")
+
+
+class GenerateSpec(StrictModel):
+    """Stage `generate`: SAMI training data for one iteration from the current policy."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    constitution: ConstitutionSpec = Field(default_factory=lambda: ConstitutionSpec(path="demo:opus/0"))
+    task: Literal["summarization", "dialogue"] = "summarization"
+    n_constitutions: int = Field(2, description="N: constitution variants (and responses) per query.")
+    shuffle_principles: bool = Field(True, description="Shuffle principle order per query (seeded).")
+    variant_seed: int = Field(0, description="Seed for choosing variants and principle order.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    filters: FilterSpec = Field(default_factory=FilterSpec)
+    max_prompt_tokens: int | None = Field(
+        None, ge=8, description="Prompt budget; default = model max length - max_new_tokens. Queries are truncated, never responses."
+    )
+
+    @field_validator("n_constitutions")
+    @classmethod
+    def _n(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError("must be >= 2: SAMI contrasts at least two constitutions per query")
+        return v
+
+
+class TrainDataSpec(StrictModel):
+    path: str = Field(..., description="A generate run directory or its data.jsonl.")
+
+
+class TrainingSpec(StrictModel):
+    optimizer: Literal["rmsprop", "adamw"] = "rmsprop"
+    lr: float = Field(5e-7, description="Peak learning rate (paper: 5e-7 with RMSprop).")
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="After warmup.")
+    grad_accum: int = Field(16, ge=1, description="Micro-batches per optimizer step (per process).")
+    queries_per_microbatch: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; default = one pass (epochs).")
+    epochs: float = Field(1.0, gt=0.0)
+    clip_grad_norm: float | None = Field(1.0, gt=0.0)
+    save_every: int = Field(32, ge=1, description="Checkpoint every K optimizer steps (and at the end).")
+    beta: float = Field(0.0, ge=0.0, description="Weight of the KL to the frozen reference model (paper: 0).")
+    reduction: Literal["mean", "sum"] = Field("mean", description="Token log-probs per response: mean or sum.")
+    logprob_impl: Literal["auto", "prefix", "naive"] = "auto"
+    activation_checkpointing: bool = True
+    mixed_precision: Literal["auto", "bf16", "no"] = Field("auto", description="auto = bf16 on CUDA, none on CPU.")
+    fsdp: Literal["auto", "yes", "no"] = Field("auto", description="auto = FSDP2 when world size > 1.")
+    seed: int = 0
+    append_eos: bool = Field(True, description="Score the EOS token after each response.")
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError("must be > 0 (e.g. 5e-7 for RMSprop on a 7B model)")
+        return v
+
+
+class TrainSpec(StrictModel):
+    """Stage `train`: one SAMI iteration."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    reference_model: ModelSpec | None = Field(None, description="Frozen reference for the KL term; default = model.")
+    data: TrainDataSpec
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+
+
+class SampleSpec(StrictModel):
+    """Stage `sample`: a model's responses on the eval queries, for each temperature."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    constitution: ConstitutionSpec = Field(default_factory=lambda: ConstitutionSpec(path="demo:opus/0"))
+    task: Literal["summarization", "dialogue"] = "summarization"
+    split: Literal["eval", "train"] = "eval"
+    limit: int | None = Field(None, ge=1, description="Use only the first K queries of the split.")
+    temperatures: list[float] = Field(default_factory=lambda: [0.0])
+    generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec(temperature=0.0))
+    filters: FilterSpec = Field(default_factory=FilterSpec)
+    max_prompt_tokens: int | None = Field(None, ge=8)
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temps(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("give at least one temperature, e.g. [0.0]")
+        if any(t < 0 for t in v):
+            raise ValueError("temperatures must be >= 0")
+        return v
+
+
+STAGE_SPECS: dict[str, type[StrictModel]] = {
+    "generate": GenerateSpec,
+    "train": TrainSpec,
+    "sample": SampleSpec,
+}
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and where it is nested)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}")
+    return f"{source}: invalid spec\n" + "\n".join(lines)
+
+
+def validate_spec(kind: str, data: Any, source: str = "spec") -> StrictModel:
+    """Validate ``data`` (a dict) as the spec of stage ``kind``; raise SpecError with field paths."""
+    if kind not in STAGE_SPECS:
+        raise SpecError(f"unknown stage {kind!r}; known stages: {', '.join(sorted(STAGE_SPECS))}")
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a spec must be a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return STAGE_SPECS[kind].model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_validation_error(err, source)) from None
+
+
+def read_spec_file(path: str | Path) -> dict:
+    """Parse a YAML or JSON spec file into a dict (no validation)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"spec file {str(p)!r} does not exist")
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise SpecError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {err}") from None
+    return {} if data is None else data
+
+
+def load_spec(kind: str, path: str | Path) -> StrictModel:
+    return validate_spec(kind, read_spec_file(path), source=str(path))
+
+
+def spec_fingerprint(spec: BaseModel) -> str:
+    """A stable hash of a validated spec (defaults filled in), used to guard run dirs."""
+    canon = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def resolve_shipped(path: str) -> str:
+    """Resolve `demo:...` shorthands to shipped files; other paths are returned unchanged."""
+    if path.startswith("demo:"):
+        name = path.removeprefix("demo:")
+        p = DATA_DIR / "constitutions" / f"{name}.json"
+        if not p.is_file():
+            shipped = sorted(f"demo:{q.parent.name}/{q.stem}" for q in (DATA_DIR / "constitutions").glob("*/*.json"))
+            raise SpecError(f"constitution {path!r} is not shipped; shipped ones: {', '.join(shipped)}")
+        return str(p)
+    return path

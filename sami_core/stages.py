@@ -1,0 +1,196 @@
+"""Stage entry points for `generate` and `sample` (training lives in sami_core.train).
+
+Each stage reads a validated spec and writes its run directory (see sami_core.rundir);
+it knows nothing of the database. Both stages are resumable: generations are appended
+to a JSONL file as they are made and finished items are skipped on a re-run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sys
+import time
+from pathlib import Path
+
+from sami_core import constitutions
+from sami_core.data import load_split
+from sami_core.errors import ModelLoadError
+from sami_core.prompts import PromptBuilder, is_valid, keep_query, postprocess, use_chat_format
+from sami_core.rundir import JsonlWriter, RunDir
+from sami_core.spec import GenerateSpec, GenerationSpec, ModelSpec, SampleSpec
+
+
+def resolve_model_path(path: str) -> str:
+    """`demo` -> the embedded demo model's directory (which must have been built)."""
+    if path != "demo":
+        return path
+    from sami_core.demo_model import default_demo_model_dir
+
+    d = default_demo_model_dir()
+    if not (d / "config.json").exists():
+        raise ModelLoadError(
+            f"model.path 'demo': the demo model is not built at {d}; "
+            f"run `python -m sami_core make-demo-model {d}` (or set SAMI_DEMO_MODEL)"
+        )
+    return str(d)
+
+
+def load_for_generation(model_spec: ModelSpec):
+    from sami_core.generation import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(
+        resolve_model_path(model_spec.path), dtype=model_spec.dtype, trust_remote_code=model_spec.trust_remote_code
+    )
+
+
+def max_model_length(model, tokenizer) -> int:
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [x for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(limits) if limits else 2048
+
+
+def prompt_builder(spec, model, tokenizer) -> PromptBuilder:
+    chat = use_chat_format(spec.model.prompt_format, tokenizer)
+    budget = spec.max_prompt_tokens or max_model_length(model, tokenizer) - spec.generation.max_new_tokens
+    if budget < 8:
+        raise ValueError(
+            f"generation.max_new_tokens ({spec.generation.max_new_tokens}) leaves no room for the prompt "
+            f"in the model's {max_model_length(model, tokenizer)} tokens"
+        )
+    return PromptBuilder(spec.task, tokenizer, chat, budget)
+
+
+def _log(msg: str) -> None:
+    print(f"[sami] {msg}", file=sys.stderr, flush=True)
+
+
+def _seeded_rng(*parts) -> random.Random:
+    return random.Random(int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:16], 16))
+
+
+def _run_generation(model, tokenizer, prompts: list[str], gen: GenerationSpec, temperature: float,
+                    on_item, rd: RunDir, stage: str, done0: int, total: int, seed_offset: int = 0):
+    from sami_core.generation import GenerationConfig, generate_texts
+
+    cfg = GenerationConfig(temperature=temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens,
+                           batch_size=gen.batch_size, seed=gen.seed + seed_offset)
+    done = done0
+    for idx, text, n_tok in generate_texts(model, tokenizer, prompts, cfg):
+        on_item(idx, text, n_tok)
+        done += 1
+        if done % gen.batch_size == 0 or done == total:
+            rd.progress(stage, done, total, "responses")
+
+
+def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
+    """Sample N responses per training query, each under its own constitution variant."""
+    rd = RunDir(run_dir)
+    resumed = rd.open("generate", spec)
+    if resumed and rd.outputs():
+        _log(f"generate: {rd.path} is already complete")
+        return rd.outputs()
+    constitution = constitutions.from_spec(spec.constitution).validate(spec.n_constitutions)
+    queries = load_split(spec.data, "train")
+    t0 = time.time()
+    model, tokenizer = load_for_generation(spec.model)
+    build = prompt_builder(spec, model, tokenizer)
+    n = spec.n_constitutions
+
+    items = []  # (query, i, variant, prompt)
+    for q in queries:
+        variants = constitution.sample_variants(
+            n, _seeded_rng(spec.variant_seed, q.id), shuffle=spec.shuffle_principles
+        )
+        for i, v in enumerate(variants):
+            items.append((q, i, v, build(v.text, q.text)))
+    writer = JsonlWriter(rd / "generations.jsonl", key="key")
+    done = writer.done_keys()
+    todo = [it for it in items if (it[0].id, it[1]) not in done]
+    _log(f"generate: {len(queries)} queries x N={n} = {len(items)} responses; {len(items) - len(todo)} already done"
+         f"{'; ' + str(build.truncations) + ' queries truncated to fit' if build.truncations else ''}")
+    rd.progress("generate", len(items) - len(todo), len(items), "responses", "generating")
+
+    def on_item(idx, text, n_tok):
+        q, i, v, prompt = todo[idx]
+        writer.write({"key": [q.id, i], "query_id": q.id, "variant": i, "flips": list(v.flips),
+                      "constitution": v.text, "prompt": prompt, "raw": text, "n_tokens": n_tok})
+
+    _run_generation(model, tokenizer, [it[3] for it in todo], spec.generation, spec.generation.temperature,
+                    on_item, rd, "generate", len(items) - len(todo), len(items))
+
+    # Assemble the training set: keep queries whose N responses are all valid and distinct.
+    import json
+
+    by_key = {}
+    for line in (rd / "generations.jsonl").read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        by_key[(rec["query_id"], rec["variant"])] = rec
+    f = spec.filters
+    kept = dropped = 0
+    rows = []
+    for q in queries:
+        recs = [by_key[(q.id, i)] for i in range(n)]
+        responses = [postprocess(r["raw"], f.stop_sequences) for r in recs]
+        valid = [is_valid(r, drop_substrings=f.drop_substrings, min_chars=f.min_chars) for r in responses]
+        if not keep_query(responses, valid=valid, require_distinct=f.require_distinct):
+            dropped += 1
+            continue
+        kept += 1
+        rows.append({"query_id": q.id, "query": q.text, "prompts": [r["prompt"] for r in recs],
+                     "constitutions": [r["constitution"] for r in recs], "flips": [r["flips"] for r in recs],
+                     "responses": responses})
+    from sami_core.rundir import atomic_write_text
+
+    atomic_write_text(rd / "data.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    outputs = {"data": "data.jsonl", "n_queries": len(queries), "n_kept": kept, "n_dropped": dropped,
+               "truncated_queries": build.truncations, "n_constitutions": n, "seconds": round(time.time() - t0, 1)}
+    rd.progress("generate", len(items), len(items), "responses", f"kept {kept}/{len(queries)} queries", "succeeded")
+    rd.write_outputs(outputs)
+    _log(f"generate: kept {kept} of {len(queries)} queries ({dropped} dropped by filters) -> {rd / 'data.jsonl'}")
+    if kept == 0:
+        raise ValueError(
+            "generate: every query was dropped by the filters (invalid or identical responses); "
+            "loosen filters (drop_substrings, min_chars, require_distinct) or raise generation.temperature"
+        )
+    return outputs
+
+
+def run_sample(spec: SampleSpec, run_dir: str | Path) -> dict:
+    """A model's responses on the eval (or train) queries under the constitution, per temperature."""
+    rd = RunDir(run_dir)
+    resumed = rd.open("sample", spec)
+    if resumed and rd.outputs():
+        _log(f"sample: {rd.path} is already complete")
+        return rd.outputs()
+    constitution = constitutions.from_spec(spec.constitution).validate(1)
+    queries = load_split(spec.data, spec.split)[: spec.limit]
+    model, tokenizer = load_for_generation(spec.model)
+    build = prompt_builder(spec, model, tokenizer)
+    text = constitution.positive().text
+    prompts = [build(text, q.text) for q in queries]
+    writer = JsonlWriter(rd / "responses.jsonl", key="key")
+    done = writer.done_keys()
+    total = len(queries) * len(spec.temperatures)
+    n_done = sum(1 for t in spec.temperatures for q in queries if (q.id, t) in done)
+    rd.progress("sample", n_done, total, "responses", "sampling")
+    model_path = resolve_model_path(spec.model.path)
+    for ti, temp in enumerate(spec.temperatures):
+        todo = [k for k, q in enumerate(queries) if (q.id, temp) not in done]
+
+        def on_item(idx, out, n_tok, todo=todo, temp=temp):
+            q = queries[todo[idx]]
+            writer.write({"key": [q.id, temp], "query_id": q.id, "query": q.text, "temperature": temp,
+                          "constitution": text, "prompt": prompts[todo[idx]],
+                          "response": postprocess(out, spec.filters.stop_sequences), "raw": out,
+                          "n_tokens": n_tok, "model": model_path})
+
+        _run_generation(model, tokenizer, [prompts[k] for k in todo], spec.generation, temp, on_item, rd,
+                        "sample", n_done, total, seed_offset=ti)
+        n_done += len(todo)
+    outputs = {"responses": "responses.jsonl", "n": total, "model": model_path,
+               "temperatures": spec.temperatures, "truncated_queries": build.truncations}
+    rd.progress("sample", total, total, "responses", "done", "succeeded")
+    rd.write_outputs(outputs)
+    _log(f"sample: {total} responses -> {rd / 'responses.jsonl'}")
+    return outputs

@@ -1,0 +1,434 @@
+"""The SAMI training recipe: one iteration, in one process or under torchrun with FSDP2.
+
+Read in order: setup (process group, data, model, sharding, optimizer, resume) -> train
+(optimizer steps over the generated data) -> save (HF checkpoints + resumable state) ->
+cleanup. The same code runs as ``python -m sami_core train`` (one process) and as
+``torchrun --nproc_per_node=K -m sami_core train`` (FSDP2: ``fully_shard`` on every
+decoder layer, then the root; gloo on CPU, nccl on GPU, bf16 mixed precision on GPU).
+
+Data order is a deterministic function of (seed, step), so the resumable state only
+needs the model, the optimizer, the scheduler, the step and the RNG. A run killed and
+restarted on its run directory continues from the last state to the same final step;
+metrics after that state are dropped and recomputed.
+
+Per optimizer step each process consumes ``grad_accum × queries_per_microbatch``
+queries; the loss of each micro-batch is ``sami_loss(L) + beta · KL`` divided by
+``grad_accum`` (FSDP averages gradients over processes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from sami_core.errors import DataError, ModelLoadError, TrainingDiverged
+from sami_core.logprobs import MatrixBatch, logprob_matrix
+from sami_core.loss import kl_to_reference, sami_loss
+from sami_core.rundir import RunDir, atomic_write_json, atomic_write_text
+from sami_core.spec import ModelSpec, TrainingSpec, TrainSpec
+from sami_core.stages import resolve_model_path
+
+STATE_DIR = "state"
+CHECKPOINT_DIR = "checkpoints"
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Example:
+    query_id: str
+    prompt_ids: list[list[int]]  # (N, P_i)
+    response_ids: list[list[int]]  # (N, R_j)
+
+
+def read_training_data(path: str | Path) -> list[dict]:
+    """Rows of a generate stage's data.jsonl (or a directory holding one)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "data.jsonl"
+    if not p.is_file():
+        raise DataError(f"data.path: {str(p)!r} does not exist; point it at a finished generate run directory")
+    rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows:
+        raise DataError(f"data.path: {p} has no training queries (did every query get filtered out?)")
+    n = {len(r["prompts"]) for r in rows} | {len(r["responses"]) for r in rows}
+    if len(n) != 1 or min(n) < 2:
+        raise DataError(f"data.path: {p}: every row needs the same N >= 2 prompts and responses; found {sorted(n)}")
+    return rows
+
+
+def tokenize_rows(rows: list[dict], tokenizer, append_eos: bool) -> list[Example]:
+    out = []
+    bos = tokenizer.bos_token
+    for r in rows:
+        prompt_ids, response_ids = [], []
+        for prompt in r["prompts"]:
+            # Chat-templated prompts already carry the BOS text; plain ones get it here.
+            special = not (bos and prompt.startswith(bos))
+            prompt_ids.append(tokenizer(prompt, add_special_tokens=special)["input_ids"])
+        for prompt, resp in zip(r["prompts"], r["responses"]):
+            sep = " " if prompt and not prompt[-1].isspace() else ""
+            ids = tokenizer(sep + resp, add_special_tokens=False)["input_ids"]
+            if append_eos and tokenizer.eos_token_id is not None:
+                ids = ids + [tokenizer.eos_token_id]
+            response_ids.append(ids)
+        out.append(Example(r["query_id"], prompt_ids, response_ids))
+    return out
+
+
+def example_order(n_examples: int, seed: int, start: int, count: int) -> list[int]:
+    """Indices of the global example stream [start, start+count): a fresh seeded
+    permutation per epoch, so the order is a pure function of (seed, position)."""
+    out = []
+    for pos in range(start, start + count):
+        epoch, k = divmod(pos, n_examples)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        out.append(int(torch.randperm(n_examples, generator=g)[k]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# One micro-batch
+# ---------------------------------------------------------------------------------------
+def batch_loss(model, batch: MatrixBatch, cfg: TrainingSpec, pad_token_id: int, reference=None):
+    """Loss and metrics of one micro-batch. Returns (loss, metrics dict, L detached)."""
+    L = logprob_matrix(model, batch, impl=cfg.logprob_impl, reduction=cfg.reduction, pad_token_id=pad_token_id)
+    out = sami_loss(L)  # L: (B, N, N)
+    loss = out.loss
+    metrics = out.metrics()
+    if reference is not None and cfg.beta > 0:
+        with torch.no_grad():
+            L_ref = logprob_matrix(reference, batch, impl=cfg.logprob_impl, reduction=cfg.reduction,
+                                   pad_token_id=pad_token_id)
+        kl = kl_to_reference(L, L_ref)
+        loss = loss + cfg.beta * kl
+        metrics["kl"] = float(kl.detach())
+    metrics["total_loss"] = float(loss.detach())
+    return loss, metrics, L.detach().float()
+
+
+def lr_lambda(cfg: TrainingSpec, max_steps: int):
+    def f(step: int) -> float:  # step = optimizer steps taken so far
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        frac = (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps)
+        frac = min(max(frac, 0.0), 1.0)
+        return 1.0 - frac if cfg.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
+
+    return f
+
+
+def build_optimizer(params, cfg: TrainingSpec) -> torch.optim.Optimizer:
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The repeated transformer blocks (FSDP units), found by the model's own
+    `_no_split_modules` class names (LlamaDecoderLayer, MistralDecoderLayer, ...)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"could not find decoder layers to shard in {type(model).__name__}")
+    return layers
+
+
+def _log(msg: str) -> None:
+    print(f"[sami train] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# The recipe
+# ---------------------------------------------------------------------------------------
+class SamiTrainer:
+    def __init__(self, spec: TrainSpec, run_dir: str | Path):
+        self.spec = spec
+        self.cfg = spec.training
+        self.run_dir_path = Path(run_dir)
+
+    # ---- setup ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{self.local_rank}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+        self.distributed = self.world_size > 1
+        if self.distributed and not dist.is_initialized():
+            if not cuda:  # two CPU processes on a small machine: don't oversubscribe cores
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+            dist.init_process_group("nccl" if cuda else "gloo")
+        self.is_main = self.rank == 0
+        self.rd = RunDir(self.run_dir_path, is_writer=self.is_main)
+        resumed = self.rd.open("train", self.spec)
+        self._barrier()  # rank 0 has written spec.json
+        use_fsdp = self.cfg.fsdp == "yes" or (self.cfg.fsdp == "auto" and self.distributed)
+        if use_fsdp and not self.distributed:
+            raise ValueError("training.fsdp is 'yes' but this is a single process; run under torchrun")
+        self.use_fsdp = use_fsdp
+        self.bf16 = self.cfg.mixed_precision == "bf16" or (self.cfg.mixed_precision == "auto" and cuda)
+        if self.bf16 and not cuda and self.cfg.mixed_precision == "bf16":
+            _log("bf16 mixed precision requested on CPU: it works but is slow")
+
+        from transformers import AutoTokenizer
+
+        model_path = resolve_model_path(self.spec.model.path)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=self.spec.model.trust_remote_code)
+        except Exception as err:
+            raise ModelLoadError(f"model.path: cannot load a tokenizer from {model_path!r} offline: {err}") from None
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.tokenizer.eos_token_id or 0)
+        rows = read_training_data(self.spec.data.path)
+        self.examples = tokenize_rows(rows, self.tokenizer, self.cfg.append_eos)
+        self.n = len(self.examples[0].prompt_ids)
+        per_step = self.world_size * self.cfg.grad_accum * self.cfg.queries_per_microbatch
+        self.queries_per_step = per_step
+        self.max_steps = self.cfg.max_steps or max(1, math.ceil(self.cfg.epochs * len(self.examples) / per_step))
+
+        self.model = self._load_model(self.spec.model, trainable=True)
+        self.reference = None
+        if self.cfg.beta > 0:
+            self.reference = self._load_model(self.spec.reference_model or self.spec.model, trainable=False)
+        self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], self.cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg, self.max_steps))
+        self.step = 0
+        self.checkpoints: list[dict] = []
+        if resumed:
+            self._resume()
+        if self.is_main:
+            _log(f"world={self.world_size} device={self.device} fsdp={self.use_fsdp} bf16={self.bf16} "
+                 f"queries={len(self.examples)} N={self.n} steps={self.max_steps} "
+                 f"({per_step} queries/step){' resumed at step ' + str(self.step) if self.step else ''}")
+
+    def _load_model(self, mspec: ModelSpec, trainable: bool):
+        from transformers import AutoModelForCausalLM
+
+        path = resolve_model_path(mspec.path)
+        dtype = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16,
+                 "float16": torch.float16}[mspec.dtype]  # master weights: fp32 unless asked
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=mspec.trust_remote_code
+            )
+        except Exception as err:
+            raise ModelLoadError(
+                f"model.path: cannot load {path!r} offline ({type(err).__name__}: {err}). Give a local "
+                "directory or a hub id already in the local cache"
+            ) from None
+        self.save_dtype = getattr(model.config, "dtype", None) or torch.float32
+        model.config.use_cache = False
+        if trainable:
+            model.train()
+            if self.cfg.activation_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.eval()
+            model.requires_grad_(False)
+        if self.use_fsdp:
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.bf16 else MixedPrecisionPolicy()
+            for layer in decoder_layers(model):
+                fully_shard(layer, mp_policy=mp)
+            fully_shard(model, mp_policy=mp)  # root: embeddings, final norm, lm_head
+        else:
+            model.to(self.device)
+        return model
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def _state_dirs(self) -> list[Path]:
+        d = self.run_dir_path / STATE_DIR
+        return sorted(p for p in d.glob("step-*") if (p / "COMPLETE").exists()) if d.exists() else []
+
+    def _resume(self) -> None:
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        import torch.distributed.checkpoint as dcp
+
+        states = self._state_dirs()
+        if not states:
+            return
+        last = states[-1]
+        msd, osd = get_state_dict(self.model, self.optimizer)
+        state = {"model": msd, "optim": osd}
+        dcp.load(state, checkpoint_id=str(last), no_dist=not self.distributed)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        meta = json.loads((last / "trainer.json").read_text())
+        self.step = meta["step"]
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.checkpoints = meta["checkpoints"]
+        rng = last / f"rng-rank{self.rank}.pt"
+        if rng.exists():
+            torch.set_rng_state(torch.load(rng, weights_only=False))
+        if self.is_main:  # drop metrics of steps after the state; they are recomputed
+            kept = [m for m in self.rd.read_metrics() if m.get("step", 0) <= self.step]
+            atomic_write_text(self.rd / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
+            _log(f"resuming from {last.name}")
+
+    def save(self, final: bool) -> None:
+        """HF-format checkpoint (full state dict, rank 0) + resumable state (all ranks)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_state_dict,
+        )
+        import torch.distributed.checkpoint as dcp
+
+        name = f"step-{self.step:06d}"
+        # 1. HF checkpoint: gather the full state dict on rank 0, on the CPU.
+        full = get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        ckpt = self.run_dir_path / CHECKPOINT_DIR / name
+        if self.is_main:
+            tmp = ckpt.with_name(f".tmp-{name}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            sd = {k: v.to(self.save_dtype) if v.is_floating_point() else v for k, v in full.items()}
+            self.model.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(ckpt, ignore_errors=True)
+            os.replace(tmp, ckpt)
+        del full
+        self.checkpoints = [c for c in self.checkpoints if c["step"] != self.step]
+        self.checkpoints.append({"step": self.step, "path": str(ckpt), "final": final})
+        # 2. Resumable state: sharded model + optimizer (every rank writes its shard).
+        state_root = self.run_dir_path / STATE_DIR
+        tmp_state = state_root / f".tmp-{name}"
+        if self.is_main:
+            shutil.rmtree(tmp_state, ignore_errors=True)
+            tmp_state.mkdir(parents=True)
+        self._barrier()
+        msd, osd = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp_state), no_dist=not self.distributed)
+        torch.save(torch.get_rng_state(), tmp_state / f"rng-rank{self.rank}.pt")
+        self._barrier()
+        if self.is_main:
+            atomic_write_json(tmp_state / "trainer.json", {
+                "step": self.step, "scheduler": self.scheduler.state_dict(), "checkpoints": self.checkpoints,
+                "max_steps": self.max_steps, "world_size": self.world_size,
+            })
+            (tmp_state / "COMPLETE").write_text("ok\n")
+            final_dir = state_root / name
+            shutil.rmtree(final_dir, ignore_errors=True)
+            os.replace(tmp_state, final_dir)
+            for old in self._state_dirs()[:-1]:  # keep the newest resumable state only
+                shutil.rmtree(old, ignore_errors=True)
+            _log(f"saved {ckpt}")
+        self._barrier()
+
+    # ---- train -----------------------------------------------------------------------------
+    def _microbatches(self, step: int) -> list[MatrixBatch]:
+        """This rank's micro-batches for optimizer step `step` (0-based)."""
+        q, a, w = self.cfg.queries_per_microbatch, self.cfg.grad_accum, self.world_size
+        start = step * self.queries_per_step
+        idx = example_order(len(self.examples), self.cfg.seed, start, self.queries_per_step)
+        out = []
+        for k in range(a):
+            lo = (k * w + self.rank) * q
+            exs = [self.examples[i] for i in idx[lo : lo + q]]
+            out.append(MatrixBatch([e.prompt_ids for e in exs], [e.response_ids for e in exs]))
+        return out
+
+    def _reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
+        if not self.distributed:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
+
+    def _last_good(self) -> str:
+        return self.checkpoints[-1]["path"] if self.checkpoints else "none (the base model is unchanged)"
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (self.bf16 and not self.use_fsdp) else None
+        self.rd.progress("train", self.step, self.max_steps, "steps", "training")
+        while self.step < self.max_steps:
+            t0 = time.perf_counter()
+            sums: dict[str, float] = {}
+            matrix = torch.zeros(self.n, self.n)
+            tokens = 0
+            for mb in self._microbatches(self.step):
+                with autocast if autocast is not None else nullcontext():
+                    loss, metrics, L = batch_loss(self.model, mb, cfg, self.pad_id, self.reference)
+                (loss / cfg.grad_accum).backward()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+                matrix += L.mean(0).cpu() / cfg.grad_accum
+                tokens += sum(len(p) for ps in mb.prompt_ids for p in ps) + sum(
+                    len(r) for rs in mb.response_ids for r in rs)
+            reduced = self._reduce_mean({**sums, "tokens": float(tokens)})
+            if not math.isfinite(reduced["total_loss"]):
+                raise TrainingDiverged(
+                    f"loss became {reduced['total_loss']} at step {self.step + 1}; the weights were not updated. "
+                    f"Last good checkpoint: {self._last_good()}. Lower training.lr or enable clip_grad_norm"
+                )
+            grad_norm = None
+            if cfg.clip_grad_norm is not None:
+                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+                grad_norm = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+            lr = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step += 1
+            if self.distributed:
+                matrix = matrix.to(self.device)
+                dist.all_reduce(matrix)
+                matrix = matrix.cpu() / self.world_size
+            dt = time.perf_counter() - t0
+            record = {"step": self.step, **{k: v for k, v in reduced.items() if k != "tokens"},
+                      "lr": lr, "grad_norm": grad_norm, "tokens_per_s": reduced["tokens"] * self.world_size / dt,
+                      "step_time_s": dt, "matrix": [[round(x, 5) for x in row] for row in matrix.tolist()],
+                      "time": time.time()}
+            self.rd.append_metrics(record)
+            self.rd.progress("train", self.step, self.max_steps, "steps", f"loss {reduced['loss']:.4f}")
+            if self.is_main:
+                _log(f"step {self.step}/{self.max_steps} loss {reduced['loss']:.4f} "
+                     f"mi {reduced['mi_lower_bound']:.4f} acc {reduced['row_accuracy']:.2f} {dt:.2f}s")
+            if self.step % cfg.save_every == 0 or self.step == self.max_steps:
+                self.save(final=self.step == self.max_steps)
+        outputs = {"checkpoints": self.checkpoints, "final_checkpoint": self.checkpoints[-1]["path"],
+                   "steps": self.max_steps, "world_size": self.world_size}
+        self.rd.progress("train", self.step, self.max_steps, "steps", "done", "succeeded")
+        self.rd.write_outputs(outputs)
+        return outputs
+
+    # ---- cleanup ---------------------------------------------------------------------------
+    def _barrier(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.barrier()
+
+    def cleanup(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_train(spec: TrainSpec, run_dir: str | Path) -> dict:
+    done = RunDir(run_dir).outputs() if (Path(run_dir) / "outputs.json").exists() else None
+    trainer = SamiTrainer(spec, run_dir)
+    try:
+        trainer.setup()
+        if done and trainer.step >= trainer.max_steps:
+            if trainer.is_main:
+                _log(f"{run_dir} is already complete")
+            return done
+        return trainer.train()
+    finally:
+        trainer.cleanup()

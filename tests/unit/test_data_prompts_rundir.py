@@ -1,0 +1,114 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from sami_core.data import load_queries, split_queries
+from sami_core.errors import DataError, RunDirError
+from sami_core.prompts import build_prompt, is_valid, keep_query, postprocess
+from sami_core.rundir import JsonlWriter, RunDir
+from sami_core.spec import DataSpec, validate_spec
+
+
+# ---- data -------------------------------------------------------------------------------
+def test_demo_set_and_deterministic_split():
+    qs = load_queries(DataSpec())
+    assert len(qs) == 250 and qs[0].id == "0" and qs[0].text.startswith("This is my first post")
+    spec = DataSpec(eval_size=50, seed=0)
+    tr1, ev1 = split_queries(qs, spec)
+    tr2, ev2 = split_queries(list(reversed(qs)), spec)
+    assert [q.id for q in ev1] == [q.id for q in ev2] and len(ev1) == 50 and len(tr1) == 200
+    assert not {q.id for q in tr1} & {q.id for q in ev1}
+    # capping the training set leaves the eval set alone
+    tr3, ev3 = split_queries(qs, DataSpec(eval_size=50, train_size=10))
+    assert len(tr3) == 10 and [q.id for q in ev3] == [q.id for q in ev1]
+    _, ev4 = split_queries(qs, DataSpec(eval_size=50, seed=1))
+    assert [q.id for q in ev4] != [q.id for q in ev1]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".json"])
+def test_local_files(tmp_path: Path, suffix: str):
+    rows = [{"qid": f"q{i}", "text": f"query number {i}"} for i in range(5)]
+    p = tmp_path / f"d{suffix}"
+    if suffix == ".jsonl":
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif suffix == ".json":
+        p.write_text(json.dumps(rows))
+    else:
+        p.write_text("qid,text\n" + "".join(f"{r['qid']},{r['text']}\n" for r in rows))
+    qs = load_queries(DataSpec(source="file", path=str(p), field="text", id_field="qid"))
+    assert [q.id for q in qs] == [f"q{i}" for i in range(5)]
+    with pytest.raises(DataError, match=r"no field 'post'; its fields are: qid, text"):
+        load_queries(DataSpec(source="file", path=str(p)))
+
+
+def test_data_errors(tmp_path: Path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_queries(DataSpec(source="file", path=str(tmp_path / "x.jsonl")))
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(DataError, match="not JSON, JSONL, CSV or Parquet"):
+        load_queries(DataSpec(source="file", path=str(tmp_path / "x.txt")))
+    with pytest.raises(DataError, match="leave none"):
+        split_queries(load_queries(DataSpec()), DataSpec(eval_size=250))
+    with pytest.raises(DataError, match="offline"):
+        load_queries(DataSpec(source="hf", dataset="no-such-org/no-such-dataset-xyz"))
+
+
+# ---- prompts ----------------------------------------------------------------------------
+def test_plain_prompts_and_filters():
+    p = build_prompt("summarization", "1. Be brief.", "My cat ate my homework.")
+    assert "1. Be brief." in p and "POST: My cat ate my homework." in p and p.endswith("SUMMARY:")
+    d = build_prompt("dialogue", "1. Be kind.", "How do I bake bread?")
+    assert "Human: How do I bake bread?" in d and d.endswith("Assistant:")
+    with pytest.raises(ValueError, match="task must be one of"):
+        build_prompt("poetry", "c", "q")
+    assert postprocess("  A short summary.\n\nPOST: another", ["\n\nPOST:"]) == "A short summary."
+    assert not is_valid("", min_chars=1)
+    assert not is_valid("As an AI language model", drop_substrings=["AI language model"])
+    assert is_valid("fine", drop_substrings=["AI language model"])
+    assert keep_query(["a", "b"], valid=[True, True], require_distinct=True)
+    assert not keep_query(["a", "a"], valid=[True, True], require_distinct=True)
+    assert keep_query(["a", "a"], valid=[True, True], require_distinct=False)
+    assert not keep_query(["a", "b"], valid=[True, False], require_distinct=False)
+
+
+# ---- run directories --------------------------------------------------------------------
+def test_run_dir_resume_and_refuse(tmp_path: Path):
+    spec = validate_spec("generate", {})
+    rd = RunDir(tmp_path / "run")
+    assert rd.open("generate", spec) is False
+    assert RunDir(tmp_path / "run").open("generate", spec) is True
+    other = validate_spec("generate", {"n_constitutions": 3, "generation": {"temperature": 0.5}})
+    with pytest.raises(RunDirError, match="generation.temperature, n_constitutions"):
+        RunDir(tmp_path / "run").open("generate", other)
+    with pytest.raises(RunDirError, match="belongs to stage 'generate'"):
+        RunDir(tmp_path / "run").open("sample", validate_spec("sample", {}))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "something.txt").write_text("x")
+    with pytest.raises(RunDirError, match="not empty"):
+        RunDir(tmp_path / "busy").open("generate", spec)
+
+
+def test_progress_and_metrics(tmp_path: Path):
+    rd = RunDir(tmp_path)
+    rd.progress("train", 3, 10, "steps", "loss 0.6")
+    prog = json.loads((tmp_path / "progress.json").read_text())
+    assert (prog["done"], prog["total"], prog["status"]) == (3, 10, "running")
+    rd.append_metrics({"step": 1, "loss": 0.7})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "lo')  # a line cut by a crash
+    assert rd.read_metrics() == [{"step": 1, "loss": 0.7}]
+    assert not RunDir(tmp_path, is_writer=False).progress("x", 1, 1, "s") and True
+
+
+def test_jsonl_writer_drops_partial_line(tmp_path: Path):
+    p = tmp_path / "g.jsonl"
+    w = JsonlWriter(p, key="key")
+    w.write({"key": ["a", 0], "v": 1})
+    w.write({"key": ["a", 1], "v": 2})
+    with open(p, "a") as f:
+        f.write('{"key": ["b", 0], "v"')
+    w2 = JsonlWriter(p, key="key")
+    assert w2.done_keys() == {("a", 0), ("a", 1)}
+    w2.write({"key": ["b", 0], "v": 3})
+    assert [json.loads(x)["v"] for x in p.read_text().splitlines()] == [1, 2, 3]
