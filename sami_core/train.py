@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,7 +187,10 @@ class SamiTrainer:
         if self.bf16 and not cuda and self.cfg.mixed_precision == "bf16":
             _log("bf16 mixed precision requested on CPU: it works but is slow")
 
+        import transformers
         from transformers import AutoTokenizer
+
+        transformers.utils.logging.disable_progress_bar()  # the log is per step, not per shard
 
         model_path = resolve_model_path(self.spec.model.path)
         try:
@@ -236,7 +240,11 @@ class SamiTrainer:
         if trainable:
             model.train()
             if self.cfg.activation_checkpointing:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x
+                if enable is not None:
+                    enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                else:
+                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.eval()
             model.requires_grad_(False)
@@ -266,7 +274,9 @@ class SamiTrainer:
         last = states[-1]
         msd, osd = get_state_dict(self.model, self.optimizer)
         state = {"model": msd, "optim": osd}
-        dcp.load(state, checkpoint_id=str(last), no_dist=not self.distributed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, checkpoint_id=str(last), no_dist=not self.distributed)
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         meta = json.loads((last / "trainer.json").read_text())
         self.step = meta["step"]
@@ -314,7 +324,9 @@ class SamiTrainer:
             tmp_state.mkdir(parents=True)
         self._barrier()
         msd, osd = get_state_dict(self.model, self.optimizer)
-        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp_state), no_dist=not self.distributed)
+        with warnings.catch_warnings():  # single process: dcp warns that it saves without a group
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp_state), no_dist=not self.distributed)
         torch.save(torch.get_rng_state(), tmp_state / f"rng-rank{self.rank}.pt")
         self._barrier()
         if self.is_main:
@@ -428,7 +440,10 @@ def run_train(spec: TrainSpec, run_dir: str | Path) -> dict:
         if done and trainer.step >= trainer.max_steps:
             if trainer.is_main:
                 _log(f"{run_dir} is already complete")
-            return done
-        return trainer.train()
+            outputs = done
+        else:
+            outputs = trainer.train()
+        trainer._barrier()  # every rank is done before the group is torn down
+        return outputs
     finally:
         trainer.cleanup()

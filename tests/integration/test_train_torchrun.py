@@ -1,0 +1,150 @@
+"""The real distributed path: torchrun, 2 processes, FSDP2 with gloo on CPU.
+
+One run is killed with SIGKILL after its first resumable state and restarted on its run
+directory: it must end at the configured step, with every step's metrics once, the
+recomputed step matching the killed run's record of it, and loadable HF checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sami_core.data import load_queries
+from sami_core.prompts import build_prompt
+from sami_core.spec import DataSpec
+
+pytestmark = pytest.mark.integration
+
+
+def make_training_data(path: Path, n_queries: int = 12, n: int = 2) -> Path:
+    """A generate-stage-shaped data.jsonl from shipped posts (responses: post snippets)."""
+    posts = load_queries(DataSpec())
+    rows = []
+    for k in range(n_queries):
+        q = posts[k]
+        cons = [f"1. Summaries should be {'brief' if i == 0 else 'long'} (variant {i})." for i in range(n)]
+        rows.append({
+            "query_id": q.id, "query": q.text[:300],
+            "prompts": [build_prompt("summarization", c, q.text[:300]) for c in cons],
+            "constitutions": cons, "flips": [[i > 0] for i in range(n)],
+            "responses": [posts[50 + k * n + i].text[: 40 + 10 * i] for i in range(n)],
+        })
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def train_spec(tmp: Path, model: str, data: Path, **training) -> Path:
+    spec = {"model": {"path": model, "prompt_format": "plain"}, "data": {"path": str(data)},
+            "training": {"optimizer": "adamw", "lr": 1e-3, "grad_accum": 1, "queries_per_microbatch": 1,
+                         "max_steps": 6, "save_every": 2, "seed": 0, **training}}
+    p = tmp / f"train-{len(list(tmp.glob('train-*.yaml')))}.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+def torchrun(spec: Path, run_dir: Path, nproc: int = 2) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "sami_core", "train", "--spec", str(spec), "--run-dir", str(run_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    p = run_dir / "metrics.jsonl"
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def test_fsdp_train_kill_resume(tmp_path: Path, demo_model_dir: Path):
+    data = make_training_data(tmp_path / "gen")
+    spec = train_spec(tmp_path, str(demo_model_dir), data)
+    run_dir = tmp_path / "run"
+
+    # 1. Start, wait for the resumable state at step 2 and the metrics of step 3, then kill -9.
+    proc = torchrun(spec, run_dir)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        done_states = list((run_dir / "state").glob("step-000002/COMPLETE"))
+        if done_states and any(m["step"] == 3 for m in metrics(run_dir)):
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"training ended early:\n{proc.stdout.read()}")
+        time.sleep(0.2)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("training did not reach step 3 in time")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    before_kill = {m["step"]: m for m in metrics(run_dir)}
+    assert not (run_dir / "outputs.json").exists()
+
+    # 2. Restart on the same run directory: it resumes from step 2 and ends at step 6.
+    proc = torchrun(spec, run_dir)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "resuming from step-000002" in out
+    ms = metrics(run_dir)
+    assert [m["step"] for m in ms] == [1, 2, 3, 4, 5, 6]
+    # the recomputed step 3 matches the killed run's step 3 (exact resume of model+optimizer)
+    assert ms[2]["loss"] == pytest.approx(before_kill[3]["loss"], abs=1e-5)
+    for m in ms:
+        assert math.isfinite(m["loss"]) and m["lr"] > 0 and m["tokens_per_s"] > 0
+        assert len(m["matrix"]) == 2 and len(m["matrix"][0]) == 2
+        assert m["mi_lower_bound"] == pytest.approx(math.log(2) - m["loss"], abs=1e-4)
+    outputs = json.loads((run_dir / "outputs.json").read_text())
+    assert [c["step"] for c in outputs["checkpoints"]] == [2, 4, 6]
+    assert outputs["checkpoints"][-1]["final"] and outputs["world_size"] == 2
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert (progress["status"], progress["done"], progress["total"]) == ("succeeded", 6, 6)
+    # only the newest resumable state is kept
+    assert [p.name for p in (run_dir / "state").glob("step-*")] == ["step-000006"]
+
+    # 3. Checkpoints load with from_pretrained, and training changed the weights.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = AutoModelForCausalLM.from_pretrained(outputs["final_checkpoint"])
+    base = AutoModelForCausalLM.from_pretrained(demo_model_dir)
+    AutoTokenizer.from_pretrained(outputs["final_checkpoint"])
+    fsd, bsd = final.state_dict(), base.state_dict()
+    assert fsd.keys() == bsd.keys()
+    changed = [k for k in fsd if not torch.equal(fsd[k], bsd[k])]
+    assert len(changed) >= len(fsd) - 1  # every tensor moved (allow a tied alias)
+
+    # 4. Running again on the finished directory does nothing and succeeds.
+    proc = torchrun(spec, run_dir)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "already complete" in out
+
+
+def test_non_finite_loss_stops_and_names_last_checkpoint(tmp_path: Path, demo_model_dir: Path):
+    data = make_training_data(tmp_path / "gen", n_queries=4)
+    spec = train_spec(tmp_path, str(demo_model_dir), data, optimizer="rmsprop", lr=1e12,
+                      clip_grad_norm=None, save_every=1, max_steps=4)
+    run_dir = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "sami_core", "train", "--spec", str(spec), "--run-dir", str(run_dir)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "loss became" in r.stderr and "Last good checkpoint" in r.stderr
+    assert "step-000001" in r.stderr
+    prog = json.loads((run_dir / "progress.json").read_text())
+    assert prog["status"] == "failed" and "TrainingDiverged" in prog["message"]
