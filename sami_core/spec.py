@@ -276,3 +276,70 @@ def resolve_shipped(path: str) -> str:
             raise SpecError(f"constitution {path!r} is not shipped; shipped ones: {', '.join(shipped)}")
         return str(p)
     return path
+
+
+# ---------------------------------------------------------------------------------------
+# Experiments: what `sami submit` takes; expanded into a DAG of stage jobs by
+# sami_core.pipeline.
+# ---------------------------------------------------------------------------------------
+class SamplingSpec(StrictModel):
+    temperatures: list[float] = Field(default_factory=lambda: [0.0])
+    limit: int | None = Field(None, ge=1, description="Eval queries to sample (default: all held out).")
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(16, ge=1)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = 0
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temps(cls, v: list[float]) -> list[float]:
+        return SampleSpec._temps(v)
+
+
+class DevicesSpec(StrictModel):
+    generate: int = Field(1, ge=0, description="GPUs per generate job (0 = CPU).")
+    train: int = Field(1, ge=0, description="GPUs per train job = torchrun processes (CPU-only workers run 2 with gloo).")
+    sample: int = Field(1, ge=0, description="GPUs per sample job.")
+
+
+class ExperimentSpec(StrictModel):
+    """A whole SAMI experiment: T iterations of generate -> train -> sample, plus a baseline."""
+
+    name: str = Field("experiment", min_length=1)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    constitution: ConstitutionSpec = Field(default_factory=lambda: ConstitutionSpec(path="demo:opus/0"))
+    task: Literal["summarization", "dialogue"] = "summarization"
+    n_constitutions: int = Field(2, description="N: constitution variants per query.")
+    iterations: int = Field(1, description="SAMI iterations (expert iteration rounds).")
+    train_from: Literal["previous", "base"] = Field(
+        "previous", description="Each iteration trains from the previous checkpoint, or from the base model."
+    )
+    shuffle_principles: bool = True
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    filters: FilterSpec = Field(default_factory=FilterSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    devices: DevicesSpec = Field(default_factory=DevicesSpec)
+    max_attempts: int = Field(3, ge=1, description="Attempts per job (transient failures, lost workers).")
+
+    @field_validator("n_constitutions")
+    @classmethod
+    def _n(cls, v: int) -> int:
+        return GenerateSpec._n(v)
+
+    @field_validator("iterations")
+    @classmethod
+    def _iters(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+
+def validate_experiment(data: Any, source: str = "experiment spec") -> ExperimentSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a spec must be a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_validation_error(err, source)) from None

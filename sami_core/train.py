@@ -313,6 +313,12 @@ class SamiTrainer:
             self.tokenizer.save_pretrained(tmp)
             shutil.rmtree(ckpt, ignore_errors=True)
             os.replace(tmp, ckpt)
+            if final:  # a stable name for the next iteration: checkpoints/final -> step-XXXXXX
+                link = ckpt.with_name("final")
+                tmp_link = ckpt.with_name(".tmp-final")
+                tmp_link.unlink(missing_ok=True)
+                tmp_link.symlink_to(name, target_is_directory=True)
+                os.replace(tmp_link, link)
         del full
         self.checkpoints = [c for c in self.checkpoints if c["step"] != self.step]
         self.checkpoints.append({"step": self.step, "path": str(ckpt), "final": final})

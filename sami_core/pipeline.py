@@ -1,0 +1,78 @@
+"""An experiment as a DAG of stage jobs (pure; no torch, no database).
+
+    sample-base                      the base model on the eval queries (once)
+    generate-1 -> train-1 -> sample-1
+    generate-2 -> train-2 -> sample-2   (generate-2 uses train-1's final checkpoint)
+    ...
+
+Every job gets its own run directory under ``runs_root``; a later job refers to an
+earlier one's outputs by path: a generate run dir for training data, and a train run
+dir's ``checkpoints/final`` (a link to its last checkpoint, made when training ends).
+Each stage spec is validated here, so a submitted experiment cannot fail later on a
+spec error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sami_core.spec import ExperimentSpec, validate_spec
+
+
+@dataclass
+class JobPlan:
+    key: str  # unique within the experiment, e.g. "train-2"
+    kind: str  # generate | train | sample
+    spec: dict  # the stage spec (validated, defaults filled in)
+    run_dir: str
+    depends_on: list[str] = field(default_factory=list)
+    devices: int = 0
+    iteration: int = 0  # 0 = baseline
+    label: str = ""  # a human name for what the job produces (response sources use it)
+
+
+def final_checkpoint(train_run_dir: str | Path) -> str:
+    return str(Path(train_run_dir) / "checkpoints" / "final")
+
+
+def expand(exp: ExperimentSpec, runs_root: str | Path) -> list[JobPlan]:
+    root = Path(runs_root)
+    base = exp.model.model_dump(mode="json")
+    common = {"data": exp.data.model_dump(mode="json"), "constitution": exp.constitution.model_dump(mode="json",
+              exclude_none=True), "task": exp.task, "filters": exp.filters.model_dump(mode="json")}
+    s = exp.sampling
+    sample_gen = {"temperature": 0.0, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
+                  "batch_size": s.batch_size, "seed": s.seed, "backend": exp.generation.backend}
+
+    def sample_job(key: str, model: dict, deps: list[str], iteration: int, label: str) -> JobPlan:
+        spec = {**common, "model": model, "split": "eval", "limit": s.limit, "temperatures": s.temperatures,
+                "generation": sample_gen}
+        return JobPlan(key, "sample", _checked("sample", spec, key), str(root / key), deps,
+                       exp.devices.sample, iteration, label)
+
+    jobs = [sample_job("sample-base", base, [], 0, "base")]
+    policy, prev_train = base, None
+    for t in range(1, exp.iterations + 1):
+        gen_key, train_key = f"generate-{t}", f"train-{t}"
+        gen_spec = {**common, "model": policy, "n_constitutions": exp.n_constitutions,
+                    "shuffle_principles": exp.shuffle_principles, "variant_seed": t,
+                    "generation": {**exp.generation.model_dump(mode="json"), "seed": exp.generation.seed + t}}
+        deps = [prev_train] if prev_train else []
+        jobs.append(JobPlan(gen_key, "generate", _checked("generate", gen_spec, gen_key), str(root / gen_key), deps,
+                            exp.devices.generate, t, f"iteration-{t} data"))
+        init = policy if exp.train_from == "previous" else base
+        train_spec = {"model": init, "data": {"path": str(root / gen_key)},
+                      "training": {**exp.training.model_dump(mode="json"), "seed": exp.training.seed + t}}
+        if exp.training.beta > 0:
+            train_spec["reference_model"] = base
+        jobs.append(JobPlan(train_key, "train", _checked("train", train_spec, train_key), str(root / train_key),
+                            [gen_key], exp.devices.train, t, f"iteration-{t}"))
+        policy = {**base, "path": final_checkpoint(root / train_key)}
+        jobs.append(sample_job(f"sample-{t}", policy, [train_key], t, f"iteration-{t}"))
+        prev_train = train_key
+    return jobs
+
+
+def _checked(kind: str, spec: dict, key: str) -> dict:
+    return validate_spec(kind, spec, source=f"job {key}").model_dump(mode="json")
