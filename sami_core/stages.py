@@ -36,16 +36,38 @@ def resolve_model_path(path: str) -> str:
     return str(d)
 
 
-def load_for_generation(model_spec: ModelSpec):
+def choose_backend(gen: GenerationSpec) -> str:
+    """"vllm" when asked for (or auto) and usable here (installed, CUDA), else "hf"."""
+    import torch
+
+    from sami_core.generation import available_backends
+
+    usable = "vllm" in available_backends() and torch.cuda.is_available()
+    if gen.backend == "vllm" and not usable:
+        raise ValueError("generation.backend: 'vllm' needs the vllm package and a CUDA GPU; use 'auto' or 'transformers'")
+    return "vllm" if usable and gen.backend in ("auto", "vllm") else "hf"
+
+
+def load_for_generation(model_spec: ModelSpec, backend: str = "hf"):
+    """(model, tokenizer); for vLLM the model is a `vllm.LLM` and the tokenizer HF's."""
     from sami_core.generation import load_model_and_tokenizer
 
-    return load_model_and_tokenizer(
-        resolve_model_path(model_spec.path), dtype=model_spec.dtype, trust_remote_code=model_spec.trust_remote_code
-    )
+    path = resolve_model_path(model_spec.path)
+    if backend == "vllm":
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        dtype = "auto" if model_spec.dtype == "auto" else model_spec.dtype
+        llm = LLM(model=path, dtype=dtype, trust_remote_code=model_spec.trust_remote_code)
+        return llm, AutoTokenizer.from_pretrained(path, trust_remote_code=model_spec.trust_remote_code)
+    return load_model_and_tokenizer(path, dtype=model_spec.dtype, trust_remote_code=model_spec.trust_remote_code)
 
 
 def max_model_length(model, tokenizer) -> int:
-    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    config = getattr(model, "config", None)
+    if config is None:  # a vllm.LLM
+        config = model.llm_engine.get_model_config().hf_config
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     limits = [x for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
     return min(limits) if limits else 2048
 
@@ -70,14 +92,23 @@ def _seeded_rng(*parts) -> random.Random:
 
 
 def _run_generation(model, tokenizer, prompts: list[str], gen: GenerationSpec, temperature: float,
-                    on_item, rd: RunDir, stage: str, done0: int, total: int, seed_offset: int = 0):
-    from sami_core.generation import GenerationConfig, generate_texts
+                    on_item, rd: RunDir, stage: str, done0: int, total: int, seed_offset: int = 0,
+                    start_index: int = 0):
+    """Generate `prompts`, calling on_item(i, text, n_tokens) with i indexing `prompts`.
+
+    start_index is the position of prompts[0] in the stage's full list: batch seeds derive
+    from it, so a run resumed after whole batches samples what the first run would have."""
+    from sami_core.generation import GenerationConfig, generate_texts, generate_texts_vllm
 
     cfg = GenerationConfig(temperature=temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens,
                            batch_size=gen.batch_size, seed=gen.seed + seed_offset)
+    if hasattr(model, "generate") and hasattr(model, "config"):
+        stream = generate_texts(model, tokenizer, prompts, cfg, start_index=start_index)
+    else:
+        stream = generate_texts_vllm(model, prompts, cfg, start_index=start_index)
     done = done0
-    for idx, text, n_tok in generate_texts(model, tokenizer, prompts, cfg):
-        on_item(idx, text, n_tok)
+    for idx, text, n_tok in stream:
+        on_item(idx - start_index, text, n_tok)
         done += 1
         if done % gen.batch_size == 0 or done == total:
             rd.progress(stage, done, total, "responses")
@@ -93,7 +124,7 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
     constitution = constitutions.from_spec(spec.constitution).validate(spec.n_constitutions)
     queries = load_split(spec.data, "train")
     t0 = time.time()
-    model, tokenizer = load_for_generation(spec.model)
+    model, tokenizer = load_for_generation(spec.model, choose_backend(spec.generation))
     build = prompt_builder(spec, model, tokenizer)
     n = spec.n_constitutions
 
@@ -117,7 +148,8 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
                       "constitution": v.text, "prompt": prompt, "raw": text, "n_tokens": n_tok})
 
     _run_generation(model, tokenizer, [it[3] for it in todo], spec.generation, spec.generation.temperature,
-                    on_item, rd, "generate", len(items) - len(todo), len(items))
+                    on_item, rd, "generate", len(items) - len(todo), len(items),
+                    start_index=items.index(todo[0]) if todo else 0)
 
     # Assemble the training set: keep queries whose N responses are all valid and distinct.
     import json
@@ -165,7 +197,7 @@ def run_sample(spec: SampleSpec, run_dir: str | Path) -> dict:
         return rd.outputs()
     constitution = constitutions.from_spec(spec.constitution).validate(1)
     queries = load_split(spec.data, spec.split)[: spec.limit]
-    model, tokenizer = load_for_generation(spec.model)
+    model, tokenizer = load_for_generation(spec.model, choose_backend(spec.generation))
     build = prompt_builder(spec, model, tokenizer)
     text = constitution.positive().text
     prompts = [build(text, q.text) for q in queries]
@@ -186,7 +218,7 @@ def run_sample(spec: SampleSpec, run_dir: str | Path) -> dict:
                           "n_tokens": n_tok, "model": model_path})
 
         _run_generation(model, tokenizer, [prompts[k] for k in todo], spec.generation, temp, on_item, rd,
-                        "sample", n_done, total, seed_offset=ti)
+                        "sample", n_done, total, seed_offset=ti, start_index=todo[0] if todo else 0)
         n_done += len(todo)
     outputs = {"responses": "responses.jsonl", "n": total, "model": model_path,
                "temperatures": spec.temperatures, "truncated_queries": build.truncations}

@@ -1,0 +1,479 @@
+"""The embedded demo model: a tiny Llama and its byte-level BPE tokenizer, built offline.
+
+Everything comes from the shipped TL;DR data (``data/sami_tldr``), so nothing is
+downloaded:
+
+- the tokenizer is a byte-level BPE (vocabulary 4096, special tokens ``<s>``, ``</s>``,
+  ``<pad>``) trained on the posts, the shipped constitutions, the shipped summaries and
+  the workbench's prompt templates, wrapped as a `PreTrainedTokenizerFast` that adds
+  ``<s>`` to plain text, pads on the left and has a small chat template (SYSTEM/USER/
+  ASSISTANT turns, an assistant turn ends with ``</s>``);
+- the model is a 1.26M-parameter `LlamaForCausalLM` (hidden 128, 4 layers, 4 heads,
+  2 kv heads, tied embeddings, float32), pretrained for 120 steps (about 110k tokens)
+  with next-token prediction on posts (cut to 500 characters) followed by a summary and
+  ``</s>``. The summaries are the first sentences of the shipped mistral-7b responses to
+  the same post; the documents come in three formats: ``POST: ...\n\nTL;DR: ...``, the
+  plain summarization prompt of `sami_core.prompts`, and its chat form.
+
+**Its texts are not meaningful.** It has seen 250 posts for some seconds of CPU time
+(pretraining loss about 8.3 -> 5.7 nats): it samples strings of frequent words from the
+posts, greedy decoding repeats a word, and it often, not always, ends with ``</s>``. It
+exists to show the mechanics end to end (generation, the log-prob matrix, SAMI
+training, sampling, judging) on any machine, offline, in half a minute, and as a test
+fixture.
+
+The build takes about 20-30 s and runs on one CPU thread (`BUILD_THREADS`): a model this
+small gains little from more, and on a 2-core machine that is busy with other work two
+threads were 2-7x slower than one. It is deterministic for a seed (the BPE trainer, the
+weight initialisation and the data order are seeded; 1 and 2 threads gave the same
+weights here). Changing the recipe,
+the tokenizer or the prompt templates it trains on changes the model: bump
+`DEMO_MODEL_VERSION` then, so that caches of the old one are rebuilt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Sequence
+
+from sami_core.errors import SamiError
+from sami_core.prompts import chat_messages, plain_prompt
+
+DEMO_MODEL_VERSION = 1
+MARKER_FILE = "sami_demo_model.json"
+MARKER_FORMAT = "sami-demo-model"
+DEFAULT_SEED = 0
+DEFAULT_PRETRAIN_STEPS = 120
+
+DATA_DIR = Path(__file__).resolve().parent / "data" / "sami_tldr"
+BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+VOCAB_SIZE = 4096
+MODEL_MAX_LENGTH = 1024
+ARCHITECTURE = dict(
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=352,
+    max_position_embeddings=MODEL_MAX_LENGTH,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-5,
+    initializer_range=0.02,
+)
+# Pretraining recipe: small batches of whole documents, AdamW, warmup then cosine decay.
+BATCH_SIZE = 4
+PEAK_LR = 2e-2  # high, but stable at this size; it buys most of the loss drop in few steps
+WARMUP_STEPS = 10
+EVAL_DOCS = 8  # loss before and after pretraining is measured on these (fixed) documents
+# Posts are cut to this many characters in pretraining: shorter documents give more
+# optimizer steps and more summary endings per second of CPU.
+POST_CHARS = 500
+BUILD_THREADS = 1  # torch CPU threads during the build (restored afterwards); see the docstring
+
+# SYSTEM/USER/ASSISTANT turns; an assistant turn ends with </s> so the model learns to stop
+# there. Text after "ASSISTANT:" starts with a space, as after "TL;DR:" in the plain format.
+CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'system' %}{{ 'SYSTEM: ' + message['content'] + '\n\n' }}"
+    "{%- elif message['role'] == 'user' %}{{ 'USER: ' + message['content'] + '\n\n' }}"
+    "{%- elif message['role'] == 'assistant' %}"
+    "{{ 'ASSISTANT: ' + message['content'] + eos_token }}{% if not loop.last %}{{ '\n\n' }}{% endif %}"
+    "{%- else %}{{ raise_exception('unknown role: ' + message['role']) }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+Progress = Callable[[float, str], None]  # (fraction done in [0, 1], message)
+
+
+# ---- where it lives ---------------------------------------------------------------------
+def default_demo_model_dir() -> Path:
+    """``$SAMI_DEMO_MODEL`` if set, else ``<root>/.cache/demo-model-v<version>``.
+
+    ``<root>`` is the source checkout this package runs from (the folder holding
+    ``pyproject.toml`` next to ``sami_core/``), which is how the workbench is normally
+    run (``pip install -e .``): the model is then built once per checkout, in a
+    git-ignored folder, and shared by the tests, the benchmarks and the demo. When the
+    package is installed elsewhere (a wheel in site-packages, not a writable place for
+    data) ``<root>`` is the current directory. The version in the name lets an upgraded
+    recipe build beside an old cache instead of over it.
+    """
+    env = os.environ.get("SAMI_DEMO_MODEL")
+    if env:
+        return Path(env).expanduser()
+    pkg_parent = Path(__file__).resolve().parent.parent
+    root = pkg_parent if (pkg_parent / "pyproject.toml").is_file() else Path.cwd()
+    return root / ".cache" / f"demo-model-v{DEMO_MODEL_VERSION}"
+
+
+def read_marker(path: str | Path) -> dict | None:
+    """The demo-model marker of a directory, or None when it is not a (complete) demo model.
+
+    The marker is written last, inside a temporary directory that is then renamed into
+    place, so a directory with a marker is complete.
+    """
+    try:
+        info = json.loads((Path(path) / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("format") == MARKER_FORMAT else None
+
+
+# ---- the training corpus ----------------------------------------------------------------
+def _load_sources() -> tuple[list[str], list[str], list[list[str]]]:
+    """posts, constitution texts, and per post the shipped summaries (one per response file)."""
+    posts = [json.loads(line)["post"] for line in (DATA_DIR / "posts.jsonl").read_text().splitlines() if line]
+    constitutions = []
+    for f in sorted((DATA_DIR / "constitutions").glob("*/*.json")):
+        c = json.loads(f.read_text())
+        constitutions += [c["positive"], c["negative"]]
+    summaries: list[list[str]] = [[] for _ in posts]
+    for f in sorted((DATA_DIR / "responses").glob("*.json")):
+        responses = json.loads(f.read_text())["response"]
+        for k, text in responses.items():
+            if int(k) < len(posts) and text.strip():
+                summaries[int(k)].append(text.strip())
+    if not posts or not constitutions or not all(summaries):
+        raise SamiError(f"the shipped demo data in {DATA_DIR} is incomplete; reinstall sami-workbench")
+    return posts, constitutions, summaries
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _tldr(summary: str, n_sentences: int) -> str:
+    """The first sentences of a summary: short targets the model can learn to end."""
+    return " ".join(_SENTENCE_END.split(summary)[:n_sentences])
+
+
+def _document(rng: random.Random, tokenizer, post: str, constitutions: list[str], summaries: list[str]) -> list[int]:
+    """One pretraining document as token ids: a prompt, a summary, then </s>."""
+    if len(post) > POST_CHARS:
+        post = post[:POST_CHARS].rsplit(" ", 1)[0] + " ..."
+    summary = _tldr(rng.choice(summaries), rng.choice((1, 1, 2)))
+    constitution = rng.choice(constitutions)
+    fmt = rng.choices(("tldr", "plain", "chat"), weights=(0.4, 0.3, 0.3))[0]
+    if fmt == "chat":
+        messages = chat_messages("summarization", constitution, post) + [{"role": "assistant", "content": summary}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False)  # has <s> and </s>
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        prompt = f"POST: {post}\n\nTL;DR:" if fmt == "tldr" else plain_prompt("summarization", constitution, post)
+        ids = tokenizer(f"{prompt} {summary}")["input_ids"] + [tokenizer.eos_token_id]
+    return ids[:MODEL_MAX_LENGTH]
+
+
+def _batches(rng: random.Random, docs: list[list[int]], batch_size: int) -> list[list[list[int]]]:
+    """Shuffled batches of documents of similar length (little padding), one epoch."""
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    pool = batch_size * 8
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: len(docs[i]))
+        batches += [[docs[i] for i in chunk[j : j + batch_size]] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _collate(batch: list[list[int]], pad_id: int):
+    """Right-padded input ids, attention mask and labels (-100 on padding). Shapes (B, T)."""
+    import torch
+
+    T = max(len(d) for d in batch)
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), T), dtype=torch.long)
+    for b, d in enumerate(batch):
+        ids[b, : len(d)] = torch.tensor(d)
+        mask[b, : len(d)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return ids, mask, labels
+
+
+# ---- the two parts ----------------------------------------------------------------------
+def build_tokenizer(texts: Sequence[str]):
+    """Train the byte-level BPE on `texts` and wrap it for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        min_frequency=2,
+        special_tokens=[BOS, EOS, PAD],  # ids 0, 1, 2
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is encodable
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        add_bos_token=True,  # plain text gets <s> (a post-processor saved in tokenizer.json)
+        padding_side="left",
+        model_max_length=MODEL_MAX_LENGTH,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _model_config(tokenizer):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **ARCHITECTURE,
+    )
+
+
+def _mean_loss(model, batch: list[list[int]], pad_id: int) -> float:
+    import torch
+
+    ids, mask, labels = _collate(batch, pad_id)
+    with torch.no_grad():
+        return float(model(input_ids=ids, attention_mask=mask, labels=labels).loss)
+
+
+def _pretrain(model, tokenizer, steps: int, rng: random.Random, corpus, report: Progress) -> dict:
+    """Next-token prediction on freshly sampled documents each epoch. Returns loss stats."""
+    import torch
+
+    posts, constitutions, summaries = corpus
+    pad = tokenizer.pad_token_id
+    # A fixed batch to measure the loss on before and after (same documents for every seed).
+    eval_rng = random.Random(-1)
+    eval_batch = [_document(eval_rng, tokenizer, p, constitutions, s) for p, s in zip(posts[:EVAL_DOCS], summaries)]
+    initial = _mean_loss(model, eval_batch, pad)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=PEAK_LR, betas=(0.9, 0.95), weight_decay=0.01)
+
+    def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10% of the peak
+        if step < WARMUP_STEPS:
+            return PEAK_LR * (step + 1) / WARMUP_STEPS
+        t = (step - WARMUP_STEPS) / max(1, steps - WARMUP_STEPS)
+        return PEAK_LR * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    model.train()
+    queue: list[list[list[int]]] = []
+    losses: list[float] = []
+    n_tokens = 0
+    for step in range(steps):
+        if not queue:  # a new epoch: every post once, with a newly drawn format and summary
+            docs = [_document(rng, tokenizer, p, constitutions, s) for p, s in zip(posts, summaries)]
+            queue = _batches(rng, docs, BATCH_SIZE)
+        ids, mask, labels = _collate(queue.pop(), pad)  # (B, T) each
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        n_tokens += int(mask.sum())
+        if step % 10 == 0 or step == steps - 1:
+            report(0.1 + 0.85 * (step + 1) / steps, f"pretraining step {step + 1}/{steps}: loss {losses[-1]:.3f}")
+    model.eval()
+    final = _mean_loss(model, eval_batch, pad)
+    tail = losses[-5:]
+    return {
+        "initial_loss": round(initial, 4),
+        "final_loss": round(final, 4),
+        "final_train_loss": round(sum(tail) / len(tail), 4) if tail else None,
+        "train_tokens": n_tokens,
+    }
+
+
+# ---- build ------------------------------------------------------------------------------
+def _check_out_dir(out_dir: Path, seed: int, steps: int) -> bool:
+    """True if `out_dir` already holds this demo model; raise if it must not be written."""
+    if not out_dir.exists():
+        return False
+    if not out_dir.is_dir():
+        raise SamiError(f"{out_dir} exists and is not a directory; choose a directory for the demo model")
+    if not any(out_dir.iterdir()):
+        return False
+    info = read_marker(out_dir)
+    if info is None:
+        raise SamiError(
+            f"{out_dir} is not empty and is not a demo model (it has no {MARKER_FILE}); refusing to write "
+            "into it. Choose a new or empty directory."
+        )
+    if info.get("version") != DEMO_MODEL_VERSION:
+        return False  # an older recipe's model: rebuilt and replaced
+    if (info.get("seed"), info.get("pretrain_steps")) != (seed, steps):
+        raise SamiError(
+            f"{out_dir} already holds a demo model built with seed {info.get('seed')} and "
+            f"{info.get('pretrain_steps')} pretraining steps (asked: seed {seed}, {steps} steps). "
+            "Delete it to rebuild, or choose another directory."
+        )
+    return True
+
+
+def _install(tmp: Path, out_dir: Path) -> None:
+    """Move the finished `tmp` into place; a concurrent builder that won the race is kept."""
+    old = None
+    if out_dir.exists():
+        if any(out_dir.iterdir()):  # an older version's demo model (checked by the caller)
+            old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(out_dir, old)
+        else:
+            out_dir.rmdir()
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:
+        if read_marker(out_dir) is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process built it meanwhile
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_demo_model(
+    out_dir: str | Path,
+    *,
+    seed: int = DEFAULT_SEED,
+    pretrain_steps: int = DEFAULT_PRETRAIN_STEPS,
+    progress: Progress | None = None,
+) -> Path:
+    """Build the demo model (tokenizer, weights, marker) into `out_dir` and return its path.
+
+    Returns at once if `out_dir` already holds a complete demo model of this version,
+    seed and step count. Raises `SamiError` if `out_dir` is a non-empty directory that is
+    not a demo model, or a demo model built with other settings; a demo model of another
+    version is replaced. The files are written to a temporary sibling directory that is
+    renamed into place at the end, so an interrupted build leaves nothing half-written at
+    `out_dir` (a killed process may leave a hidden ``.NAME.partial-*`` sibling). Two
+    processes building the same directory at once both finish; one build is kept.
+    ``progress(fraction, message)`` is called as the build goes (fraction in [0, 1]).
+    """
+    out_dir = Path(out_dir).expanduser().absolute()
+    if pretrain_steps < 0:
+        raise SamiError(f"pretrain_steps must be >= 0; got {pretrain_steps}")
+    report: Progress = progress or (lambda fraction, message: None)
+    if _check_out_dir(out_dir, seed, pretrain_steps):
+        report(1.0, f"demo model already built at {out_dir}")
+        return out_dir
+
+    import torch
+    import transformers
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    started = time.perf_counter()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        report(0.0, "training the tokenizer")
+        corpus = _load_sources()
+        posts, constitutions, summaries = corpus
+        # Everything the model will read: so prompts of the workbench tokenize compactly.
+        texts = posts + constitutions + [s for ss in summaries for s in ss]
+        texts += [plain_prompt("summarization", c, "") for c in constitutions]
+        texts += [m["content"] for c in constitutions for m in chat_messages("summarization", c, "")]
+        texts += [f"POST: {p}\n\nTL;DR: {ss[0]}" for p, ss in zip(posts, summaries)]
+        tokenizer = build_tokenizer(texts)
+
+        report(0.05, "initialising the model")
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(_model_config(tokenizer)).float()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(min(threads, BUILD_THREADS))
+        try:
+            stats = _pretrain(model, tokenizer, pretrain_steps, random.Random(seed), corpus, report)
+        finally:
+            torch.set_num_threads(threads)
+
+        report(0.97, "saving")
+        model.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        tmp.mkdir()
+        tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp)  # float32 safetensors
+        marker = {
+            "format": MARKER_FORMAT,
+            "version": DEMO_MODEL_VERSION,
+            "seed": seed,
+            "pretrain_steps": pretrain_steps,
+            **stats,
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "vocab_size": len(tokenizer),
+            "build_seconds": round(time.perf_counter() - started, 2),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "note": "a tiny model pretrained for seconds on the shipped TL;DR posts; its texts are not meaningful",
+        }
+        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")  # last: marks it complete
+        _install(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    report(1.0, f"demo model built at {out_dir}")
+    return out_dir
+
+
+def ensure_demo_model(out_dir: str | Path | None = None, *, progress: Progress | None = None) -> Path:
+    """A demo model at `out_dir` (default: `default_demo_model_dir()`): any complete one of
+    this version is reused whatever its seed and steps, else one is built with the defaults."""
+    out_dir = Path(out_dir).expanduser() if out_dir is not None else default_demo_model_dir()
+    info = read_marker(out_dir)
+    if info is not None and info.get("version") == DEMO_MODEL_VERSION:
+        return out_dir.absolute()
+    return build_demo_model(out_dir, progress=progress)
+
+
+# ---- command line -----------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sami_core make-demo-model [DIR] [--seed S] [--pretrain-steps K]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sami_core make-demo-model",
+        description="Build the tiny offline demo model (its texts are not meaningful).",
+    )
+    parser.add_argument("dir", nargs="?", help=f"output directory (default: {default_demo_model_dir()})")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the whole build (default: %(default)s)")
+    parser.add_argument("--pretrain-steps", type=int, default=DEFAULT_PRETRAIN_STEPS,
+                        help="optimizer steps of %d documents (default: %%(default)s)" % BATCH_SIZE)
+    args = parser.parse_args(argv)
+    out_dir = Path(args.dir) if args.dir else default_demo_model_dir()
+
+    def progress(fraction: float, message: str) -> None:
+        print(f"[{100 * fraction:3.0f}%] {message}", file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    existed = read_marker(out_dir) is not None
+    try:
+        path = build_demo_model(out_dir, seed=args.seed, pretrain_steps=args.pretrain_steps, progress=progress)
+    except SamiError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    info = read_marker(path) or {}
+    took = "already built, nothing to do" if existed else f"built in {time.perf_counter() - started:.1f} s"
+    print(
+        f"demo model at {path} ({took}; {info.get('n_parameters', 0) / 1e6:.2f}M parameters, "
+        f"pretraining loss {info.get('initial_loss')} -> {info.get('final_loss')}; its texts are not meaningful)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
