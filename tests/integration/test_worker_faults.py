@@ -1,0 +1,157 @@
+"""Fault tests of `sami worker` processes on a real database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+
+from sqlalchemy import func, select, text
+
+from db import queue
+from db.models import Job, Metric
+from tests.integration.conftest import Sami
+from workers.diag import count_executions
+from workers.launch import is_alive
+
+
+def test_300_jobs_on_8_workers_each_run_exactly_once(sami: Sami) -> None:
+    workers = [sami.worker() for _ in range(8)]
+    # All eight polling before the first job exists, so that they do contend.
+    sami.wait_for("8 registered workers", lambda: sami.tx(
+        lambda c: c.execute(select(func.count()).select_from(queue.workers)).scalar_one()) == 8, timeout=60)
+    # Mostly `sleep 0` (run inside the worker), some real child processes.
+    items = [{"kind": "sleep", "spec": {"seconds": 0.05 if i % 30 == 0 else 0}} for i in range(300)]
+    ids = sami.tx(lambda c: queue.enqueue_many(c, items))
+    sami.wait_for("300 jobs done", lambda: sami.tx(lambda c: queue.status_counts(c)).get("succeeded") == 300,
+                  timeout=120, interval=0.25)
+    for w in workers:
+        w.send_signal(signal.SIGTERM)
+    assert sami.wait_workers(timeout=30) == [0] * 8, sami.worker_logs()
+
+    rows = sami.tx(lambda c: c.execute(select(Job.id, Job.status, Job.attempts, Job.worker_id, Job.run_dir)).all())
+    assert {r.status for r in rows} == {"succeeded"}
+    assert {r.attempts for r in rows} == {1}
+    runs = count_executions(sami.ws.runs_dir, {r.id: sami.ws.resolve(r.run_dir) for r in rows})
+    assert sorted(runs) == sorted(ids)
+    assert set(runs.values()) == {1}, {j: n for j, n in runs.items() if n != 1}
+    assert len({r.worker_id for r in rows}) >= 4  # the work was shared
+
+
+def test_cancel_kills_the_whole_process_tree_within_10_s(sami: Sami) -> None:
+    # The stage ignores SIGTERM and its grandchild left the process group: only a
+    # tree-wide SIGKILL (found by session and job marker) stops them.
+    job = sami.enqueue(spec={"seconds": 60, "grandchild": True, "ignore_sigterm": True})
+    dependant = sami.enqueue(depends_on=[job])
+    worker = sami.worker()
+    pids = sami.wait_for("the stage and its grandchild", lambda: len(sami.pids(job)) == 2 and sami.pids(job))
+    sami.wait_for("the job to run", lambda: sami.job(job).pid is not None)
+    assert all(is_alive(p) for p in pids)
+
+    t0 = time.monotonic()
+    out = sami.cli("cancel", str(job), "--wait", "15")
+    sami.wait_for("every process of the job to be gone", lambda: not any(is_alive(p) for p in pids), timeout=10)
+    assert time.monotonic() - t0 < 10
+    assert "cancelled" in out.stdout
+    assert sami.job(job).status == "cancelled"
+    assert sami.job(dependant).status == "blocked"
+    assert "process tree killed" in (sami.run_dir(job) / "stage.log").read_text()
+    assert worker.poll() is None  # the worker carries on
+
+
+def test_failed_stage_blocks_dependants_and_retry_requeues(sami: Sami) -> None:
+    failing = sami.enqueue(spec={"seconds": 0.1, "exit_code": 3, "fail_attempts": 1})
+    dependant = sami.enqueue(spec={"seconds": 0}, depends_on=[failing])
+    other = sami.enqueue(spec={"seconds": 0.1})
+    flaky = sami.enqueue(spec={"seconds": 0.1, "exit_code": 75, "fail_attempts": 1})  # 75 = transient
+    sami.worker("--exit-when-idle")
+    assert sami.wait_workers() == [0]
+
+    failed = sami.job(failing)
+    assert (failed.status, failed.exit_code, failed.attempts) == ("failed", 3, 1)
+    assert "exit code 3" in failed.error
+    assert "sleep: working line 2" in failed.error  # the log's last lines
+    assert "sleep: failing on purpose with exit code 3" in failed.error
+    assert sami.job(dependant).status == "blocked"
+    assert sami.job(other).status == "succeeded"
+    assert (sami.job(flaky).status, sami.job(flaky).attempts) == ("succeeded", 2)  # retried by itself
+
+    out = sami.cli("retry", str(failing))
+    assert f"unblocked {dependant}" in out.stdout
+    assert (sami.job(failing).status, sami.job(dependant).status) == ("queued", "queued")
+    sami.worker("--exit-when-idle")  # the stage "resumes" on its run dir and succeeds
+    assert sami.wait_workers() == [0, 0]
+    assert (sami.job(failing).status, sami.job(dependant).status) == ("succeeded", "succeeded")
+    assert sami.job(failing).error is None
+
+
+def test_expired_lease_requeues_the_job_to_another_worker(sami: Sami) -> None:
+    job = sami.enqueue(spec={"seconds": 3, "grandchild": True})
+    first = sami.worker()
+    first_pids = sami.wait_for("the first attempt's processes", lambda: len(sami.pids(job)) == 2 and sami.pids(job))
+    first.send_signal(signal.SIGKILL)  # no chance to hand the job back
+    first.wait()
+    sami.worker("--exit-when-idle")
+    sami.wait_for("a second attempt", lambda: sami.job(job).attempts == 2, timeout=20)
+    # The new attempt killed what was left of the first one (its grandchild, on this host).
+    sami.wait_for("the first attempt's processes to be gone", lambda: not any(is_alive(p) for p in first_pids),
+                  timeout=10)
+    assert sami.wait_workers(timeout=60)[1] == 0
+    j = sami.job(job)
+    assert (j.status, j.attempts, j.error) == ("succeeded", 2, None)
+    assert count_executions(sami.ws.runs_dir, {job: sami.run_dir(job)}) == {job: 2}  # at least once
+
+
+def test_sigterm_hands_the_running_job_back(sami: Sami) -> None:
+    job = sami.enqueue(spec={"seconds": 30, "grandchild": True})
+    worker = sami.worker()
+    pids = sami.wait_for("the job's processes", lambda: len(sami.pids(job)) == 2 and sami.pids(job))
+    sami.wait_for("the job to run", lambda: sami.job(job).pid is not None)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0
+    j = sami.job(job)
+    # Handed back: queued again, and the interrupted attempt is not counted.
+    assert (j.status, j.attempts, j.worker_id) == ("queued", 0, None)
+    assert not any(is_alive(p) for p in pids)
+    statuses = sami.tx(lambda c: c.execute(select(queue.workers.c.status)).scalars().all())
+    assert statuses == ["stopped"]
+
+
+def test_a_locked_database_is_waited_out(sami: Sami, backend: str) -> None:
+    """Another connection holds the write lock for seconds, twice: while the worker
+    runs a job (heartbeats, metrics) and while it tries to claim. It retries and carries on."""
+    env = {"SAMI_SQLITE_BUSY_TIMEOUT_MS": "100"}  # SQLite: fail fast, so the worker's own retries run
+    worker = sami.worker(env=env)
+    job = sami.enqueue(spec={"seconds": 2.5, "metrics": 8})
+    sami.wait_for("the job to run", lambda: sami.job(job).status == "running")
+
+    def hold_lock(seconds: float) -> None:
+        if backend == "sqlite":
+            con = sqlite3.connect(sami.home / "sami.db", isolation_level=None)
+            con.execute("BEGIN IMMEDIATE")
+            time.sleep(seconds)
+            con.execute("COMMIT")
+            con.close()
+        else:
+            with sami.engine.begin() as conn:
+                conn.execute(text("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"))
+                time.sleep(seconds)
+
+    hold_lock(3.0)
+    sami.wait_for("the job to succeed", lambda: sami.job(job).status == "succeeded", timeout=30)
+    locker = threading.Thread(target=hold_lock, args=(2.0,))
+    locker.start()
+    time.sleep(0.3)
+    second = sami.enqueue(spec={"seconds": 0})  # waits for the lock, like the worker's claims
+    locker.join()
+    sami.wait_for("the second job to succeed", lambda: sami.job(second).status == "succeeded", timeout=30)
+    assert worker.poll() is None, sami.worker_logs()
+    n_metrics = sami.tx(lambda c: c.execute(select(func.count()).select_from(Metric)).scalar_one())
+    assert n_metrics == 16  # 8 records x (loss, matrix): none lost while the database was locked
+    if backend == "sqlite":
+        assert "database busy" in sami.worker_logs()  # it did meet the lock, and retried
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0
+    assert os.path.exists(sami.run_dir(job) / "stage.log")

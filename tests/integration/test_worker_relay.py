@@ -1,0 +1,82 @@
+"""A stage's progress, metrics, outputs and log reach the database and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+
+from db.models import Checkpoint, Metric
+from tests.integration.conftest import Sami
+
+
+def test_progress_metrics_checkpoints_and_logs(sami_sqlite: Sami) -> None:
+    sami = sami_sqlite
+    assert "workspace:" in sami.cli("init").stdout
+    job = int(sami.cli("enqueue", "sleep", "--param", "seconds=2", "-p", "metrics=5", "-p", "checkpoints=2",
+                       "--name", "demo/train").stdout)
+    after = int(sami.cli("enqueue", "sleep", "--depends-on", str(job)).stdout)
+    worker = sami.worker("--exit-when-idle")
+
+    # Relayed while the stage runs, not only at the end.
+    running = sami.wait_for("progress while running", lambda: (
+        (j := sami.job(job)).status == "running" and (j.progress_done or 0) > 0 and j))
+    assert running.progress_total == 20 and running.progress_unit == "ticks"
+    sami.wait_for("metrics while running", lambda: sami.job(job).status == "running" and sami.tx(
+        lambda c: c.execute(select(Metric.id)).first()))
+    assert worker.wait(timeout=60) == 0
+
+    j = sami.job(job)
+    assert j.status == "succeeded" and sami.job(after).status == "succeeded"
+    assert (j.progress_done, j.progress_total) == (20, 20)
+    metrics = sami.tx(lambda c: c.execute(select(Metric.step, Metric.name, Metric.value)
+                                          .where(Metric.name == "loss").order_by(Metric.step)).all())
+    assert [(m.step, round(m.value, 3)) for m in metrics] == [(0, 1.0), (1, 0.5), (2, 0.333), (3, 0.25), (4, 0.2)]
+    ckpts = sami.tx(lambda c: c.execute(select(Checkpoint.step, Checkpoint.path, Checkpoint.final)
+                                        .order_by(Checkpoint.step)).all())
+    run_dir = f"runs/job-{job:06d}-sleep"
+    assert [tuple(c) for c in ckpts] == [(1, f"{run_dir}/checkpoints/step-000001", False),
+                                         (2, f"{run_dir}/checkpoints/step-000002", True)]
+    assert j.outputs["checkpoints"][1]["final"] is True
+    assert json.loads((sami.run_dir(job) / "job_spec.json").read_text()) == {
+        "seconds": 2.0, "metrics": 5, "checkpoints": 2, "exit_code": 0}
+
+    listed = json.loads(sami.cli("jobs", "--json").stdout)
+    assert [(x["id"], x["status"], x["depends_on"]) for x in listed] == [
+        (after, "succeeded", [job]), (job, "succeeded", [])]
+    table = sami.cli("jobs").stdout
+    assert "demo/train" in table and "20/20 (100%)" in table
+    log = sami.cli("logs", str(job), "--follow").stdout  # a finished job: prints and returns
+    assert f"job {job} (sleep), attempt 1 of 3" in log and "workers.diag sleep" in log
+
+
+def test_cli_refuses_bad_input(sami_sqlite: Sami) -> None:
+    sami = sami_sqlite
+    bad_kind = sami.cli("enqueue", "nap", check=False)
+    assert bad_kind.returncode == 2 and "unknown job kind 'nap'" in bad_kind.stderr
+    bad_param = sami.cli("enqueue", "sleep", "-p", "seconds=-1", check=False)
+    assert bad_param.returncode == 2 and "seconds must be >= 0" in bad_param.stderr
+    bad_dep = sami.cli("enqueue", "sleep", "--depends-on", "99", check=False)
+    assert bad_dep.returncode == 2 and "unknown job(s): 99" in bad_dep.stderr
+    assert sami.cli("retry", "99", check=False).returncode == 2
+    job = int(sami.cli("enqueue", "sleep").stdout)
+    assert "cancelled" in sami.cli("cancel", str(job)).stdout
+    assert "already cancelled" in sami.cli("cancel", str(job)).stdout
+
+
+def test_gpu_jobs_get_the_gpus_they_claimed(sami_sqlite: Sami) -> None:
+    """Device gating and CUDA_VISIBLE_DEVICES, with a worker told it has GPUs 0 and 1
+    (the `sleep` stage records what it was given; no GPU is needed for that)."""
+    sami = sami_sqlite
+    two = sami.enqueue(spec={"seconds": 0.1}, devices_required=2)
+    one = sami.enqueue(spec={"seconds": 0.1}, devices_required=1)
+    cpu = sami.enqueue(spec={"seconds": 0.1})
+    three = sami.enqueue(spec={"seconds": 0.1}, devices_required=3)
+    sami.worker("--exit-when-idle")  # CPU only: runs the CPU job, leaves the GPU jobs queued
+    assert sami.wait_workers() == [0]
+    assert [sami.job(j).status for j in (two, one, cpu)] == ["queued", "queued", "succeeded"]
+    sami.worker("--exit-when-idle", "--devices", "0,1")  # after FAST_WORKER's --devices ""
+    assert sami.wait_workers() == [0, 0]
+    devices = {j: (sami.run_dir(j) / "executions.log").read_text().split()[-1] for j in (two, one, cpu)}
+    assert devices == {two: "devices=0,1", one: "devices=0", cpu: "devices="}
+    assert sami.job(three).status == "queued"  # no worker has 3 GPUs

@@ -1,0 +1,33 @@
+"""Layer rules for db/ and workers/ (DESIGN.md): no ML stack, db/ imports no workers/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def imported_modules(*modules: str) -> set[str]:
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('\\n'.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_workers_and_db_do_not_import_the_ml_stack() -> None:
+    mods = imported_modules("workers.cli", "workers.daemon", "workers.relay", "workers.launch",
+                            "workers.stages", "workers.diag", "db.queue", "db.ingest", "db.migrations")
+    for heavy in ("torch", "transformers", "datasets", "accelerate", "openai", "sami_core"):
+        assert heavy not in mods, f"{heavy} imported"
+
+
+def test_db_imports_only_sqlalchemy_alembic_and_stdlib() -> None:
+    from importlib.metadata import packages_distributions
+
+    mods = imported_modules("db.models", "db.engine", "db.queue", "db.ingest", "db.workspace", "db.migrations")
+    assert not any(m == "workers" or m.startswith("workers.") for m in mods)
+    dists = packages_distributions()  # top-level module -> installed distributions
+    used = {d for m in mods for d in dists.get(m.split(".")[0], ())}
+    allowed = {"SQLAlchemy", "sqlalchemy", "alembic", "typing_extensions", "greenlet", "setuptools"}
+    assert used <= allowed, used - allowed

@@ -1,0 +1,171 @@
+"""The worker's pure parts: run-dir relay, error tails, per-kind commands, CLI parsing."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from workers import relay, stages
+from workers.cli import CliError, parse_params
+from workers.diag import count_executions, record_inline_execution, run_sleep
+
+
+def write_progress(run_dir: Path, done: int, total: int, **extra: object) -> None:
+    path = run_dir / "progress.json"
+    path.write_text(json.dumps({"stage": "x", "status": "running", "done": done, "total": total,
+                                "unit": "steps", "message": "m", "updated_at": 0.0, **extra}))
+    os.utime(path, ns=(done * 10**9, done * 10**9))  # a new mtime per write, even within a tick
+
+
+def test_progress_is_read_only_when_it_changed_and_gets_an_eta(tmp_path: Path) -> None:
+    reader = relay.RunDirReader(tmp_path)
+    assert reader.progress() is None  # no file yet
+    write_progress(tmp_path, 0, 100)
+    first = reader.progress()
+    assert first["done"] == 0 and first["total"] == 100 and first["eta_s"] is None
+    assert reader.progress() is None  # unchanged
+    reader._first = (reader._first[0] - 10.0, 0)  # pretend the first sample was 10 s ago
+    write_progress(tmp_path, 20, 100)
+    p = reader.progress()
+    assert p["unit"] == "steps" and p["message"] == "m"
+    assert p["eta_s"] == pytest.approx(40.0, rel=0.05)  # 20 steps per 10 s, 80 to go
+
+
+def test_progress_that_is_not_json_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "progress.json").write_text('{"done": 1, ')
+    assert relay.RunDirReader(tmp_path).progress() is None
+
+
+def test_metrics_are_read_by_offset_a_complete_line_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    reader = relay.RunDirReader(tmp_path)
+    assert reader.new_metrics() == ([], 0)
+    path.write_text('{"step": 1, "loss": 0.5}\nnot json\n{"loss": 1}\n{"step": 2, "loss"')
+    records, offset = reader.new_metrics()
+    assert records == [{"step": 1, "loss": 0.5}]  # bad lines skipped, partial line left
+    assert offset == len('{"step": 1, "loss": 0.5}\nnot json\n{"loss": 1}\n')
+    reader.metrics_offset = offset
+    with open(path, "a") as f:
+        f.write(': 0.25, "matrix": [[0, -1], [-1, 0]]}\n')
+    records, offset = reader.new_metrics()
+    assert records == [{"step": 2, "loss": 0.25, "matrix": [[0, -1], [-1, 0]]}]
+    assert offset == path.stat().st_size
+    reader.metrics_offset = offset
+    assert reader.new_metrics() == ([], offset)
+    path.write_text('{"step": 0, "loss": 9}\n')  # the stage rewrote the file: start over
+    assert reader.new_metrics()[0] == [{"step": 0, "loss": 9}]
+
+
+def test_log_tail_reads_only_this_attempt(tmp_path: Path) -> None:
+    log = tmp_path / "stage.log"
+    log.write_text("old attempt\n" * 5)
+    start = log.stat().st_size
+    with open(log, "a") as f:
+        f.writelines(f"line {i}\n" for i in range(30))
+    tail = relay.log_tail(log, start, lines=20)
+    assert tail.splitlines() == [f"line {i}" for i in range(10, 30)]
+    assert relay.log_tail(tmp_path / "missing.log") == ""
+
+
+def test_redact_hides_secrets_from_the_environment_and_urls() -> None:
+    env = {"OPENAI_API_KEY": "sk-supersecret", "HF_TOKEN": "hf_abcdef", "HOME": "/root", "SHORT_KEY": "abc"}
+    text = "key sk-supersecret, token hf_abcdef, home /root, abc, postgresql://u:pa55word@host/db"
+    assert relay.redact(text, env) == "key ***, token ***, home /root, abc, postgresql://u:***@host/db"
+
+
+def test_sleep_spec_validation() -> None:
+    assert stages.validate_spec("sleep", {"seconds": "2", "exit_code": 3}) == {"seconds": 2.0, "exit_code": 3}
+    with pytest.raises(stages.KindError, match="unknown job kind"):
+        stages.validate_spec("nap", {})
+    with pytest.raises(stages.KindError, match="unknown param"):
+        stages.validate_spec("sleep", {"secs": 1})
+    with pytest.raises(stages.KindError, match=">= 0"):
+        stages.validate_spec("sleep", {"seconds": -1})
+    with pytest.raises(stages.KindError, match="0..255"):
+        stages.validate_spec("sleep", {"exit_code": 256})
+    assert stages.validate_spec("train", {"anything": 1}) == {"anything": 1}  # stage specs: checked later
+
+
+def test_only_trivial_sleep_jobs_run_inline() -> None:
+    assert stages.runs_inline("sleep", {"seconds": 0, "exit_code": 0})
+    assert stages.runs_inline("sleep", {})
+    assert not stages.runs_inline("sleep", {"seconds": 0.1})
+    assert not stages.runs_inline("sleep", {"seconds": 0, "exit_code": 1})
+    assert not stages.runs_inline("sleep", {"seconds": 0, "grandchild": True})
+    assert not stages.runs_inline("generate", {})
+
+
+def test_stage_command_lines(tmp_path: Path) -> None:
+    spec, run = tmp_path / "job_spec.json", tmp_path
+    io = ["--spec", str(spec), "--run-dir", str(run)]
+    py = sys.executable
+
+    def cmd(kind: str, devices: list[str]) -> list[str]:
+        return stages.build_command(kind, {}, spec_path=spec, run_dir=run, devices=devices)
+
+    assert cmd("generate", ["0"]) == [py, "-m", "sami_core", "generate", *io]
+    assert cmd("judge", []) == [py, "-m", "sami_core", "judge", *io]
+    assert cmd("train", ["2", "3"]) == [py, "-m", "torch.distributed.run", "--standalone",
+                                         "--nproc_per_node=2", "-m", "sami_core", "train", *io]
+    assert cmd("train", [])[4] == f"--nproc_per_node={stages.CPU_TRAIN_PROCS}"  # CPU: gloo ranks
+    assert cmd("sleep", []) == [py, "-m", "workers.diag", "sleep", *io]
+    with pytest.raises(stages.KindError):
+        cmd("nap", [])
+
+
+def test_checkpoint_paths_are_stored_relative_to_the_workspace(tmp_path: Path) -> None:
+    from db.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    run_dir = tmp_path / "runs" / "job-1"
+    assert relay.workspace_path("ckpt/step-32", run_dir, ws) == "runs/job-1/ckpt/step-32"
+    assert relay.workspace_path("/elsewhere/x", run_dir, ws) == "/elsewhere/x"
+
+
+def test_read_outputs(tmp_path: Path) -> None:
+    assert relay.read_outputs(tmp_path) is None
+    (tmp_path / "outputs.json").write_text("[1]")
+    with pytest.raises(relay.OutputsError, match="JSON object"):
+        relay.read_outputs(tmp_path)
+    (tmp_path / "outputs.json").write_text('{"checkpoints": []}')
+    assert relay.read_outputs(tmp_path) == {"checkpoints": []}
+
+
+def test_sleep_stage_files_and_execution_count(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "a"
+    assert run_sleep(run_dir, 0.0, 0, checkpoints=2, metrics=3) == 0
+    assert json.loads((run_dir / "progress.json").read_text())["status"] == "succeeded"
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+    outputs = json.loads((run_dir / "outputs.json").read_text())
+    assert [c["step"] for c in outputs["checkpoints"]] == [1, 2] and outputs["checkpoints"][1]["final"]
+    assert run_sleep(run_dir, 0.0, 4, fail_attempts=2) == 4  # second execution in this run dir
+    assert run_sleep(run_dir, 0.0, 4, fail_attempts=2) == 0  # third: "resumed", succeeds
+    record_inline_execution(tmp_path / "runs", 7)
+    assert count_executions(tmp_path / "runs", {1: run_dir, 7: tmp_path / "runs" / "b"}) == {1: 3, 7: 1}
+
+
+def test_parse_params() -> None:
+    assert parse_params(["seconds=2", "exit_code=3", "name=abc", "flag=true", "xs=[1,2]"]) == {
+        "seconds": 2, "exit_code": 3, "name": "abc", "flag": True, "xs": [1, 2]}
+    assert parse_params(["training.lr=1e-6", "training.optimizer=adamw", "model.path=demo"]) == {
+        "training": {"lr": 1e-6, "optimizer": "adamw"}, "model": {"path": "demo"}}
+    with pytest.raises(CliError, match="key=value"):
+        parse_params(["novalue"])
+
+
+def test_devices_come_from_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.daemon import detect_devices
+    from workers.launch import child_env
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert detect_devices() == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert detect_devices() == []
+    env = child_env("k", ["3"], base={"PATH": "/bin", "OPENAI_API_KEY": "sk-x"})
+    assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["SAMI_JOB_KEY"] == "k"
+    assert env["OPENAI_API_KEY"] == "sk-x"  # keys reach the stage through the environment only
+    assert child_env("k", [], base={})["CUDA_VISIBLE_DEVICES"] == ""

@@ -1,0 +1,458 @@
+"""The ``sami`` command line: workspace, queue and worker.
+
+    sami init
+    sami enqueue KIND [--param key=value ...] [--spec FILE] [--depends-on ID ...]
+    sami jobs [--experiment ID] [--json]
+    sami cancel ID | sami retry ID | sami logs ID [--follow]
+    sami worker [--devices 0,1] [--exit-when-idle] [--lease-seconds S]
+
+Every command finds the workspace at ``$SAMI_HOME`` (default ``./.sami``) and the
+database at ``$SAMI_DATABASE_URL`` (default: the workspace's SQLite file); the schema
+is migrated on first use. A subcommand is a handler registered with :func:`command`
+(its ``configure`` adds the arguments); add new ones (submit, judge, ui) the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Handler
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def command(
+    name: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = _no_arguments
+) -> Callable[[Handler], Handler]:
+    """Register ``fn(args) -> exit code`` as ``sami NAME``; ``configure(parser)`` adds its
+    arguments. Example (a later `sami submit`)::
+
+        def _configure_submit(p): p.add_argument("spec", type=Path)
+
+        @command("submit", "expand an experiment spec into jobs", _configure_submit)
+        def cmd_submit(args): ...
+    """
+
+    def register(fn: Handler) -> Handler:
+        COMMANDS[name] = Command(name, help, configure, fn)
+        return fn
+
+    return register
+
+
+class CliError(Exception):
+    """A usage or state error: printed as ``sami: error: ...`` with exit code 2."""
+
+
+def _workspace():  # noqa: ANN202 (db.workspace.Workspace)
+    from db.workspace import Workspace
+
+    return Workspace.from_env()
+
+
+@functools.lru_cache(maxsize=1)
+def _engine():  # noqa: ANN202 (sqlalchemy Engine)
+    from db.engine import open_database
+
+    return open_database(_workspace().database_url)
+
+
+def _transact(fn: Callable[[Any], Any], *, write: bool = True) -> Any:
+    from db.engine import transact
+
+    return transact(_engine(), fn, write=write)
+
+
+# --- init -----------------------------------------------------------------------------------
+
+
+@command("init", "create the workspace ($SAMI_HOME or ./.sami): database and runs folder")
+def cmd_init(args: argparse.Namespace) -> int:
+    from db.migrations import current_revision
+    from db.workspace import redacted_url
+
+    ws = _workspace()
+    ws.create()
+    engine = _engine()
+    # Later: build the embedded demo model here when it is missing (sami_core, as a subprocess).
+    print(f"workspace: {ws.home}")
+    print(f"database:  {redacted_url(ws.database_url)} (schema {current_revision(engine)})")
+    print(f"runs:      {ws.runs_dir}")
+    return 0
+
+
+# --- enqueue --------------------------------------------------------------------------------
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs into a dict. Values are JSON when they parse as JSON (numbers,
+    true/false/null, lists, quoted strings), else strings; dotted keys nest
+    (``training.lr=1e-6`` -> {"training": {"lr": 1e-6}})."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--param {pair!r}: expected key=value")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise CliError(f"--param {pair!r}: {p} is already a value, not a mapping")
+        node[leaf] = value
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _ids(values: Sequence[str]) -> list[int]:
+    try:
+        return [int(x) for v in values for x in v.split(",") if x.strip()]
+    except ValueError:
+        raise CliError(f"job ids must be integers: {' '.join(values)}") from None
+
+
+def _configure_enqueue(p: argparse.ArgumentParser) -> None:
+    from workers.stages import KNOWN_KINDS
+
+    p.add_argument("kind", help=f"job kind: {', '.join(KNOWN_KINDS)}")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
+                   help="a spec field (repeatable; dotted keys nest; values parsed as JSON when possible)")
+    p.add_argument("--spec", type=Path, help="a YAML/JSON file with the job's spec (--param overrides it)")
+    p.add_argument("--name", help="a display label")
+    p.add_argument("--depends-on", action="append", default=[], metavar="ID[,ID]",
+                   help="job(s) that must succeed first")
+    p.add_argument("--experiment", type=int, help="experiment id")
+    p.add_argument("--devices", type=int, default=0, help="GPUs the job needs (0 = runs on CPU)")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first")
+    p.add_argument("--max-attempts", type=int, default=3)
+    p.add_argument("--run-dir", help="run directory (default runs/job-<id>-<kind> in the workspace)")
+
+
+@command("enqueue", "add one job to the queue; prints its id", _configure_enqueue)
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    from db import queue
+    from workers.stages import KindError, validate_spec
+
+    spec: dict[str, Any] = {}
+    if args.spec:
+        import yaml
+
+        try:
+            spec = yaml.safe_load(args.spec.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise CliError(f"--spec {args.spec}: {err}") from None
+        if not isinstance(spec, dict):
+            raise CliError(f"--spec {args.spec}: expected a mapping at the top level")
+    spec = _merge(spec, parse_params(args.param))
+    try:
+        spec = validate_spec(args.kind, spec)
+    except KindError as err:
+        raise CliError(str(err)) from None
+    job_id = _transact(lambda c: queue.enqueue(
+        c, args.kind, spec, depends_on=_ids(args.depends_on), name=args.name, experiment_id=args.experiment,
+        devices_required=args.devices, priority=args.priority, max_attempts=args.max_attempts,
+        run_dir=args.run_dir))
+    print(job_id)
+    return 0
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+
+def _configure_jobs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", type=int, help="only this experiment's jobs")
+    p.add_argument("--status", action="append", help="only jobs in this state (repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many (newest first)")
+    p.add_argument("--json", action="store_true", help="print JSON (one array of objects)")
+
+
+def row_dict(row: Any) -> dict[str, Any]:
+    """A database row as plain JSON-able data (timestamps in ISO 8601)."""
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row._mapping.items()}
+
+
+def job_dict(row: Any, depends_on: list[int]) -> dict[str, Any]:
+    """What `sami jobs --json` prints for one job: its columns and its dependencies."""
+    return {**row_dict(row), "depends_on": depends_on}
+
+
+def _age(ts: datetime | None) -> str:
+    if ts is None:
+        return "-"
+    s = (datetime.now(timezone.utc) - ts).total_seconds()
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.0f}h"
+
+
+def _progress(row: Any) -> str:
+    if row.progress_total:
+        done = row.progress_done or 0
+        text = f"{done}/{row.progress_total} ({100 * done / row.progress_total:.0f}%)"
+        if row.status == "running" and row.progress_eta_s is not None:
+            text += f" eta {row.progress_eta_s:.0f}s"
+        return text
+    return "-"
+
+
+@command("jobs", "list jobs, newest first", _configure_jobs)
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from db import queue
+
+    def read(conn: Any) -> tuple[list, dict]:
+        rows = queue.list_jobs(conn, experiment_id=args.experiment, statuses=args.status, limit=args.limit)
+        return rows, queue.dependencies(conn, [r.id for r in rows])
+
+    rows, edges = _transact(read, write=False)
+    if args.json:
+        print(json.dumps([job_dict(r, edges[r.id]) for r in rows], indent=1))
+        return 0
+    header = ("ID", "KIND", "STATUS", "TRY", "PROGRESS", "WORKER", "DEPS", "UPDATED", "NAME / ERROR")
+    table = [header]
+    for r in rows:
+        status = "cancelling" if r.status == "running" and r.cancel_requested_at else r.status
+        note = r.name or ""
+        if r.error and r.status != "succeeded":
+            note = (note + ": " if note else "") + r.error.strip().splitlines()[-1][:80]
+        table.append((str(r.id), r.kind, status, f"{r.attempts}/{r.max_attempts}", _progress(r),
+                      str(r.worker_id or "-"), ",".join(map(str, edges[r.id])) or "-", _age(r.updated_at), note))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
+    return 0
+
+
+# --- cancel, retry ---------------------------------------------------------------------------
+
+
+def _configure_cancel(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", type=int)
+    p.add_argument("--wait", type=float, default=15.0,
+                   help="seconds to wait for a running job's worker to confirm (0 = do not wait)")
+
+
+@command("cancel", "cancel a job (a running one: its worker kills the whole process tree)", _configure_cancel)
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from db import queue
+
+    try:
+        result = _transact(lambda c: queue.cancel(c, args.id))
+    except queue.QueueError as err:
+        raise CliError(str(err)) from None
+    if result == "cancelled":
+        print(f"job {args.id}: cancelled")
+        return 0
+    if result != "cancelling":
+        print(f"job {args.id}: {result}, nothing to cancel")
+        return 0
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        row = _transact(lambda c: queue.get_job(c, args.id), write=False)
+        if row.status != "running":
+            print(f"job {args.id}: {row.status}" + (f" ({row.error})" if row.error else ""))
+            return 0
+        time.sleep(0.2)
+    print(f"job {args.id}: cancellation requested; its worker kills it at its next heartbeat")
+    return 0
+
+
+def _configure_id(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", type=int)
+
+
+@command("retry", "re-queue a failed, cancelled or blocked job (and unblock its dependants)", _configure_id)
+def cmd_retry(args: argparse.Namespace) -> int:
+    from db import queue
+
+    try:
+        unblocked = _transact(lambda c: queue.retry(c, args.id))
+    except queue.QueueError as err:
+        raise CliError(str(err)) from None
+    row = _transact(lambda c: queue.get_job(c, args.id), write=False)
+    print(f"job {args.id}: {row.status}" + (f"; unblocked {', '.join(map(str, unblocked))}" if unblocked else ""))
+    return 0
+
+
+# --- logs -------------------------------------------------------------------------------------
+
+
+def _configure_logs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", type=int)
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job finishes")
+    p.add_argument("--lines", "-n", type=int, default=None, help="start with only the last N lines")
+
+
+@command("logs", "print a job's stage.log", _configure_logs)
+def cmd_logs(args: argparse.Namespace) -> int:
+    from db import queue
+    from db.workspace import default_run_dir
+
+    def job() -> Any:
+        row = _transact(lambda c: queue.get_job(c, args.id), write=False)
+        if row is None:
+            raise CliError(f"no job {args.id}")
+        return row
+
+    row = job()
+    path = _workspace().resolve(row.run_dir or default_run_dir(row.id, row.kind)) / "stage.log"
+    offset = 0
+    if path.exists() and args.lines is not None:
+        lines = path.read_bytes().splitlines(keepends=True)
+        sys.stdout.buffer.write(b"".join(lines[-args.lines:]) if args.lines else b"")
+        offset = path.stat().st_size
+    elif not path.exists() and not args.follow:
+        print(f"job {args.id} has no log yet ({path})", file=sys.stderr)
+        return 0
+    last_check = 0.0
+    while True:
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                offset += len(chunk)
+        if not args.follow:
+            return 0
+        if time.monotonic() - last_check > 1.0:
+            last_check = time.monotonic()
+            if job().status not in ("queued", "running"):
+                if not path.exists() or path.stat().st_size == offset:
+                    return 0
+                continue
+        time.sleep(0.25)
+
+
+# --- worker -----------------------------------------------------------------------------------
+
+
+def _configure_worker(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", help="GPU ids this worker uses, e.g. 0,1 ('' = CPU only; "
+                                     "default: $CUDA_VISIBLE_DEVICES, else all GPUs nvidia-smi lists)")
+    p.add_argument("--kinds", help="only claim these job kinds, e.g. train,generate (default: all)")
+    p.add_argument("--exit-when-idle", action="store_true",
+                   help="exit once no job it could run is queued or running")
+    p.add_argument("--lease-seconds", type=float, default=60.0,
+                   help="a job is requeued if its worker misses heartbeats this long (default 60)")
+    p.add_argument("--poll-interval", type=float, default=0.5, help="idle seconds between claims")
+    p.add_argument("--tick-interval", type=float, default=1.0,
+                   help="seconds between heartbeats / progress relays while a job runs")
+    p.add_argument("--kill-grace", type=float, default=3.0, help="seconds between SIGTERM and SIGKILL")
+    p.add_argument("--name", help="worker name (default host:pid)")
+    p.add_argument("--stats-file", type=Path, help="write claim latencies here on exit (benchmarks)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+
+
+@command("worker", "run a worker daemon: claim jobs and run them", _configure_worker)
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.daemon import Worker, WorkerConfig, detect_devices
+    from workers.stages import KNOWN_KINDS
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.lease_seconds <= 0 or args.tick_interval <= 0:
+        raise CliError("--lease-seconds and --tick-interval must be > 0")
+    if args.tick_interval * 3 > args.lease_seconds:
+        raise CliError("--lease-seconds must be at least 3 x --tick-interval (heartbeats renew the lease)")
+    devices = detect_devices() if args.devices is None else [d for d in args.devices.split(",")
+                                                             if d.strip() and d != "cpu"]
+    kinds = None
+    if args.kinds:
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        unknown = sorted(set(kinds) - set(KNOWN_KINDS))
+        if unknown:
+            raise CliError(f"--kinds: unknown kind(s) {', '.join(unknown)}; known: {', '.join(KNOWN_KINDS)}")
+    ws = _workspace()
+    ws.create()
+    config = WorkerConfig(
+        devices=devices, kinds=kinds, lease_seconds=args.lease_seconds, poll_interval=args.poll_interval,
+        tick_interval=args.tick_interval, kill_grace_s=args.kill_grace, exit_when_idle=args.exit_when_idle,
+        name=args.name, stats_file=args.stats_file,
+    )
+    return Worker(_engine(), ws, config, database_url=ws.database_url).run()
+
+
+@command("workers", "list registered workers", lambda p: p.add_argument("--json", action="store_true"))
+def cmd_workers(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from db.models import Worker
+
+    rows = _transact(lambda c: c.execute(select(Worker.__table__).order_by(Worker.id.desc())).all(), write=False)
+    if args.json:
+        print(json.dumps([row_dict(r) for r in rows], indent=1))
+        return 0
+    for r in rows:
+        print(f"{r.id:>4}  {r.status:<8} {r.name:<30} devices={','.join(r.devices) or 'cpu'}  "
+              f"last seen {_age(r.last_seen_at)} ago")
+    return 0
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sami", description="SAMI Workbench: queue, workers and experiments.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in COMMANDS.values():
+        cmd.configure(sub.add_parser(cmd.name, help=cmd.help, description=cmd.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from sqlalchemy.exc import DBAPIError
+
+    from db.queue import QueueError
+    from db.workspace import redacted_url
+    from workers.stages import KindError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except (CliError, QueueError, KindError) as err:  # errors the user can act on: no traceback
+        parser.exit(2, f"sami: error: {err}\n")
+    except DBAPIError as err:
+        where = redacted_url(_workspace().database_url)
+        first = str(err.orig or err).strip().splitlines()[0]
+        parser.exit(1, f"sami: error: database {where}: {first}\n")
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `sami jobs --json | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

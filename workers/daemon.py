@@ -1,0 +1,419 @@
+"""The worker daemon: register, claim, run, relay, finish; recover others' lost jobs.
+
+One worker runs one job at a time on the GPUs it was given (run several workers per
+node to split its GPUs). The loop, in order:
+
+1. every few seconds: requeue jobs whose lease expired (any worker does this, so the
+   jobs of a dead worker come back) and renew the worker's own ``last_seen_at``;
+2. claim the best job it can run (db.queue.claim), or sleep ``poll_interval``;
+3. run it: write ``RUN_DIR/job_spec.json``, kill leftovers of earlier attempts of the
+   same job on this host, start the stage as a child process group (workers.launch)
+   logging to ``RUN_DIR/stage.log``; every ``tick_interval`` renew the lease and relay
+   progress and new metrics (one transaction), learning meanwhile whether the job was
+   cancelled or taken away;
+4. finish: on exit 0 ingest ``outputs.json`` and mark it succeeded (one transaction);
+   otherwise record the log's last lines as its error (exit 75 = transient: requeued
+   while attempts remain). Cancelled: kill the tree, confirm it gone, mark cancelled.
+
+SIGTERM or SIGINT: stop claiming; a running job's tree is killed and the job handed
+back to the queue, its attempt not counted (db.queue.release); then exit.
+
+The database may be busy or briefly unreachable: every operation retries
+(db.engine.transact); one that still fails is logged and tried again on the next
+round, so a locked database slows a worker down but never stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.exc import DBAPIError
+
+from db import ingest, queue
+from db.engine import is_retryable, transact
+from db.workspace import Workspace, default_run_dir
+from workers import launch, relay, stages
+from workers.diag import record_inline_execution
+
+log = logging.getLogger("sami.worker")
+T = TypeVar("T")
+
+
+@dataclass
+class WorkerConfig:
+    devices: list[str] = field(default_factory=list)  # GPU ids; [] = CPU only
+    kinds: list[str] | None = None  # job kinds to run; None = all
+    lease_seconds: float = 60.0
+    poll_interval: float = 0.5  # idle: seconds between claim attempts
+    tick_interval: float = 1.0  # running: seconds between heartbeats / relays
+    maintenance_interval: float = 5.0  # seconds between lease-expiry sweeps
+    kill_grace_s: float = 3.0  # SIGTERM -> SIGKILL
+    exit_when_idle: bool = False
+    name: str | None = None
+    stats_file: Path | None = None  # write claim latencies here on exit (benchmarks)
+
+
+class Worker:
+    def __init__(self, engine: Engine, workspace: Workspace, config: WorkerConfig, database_url: str = "") -> None:
+        self.engine = engine
+        self.workspace = workspace
+        self.config = config
+        self.database_url = database_url or str(engine.url)
+        self.host = socket.gethostname()
+        self.name = config.name or f"{self.host}:{os.getpid()}"
+        self.id: int | None = None
+        self.stopping = False
+        self.claim_latencies_ms: list[float] = []
+        self.jobs_done = 0
+        self._last_maintenance = 0.0
+        self._deferred_success: int | None = None  # an inline job done, not yet recorded
+
+    # --- database access -------------------------------------------------------------
+
+    def _db(self, fn: Callable[[Connection], T], *, deadline_s: float | None = 30.0, write: bool = True) -> T:
+        def on_retry(err: BaseException, n: int) -> None:
+            if n in (1, 10) or n % 50 == 0:
+                log.warning("database busy or unreachable (%s); retrying (%d)", _short(err), n)
+
+        return transact(self.engine, fn, write=write, deadline_s=deadline_s, on_retry=on_retry)
+
+    def _db_or_none(self, fn: Callable[[Connection], T], **kw: Any) -> T | None:
+        """Like _db, but a failure that outlasted the retries is logged, not raised."""
+        try:
+            return self._db(fn, **kw)
+        except DBAPIError as err:
+            log.warning("database operation failed, will try again later: %s", _short(err))
+            return None
+
+    def _db_until_done(self, fn: Callable[[Connection], T]) -> T | None:
+        """For a job's final state: keep trying (the result must not be lost) unless the
+        worker is stopping, in which case give up after a minute (the lease then
+        expires and the job runs again: at-least-once)."""
+        start = time.monotonic()
+        while True:
+            try:
+                return self._db(fn, deadline_s=30.0)
+            except DBAPIError as err:
+                if not is_retryable(err):
+                    raise
+                if self.stopping and time.monotonic() - start > 60:
+                    log.error("could not record a job's result; its lease will expire: %s", _short(err))
+                    return None
+                log.warning("could not record a job's result yet: %s", _short(err))
+
+    # --- main loop -------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if not self.stopping:
+            log.info("%s: stopping (a running job is handed back to the queue)", signal.Signals(signum).name)
+        self.stopping = True
+
+    def run(self) -> int:
+        """Run until stopped (SIGTERM/SIGINT) or, with exit_when_idle, out of work."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        cfg = self.config
+        self.workspace.runs_dir.mkdir(parents=True, exist_ok=True)
+        while self.id is None and not self.stopping:
+            self.id = self._db_or_none(lambda c: queue.register_worker(
+                c, name=self.name, host=self.host, pid=os.getpid(), devices=cfg.devices, kinds=cfg.kinds))
+        log.info("worker %s (%s) started: devices %s, kinds %s, lease %gs", self.id, self.name,
+                 ",".join(cfg.devices) or "none (CPU)", ",".join(cfg.kinds) if cfg.kinds else "all",
+                 cfg.lease_seconds)
+        try:
+            while not self.stopping:
+                try:
+                    if not self._step():
+                        break
+                except Exception:  # noqa: BLE001 - a worker logs and carries on
+                    log.exception("unexpected error in the worker loop; continuing")
+                    self._sleep(1.0)
+        finally:
+            if self.id is not None:
+                self._flush_deferred()
+                self._db_or_none(lambda c: queue.stop_worker(c, self.id), deadline_s=10.0)
+            self._write_stats()
+            log.info("worker %s stopped after %d job(s)", self.id, self.jobs_done)
+        return 0
+
+    def _step(self) -> bool:
+        """One round: maintenance, then claim and run one job or idle. False = exit."""
+        self._maintenance()
+        job = self._claim()
+        if job is not None:
+            self._run_job(job)
+            self.jobs_done += 1
+            # Let workers the kernel just woke (waiting for the SQLite writer lock) run
+            # before this one claims again; otherwise a worker finishing instant jobs
+            # re-takes the lock first and the others' waits grow long (benchmarks/queue.py).
+            os.sched_yield()
+            return True
+        if self.config.exit_when_idle:
+            pending = self._db_or_none(lambda c: queue.has_pending_work(
+                c, devices=len(self.config.devices), kinds=self.config.kinds), write=False)
+            if pending is False:
+                log.info("no work left: exiting (--exit-when-idle)")
+                return False
+        self._sleep(self.config.poll_interval * random.uniform(0.8, 1.2))
+        return True
+
+    def _maintenance(self) -> None:
+        """Every few seconds: renew this worker's last_seen_at, recover expired leases."""
+        now = time.monotonic()
+        if now - self._last_maintenance < min(self.config.maintenance_interval, self.config.lease_seconds / 2):
+            return
+        self._last_maintenance = now
+        timeout = max(3 * self.config.lease_seconds, 30.0)
+
+        def sweep(conn: Connection) -> list[tuple[int, str]]:
+            queue.touch_worker(conn, self.id)
+            return queue.requeue_expired(conn, worker_timeout_s=timeout)
+
+        for job_id, status in self._db_or_none(sweep, deadline_s=10.0) or []:
+            log.warning("job %d: lease expired -> %s", job_id, status)
+
+    def _claim(self) -> Row | None:
+        """Claim a job, in the same transaction recording the success of the inline job
+        run just before (if any)."""
+        deferred = self._deferred_success
+
+        def claim(conn: Connection) -> Row | None:
+            if deferred is not None:
+                queue.succeed(conn, deferred, self.id)
+            return queue.claim(conn, self.id, devices=len(self.config.devices), kinds=self.config.kinds,
+                               lease_seconds=self.config.lease_seconds)
+
+        t0 = time.perf_counter()
+        try:
+            job = self._db(claim)
+        except DBAPIError as err:
+            log.warning("could not claim (will try again): %s", _short(err))
+            return None
+        self._deferred_success = None
+        if job is not None:
+            self.claim_latencies_ms.append((time.perf_counter() - t0) * 1000)
+        return job
+
+    def _flush_deferred(self) -> None:
+        if self._deferred_success is not None:
+            job_id = self._deferred_success
+            if self._db_until_done(lambda c: queue.succeed(c, job_id, self.id)) is not None:
+                self._deferred_success = None
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopping and (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
+
+    # --- one job ---------------------------------------------------------------------
+
+    def _run_job(self, job: Row) -> None:
+        run_dir = self.workspace.resolve(job.run_dir or default_run_dir(job.id, job.kind))
+        spec = dict(job.spec or {})
+        log.debug("job %d (%s) claimed: attempt %d of %d, run dir %s", job.id, job.kind, job.attempts,
+                  job.max_attempts, run_dir)
+        if stages.runs_inline(job.kind, spec):
+            try:
+                record_inline_execution(self.workspace.runs_dir, job.id)
+            except OSError as err:
+                self._finish_failure(job, f"could not run: {err}", exit_code=None)
+                return
+            # Recorded in the next claim's transaction: one write transaction per job.
+            self._deferred_success = job.id
+            return
+        log.info("job %d (%s) claimed: attempt %d of %d, run dir %s", job.id, job.kind, job.attempts,
+                 job.max_attempts, run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            spec_path = run_dir / relay.SPEC_FILE
+            _write_json_atomic(spec_path, spec)
+            devices = self.config.devices[: job.devices_required]
+            cmd = stages.build_command(job.kind, spec, spec_path=spec_path, run_dir=run_dir, devices=devices)
+        except (OSError, stages.KindError) as err:
+            self._finish_failure(job, f"could not start: {err}", exit_code=None)
+            return
+
+        # Processes of earlier attempts of this job on this host (their worker died, and
+        # a stage that ignores its parent-death signal, or its helpers, live on).
+        leftovers = launch.tree_pids(None, key=launch.job_key(self.database_url, job.id))
+        if leftovers:
+            log.warning("job %d: killing %d process(es) left by an earlier attempt", job.id, len(leftovers))
+            survivors = launch.kill_tree(None, key=launch.job_key(self.database_url, job.id),
+                                         grace_s=self.config.kill_grace_s)
+            if survivors:
+                log.error("job %d: processes of an earlier attempt survive: %s", job.id, sorted(survivors))
+        key = launch.job_key(self.database_url, job.id, job.attempts)
+        log_path = run_dir / relay.LOG_FILE
+        with open(log_path, "ab") as log_file:
+            header = (f"=== {_iso_now()} worker {self.name}: job {job.id} ({job.kind}), attempt {job.attempts}"
+                      f" of {job.max_attempts}\n=== $ {shlex.join(cmd)}\n")
+            log_file.write(header.encode())
+            log_file.flush()
+            start_offset = log_file.tell()
+            try:
+                proc = launch.start(cmd, env=launch.child_env(key, devices), cwd=self.workspace.home,
+                                    log_file=log_file)
+            except OSError as err:
+                self._finish_failure(job, f"could not start: {err}", exit_code=None)
+                return
+        reader = relay.RunDirReader(run_dir, job.metrics_offset or 0)
+        outcome = self._watch(job, proc, reader)
+
+        if outcome in ("cancel", "lost", "stop"):
+            survivors = launch.kill_tree(proc, key=key, grace_s=self.config.kill_grace_s)
+            gone = "process tree killed" if not survivors else f"processes still alive: {sorted(survivors)}"
+            _append_log(log_path, f"=== {_iso_now()} worker {self.name}: {outcome}: {gone}\n")
+            if outcome == "cancel":
+                self._db_until_done(lambda c: queue.mark_cancelled(c, job.id, self.id,
+                                                                   note=f"cancelled while running: {gone}"))
+                log.info("job %d cancelled (%s)", job.id, gone)
+            elif outcome == "stop":
+                status = self._db_until_done(lambda c: queue.release(c, job.id, self.id))
+                log.info("job %d handed back (%s; %s)", job.id, status, gone)
+            else:
+                log.warning("job %d is no longer ours (lease expired): stopped it (%s)", job.id, gone)
+            return
+
+        rc = proc.returncode
+        strays = launch.kill_tree(proc, key=key, grace_s=self.config.kill_grace_s)  # e.g. a stray helper
+        if strays:
+            log.error("job %d: processes left after the stage exited survive: %s", job.id, sorted(strays))
+        self._tick(job, reader)  # the stage's last progress and metrics
+        if rc == 0:
+            self._finish_success(job, run_dir)
+        else:
+            tail = relay.redact(relay.log_tail(log_path, start_offset))
+            what = f"exit code {rc}" if rc > 0 else f"killed by {_signame(-rc)}"
+            self._finish_failure(job, f"stage failed ({what}); last lines of stage.log:\n{tail}",
+                                 exit_code=rc, transient=rc == stages.EXIT_TRANSIENT)
+
+    def _watch(self, job: Row, proc: subprocess.Popen, reader: relay.RunDirReader) -> str:
+        """Wait for the stage; heartbeat and relay every tick. Returns "exited",
+        "cancel", "lost" or "stop"."""
+        next_tick = time.monotonic()
+        first = True
+        while True:
+            try:
+                proc.wait(timeout=0.05)
+                return "exited"
+            except subprocess.TimeoutExpired:
+                pass
+            if self.stopping:
+                return "stop"
+            if time.monotonic() >= next_tick:
+                reply = self._tick(job, reader, pid=proc.pid if first else None)
+                first = first and reply is None  # the pid is stored with the first tick that lands
+                if reply in ("cancel", "lost"):
+                    return reply
+                next_tick = time.monotonic() + self.config.tick_interval
+                self._maintenance()
+
+    def _tick(self, job: Row, reader: relay.RunDirReader, pid: int | None = None) -> str | None:
+        """Renew the lease, store progress and new metrics: one transaction. Returns the
+        heartbeat's reply, or None if the database could not be reached this time (the
+        lease outlives a few missed ticks)."""
+        progress = reader.progress()
+        records, offset = reader.new_metrics()
+
+        def write(conn: Connection) -> str:
+            reply = queue.heartbeat(conn, job.id, self.id, lease_seconds=self.config.lease_seconds,
+                                    progress=progress, pid=pid)
+            if reply != "lost" and (records or offset != reader.metrics_offset):
+                ingest.upsert_metrics(conn, job.id, records)
+                ingest.set_metrics_offset(conn, job.id, offset)
+            return reply
+
+        reply = self._db_or_none(write, deadline_s=max(5.0, 3 * self.config.tick_interval))
+        if reply is not None:
+            reader.metrics_offset = offset
+        return reply
+
+    def _finish_success(self, job: Row, run_dir: Path | None) -> None:
+        try:
+            outputs = relay.read_outputs(run_dir) if run_dir is not None else None
+        except relay.OutputsError as err:
+            self._finish_failure(job, f"stage succeeded but its outputs are unusable: {err}", exit_code=0)
+            return
+
+        def finish(conn: Connection) -> bool:
+            if not queue.succeed(conn, job.id, self.id, outputs=outputs):
+                return False
+            relay.ingest_outputs(conn, job, outputs, run_dir, self.workspace)
+            return True
+
+        try:
+            done = self._db_until_done(finish)
+        except (relay.OutputsError, ValueError, TypeError, KeyError, DBAPIError) as err:
+            self._finish_failure(job, f"stage succeeded but its outputs could not be stored: {err}", exit_code=0)
+            return
+        if done:
+            log.log(logging.INFO if run_dir is not None else logging.DEBUG, "job %d succeeded", job.id)
+        elif done is False:
+            log.warning("job %d finished but was no longer ours (lease expired); result not recorded", job.id)
+
+    def _finish_failure(self, job: Row, error: str, *, exit_code: int | None, transient: bool = False) -> None:
+        status = self._db_until_done(lambda c: queue.fail(c, job.id, self.id, error, exit_code=exit_code,
+                                                          transient=transient))
+        log.warning("job %d -> %s: %s", job.id, status or "(no longer ours)", error.splitlines()[0])
+
+    def _write_stats(self) -> None:
+        if self.config.stats_file is None:
+            return
+        _write_json_atomic(self.config.stats_file, {
+            "worker_id": self.id, "name": self.name, "jobs": self.jobs_done,
+            "claim_latency_ms": self.claim_latencies_ms,
+        })
+
+
+def detect_devices() -> list[str]:
+    """GPU ids this worker may use when --devices is not given: $CUDA_VISIBLE_DEVICES,
+    else what ``nvidia-smi`` lists, else none (a CPU worker). Imports no torch."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _append_log(path: Path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def _iso_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _signame(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _short(err: BaseException) -> str:
+    return str(err).splitlines()[0][:200]

@@ -1,0 +1,216 @@
+"""From a stage's run directory to the database: progress, metrics, outputs, errors.
+
+The stage contract (see workers.stages): while it runs a stage rewrites
+``progress.json`` atomically and appends records to ``metrics.jsonl``; on success it
+writes ``outputs.json``. :class:`RunDirReader` turns those files into what
+db.queue.heartbeat and db.ingest store, reading only what changed: progress when the
+file's mtime or size moved, metrics from the byte offset already ingested (kept in the
+job row, so a retried job continues where the last attempt stopped; a complete line
+at a time, so a half-written record waits for the next poll).
+
+When a job succeeds, :func:`ingest_outputs` hands ``outputs.json`` to the handler
+registered for its kind (:func:`output_handler`); checkpoints are implemented, the
+other kinds' records will follow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Connection, Row
+
+from db import ingest
+from db.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+PROGRESS_FILE = "progress.json"
+METRICS_FILE = "metrics.jsonl"
+OUTPUTS_FILE = "outputs.json"
+LOG_FILE = "stage.log"
+SPEC_FILE = "job_spec.json"
+_MAX_METRICS_CHUNK = 4 << 20  # bytes read per poll; the rest waits for the next one
+
+
+class RunDirReader:
+    """Incremental reader of one attempt's run directory."""
+
+    def __init__(self, run_dir: Path, metrics_offset: int = 0) -> None:
+        self.run_dir = run_dir
+        self.metrics_offset = metrics_offset
+        self._progress_sig: tuple[int, int] | None = None
+        self._first: tuple[float, int] | None = None  # (time, done) when first seen: for the ETA
+
+    def progress(self) -> dict[str, Any] | None:
+        """The stage's progress as db.queue.heartbeat wants it, or None if unchanged/absent."""
+        path = self.run_dir / PROGRESS_FILE
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        sig = (st.st_mtime_ns, st.st_size)
+        if sig == self._progress_sig:
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None  # caught mid-write by a stage that does not write atomically: next poll
+        self._progress_sig = sig
+        return self._with_eta(data) if isinstance(data, dict) else None
+
+    def _with_eta(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        def as_int(v: Any) -> int | None:
+            return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+        done, total = as_int(data.get("done")), as_int(data.get("total"))
+        eta = None
+        now = time.monotonic()
+        if done is not None:
+            if self._first is None:
+                self._first = (now, done)
+            t0, d0 = self._first
+            if total is not None and done > d0 and now > t0:
+                eta = max(0.0, (total - done) * (now - t0) / (done - d0))
+        message = data.get("message")
+        unit = data.get("unit")
+        return {
+            "done": done, "total": total, "eta_s": eta,
+            "unit": str(unit)[:32] if unit is not None else None,
+            "message": str(message)[:2000] if message is not None else None,
+        }
+
+    def new_metrics(self) -> tuple[list[dict], int]:
+        """Complete metrics records after the ingested offset, and the offset after them.
+
+        A file shorter than the offset was rewritten by the stage: read it again from
+        the start (the upsert makes the repeat harmless). Lines that are not JSON
+        objects with an integer ``step`` are skipped with a warning."""
+        path = self.run_dir / METRICS_FILE
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return [], self.metrics_offset
+        offset = 0 if size < self.metrics_offset else self.metrics_offset
+        if size == offset:
+            return [], offset
+        with open(path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read(_MAX_METRICS_CHUNK)
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return [], offset
+        records = []
+        for line in chunk[: end + 1].splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict) or isinstance(rec.get("step"), bool):
+                    raise ValueError("not an object with a step")
+                rec["step"] = int(rec["step"])
+            except (ValueError, KeyError, TypeError) as err:
+                log.warning("%s: skipping a metrics line (%s): %.120s", path, err, line)
+                continue
+            records.append(rec)
+        return records, offset + end + 1
+
+
+# --- errors -------------------------------------------------------------------------------
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(\w+://[^/\s:@]+:)([^@\s/]+)(@)")
+
+
+def redact(text: str, env: Mapping[str, str] | None = None) -> str:
+    """Hide secrets before text goes to the database: the values of environment
+    variables named like keys/tokens/passwords, and passwords inside URLs."""
+    env = os.environ if env is None else env
+    for name, value in env.items():
+        if _SECRET_NAME.search(name) and len(value) >= 6:
+            text = text.replace(value, "***")
+    return _URL_PASSWORD.sub(r"\1***\3", text)
+
+
+def log_tail(path: Path, start: int = 0, lines: int = 20, max_bytes: int = 64 << 10) -> str:
+    """The last ``lines`` lines of ``path`` after byte ``start`` (this attempt's output)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(start, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    text = data.decode(errors="replace").replace("\r", "\n")
+    return "\n".join([ln for ln in text.splitlines() if ln.strip()][-lines:])
+
+
+# --- outputs -------------------------------------------------------------------------------
+
+OutputHandler = Callable[[Connection, Row, dict, Path, Workspace], None]
+_OUTPUT_HANDLERS: dict[str, OutputHandler] = {}
+
+
+def output_handler(*kinds: str) -> Callable[[OutputHandler], OutputHandler]:
+    """Register ``fn(conn, job, outputs, run_dir, workspace)`` to store a kind's outputs."""
+
+    def register(fn: OutputHandler) -> OutputHandler:
+        for kind in kinds:
+            _OUTPUT_HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+class OutputsError(ValueError):
+    """outputs.json is unreadable or does not match its kind's shape."""
+
+
+def read_outputs(run_dir: Path) -> dict | None:
+    path = run_dir / OUTPUTS_FILE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise OutputsError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise OutputsError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def ingest_outputs(conn: Connection, job: Row, outputs: dict | None, run_dir: Path, workspace: Workspace) -> None:
+    """Store a succeeded job's outputs with its kind's handler (none registered: kept
+    only as the job's ``outputs`` column)."""
+    handler = _OUTPUT_HANDLERS.get(job.kind)
+    if outputs is not None and handler is not None:
+        handler(conn, job, outputs, run_dir, workspace)
+
+
+def workspace_path(path: str | os.PathLike, run_dir: Path, workspace: Workspace) -> str:
+    """A stage's output path as stored: relative to the workspace when inside it
+    (portable across hosts that mount it elsewhere), else absolute."""
+    p = Path(path)
+    p = p if p.is_absolute() else run_dir / p
+    try:
+        return str(p.resolve().relative_to(workspace.home.resolve()))
+    except ValueError:
+        return str(p.resolve())
+
+
+@output_handler("train", "sleep")
+def _checkpoints(conn: Connection, job: Row, outputs: dict, run_dir: Path, workspace: Workspace) -> None:
+    items = outputs.get("checkpoints", [])
+    if not isinstance(items, list) or not all(isinstance(c, dict) and "step" in c and "path" in c for c in items):
+        raise OutputsError('outputs.json: "checkpoints" must be a list of {"step", "path", "final"}')
+    ingest.upsert_checkpoints(
+        conn, job.id,
+        [{**c, "path": workspace_path(c["path"], run_dir, workspace)} for c in items],
+        experiment_id=job.experiment_id, iteration=outputs.get("iteration"),
+    )
