@@ -4,6 +4,8 @@
     python -m sami_core generate --spec FILE --run-dir DIR
     python -m sami_core train    --spec FILE --run-dir DIR   (also under torchrun)
     python -m sami_core sample   --spec FILE --run-dir DIR
+    python -m sami_core judge    --spec FILE --run-dir DIR
+    python -m sami_core write_constitution --spec FILE --run-dir DIR
     python -m sami_core validate KIND FILE
     python -m sami_core demo     --run-dir DIR
 """
@@ -16,7 +18,7 @@ import sys
 
 from sami_core.errors import SamiError
 
-STAGES = ("generate", "train", "sample")
+STAGES = ("generate", "train", "sample", "judge", "write_constitution")
 
 
 def _run_stage(kind: str, spec_path: str, run_dir: str) -> int:
@@ -33,6 +35,14 @@ def _run_stage(kind: str, spec_path: str, run_dir: str) -> int:
             from sami_core.stages import run_sample
 
             run_sample(spec, run_dir)
+        elif kind == "judge":
+            from sami_core.judge.stage import run_judge
+
+            run_judge(spec, run_dir)
+        elif kind == "write_constitution":
+            from sami_core.judge.stage import run_write_constitution
+
+            run_write_constitution(spec, run_dir)
         else:
             from sami_core.train import run_train
 

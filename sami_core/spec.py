@@ -343,3 +343,102 @@ def validate_experiment(data: Any, source: str = "experiment spec") -> Experimen
         return ExperimentSpec.model_validate(data)
     except ValidationError as err:
         raise SpecError(_format_validation_error(err, source)) from None
+
+
+# ---------------------------------------------------------------------------------------
+# Judging (stage `judge`) and the principle writer (stage `write_constitution`).
+# ---------------------------------------------------------------------------------------
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class LLMSpec(StrictModel):
+    """An LLM reached through the `openai` client (OpenAI, Azure OpenAI, vLLM, Ollama, ...)
+    or, for judging only, a local Hugging Face causal LM."""
+
+    provider: Literal["openai", "azure", "hf"] = Field(
+        "openai", description="openai = any OpenAI-compatible endpoint; azure = Azure OpenAI; hf = a local causal LM."
+    )
+    model: str = Field("gpt-4o", description="Model name; the deployment name on Azure; a hub id, directory or `demo` for hf.")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default: OpenAI's).")
+    azure_endpoint: str | None = Field(None, description="Azure: https://NAME.openai.azure.com")
+    api_version: str | None = Field(None, description="Azure: the API version, e.g. 2024-06-01.")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY",
+        description="Name of the environment variable holding the key (never the key itself); null = no key (local servers).",
+    )
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(256, ge=1, description="Longest answer.")
+    timeout_s: float = Field(60.0, gt=0.0, description="Per-request timeout.")
+    concurrency: int = Field(16, ge=1, le=256, description="Requests in flight at once.")
+    max_attempts: int = Field(6, ge=1, le=50, description="Attempts per request (429, 5xx, timeouts, connection errors).")
+    backoff_initial_s: float = Field(1.0, ge=0.0, description="First retry wait; doubles per attempt (with jitter).")
+    backoff_max_s: float = Field(60.0, ge=0.0, description="Longest wait between attempts, Retry-After included.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="hf only.")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        import re
+
+        if v is not None and not re.match(_ENV_NAME, v):
+            raise ValueError("must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never a key")
+        return v
+
+    @model_validator(mode="after")
+    def _provider_fields(self) -> "LLMSpec":
+        if self.provider == "azure" and not (self.azure_endpoint and self.api_version):
+            raise ValueError("provider 'azure' needs `azure_endpoint` and `api_version`")
+        if self.provider != "azure" and (self.azure_endpoint or self.api_version):
+            raise ValueError("`azure_endpoint` and `api_version` are for provider 'azure' only")
+        if self.provider != "openai" and self.base_url:
+            raise ValueError("`base_url` is for provider 'openai' (any OpenAI-compatible endpoint) only")
+        if not self.model.strip():
+            raise ValueError("`model` is empty")
+        return self
+
+
+class ResponseSourceSpec(StrictModel):
+    path: str = Field(..., description="A sample run directory, its responses.jsonl, or a published response .json file.")
+    name: str | None = Field(None, description="Label in win-rate tables (default: the file or directory name).")
+    temperature: float | None = Field(None, ge=0.0, description="Use only responses at this temperature.")
+
+
+class JudgeSpec(StrictModel):
+    """Stage `judge`: pairwise judgments of candidate vs baseline responses, cached and resumable."""
+
+    judge: LLMSpec = Field(default_factory=LLMSpec)
+    candidate: ResponseSourceSpec
+    baseline: ResponseSourceSpec
+    task: Literal["summarization", "dialogue"] = "summarization"
+    order: Literal["random", "both", "candidate_first", "baseline_first"] = Field(
+        "random", description="A/B position: random per pair (seeded), both orders (reports the flip rate), or fixed."
+    )
+    seed: int = Field(0, description="Seeds the A/B order and the principle shuffle.")
+    shuffle_principles: bool = Field(True, description="Shuffle principle order in each prompt (seeded per pair).")
+    allow_tie: bool = Field(False, description="Offer 'Tie' in the prompt (the paper forces A or B).")
+    parse_retries: int = Field(2, ge=0, le=10, description="Extra requests when an answer names no choice; then `invalid`.")
+    limit: int | None = Field(None, ge=1, description="Judge only the first K pairs.")
+    shared_cache: str | None = Field(
+        None, description="A JSONL file (or a directory, holding judge-cache.jsonl) shared between judge runs."
+    )
+    ci: Literal["wilson", "bootstrap"] = Field("wilson", description="95% interval of the win rate.")
+
+    @model_validator(mode="after")
+    def _sources(self) -> "JudgeSpec":
+        if self.candidate.path == self.baseline.path and self.candidate.temperature == self.baseline.temperature:
+            raise ValueError("candidate and baseline are the same responses; judge two different sources")
+        return self
+
+
+class WriteConstitutionSpec(StrictModel):
+    """Stage `write_constitution`: an LLM drafts principles and their antitheses for a task."""
+
+    writer: LLMSpec = Field(default_factory=lambda: LLMSpec(temperature=0.7, max_tokens=1024))
+    task_description: str = Field(..., min_length=1, description="What the model should do, e.g. 'summarise Reddit posts'.")
+    n_principles: int = Field(4, ge=1, le=20)
+    name: str | None = Field(None, description="Name of the constitution (stored in the file).")
+    parse_retries: int = Field(2, ge=0, le=10, description="Extra requests when the answer is no valid constitution.")
+
+
+STAGE_SPECS["judge"] = JudgeSpec
+STAGE_SPECS["write_constitution"] = WriteConstitutionSpec

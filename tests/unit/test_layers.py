@@ -17,7 +17,7 @@ FORBIDDEN = {
 }
 # sami_core modules free of the ML stack, which the app and workers may import
 TORCH_FREE_CORE = {"sami_core.spec", "sami_core.pipeline", "sami_core.errors", "sami_core.constitutions",
-                   "sami_core.prompts", "sami_core.rundir"}
+                   "sami_core.prompts", "sami_core.rundir", "sami_core.stats", "sami_core.results"}
 
 
 def top_level_imports(path: Path) -> set[tuple[str, str]]:

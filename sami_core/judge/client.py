@@ -1,0 +1,259 @@
+"""LLM clients for judging and principle writing, with retries.
+
+- :class:`OpenAIChat`: any OpenAI-compatible endpoint (``AsyncOpenAI`` with ``base_url``)
+  or Azure OpenAI (``AsyncAzureOpenAI`` with endpoint and api_version). The key is read
+  from the environment variable the spec names; it is never written anywhere, and it
+  is masked in every error message.
+- :class:`HFJudge`: a local Hugging Face causal LM that answers A or B by comparing the
+  log-likelihood of "A" and "B" as the final answer after the prompt (torch is imported
+  only when one is built, so this module stays cheap to import).
+
+:func:`complete_with_retries` retries 429, 408/409, 5xx, timeouts and connection errors
+with exponential backoff (jitter) and honours ``Retry-After`` / ``retry-after-ms``. Other
+HTTP errors are not retried: 401/403/404 stop the job (wrong key, model or endpoint),
+other 4xx end that request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import random
+import time
+from typing import Any, Protocol
+
+from sami_core.errors import SamiError
+
+
+class JudgeError(SamiError):
+    """A judge or writer job cannot go on (bad key, unknown model, endpoint unreachable)."""
+
+
+class RequestFailed(Exception):
+    """One request failed for good (its attempts are used up, or a 4xx that retrying won't fix)."""
+
+
+class ChatClient(Protocol):
+    provider_id: str  # provider and endpoint: part of the cache key
+    model: str
+    sent: int  # requests sent (attempts included)
+
+    async def complete(self, prompt: str) -> str: ...
+
+    async def aclose(self) -> None: ...
+
+
+def read_api_key(env_name: str | None) -> str | None:
+    if env_name is None:
+        return None
+    key = os.environ.get(env_name)
+    if not key:
+        raise JudgeError(
+            f"judge.api_key_env: the environment variable {env_name} is not set; export the API key in it "
+            "(keys are read from the environment only, never from a spec)"
+        )
+    return key
+
+
+class OpenAIChat:
+    def __init__(self, spec: Any):
+        """``spec``: a :class:`sami_core.spec.LLMSpec` with provider openai or azure."""
+        import openai
+
+        try:  # the transport the installed openai client is built on
+            import httpx2 as httpx
+        except ImportError:
+            import httpx
+
+        self.model = spec.model
+        self.spec = spec
+        self.sent = 0
+        self._key = read_api_key(spec.api_key_env)
+        # A pool sized to the concurrency: httpx scans its pool on every request.
+        limits = httpx.Limits(max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency)
+        common = dict(api_key=self._key or "no-key", timeout=spec.timeout_s, max_retries=0,
+                      http_client=openai.DefaultAsyncHttpxClient(limits=limits))
+        if spec.provider == "azure":
+            self.client = openai.AsyncAzureOpenAI(azure_endpoint=spec.azure_endpoint, api_version=spec.api_version,
+                                                  **common)
+        else:
+            self.client = openai.AsyncOpenAI(base_url=spec.base_url, **common)
+        self.provider_id = provider_id(spec)
+        self._raw = httpx.Response
+
+    @property
+    def endpoint(self) -> str:
+        return self.spec.azure_endpoint if self.spec.provider == "azure" else (self.spec.base_url or "api.openai.com")
+
+    def redact(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    async def complete(self, prompt: str) -> str:
+        self.sent += 1
+        # The client's raw-request path (documented for undocumented endpoints): the same
+        # auth, timeout, error types and Azure deployment routing as
+        # `chat.completions.create`, without its per-request parameter transform and
+        # response model, which cost ~2 ms of CPU per request (a quarter of a 32-way job).
+        resp = await self.client.post(
+            "/chat/completions", cast_to=self._raw,
+            body={"model": self.model, "messages": [{"role": "user", "content": prompt}],
+                  "temperature": self.spec.temperature, "max_tokens": self.spec.max_tokens})
+        try:
+            choices = resp.json().get("choices") or []
+            return (choices[0].get("message") or {}).get("content") or "" if choices else ""
+        except (ValueError, AttributeError, IndexError):
+            return ""  # a malformed body: no choice in it, parsed as such (then `invalid`)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+def _retry_after(err: Exception) -> float | None:
+    """Seconds the server asked us to wait (retry-after-ms, Retry-After seconds or date)."""
+    response = getattr(err, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def classify(err: Exception) -> str:
+    """"retry", "fatal" (stop the job), "unreachable" (retry; the job stops when attempts
+    run out) or "request" (this request fails, the job goes on)."""
+    import openai
+
+    if isinstance(err, openai.APITimeoutError):
+        return "retry"
+    if isinstance(err, openai.APIConnectionError):
+        return "unreachable"
+    if isinstance(err, openai.APIStatusError):
+        code = err.status_code
+        if code in (408, 409, 429) or code >= 500:
+            return "retry"
+        if code in (401, 403, 404):
+            return "fatal"
+        return "request"
+    return "request"
+
+
+async def complete_with_retries(client: ChatClient, prompt: str, *, max_attempts: int, backoff_initial_s: float,
+                                backoff_max_s: float, rng: random.Random | None = None) -> tuple[str, int]:
+    """(text, attempts). Raises RequestFailed when attempts run out (or on a 4xx), and
+    JudgeError for errors that would fail every request (bad key, model, endpoint down)."""
+    rng = rng or random.Random()
+    redact = getattr(client, "redact", lambda s: s)
+    for attempt in range(1, max_attempts + 1):
+        try:
+            return await client.complete(prompt), attempt
+        except Exception as err:  # noqa: BLE001 - classified below
+            kind = classify(err)
+            what = redact(f"{type(err).__name__}: {err}")
+            if kind == "fatal":
+                raise JudgeError(
+                    f"the judge endpoint refused the request ({what}); check the model name, the endpoint and "
+                    f"the key in {getattr(getattr(client, 'spec', None), 'api_key_env', 'the key variable')}"
+                ) from None
+            if kind == "request":
+                raise RequestFailed(what) from None
+            if attempt == max_attempts:
+                if kind == "unreachable":
+                    raise JudgeError(
+                        f"the judge endpoint {getattr(client, 'endpoint', '')} is unreachable after {max_attempts} "
+                        f"attempts ({what}); judgments made so far are kept: run again to resume"
+                    ) from None
+                raise RequestFailed(f"{what} (after {max_attempts} attempts)") from None
+            wait = _retry_after(err)
+            if wait is None:
+                wait = min(backoff_max_s, backoff_initial_s * 2 ** (attempt - 1)) * rng.uniform(0.5, 1.0)
+            await asyncio.sleep(min(wait, backoff_max_s))
+    raise AssertionError("unreachable")
+
+
+class HFJudge:
+    """A local causal LM as judge: compares log p("A") and log p("B") as the final answer.
+
+    The text scored is the judge prompt, then ``\\nFinal Response:`` (inside the chat
+    template when the tokenizer has one), then `` A`` or `` B``; the answer is the more
+    likely letter, written in the paper's format with both log-probabilities, so the
+    same parser reads it. Requests run one at a time in a worker thread.
+    """
+
+    def __init__(self, spec: Any):
+        from sami_core.generation import load_model_and_tokenizer
+        from sami_core.stages import resolve_model_path
+
+        self.lm, self.tokenizer = load_model_and_tokenizer(resolve_model_path(spec.model), dtype=spec.dtype)
+        self.device = next(self.lm.parameters()).device
+        self.model = spec.model
+        self.provider_id = "hf"
+        self.sent = 0
+        self._lock = asyncio.Lock()
+
+    def _context(self, prompt: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+            return text + "Final Response:"
+        return prompt + "\nFinal Response:"
+
+    def letter_logprobs(self, prompt: str) -> dict[str, float]:
+        """{"A": log p(" A" | context), "B": log p(" B" | context)} (summed over tokens)."""
+        import torch
+
+        ctx = self.tokenizer(self._context(prompt), add_special_tokens=True)["input_ids"]
+        limit = getattr(self.lm.config, "max_position_embeddings", None) or 10**9
+        out = {}
+        for letter in ("A", "B"):
+            cont = self.tokenizer(" " + letter, add_special_tokens=False)["input_ids"]
+            if len(ctx) + len(cont) > limit:  # too long for the model: keep the end (the answer's context)
+                ctx = ctx[len(ctx) + len(cont) - limit:]
+            ids = torch.tensor([ctx + cont], device=self.device)  # (1, T)
+            with torch.no_grad():
+                logits = self.lm(ids).logits[0, len(ctx) - 1: -1].float()  # (len(cont), V)
+            lp = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(cont, device=self.device)[:, None])
+            out[letter] = float(lp.sum())
+        return out
+
+    async def complete(self, prompt: str) -> str:
+        async with self._lock:
+            self.sent += 1
+            lp = await asyncio.to_thread(self.letter_logprobs, prompt)
+        choice = "A" if lp["A"] >= lp["B"] else "B"
+        return f"Comparison: log p(A) = {lp['A']:.4f}, log p(B) = {lp['B']:.4f}.\nFinal Response: {choice}"
+
+    async def aclose(self) -> None:
+        return None
+
+
+def make_client(spec: Any) -> ChatClient:
+    """A client for an :class:`sami_core.spec.LLMSpec`."""
+    if spec.provider == "hf":
+        return HFJudge(spec)
+    return OpenAIChat(spec)
+
+
+def provider_id(spec: Any) -> str:
+    """The provider part of cache keys, without building a client (no key needed)."""
+    if spec.provider == "azure":
+        return f"azure:{spec.azure_endpoint.rstrip('/')}"
+    if spec.provider == "hf":
+        return "hf"
+    return "openai" if spec.base_url is None else f"openai-compatible:{spec.base_url.rstrip('/')}"
