@@ -7,9 +7,14 @@ Three ways to compute the same (B, N, N) matrix:
   (c) prefix: B*N sequences [prompt_i, y_1, ..., y_N] with a 4D mask (the default path).
 
 Model: a random-init Llama with a 32k vocab; prompts ~400 tokens, responses ~80
-(ragged, random ids, seeded). Time: median over several rounds after warmup of
-forward + L.sum().backward(). The three methods run interleaved, one call each per
-round, so that load from other processes on a shared machine hits them alike.
+(ragged, random ids, seeded). Time: median over several rounds of forward +
+L.sum().backward() (one warmup round, before the first N only: on CPU nothing is tuned
+per shape). The three methods run interleaved, one call each per round, so that load
+from other processes on a shared machine hits them alike; the process CPU time per
+call is shown too (with one thread it is the compute time, whatever the load; with
+more, threads spinning while a sibling waits for a core inflate it). On a busy
+machine (load average at or above the core count) the default is one thread: with two,
+each parallel op waits for a descheduled sibling and wall times become erratic.
 
 Peak memory of one call: on CUDA, torch.cuda.max_memory_allocated after a reset, in
 the timing process. On CPU torch's allocator is invisible to tracemalloc and a process
@@ -21,7 +26,9 @@ gradients included (the same for every method). --quick skips this.
     .venv/bin/python benchmarks/logprob_matrix.py [--quick] [--device auto|cpu|cuda] [--threads K]
 
 The last line printed is `speedup_vs_reference_n4: X.XX` (median time of (a) / median
-time of (c) at N = 4).
+time of (c) at N = 4). The tokens column counts the tokens that go through the
+transformer body, padding not included: N^2 (P + R - 1) per query for (a) and (b),
+N P + N^2 (R - 1) for (c).
 """
 
 from __future__ import annotations
@@ -131,30 +138,32 @@ def cpu_peak_mib_isolated(cfg: dict, method: str, n: int, threads: int | None) -
     return float(out.strip().splitlines()[-1])
 
 
-def bench_n(cfg: dict, model, n: int, device: str) -> dict:
+def bench_n(cfg: dict, model, n: int, device: str, warmup: int) -> dict:
     """Interleaved rounds of (a), (b), (c) at one N: median and min time, last L."""
     batch = build_batch(cfg, n)
     cuda = device == "cuda"
     times = {m: [] for m in METHODS}
+    cpu_times = {m: [] for m in METHODS}
     peaks = {m: [] for m in METHODS}
     values = {}
-    for rnd in range(cfg["warmup"] + cfg["rounds"]):
+    for rnd in range(warmup + cfg["rounds"]):
         for method in METHODS:
             model.zero_grad(set_to_none=True)
             if cuda:
                 torch.cuda.synchronize()
                 base = torch.cuda.memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 L = compute(method, model, batch)  # (B, N, N)
             L.sum().backward()
             if cuda:
                 torch.cuda.synchronize()
                 peaks[method].append((torch.cuda.max_memory_allocated() - base) / 2**20)
-            elapsed = time.perf_counter() - t0
-            if rnd >= cfg["warmup"]:
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if rnd >= warmup:
                 times[method].append(elapsed)
+                cpu_times[method].append(cpu)
             values[method] = L.detach()
             del L
     model.zero_grad(set_to_none=True)
@@ -173,6 +182,7 @@ def bench_n(cfg: dict, model, n: int, device: str) -> dict:
         m: {
             "time_s": statistics.median(times[m]),
             "min_s": min(times[m]),
+            "cpu_s": statistics.median(cpu_times[m]),
             "peak_mib": max(peaks[m]) if peaks[m] else float("nan"),
             "L": values[m].float().cpu(),
             "tokens": tokens_prefix if m == "prefix" else tokens_naive,
@@ -186,13 +196,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small, fast smoke run")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument(
-        "--threads", type=int, default=None,
-        help="CPU threads for torch (default: torch's choice; 1 with --quick, where tiny ops on "
-        "a busy machine make a second thread spin far more than it helps)",
+        "--threads", type=int, default=0,
+        help="CPU threads for torch; 0 (default) = torch's choice, or 1 when the load average "
+        "is already at the core count (or with --quick): on a busy machine a second thread "
+        "waits for a core at every parallel op and wall times become erratic",
     )
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    threads = args.threads or (1 if args.quick else None)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    threads, why = args.threads, "--threads"
+    busy = os.getloadavg()[0] >= (os.cpu_count() or 1)
+    if not threads and device == "cpu" and (args.quick or busy):
+        threads, why = 1, "--quick" if args.quick else "auto: busy machine"
     if threads:
         torch.set_num_threads(threads)
     if args.memory_worker:  # child process: one call, print its peak
@@ -200,24 +217,25 @@ def main() -> None:
         print(f"{cpu_peak_mib(cfg, method, n):.1f}")
         return
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = QUICK if args.quick else FULL
     precision = "bf16 autocast" if device == "cuda" else "float32"
     print(
         f"log-prob matrix L, forward+backward | device {device} ({precision}, "
-        f"{torch.get_num_threads()} threads) | Llama vocab {cfg['vocab']}, hidden {cfg['hidden']}, "
+        f"{torch.get_num_threads()} thread(s)) | Llama vocab {cfg['vocab']}, hidden {cfg['hidden']}, "
         f"{cfg['layers']} layers | {cfg['queries']} queries/batch, prompts ~{cfg['prompt_len']}, "
         f"responses ~{cfg['response_len']} tokens | median of {cfg['rounds']} interleaved rounds "
-        f"after {cfg['warmup']} warmup"
+        f"({cfg['warmup']} warmup round first)"
     )
     if device == "cpu":
-        print(f"load average at start: {os.getloadavg()[0]:.2f} (other processes share these cores)")
+        chosen = f" ({why})" if threads else ""
+        print(
+            f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
+            f"{torch.get_num_threads()} torch thread(s){chosen}"
+        )
     model = build_model(cfg, device)
     mem_name = "peak CUDA MiB" if device == "cuda" else "peak +RSS MiB"
     header = (
-        f"{'N':>2}  {'method':<31} {'tokens':>7} {'s/iter':>8} {'min s':>8} {'vs (a)':>7} "
+        f"{'N':>2}  {'method':<31} {'tokens':>7} {'s/iter':>8} {'min s':>8} {'cpu s':>8} {'vs (a)':>7} "
         f"{'vs (b)':>7} {mem_name:>13} {'max|L-L_a|':>11}"
     )
     print(header)
@@ -225,7 +243,7 @@ def main() -> None:
     speedup_n4 = float("nan")
     worst_diff = 0.0
     for n in (2, 4):
-        results = bench_n(cfg, model, n, device)
+        results = bench_n(cfg, model, n, device, warmup=cfg["warmup"] if n == 2 else 0)
         if device == "cpu" and not args.quick:
             for method in METHODS:
                 results[method]["peak_mib"] = cpu_peak_mib_isolated(cfg, method, n, threads)
@@ -236,6 +254,7 @@ def main() -> None:
             worst_diff = max(worst_diff, diff)
             print(
                 f"{n:>2}  {label:<31} {res['tokens']:>7} {res['time_s']:>8.3f} {res['min_s']:>8.3f} "
+                f"{res['cpu_s']:>8.3f} "
                 f"{ref['time_s'] / res['time_s']:>6.2f}x "
                 f"{results['naive_tail']['time_s'] / res['time_s']:>6.2f}x "
                 f"{res['peak_mib']:>13.0f} {diff:>11.2e}".replace(" nan ", "   - ")

@@ -429,23 +429,27 @@ def supports_prefix_sharing(model) -> bool:
     Under FSDP every rank must call this at the same point (it runs a forward), which
     `logprob_matrix` does since all ranks compute L for their batch each step.
     """
-    config = getattr(model, "config", None)
-    attn = getattr(config, "_attn_implementation", None)
+    return _prefix_check(model)[0]
+
+
+def _prefix_check(model) -> tuple[bool, str]:
+    """(supported, reason if not), cached per model and attention implementation."""
+    attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
     cache = _PREFIX_CHECKS.setdefault(model, {})
     if attn not in cache:
-        cache[attn] = _check_prefix_sharing(model, attn)
+        cache[attn] = _run_prefix_check(model, attn)
+        if not cache[attn][0]:
+            logger.info("prefix sharing off for %s: %s", type(model).__name__, cache[attn][1])
     return cache[attn]
 
 
-def _check_prefix_sharing(model, attn) -> bool:
+def _run_prefix_check(model, attn) -> tuple[bool, str]:
     if attn not in _MASK_4D_ATTN_IMPLS:
-        logger.info("prefix sharing off: attention implementation %r ignores 4D masks", attn)
-        return False
+        return False, f"attention implementation {attn!r} does not take an additive 4D mask"
     try:
         _uniform_sliding_window(model)
     except ValueError as err:
-        logger.info("prefix sharing off: %s", err)
-        return False
+        return False, str(err)
     vocab = getattr(model.config, "vocab_size", None) or model.get_input_embeddings().num_embeddings
     g = torch.Generator().manual_seed(0)
 
@@ -460,8 +464,7 @@ def _check_prefix_sharing(model, attn) -> bool:
             fast = logprob_matrix_prefix(model, batch)
             slow = logprob_matrix_naive(model, batch)
     except Exception as err:  # a model that rejects the 4D mask or position ids
-        logger.info("prefix sharing off: the model rejected the prefix layout: %r", err)
-        return False
+        return False, f"the model rejected the prefix layout: {err!r}"
     finally:
         for m, training in modes.items():
             m.training = training
@@ -469,9 +472,8 @@ def _check_prefix_sharing(model, attn) -> bool:
     tol = 1e-4 if dtype in (torch.float32, torch.float64) else 5e-2
     diff = (fast - slow).abs().max().item()
     if not diff <= tol:  # also catches NaN
-        logger.info("prefix sharing off: prefix and naive differ by %.3g > %.1g", diff, tol)
-        return False
-    return True
+        return False, f"prefix and naive differ by {diff:.3g} > {tol:g} on a tiny batch"
+    return True, ""
 
 
 def logprob_matrix(
@@ -493,13 +495,15 @@ def logprob_matrix(
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     _check_reduction(reduction)
     if impl == "auto":
-        impl = "prefix" if supports_prefix_sharing(model) else "naive"
-        if impl == "naive" and not _warned_fallback:
+        supported, reason = _prefix_check(model)
+        impl = "prefix" if supported else "naive"
+        if not supported and not _warned_fallback:
             _warned_fallback = True
             logger.warning(
-                "%s does not support the prefix-shared log-prob matrix (4D mask); "
-                "falling back to the naive N^2 computation",
+                "%s: no prefix-shared log-prob matrix (%s); falling back to the naive "
+                "N^2 computation, about N times slower on long prompts",
                 type(model).__name__,
+                reason,
             )
     if impl == "prefix":
         return logprob_matrix_prefix(model, batch, reduction=reduction, pad_token_id=pad_token_id)

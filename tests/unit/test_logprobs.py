@@ -45,14 +45,14 @@ def tiny_config(cls=LlamaConfig, attn: str = "sdpa", **overrides):
     return cls(**kwargs)
 
 
-def tiny_llama(attn: str = "sdpa", cls=LlamaForCausalLM, config_cls=LlamaConfig, **overrides):
+def tiny_model(attn: str = "sdpa", cls=LlamaForCausalLM, config_cls=LlamaConfig, **overrides):
     torch.manual_seed(0)
     return cls(tiny_config(config_cls, attn, **overrides)).float().eval()
 
 
 @pytest.fixture(scope="module")
 def llama():
-    return tiny_llama("sdpa")
+    return tiny_model("sdpa")
 
 
 def random_batch(seed: int, B: int, N: int, prompt_len=(1, 12), response_len=(1, 7)) -> MatrixBatch:
@@ -110,7 +110,7 @@ def test_prefix_equals_naive_equals_direct(llama, N, reduction):
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_attention_implementations(attn):
-    model = tiny_llama(attn)
+    model = tiny_model(attn)
     batch = random_batch(seed=7, B=2, N=3)
     with torch.no_grad():
         prefix = logprob_matrix_prefix(model, batch)
@@ -229,7 +229,7 @@ def test_prefix_token_count(llama):
 
 def test_sliding_window_model():
     """A uniform sliding window (Mistral v0.1 style) shorter than the sequences is honoured."""
-    model = tiny_llama("sdpa", cls=MistralForCausalLM, config_cls=MistralConfig, sliding_window=5)
+    model = tiny_model("sdpa", cls=MistralForCausalLM, config_cls=MistralConfig, sliding_window=5)
     batch = random_batch(seed=9, B=2, N=3, prompt_len=(4, 10), response_len=(3, 8))
     with torch.no_grad():
         prefix = logprob_matrix_prefix(model, batch)
@@ -249,7 +249,7 @@ def test_sliding_window_model():
 
 
 def test_gradients_flow_and_match():
-    model = tiny_llama("sdpa")
+    model = tiny_model("sdpa")
     batch = random_batch(seed=21, B=2, N=3)
     weights = torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(0))  # every cell counts differently
     grads = {}
@@ -322,12 +322,15 @@ def test_fsdp2_fully_shard(gloo_world_of_one, mixed_precision):
     """Only the model's own forward is called, so FSDP2 (per layer, then root) just works."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    reference = tiny_llama("sdpa")
-    model = tiny_llama("sdpa")
+    reference = tiny_model("sdpa")
+    model = tiny_model("sdpa")
     kwargs = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16)} if mixed_precision else {}
     for layer in model.model.layers:
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
+    # the mask and the check's tolerance follow the dtype FSDP2 computes in
+    expected_dtype = torch.bfloat16 if mixed_precision else torch.float32
+    assert lp._compute_dtype(model, torch.device("cpu")) == expected_dtype
     batch = random_batch(seed=13, B=2, N=3)
     L = logprob_matrix(model, batch)  # auto: the one-off check runs through FSDP too
     assert supports_prefix_sharing(model)
@@ -363,23 +366,25 @@ class IgnoresPositionIds(LlamaForCausalLM):
 
 def test_supports_prefix_sharing(llama):
     assert supports_prefix_sharing(llama)
-    assert supports_prefix_sharing(tiny_llama("eager"))
-    assert not supports_prefix_sharing(tiny_llama(cls=RejectsMask4D))
-    assert not supports_prefix_sharing(tiny_llama(cls=IgnoresPositionIds))
+    assert supports_prefix_sharing(tiny_model("eager"))
+    assert not supports_prefix_sharing(tiny_model(cls=RejectsMask4D))
+    assert not supports_prefix_sharing(tiny_model(cls=IgnoresPositionIds))
     # hybrid sliding/full attention cannot be expressed by one 4D mask
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    hybrid = tiny_llama(
+    hybrid = tiny_model(
         cls=Qwen2ForCausalLM, config_cls=Qwen2Config, use_sliding_window=True, sliding_window=4,
         max_window_layers=1,
     )
     assert set(hybrid.config.layer_types) == {"full_attention", "sliding_attention"}
     assert not supports_prefix_sharing(hybrid)
+    with pytest.raises(ValueError, match="mixed attention layer types"):
+        logprob_matrix_prefix(hybrid, random_batch(seed=0, B=1, N=2))
 
 
 def test_auto_falls_back_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(lp, "_warned_fallback", False)
-    model = tiny_llama(cls=RejectsMask4D)
+    model = tiny_model(cls=RejectsMask4D)
     batch = random_batch(seed=4, B=1, N=2)
     with caplog.at_level(logging.WARNING, logger="sami_core.logprobs"):
         with torch.no_grad():
@@ -388,6 +393,7 @@ def test_auto_falls_back_with_one_warning(monkeypatch, caplog):
             naive = logprob_matrix_naive(model, batch)
     warnings = [r for r in caplog.records if "falling back" in r.getMessage()]
     assert len(warnings) == 1
+    assert "4D attention masks are not supported" in warnings[0].getMessage()  # says why
     assert max_diff(first, naive) == 0 and max_diff(second, naive) == 0
     with pytest.raises(ValueError, match="4D"):
         logprob_matrix(model, batch, impl="prefix")
@@ -402,7 +408,7 @@ def test_auto_uses_prefix_when_supported(llama):
 
 
 def test_check_restores_training_mode():
-    model = tiny_llama("sdpa").train()
+    model = tiny_model("sdpa").train()
     model.model.layers[0].eval()  # mixed modes survive the check unchanged
     assert supports_prefix_sharing(model)
     assert model.training and model.model.layers[1].training and not model.model.layers[0].training
