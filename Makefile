@@ -8,8 +8,10 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 RUN_DIR ?= runs/demo
 PYTEST_ARGS ?=
+# The workspace of `make demo-queue` (database + run directories).
+SAMI_HOME ?= .sami
 
-.PHONY: install test test-unit demo bench clean
+.PHONY: install test test-unit demo demo-queue bench clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +30,14 @@ test-unit: install
 
 demo: install
 	$(PY) -m sami_core demo --run-dir $(RUN_DIR)
+
+# The same demo through the queue: submit the demo experiment, run a local worker until
+# no work is left, list the jobs; fails unless every job of the experiment succeeded.
+demo-queue: install
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers init
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers submit sami_core/examples/demo.yaml
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers worker --exit-when-idle
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers jobs --experiment latest --check
 
 bench: install
 	$(PY) benchmarks/logprob_matrix.py

@@ -1,8 +1,10 @@
-"""Writes of what jobs produce: metrics (while they run) and checkpoints (when they end).
+"""Writes of what jobs produce: metrics (while they run), checkpoints and responses
+(when they end).
 
-Both are idempotent upserts keyed by what identifies a record ((job, name, step) for a
-metric, (job, step) for a checkpoint): a resumed stage that logs a step again, or a
-worker that re-ingests after a crash, overwrites rather than duplicates.
+All are idempotent, keyed by what identifies a record ((job, name, step) for a metric,
+(job, step) for a checkpoint, the sample job for a response source, (source, query,
+temperature, sample index) for a response): a resumed stage that logs a step again,
+or a worker that re-ingests after a crash, overwrites rather than duplicates.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from db.models import Checkpoint, Job, Metric, utcnow
+from db.models import Checkpoint, Job, Metric, Response, ResponseSource, utcnow
 
 jobs = Job.__table__
 metrics = Metric.__table__
 checkpoints = Checkpoint.__table__
+response_sources = ResponseSource.__table__
+responses = Response.__table__
 
 
 def _upsert(conn: Connection, table, rows: list[dict], keys: list[str]) -> None:  # noqa: ANN001
@@ -93,4 +97,62 @@ def upsert_checkpoints(
         for c in items
     ]
     _upsert(conn, checkpoints, rows, ["job_id", "step"])
+    return len(rows)
+
+
+def find_checkpoint(conn: Connection, path: str, *, experiment_id: int | None = None) -> int | None:
+    """The id of the checkpoint stored with exactly this ``path`` (of this experiment,
+    when given), or None."""
+    stmt = select(checkpoints.c.id).where(checkpoints.c.path == path)
+    if experiment_id is not None:
+        stmt = stmt.where(checkpoints.c.experiment_id == experiment_id)
+    return conn.execute(stmt.order_by(checkpoints.c.id.desc()).limit(1)).scalar_one_or_none()
+
+
+def upsert_response_source(
+    conn: Connection,
+    job_id: int,
+    *,
+    kind: str,
+    label: str,
+    checkpoint_id: int | None = None,
+    model: str | None = None,
+    experiment_id: int | None = None,
+    temperatures: list[float] | None = None,
+    now: datetime | None = None,
+) -> int:
+    """The response source of sample job ``job_id`` (one per job), created or updated; its id."""
+    values = {"kind": kind, "label": label[:200], "checkpoint_id": checkpoint_id, "model": model,
+              "experiment_id": experiment_id, "temperatures": temperatures}
+    found = conn.execute(select(response_sources.c.id).where(response_sources.c.job_id == job_id)
+                         .order_by(response_sources.c.id).limit(1)).scalar_one_or_none()
+    if found is not None:
+        conn.execute(update(response_sources).where(response_sources.c.id == found).values(**values))
+        return found
+    return conn.execute(
+        insert(response_sources).values(job_id=job_id, created_at=now or utcnow(), **values)
+        .returning(response_sources.c.id)
+    ).scalar_one()
+
+
+RESPONSE_KEY = ["source_id", "query_id", "temperature", "sample_index"]
+
+
+def upsert_responses(
+    conn: Connection, source_id: int, items: Iterable[Mapping[str, Any]], *, constitution_id: int | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Store responses ({"query_id", "query", "temperature", "text", "n_tokens",
+    "sample_index"?}) of a source; return how many."""
+    now = now or utcnow()
+    rows: dict[tuple, dict] = {}
+    for r in items:
+        row = {
+            "source_id": source_id, "query_id": str(r["query_id"])[:200], "query": r.get("query"),
+            "constitution_id": constitution_id, "temperature": float(r["temperature"]),
+            "sample_index": int(r.get("sample_index", 0)), "text": str(r["text"]),
+            "n_tokens": None if r.get("n_tokens") is None else int(r["n_tokens"]), "created_at": now,
+        }
+        rows[tuple(row[k] for k in RESPONSE_KEY)] = row  # last write wins within a batch too
+    _upsert(conn, responses, list(rows.values()), RESPONSE_KEY)
     return len(rows)

@@ -157,7 +157,7 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(64), index=True)
-    name: Mapped[str | None] = mapped_column(String(200))  # display label, e.g. "iter1/train"
+    name: Mapped[str | None] = mapped_column(String(200))  # display label; an experiment's plan key, e.g. "train-1"
     # What the job is asked to do: for stage kinds the stage spec (written to
     # RUN_DIR/job_spec.json); for `sleep` {"seconds": .., "exit_code": ..}.
     spec: Mapped[dict] = mapped_column(JSONType, default=dict)
@@ -165,6 +165,11 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)  # higher runs first
     experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id"), index=True)
     constitution_id: Mapped[int | None] = mapped_column(ForeignKey("constitutions.id"))
+    # An experiment's plan (sami_core.pipeline.JobPlan): the SAMI iteration the job
+    # belongs to (0 = baseline) and what it produces, e.g. "base" or "iteration-1"
+    # (a response source's label). Null for jobs enqueued by hand.
+    iteration: Mapped[int | None] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(String(200))
     devices_required: Mapped[int] = mapped_column(Integer, default=0)  # GPUs; 0 = CPU
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far (see db.queue)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
@@ -231,6 +236,7 @@ class ResponseSource(Base):
     path: Mapped[str | None] = mapped_column(Text)  # import: the results file
     experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id"), index=True)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)  # the sample job
+    temperatures: Mapped[list | None] = mapped_column(JSONType)  # what the sample job was asked for
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -238,7 +244,12 @@ class Response(Base):
     """One sampled response to one query under one constitution and temperature."""
 
     __tablename__ = "responses"
-    __table_args__ = (Index("ix_responses_source_query", "source_id", "query_id"),)
+    __table_args__ = (
+        Index("ix_responses_source_query", "source_id", "query_id"),
+        # What identifies a response: ingesting a sample job again updates, never duplicates.
+        Index("uq_responses_source_query_temperature_sample", "source_id", "query_id", "temperature",
+              "sample_index", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     source_id: Mapped[int] = mapped_column(ForeignKey("response_sources.id", ondelete="CASCADE"))

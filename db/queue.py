@@ -118,6 +118,8 @@ def enqueue(
     priority: int = 0,
     max_attempts: int = 3,
     run_dir: str | None = None,
+    iteration: int | None = None,
+    label: str | None = None,
     now: datetime | None = None,
 ) -> int:
     """Add a job and its dependency edges; return its id.
@@ -128,12 +130,12 @@ def enqueue(
     return enqueue_many(conn, [dict(
         kind=kind, spec=spec, depends_on=depends_on, name=name, experiment_id=experiment_id,
         constitution_id=constitution_id, devices_required=devices_required, priority=priority,
-        max_attempts=max_attempts, run_dir=run_dir,
+        max_attempts=max_attempts, run_dir=run_dir, iteration=iteration, label=label,
     )], now=now)[0]
 
 
 _ENQUEUE_KEYS = {"kind", "spec", "depends_on", "name", "experiment_id", "constitution_id",
-                 "devices_required", "priority", "max_attempts", "run_dir"}
+                 "devices_required", "priority", "max_attempts", "run_dir", "iteration", "label"}
 
 
 def enqueue_many(conn: Connection, items: Sequence[dict[str, Any]], *, now: datetime | None = None) -> list[int]:
@@ -166,6 +168,7 @@ def enqueue_many(conn: Connection, items: Sequence[dict[str, Any]], *, now: date
             "priority": it.get("priority", 0), "experiment_id": it.get("experiment_id"),
             "constitution_id": it.get("constitution_id"), "devices_required": it.get("devices_required", 0),
             "max_attempts": it.get("max_attempts", 3), "run_dir": it.get("run_dir"),
+            "iteration": it.get("iteration"), "label": it.get("label"),
             "attempts": 0, "metrics_offset": 0, "created_at": now, "updated_at": now,
         })
         edges.append(parents)
@@ -243,7 +246,7 @@ def _claim_statement(filter_kinds: bool) -> Update:
 # What a worker needs to run a claimed job (fewer columns: less to decode per claim).
 _CLAIM_RETURNS = [jobs.c[name] for name in (
     "id", "kind", "name", "spec", "status", "priority", "experiment_id", "constitution_id",
-    "devices_required", "attempts", "max_attempts", "worker_id", "metrics_offset", "run_dir",
+    "devices_required", "attempts", "max_attempts", "worker_id", "metrics_offset", "run_dir", "iteration", "label",
 )]
 
 

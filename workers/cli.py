@@ -1,15 +1,20 @@
 """The ``sami`` command line: workspace, queue and worker.
 
-    sami init
+    sami init [--no-demo-model]
+    sami submit SPEC.yaml [--name N] [--dry-run] [--json]
     sami enqueue KIND [--param key=value ...] [--spec FILE] [--depends-on ID ...]
-    sami jobs [--experiment ID] [--json]
+    sami jobs [--experiment ID|latest] [--json] [--check]
     sami cancel ID | sami retry ID | sami logs ID [--follow]
     sami worker [--devices 0,1] [--exit-when-idle] [--lease-seconds S]
 
 Every command finds the workspace at ``$SAMI_HOME`` (default ``./.sami``) and the
 database at ``$SAMI_DATABASE_URL`` (default: the workspace's SQLite file); the schema
 is migrated on first use. A subcommand is a handler registered with :func:`command`
-(its ``configure`` adds the arguments); add new ones (submit, judge, ui) the same way.
+(its ``configure`` adds the arguments); add new ones (judge, ui) the same way.
+
+Exit codes: 0 = done; 1 = `sami jobs --check` found jobs that did not succeed, or the
+database failed; 2 = refused (a bad spec or argument, named with its field; nothing
+was written).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ def command(
     name: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = _no_arguments
 ) -> Callable[[Handler], Handler]:
     """Register ``fn(args) -> exit code`` as ``sami NAME``; ``configure(parser)`` adds its
-    arguments. Example (a later `sami submit`)::
+    arguments. Example (see `sami submit` below)::
 
         def _configure_submit(p): p.add_argument("spec", type=Path)
 
@@ -89,18 +94,64 @@ def _transact(fn: Callable[[Any], Any], *, write: bool = True) -> Any:
 # --- init -----------------------------------------------------------------------------------
 
 
-@command("init", "create the workspace ($SAMI_HOME or ./.sami): database and runs folder")
+def _configure_init(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-demo-model", action="store_true",
+                   help="do not build the embedded demo model (built once per checkout, about half a minute; "
+                        "`model.path: demo` needs it)")
+
+
+@command("init", "create the workspace ($SAMI_HOME or ./.sami): database, runs folder, demo model",
+         _configure_init)
 def cmd_init(args: argparse.Namespace) -> int:
+    import subprocess
+
     from db.migrations import current_revision
     from db.workspace import redacted_url
 
     ws = _workspace()
     ws.create()
     engine = _engine()
-    # Later: build the embedded demo model here when it is missing (sami_core, as a subprocess).
     print(f"workspace: {ws.home}")
     print(f"database:  {redacted_url(ws.database_url)} (schema {current_revision(engine)})")
-    print(f"runs:      {ws.runs_dir}")
+    print(f"runs:      {ws.runs_dir}", flush=True)
+    if not args.no_demo_model:
+        # sami_core runs as a subprocess: the CLI never imports the ML stack. Instant
+        # when the model is already built.
+        rc = subprocess.call([sys.executable, "-m", "sami_core", "make-demo-model"], stderr=subprocess.DEVNULL)
+        if rc != 0:
+            raise CliError("could not build the demo model: run `python -m sami_core make-demo-model` to see why")
+    return 0
+
+
+# --- submit ---------------------------------------------------------------------------------
+
+
+def _configure_submit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", type=Path, help="an experiment spec, YAML or JSON (see sami_core/examples/)")
+    p.add_argument("--name", help="the experiment's name (overrides the spec's `name`)")
+    p.add_argument("--dry-run", action="store_true", help="validate and show the jobs; enqueue nothing")
+    p.add_argument("--json", action="store_true", help="print JSON: the experiment id and its jobs")
+
+
+@command("submit", "expand an experiment spec into its jobs and enqueue them (prints the experiment id)",
+         _configure_submit)
+def cmd_submit(args: argparse.Namespace) -> int:
+    from workers import submit
+
+    prepared = submit.prepare(args.spec, name=args.name)  # SpecError: exit 2, nothing written
+    try:
+        if args.dry_run:
+            result = _transact(lambda c: submit.dry_run(c, prepared), write=False)
+        else:
+            result = _transact(lambda c: submit.submit(c, prepared))
+    except submit.SubmitError as err:
+        raise CliError(f"{args.spec}: {err}") from None
+    for w in result.warnings:
+        print(f"sami: warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=1))
+    else:
+        print(submit.format_table(result))
     return 0
 
 
@@ -192,8 +243,20 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 # --- jobs -----------------------------------------------------------------------------------
 
 
+def _experiment_ref(value: str) -> int | str:
+    if value == "latest":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected an experiment id or `latest`") from None
+
+
 def _configure_jobs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--experiment", type=int, help="only this experiment's jobs")
+    p.add_argument("--experiment", type=_experiment_ref, metavar="ID|latest",
+                   help="only this experiment's jobs (`latest`: the newest experiment)")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 unless every listed job succeeded (e.g. after `sami worker --exit-when-idle`)")
     p.add_argument("--status", action="append", help="only jobs in this state (repeatable)")
     p.add_argument("--limit", type=int, default=None, help="at most this many (newest first)")
     p.add_argument("--json", action="store_true", help="print JSON (one array of objects)")
@@ -231,13 +294,22 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from db import queue
 
     def read(conn: Any) -> tuple[list, dict]:
-        rows = queue.list_jobs(conn, experiment_id=args.experiment, statuses=args.status, limit=args.limit)
+        experiment = args.experiment
+        if experiment == "latest":
+            from sqlalchemy import func, select
+
+            from db.models import Experiment
+
+            experiment = conn.execute(select(func.max(Experiment.id))).scalar_one()
+            if experiment is None:
+                raise CliError("--experiment latest: no experiment has been submitted yet")
+        rows = queue.list_jobs(conn, experiment_id=experiment, statuses=args.status, limit=args.limit)
         return rows, queue.dependencies(conn, [r.id for r in rows])
 
     rows, edges = _transact(read, write=False)
     if args.json:
         print(json.dumps([job_dict(r, edges[r.id]) for r in rows], indent=1))
-        return 0
+        return _check_succeeded(rows) if args.check else 0
     header = ("ID", "KIND", "STATUS", "TRY", "PROGRESS", "WORKER", "DEPS", "UPDATED", "NAME / ERROR")
     table = [header]
     for r in rows:
@@ -250,7 +322,18 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
-    return 0
+    return _check_succeeded(rows) if args.check else 0
+
+
+def _check_succeeded(rows: Sequence[Any]) -> int:
+    """``sami jobs --check``: 0 when there are jobs and every one succeeded, else 1."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    ok = bool(rows) and counts.get("succeeded", 0) == len(rows)
+    detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs"
+    print(f"{'ok' if ok else 'not done'}: {len(rows)} job(s): {detail}", file=sys.stderr)
+    return 0 if ok else 1
 
 
 # --- cancel, retry ---------------------------------------------------------------------------
@@ -435,13 +518,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from db.queue import QueueError
     from db.workspace import redacted_url
+    from sami_core.errors import SamiError
     from workers.stages import KindError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command].run(args)
-    except (CliError, QueueError, KindError) as err:  # errors the user can act on: no traceback
+    except (CliError, QueueError, KindError, SamiError) as err:  # errors the user can act on: no traceback
         parser.exit(2, f"sami: error: {err}\n")
     except DBAPIError as err:
         where = redacted_url(_workspace().database_url)

@@ -265,7 +265,8 @@ class Worker:
             log_file.flush()
             start_offset = log_file.tell()
             try:
-                proc = launch.start(cmd, env=launch.child_env(key, devices), cwd=self.workspace.home,
+                env = {**launch.child_env(key, devices), **stages.stage_env(job.kind, devices)}
+                proc = launch.start(cmd, env=env, cwd=self.workspace.home,
                                     log_file=log_file)
             except OSError as err:
                 self._finish_failure(job, f"could not start: {err}", exit_code=None)
@@ -298,6 +299,8 @@ class Worker:
         else:
             tail = relay.redact(relay.log_tail(log_path, start_offset))
             what = f"exit code {rc}" if rc > 0 else f"killed by {_signame(-rc)}"
+            if rc == stages.EXIT_BAD_INPUT:
+                what += ": bad input, not retried; fix the spec and enqueue it again"
             self._finish_failure(job, f"stage failed ({what}); last lines of stage.log:\n{tail}",
                                  exit_code=rc, transient=rc == stages.EXIT_TRANSIENT)
 

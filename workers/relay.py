@@ -9,8 +9,10 @@ job row, so a retried job continues where the last attempt stopped; a complete l
 at a time, so a half-written record waits for the next poll).
 
 When a job succeeds, :func:`ingest_outputs` hands ``outputs.json`` to the handler
-registered for its kind (:func:`output_handler`); checkpoints are implemented, the
-other kinds' records will follow.
+registered for its kind (:func:`output_handler`), in the transaction that marks it
+succeeded: ``train`` -> checkpoints rows, ``sample`` -> a response source and its
+responses, ``generate`` -> checked (its counts stay in the job's ``outputs``). Every
+handler is idempotent (db.ingest upserts).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class RunDirReader:
         self.run_dir = run_dir
         self.metrics_offset = metrics_offset
         self._progress_sig: tuple[int, int] | None = None
+        self._metrics_inode: int | None = None
         self._first: tuple[float, int] | None = None  # (time, done) when first seen: for the ETA
 
     def progress(self) -> dict[str, Any] | None:
@@ -89,14 +92,20 @@ class RunDirReader:
     def new_metrics(self) -> tuple[list[dict], int]:
         """Complete metrics records after the ingested offset, and the offset after them.
 
-        A file shorter than the offset was rewritten by the stage: read it again from
-        the start (the upsert makes the repeat harmless). Lines that are not JSON
-        objects with an integer ``step`` are skipped with a warning."""
+        A file that was replaced (a new inode: a resumed training run rewrites it
+        without the steps after its last state) or is shorter than the offset was
+        rewritten by the stage: read it again from the start (the upsert makes the
+        repeat harmless). Lines that are not JSON objects with an integer ``step`` are
+        skipped with a warning."""
         path = self.run_dir / METRICS_FILE
         try:
-            size = path.stat().st_size
+            st = path.stat()
         except FileNotFoundError:
             return [], self.metrics_offset
+        size = st.st_size
+        if self._metrics_inode is not None and st.st_ino != self._metrics_inode:
+            self.metrics_offset = 0
+        self._metrics_inode = st.st_ino
         offset = 0 if size < self.metrics_offset else self.metrics_offset
         if size == offset:
             return [], offset
@@ -204,13 +213,81 @@ def workspace_path(path: str | os.PathLike, run_dir: Path, workspace: Workspace)
         return str(p.resolve())
 
 
+def _job_field(job: Row, name: str) -> Any:
+    """A column of the job row, or None when the row does not have it (an older caller)."""
+    return job._mapping.get(name)
+
+
 @output_handler("train", "sleep")
 def _checkpoints(conn: Connection, job: Row, outputs: dict, run_dir: Path, workspace: Workspace) -> None:
     items = outputs.get("checkpoints", [])
     if not isinstance(items, list) or not all(isinstance(c, dict) and "step" in c and "path" in c for c in items):
         raise OutputsError('outputs.json: "checkpoints" must be a list of {"step", "path", "final"}')
+    iteration = _job_field(job, "iteration")
     ingest.upsert_checkpoints(
         conn, job.id,
         [{**c, "path": workspace_path(c["path"], run_dir, workspace)} for c in items],
-        experiment_id=job.experiment_id, iteration=outputs.get("iteration"),
+        experiment_id=job.experiment_id, iteration=iteration if iteration is not None else outputs.get("iteration"),
     )
+
+
+@output_handler("generate")
+def _generated(conn: Connection, job: Row, outputs: dict, run_dir: Path, workspace: Workspace) -> None:
+    """Nothing to store beyond the job's ``outputs`` column (n_kept, n_dropped, ...): check it."""
+    for key in ("n_kept", "n_dropped"):
+        if not isinstance(outputs.get(key), int):
+            raise OutputsError(f'outputs.json: "{key}" must be an integer count of queries')
+
+
+def read_responses(path: Path) -> list[dict]:
+    """The records of a sample stage's responses.jsonl, checked for the fields ingested."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise OutputsError(f"{path}: not readable ({err})") from None
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as err:
+            raise OutputsError(f"{path}, line {n}: not JSON ({err})") from None
+        missing = [k for k in ("query_id", "temperature", "response") if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise OutputsError(f"{path}, line {n}: missing {', '.join(missing)}")
+        records.append(rec)
+    return records
+
+
+@output_handler("sample")
+def _responses(conn: Connection, job: Row, outputs: dict, run_dir: Path, workspace: Workspace) -> None:
+    """A response source for the sample job and one response per line of responses.jsonl.
+
+    The source is a ``checkpoint`` when the sampled model is a checkpoint stored for
+    this experiment (``checkpoints/final`` resolves to its step directory), else a
+    ``baseline`` named by the spec's model path (e.g. ``demo`` or a hub id)."""
+    name = outputs.get("responses")
+    if not isinstance(name, str):
+        raise OutputsError('outputs.json: "responses" must name the responses file')
+    records = read_responses(run_dir / name)
+    spec_model = ((job.spec or {}).get("model") or {}).get("path")
+    model = outputs.get("model") or spec_model
+    checkpoint_id = stored_model = None
+    if isinstance(model, str) and model:
+        p = Path(model).expanduser()
+        p = p if p.is_absolute() else workspace.home / p  # stages run in the workspace
+        if p.exists():
+            stored_model = workspace_path(p, run_dir, workspace)
+            checkpoint_id = ingest.find_checkpoint(conn, stored_model, experiment_id=job.experiment_id)
+    label = _job_field(job, "label") or job.name or f"job-{job.id}"
+    temperatures = outputs.get("temperatures")
+    source_id = ingest.upsert_response_source(
+        conn, job.id, kind="checkpoint" if checkpoint_id is not None else "baseline", label=label,
+        checkpoint_id=checkpoint_id, model=stored_model if checkpoint_id is not None else (spec_model or model),
+        experiment_id=job.experiment_id, temperatures=temperatures if isinstance(temperatures, list) else None,
+    )
+    ingest.upsert_responses(conn, source_id, [
+        {"query_id": r["query_id"], "query": r.get("query"), "temperature": r["temperature"],
+         "text": r["response"], "n_tokens": r.get("n_tokens")} for r in records
+    ], constitution_id=job.constitution_id)

@@ -10,10 +10,17 @@ the ``torchrun`` script, so that the worker's own interpreter is used):
     python -m torch.distributed.run --standalone --nproc_per_node=D -m sami_core train ...
 
 with D = the number of GPUs claimed, or :data:`CPU_TRAIN_PROCS` (gloo) on a CPU-only
-worker. The diagnostic ``sleep`` kind runs ``python -m workers.diag sleep``.
+worker, where ``OMP_NUM_THREADS=1`` keeps the ranks from oversubscribing the cores
+(:func:`stage_env`). The diagnostic ``sleep`` kind runs ``python -m workers.diag sleep``.
 
-Stage exit codes: 0 = success; :data:`EXIT_TRANSIENT` (75, ``EX_TEMPFAIL``) = a
-transient failure, retried while the job has attempts left; anything else = failed.
+The worker writes the job's spec to ``RUN_DIR/job_spec.json`` and starts the command
+with the workspace as its working directory, so relative paths in a spec (an
+experiment's run directories and checkpoints) are relative to the workspace.
+
+Stage exit codes: 0 = success; :data:`EXIT_BAD_INPUT` (2) = bad input (a spec, model
+or data the stage refuses): failed, not retried; :data:`EXIT_TRANSIENT` (75,
+``EX_TEMPFAIL``) = a transient failure, retried while the job has attempts left;
+anything else = failed. (torchrun reports any failed rank as exit code 1.)
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ STAGE_KINDS = ("write_constitution", "generate", "train", "sample", "judge")
 DIAG_KINDS = ("sleep",)
 KNOWN_KINDS = STAGE_KINDS + DIAG_KINDS
 CPU_TRAIN_PROCS = 2
+EXIT_BAD_INPUT = 2
 EXIT_TRANSIENT = 75
 
 _SLEEP_KEYS = {"seconds", "exit_code", "grandchild", "ignore_sigterm", "checkpoints", "metrics", "fail_attempts"}
@@ -41,12 +49,13 @@ def validate_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
 
     ``sleep``: seconds (>= 0), exit_code (0-255), and test switches grandchild,
     ignore_sigterm (booleans), checkpoints, metrics, fail_attempts (counts; see
-    workers.diag). Stage kinds: passed through
-    for now (their schemas live in sami_core.spec)."""
+    workers.diag). Stage kinds: their schema in sami_core.spec (unknown keys and wrong
+    types refused with ``field.path: reason``); returned with the defaults filled in,
+    so the job's spec is exactly what the stage will run."""
     if kind not in KNOWN_KINDS:
         raise KindError(f"unknown job kind {kind!r}; known kinds: {', '.join(KNOWN_KINDS)}")
     if kind != "sleep":
-        return spec
+        return _validate_stage_spec(kind, spec)
     unknown = set(spec) - _SLEEP_KEYS
     if unknown:
         raise KindError(
@@ -69,6 +78,29 @@ def validate_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
         if k in spec and not isinstance(spec[k], bool):
             raise KindError(f"sleep: {k} must be true or false")
     return out
+
+
+def _validate_stage_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    from sami_core.errors import SpecError
+    from sami_core.spec import STAGE_SPECS
+    from sami_core.spec import validate_spec as validate_stage_spec
+
+    if kind not in STAGE_SPECS:
+        raise KindError(f"{kind}: this stage cannot run yet (sami_core has no spec schema for it); "
+                        f"runnable stages: {', '.join(sorted(STAGE_SPECS))}")
+    try:
+        return validate_stage_spec(kind, spec, source=f"{kind} spec").model_dump(mode="json")
+    except SpecError as err:
+        raise KindError(str(err)) from None
+
+
+def stage_env(kind: str, devices: Sequence[str]) -> dict[str, str]:
+    """Environment variables a kind needs on top of the worker's (workers.launch.child_env)."""
+    if kind == "train" and not devices:
+        # CPU_TRAIN_PROCS ranks share the cores: one OpenMP thread each to start with
+        # (the recipe sets torch's thread count from the cores per rank).
+        return {"OMP_NUM_THREADS": "1"}
+    return {}
 
 
 def runs_inline(kind: str, spec: dict[str, Any]) -> bool:

@@ -69,3 +69,22 @@ def test_a_database_from_newer_code_is_refused_clearly(url: str) -> None:
     with pytest.raises(RuntimeError, match="revision 9999, newer than this code"):
         ensure_schema(engine)
     engine.dispose()
+
+
+def test_upgrade_from_0001_keeps_jobs_and_adds_the_experiment_columns(url: str) -> None:
+    """A database made by the first release (0001), with a job in it, upgraded in place."""
+    engine = make_engine(url)
+    upgrade(engine, "0001")
+    assert current_revision(engine) == "0001"
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO jobs (kind, name, spec, status, priority, devices_required, attempts, max_attempts,"
+            " metrics_offset, created_at, updated_at) VALUES ('sleep', 'old', '{\"seconds\": 1}', 'succeeded',"
+            " 0, 0, 1, 3, 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00')"))
+    engine.dispose()
+    engine = open_database(url)  # what any sami process does on first use after an upgrade
+    assert current_revision(engine) == HEAD
+    rows = transact(engine, lambda c: c.execute(
+        select(Job.name, Job.spec, Job.status, Job.iteration, Job.label)).all(), write=False)
+    assert [tuple(r) for r in rows] == [("old", {"seconds": 1}, "succeeded", None, None)]
+    engine.dispose()

@@ -60,6 +60,24 @@ def test_metrics_are_read_by_offset_a_complete_line_at_a_time(tmp_path: Path) ->
     assert reader.new_metrics()[0] == [{"step": 0, "loss": 9}]
 
 
+def test_metrics_replaced_by_a_resumed_stage_are_read_from_the_start(tmp_path: Path) -> None:
+    """A resumed training run replaces metrics.jsonl (atomically: a new file) without
+    the steps after its last state, then logs them again: even when the new file has
+    grown past the old offset by the next poll, it is read from its start."""
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 5)]
+    path.write_text("".join(lines))
+    reader = relay.RunDirReader(tmp_path)
+    records, reader.metrics_offset = reader.new_metrics()
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    tmp = tmp_path / ".metrics.tmp"
+    tmp.write_text("".join(lines[:2]) + "".join(json.dumps({"step": s, "loss": 0.5 / s, "extra": 1}) + "\n"
+                                                for s in (3, 4, 5)))
+    os.replace(tmp, path)  # longer than before: only the new inode tells
+    records, offset = reader.new_metrics()
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5] and offset == path.stat().st_size
+
+
 def test_log_tail_reads_only_this_attempt(tmp_path: Path) -> None:
     log = tmp_path / "stage.log"
     log.write_text("old attempt\n" * 5)
@@ -87,7 +105,25 @@ def test_sleep_spec_validation() -> None:
         stages.validate_spec("sleep", {"seconds": -1})
     with pytest.raises(stages.KindError, match="0..255"):
         stages.validate_spec("sleep", {"exit_code": 256})
-    assert stages.validate_spec("train", {"anything": 1}) == {"anything": 1}  # stage specs: checked later
+
+
+
+def test_stage_specs_are_validated_with_their_schema() -> None:
+    spec = stages.validate_spec("train", {"data": {"path": "runs/gen"}, "training": {"lr": 1e-6}})
+    assert spec["training"]["lr"] == 1e-6 and spec["training"]["grad_accum"] == 16  # defaults filled in
+    with pytest.raises(stages.KindError) as err:
+        stages.validate_spec("train", {"anything": 1})
+    assert "data: required key is missing" in str(err.value) and "anything: unknown key" in str(err.value)
+    with pytest.raises(stages.KindError, match="generation.max_new_tokens"):
+        stages.validate_spec("sample", {"generation": {"max_new_tokens": "many"}})
+    with pytest.raises(stages.KindError, match="n_constitutions: must be >= 2"):
+        stages.validate_spec("generate", {"n_constitutions": 1})
+
+
+def test_cpu_training_gets_one_openmp_thread_per_rank() -> None:
+    assert stages.stage_env("train", []) == {"OMP_NUM_THREADS": "1"}
+    assert stages.stage_env("train", ["0", "1"]) == {}
+    assert stages.stage_env("sample", []) == {}
 
 
 def test_only_trivial_sleep_jobs_run_inline() -> None:

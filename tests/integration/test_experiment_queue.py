@@ -1,0 +1,116 @@
+"""Experiments through the queue with real stages: `sami submit` + `sami worker` run the
+demo experiment end to end; a worker killed with SIGKILL mid-training loses nothing
+(another worker resumes from the last checkpoint); cancelling a training job kills
+torchrun and its ranks. Real processes, real torchrun (2 CPU ranks with gloo), SQLite."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import func, select
+
+from db.models import Checkpoint, Job, Metric, Response, ResponseSource
+from sami_core.spec import EXAMPLES_DIR
+from tests.integration.conftest import Sami
+from tests.integration.test_train_torchrun import make_training_data
+from workers.launch import is_alive, tree_pids
+
+pytestmark = pytest.mark.integration
+
+# Stages are heavier than `sleep`: a longer lease, so that two CPU-bound training
+# ranks on a 2-core machine never starve the worker's heartbeats into a lost lease.
+STAGE_WORKER = ["--lease-seconds", "30"]
+
+
+def train_job(sami: Sami, demo_model_dir: Path, **training) -> int:
+    """A train job on a small generated data set, enqueued (and validated) by the CLI."""
+    data = make_training_data(sami.home / "gen-data")
+    spec = {"model": {"path": str(demo_model_dir), "prompt_format": "plain"}, "data": {"path": str(data)},
+            "training": {"optimizer": "adamw", "lr": 1e-3, "grad_accum": 2, "seed": 0, **training}}
+    path = sami.home / "train.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return int(sami.cli("enqueue", "train", "--spec", str(path), "--max-attempts", "3").stdout)
+
+
+def test_the_demo_experiment_runs_end_to_end(sami_sqlite: Sami, demo_model_dir: Path) -> None:
+    sami = sami_sqlite
+    assert "workspace:" in sami.cli("init").stdout
+    out = sami.cli("submit", str(EXAMPLES_DIR / "demo.yaml"), "--json", timeout=120)
+    exp_id = json.loads(out.stdout)["experiment_id"]
+    sami.worker("--exit-when-idle", *STAGE_WORKER)
+    assert sami.wait_workers(timeout=600) == [0], sami.worker_logs()
+
+    check = sami.cli("jobs", "--experiment", "latest", "--check", check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    jobs = {r.name: r for r in sami.tx(lambda c: c.execute(
+        select(Job.__table__).where(Job.experiment_id == exp_id)).all())}
+    assert {name: j.status for name, j in jobs.items()} == {
+        "sample-base": "succeeded", "generate-1": "succeeded", "train-1": "succeeded", "sample-1": "succeeded"}
+    assert jobs["generate-1"].outputs["n_kept"] + jobs["generate-1"].outputs["n_dropped"] == 24
+
+    spec = yaml.safe_load((EXAMPLES_DIR / "demo.yaml").read_text())
+    per_source = spec["sampling"]["limit"] * len(spec["sampling"]["temperatures"])
+    sources = sami.tx(lambda c: c.execute(
+        select(ResponseSource.label, ResponseSource.kind, ResponseSource.checkpoint_id, func.count(Response.id))
+        .join(Response, Response.source_id == ResponseSource.id)
+        .where(ResponseSource.experiment_id == exp_id)
+        .group_by(ResponseSource.id).order_by(ResponseSource.id)).all())
+    ckpts = sami.tx(lambda c: c.execute(
+        select(Checkpoint.id, Checkpoint.step, Checkpoint.iteration, Checkpoint.final)
+        .where(Checkpoint.experiment_id == exp_id).order_by(Checkpoint.step)).all())
+    final = [c for c in ckpts if c.final]
+    assert len(final) == 1 and final[0].step == jobs["train-1"].outputs["steps"]
+    assert {c.iteration for c in ckpts} == {1}
+    assert [tuple(s) for s in sources] == [("base", "baseline", None, per_source),
+                                           ("iteration-1", "checkpoint", final[0].id, per_source)]
+    steps = sami.tx(lambda c: c.execute(select(Metric.step).where(
+        Metric.job_id == jobs["train-1"].id, Metric.name == "loss").order_by(Metric.step)).scalars().all())
+    assert steps == list(range(1, final[0].step + 1))  # relayed: one loss per optimizer step
+
+
+def test_a_worker_killed_mid_training_is_replaced_and_training_resumes(
+    sami_sqlite: Sami, demo_model_dir: Path
+) -> None:
+    sami = sami_sqlite
+    job = train_job(sami, demo_model_dir, max_steps=6, save_every=2)
+    first = sami.worker("--lease-seconds", "5")
+    state = sami.ws.resolve(sami.job(job).run_dir) / "state" / "step-000002" / "COMPLETE"
+    sami.wait_for("the first resumable state", state.exists, timeout=180, interval=0.05)
+    first.send_signal(signal.SIGKILL)  # no chance to hand the job back
+    first.wait()
+    assert sami.job(job).status == "running"  # until its lease expires
+
+    sami.worker("--lease-seconds", "5", "--exit-when-idle")
+    assert sami.wait_workers(timeout=300)[1] == 0, sami.worker_logs()
+    j = sami.job(job)
+    assert (j.status, j.attempts, j.progress_done) == ("succeeded", 2, 6), j.error
+    log = (sami.run_dir(job) / "stage.log").read_text()
+    assert "attempt 2 of 3" in log and "resuming from step-00000" in log
+    steps = sami.tx(lambda c: c.execute(select(Checkpoint.step).where(Checkpoint.job_id == job)
+                                        .order_by(Checkpoint.step)).scalars().all())
+    assert steps == [2, 4, 6]
+    rows = sami.tx(lambda c: c.execute(select(Metric.step, func.count()).where(
+        Metric.job_id == job, Metric.name == "loss").group_by(Metric.step).order_by(Metric.step)).all())
+    assert [tuple(r) for r in rows] == [(s, 1) for s in range(1, 7)]  # one per step, none lost or doubled
+
+
+def test_cancelling_a_training_job_kills_torchrun_and_its_ranks(sami_sqlite: Sami, demo_model_dir: Path) -> None:
+    sami = sami_sqlite
+    job = train_job(sami, demo_model_dir, max_steps=500, save_every=500)
+    worker = sami.worker(*STAGE_WORKER)
+    sami.wait_for("training steps", lambda: (sami.job(job).progress_done or 0) >= 1, timeout=180)
+    pid = sami.job(job).pid
+    pids = tree_pids(pid)  # torchrun and its ranks (and whatever they started)
+    assert len(pids) >= 3, pids
+
+    t0 = time.monotonic()
+    out = sami.cli("cancel", str(job), "--wait", "15")
+    sami.wait_for("every process of the job to be gone", lambda: not any(is_alive(p) for p in pids), timeout=10)
+    assert time.monotonic() - t0 < 10
+    assert "cancelled" in out.stdout and sami.job(job).status == "cancelled"
+    assert worker.poll() is None  # the worker carries on

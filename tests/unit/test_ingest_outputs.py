@@ -1,0 +1,128 @@
+"""What a succeeded stage leaves in its run directory, stored by the worker's output
+handlers (workers.relay): checkpoints, response sources and responses, on a real
+database (SQLite and PostgreSQL). Re-ingesting never duplicates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from db import queue
+from db.experiments import constitution_version, create_experiment
+from db.engine import open_database, transact
+from db.models import Checkpoint, Response, ResponseSource
+from db.testing import BACKENDS, new_database_url, postgres_unavailable_reason
+from db.workspace import Workspace
+from workers import relay
+
+
+@pytest.fixture(params=BACKENDS)
+def engine(request: pytest.FixtureRequest, tmp_path: Path):  # noqa: ANN201
+    if request.param == "postgresql" and (reason := postgres_unavailable_reason()):
+        pytest.skip(reason)
+    e = open_database(new_database_url(request.param, tmp_path, migrated=True))
+    yield e
+    e.dispose()
+
+
+def claimed(engine, kind: str, spec: dict, **kw):  # noqa: ANN001, ANN201
+    """Enqueue a job and claim it: the row a worker hands to the output handlers."""
+    def run(c):  # noqa: ANN001, ANN202
+        worker = queue.register_worker(c, name="w", host="h", pid=1, devices=[], kinds=None)
+        queue.enqueue(c, kind, spec, **kw)
+        return queue.claim(c, worker, devices=0, lease_seconds=30, kinds=[kind])
+    return transact(engine, run)
+
+
+def write_train_run(run_dir: Path) -> dict:
+    for step in (2, 4):
+        (run_dir / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
+    (run_dir / "checkpoints" / "final").symlink_to("step-000004", target_is_directory=True)
+    return {"checkpoints": [{"step": 2, "path": str(run_dir / "checkpoints/step-000002"), "final": False},
+                            {"step": 4, "path": str(run_dir / "checkpoints/step-000004"), "final": True}],
+            "final_checkpoint": str(run_dir / "checkpoints/step-000004"), "steps": 4}
+
+
+def write_sample_run(run_dir: Path, model: str, temperatures=(0.0, 1.0), n_queries: int = 3) -> dict:  # noqa: ANN001
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = [{"key": [f"q{q}", t], "query_id": f"q{q}", "query": f"post {q}", "temperature": t,
+              "constitution": "1. Be brief.", "prompt": "...", "response": f"summary {q} at {t}",
+              "raw": "...", "n_tokens": 3 + q, "model": model}
+             for t in temperatures for q in range(n_queries)]
+    (run_dir / "responses.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return {"responses": "responses.jsonl", "n": len(lines), "model": model, "temperatures": list(temperatures)}
+
+
+def test_sample_of_a_checkpoint_and_of_the_base_model(engine, tmp_path: Path) -> None:  # noqa: ANN001
+    ws = Workspace(tmp_path / "ws")
+    root = "runs/exp-000001-demo"
+    exp_id, c_id = transact(engine, lambda c: (
+        create_experiment(c, "demo", {}),
+        constitution_version(c, "c", [{"principle": "Be brief.", "antithesis": "Ramble."}])[0]))
+
+    train = claimed(engine, "train", {}, experiment_id=exp_id, iteration=1, label="iteration-1",
+                    run_dir=f"{root}/train-1")
+    train_dir = ws.resolve(train.run_dir)
+    outputs = write_train_run(train_dir)
+    transact(engine, lambda c: relay.ingest_outputs(c, train, outputs, train_dir, ws))
+    ckpts = transact(engine, lambda c: c.execute(select(
+        Checkpoint.step, Checkpoint.path, Checkpoint.iteration, Checkpoint.experiment_id, Checkpoint.final)
+        .order_by(Checkpoint.step)).all())
+    assert [tuple(r) for r in ckpts] == [
+        (2, f"{root}/train-1/checkpoints/step-000002", 1, exp_id, False),
+        (4, f"{root}/train-1/checkpoints/step-000004", 1, exp_id, True)]
+
+    # sample-1 samples train-1's `checkpoints/final` (relative to the workspace, as submitted).
+    model = f"{root}/train-1/checkpoints/final"
+    sample = claimed(engine, "sample", {"model": {"path": model}}, experiment_id=exp_id, constitution_id=c_id,
+                     iteration=1, label="iteration-1", run_dir=f"{root}/sample-1")
+    sample_dir = ws.resolve(sample.run_dir)
+    outputs = write_sample_run(sample_dir, model)
+    for _ in range(2):  # a second ingestion updates in place
+        transact(engine, lambda c: relay.ingest_outputs(c, sample, outputs, sample_dir, ws))
+    base = claimed(engine, "sample", {"model": {"path": "demo"}}, experiment_id=exp_id, constitution_id=c_id,
+                   iteration=0, label="base", run_dir=f"{root}/sample-base")
+    base_dir = ws.resolve(base.run_dir)
+    base_outputs = write_sample_run(base_dir, "/somewhere/demo-model-v1", temperatures=(0.0,))
+    transact(engine, lambda c: relay.ingest_outputs(c, base, base_outputs, base_dir, ws))
+
+    sources = transact(engine, lambda c: c.execute(select(
+        ResponseSource.job_id, ResponseSource.kind, ResponseSource.label, ResponseSource.checkpoint_id,
+        ResponseSource.model, ResponseSource.experiment_id, ResponseSource.temperatures)
+        .order_by(ResponseSource.id)).all())
+    final_id = transact(engine, lambda c: c.execute(select(Checkpoint.id).where(Checkpoint.step == 4)).scalar_one())
+    assert [tuple(s) for s in sources] == [
+        (sample.id, "checkpoint", "iteration-1", final_id, f"{root}/train-1/checkpoints/step-000004", exp_id,
+         [0.0, 1.0]),
+        (base.id, "baseline", "base", None, "demo", exp_id, [0.0]),
+    ]
+    rows = transact(engine, lambda c: c.execute(select(
+        ResponseSource.label, Response.query_id, Response.query, Response.temperature, Response.text,
+        Response.n_tokens, Response.constitution_id).join(ResponseSource, Response.source_id == ResponseSource.id)
+        .order_by(Response.id)).all())
+    assert len(rows) == 3 * 2 + 3  # queries x temperatures per source, nothing duplicated
+    assert tuple(rows[0]) == ("iteration-1", "q0", "post 0", 0.0, "summary 0 at 0.0", 3, c_id)
+    assert {r.constitution_id for r in rows} == {c_id}
+
+
+def test_bad_sample_outputs_are_refused(engine, tmp_path: Path) -> None:  # noqa: ANN001
+    ws = Workspace(tmp_path / "ws")
+    job = claimed(engine, "sample", {}, run_dir="runs/s")
+    run_dir = ws.resolve(job.run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "responses.jsonl").write_text('{"query_id": "q0", "temperature": 0.0}\n')
+    with pytest.raises(relay.OutputsError, match="line 1: missing response"):
+        transact(engine, lambda c: relay.ingest_outputs(c, job, {"responses": "responses.jsonl"}, run_dir, ws))
+    with pytest.raises(relay.OutputsError, match="must name the responses file"):
+        transact(engine, lambda c: relay.ingest_outputs(c, job, {"n": 1}, run_dir, ws))
+
+
+def test_generate_counts_are_checked(engine, tmp_path: Path) -> None:  # noqa: ANN001
+    ws = Workspace(tmp_path / "ws")
+    job = claimed(engine, "generate", {})
+    transact(engine, lambda c: relay.ingest_outputs(c, job, {"n_kept": 3, "n_dropped": 1}, tmp_path, ws))
+    with pytest.raises(relay.OutputsError, match="n_kept"):
+        transact(engine, lambda c: relay.ingest_outputs(c, job, {"n_dropped": 1}, tmp_path, ws))

@@ -1,0 +1,219 @@
+"""`sami submit`: experiment spec -> constitution version + experiment + DAG of jobs, or a
+refusal naming the field with nothing written. Runs the CLI in this process on a real
+database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import func, select
+
+from db import queue
+from db.engine import make_engine, transact
+from db.models import Constitution, Experiment, Job
+from db.testing import BACKENDS, new_database_url, postgres_unavailable_reason
+from sami_core.spec import EXAMPLES_DIR
+from workers import cli, submit
+
+DEMO = EXAMPLES_DIR / "demo.yaml"
+TLDR = EXAMPLES_DIR / "tldr-mistral-7b.yaml"
+
+
+class Workspace:
+    def __init__(self, home: Path, url: str) -> None:
+        self.home = home
+        self.engine = make_engine(url)
+
+    def sami(self, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+        cli._engine.cache_clear()
+        try:
+            rc = cli.main(list(args))
+        except SystemExit as exc:  # argparse / parser.exit
+            rc = exc.code
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+
+    def tx(self, fn: Callable[[Any], Any]) -> Any:
+        return transact(self.engine, fn)
+
+    def count(self, model: type) -> int:
+        return self.tx(lambda c: c.execute(select(func.count()).select_from(model)).scalar_one())
+
+    def spec_file(self, data: dict, name: str = "exp.yaml") -> Path:
+        p = self.home / name
+        p.write_text(yaml.safe_dump(data))
+        return p
+
+
+@pytest.fixture(params=BACKENDS)
+def ws(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    if request.param == "postgresql" and (reason := postgres_unavailable_reason()):
+        pytest.skip(reason)
+    home = tmp_path / "ws"
+    home.mkdir()
+    url = new_database_url(request.param, home, migrated=True)
+    monkeypatch.setenv("SAMI_HOME", str(home))
+    monkeypatch.setenv("SAMI_DATABASE_URL", url)
+    monkeypatch.chdir(tmp_path)
+    w = Workspace(home, url)
+    yield w
+    cli._engine.cache_clear()
+    w.engine.dispose()
+
+
+def demo_spec(**changes: Any) -> dict:
+    data = yaml.safe_load(DEMO.read_text())
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return data
+
+
+def test_the_example_specs_validate_and_expand() -> None:
+    demo = submit.prepare(DEMO)
+    plans = submit.expand(demo.exp, "runs/x")
+    assert [p.key for p in plans] == ["sample-base", "generate-1", "train-1", "sample-1"]
+    assert {p.devices for p in plans} == {0}
+    assert demo.constitution_name == "demo:opus/0" and len(demo.principles) == 2
+    tldr = submit.prepare(TLDR)
+    plans = submit.expand(tldr.exp, "runs/x")
+    assert len(plans) == 1 + 3 * 3
+    assert tldr.exp.model.path == "mistralai/Mistral-7B-v0.1"
+    assert {p.kind: p.devices for p in plans} == {"sample": 1, "generate": 1, "train": 8}
+    assert tldr.exp.training.lr == 5e-7 and tldr.exp.training.grad_accum == 16
+
+
+def test_submit_the_demo_creates_its_jobs_in_one_go(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
+    rc, out, err = ws.sami(capsys, "submit", str(DEMO), "--json")
+    assert rc == 0, err
+    assert "no worker is registered yet" in err  # allowed, with a warning
+    result = json.loads(out)
+    exp_id = result["experiment_id"]
+    assert result["runs_dir"] == f"runs/exp-{exp_id:06d}-demo"
+
+    rows = ws.tx(lambda c: queue.list_jobs(c, experiment_id=exp_id))
+    edges = ws.tx(lambda c: queue.dependencies(c, [r.id for r in rows]))
+    by_name = {r.name: r for r in rows}
+    assert set(by_name) == {"sample-base", "generate-1", "train-1", "sample-1"}
+    names = {r.id: r.name for r in rows}
+    deps = {r.name: sorted(names[d] for d in edges[r.id]) for r in rows}
+    assert deps == {"sample-base": [], "generate-1": [], "train-1": ["generate-1"], "sample-1": ["train-1"]}
+    assert {(r.name, r.iteration, r.label) for r in rows} == {
+        ("sample-base", 0, "base"), ("generate-1", 1, "iteration-1 data"), ("train-1", 1, "iteration-1"),
+        ("sample-1", 1, "iteration-1")}
+    assert {r.status for r in rows} == {"queued"}
+    assert {(r.devices_required, r.max_attempts) for r in rows} == {(0, 2)}
+    assert all(r.run_dir == f"{result['runs_dir']}/{r.name}" for r in rows)
+    # The constitution: one stored version, inline in every stage spec that uses it.
+    (c,) = ws.tx(lambda c: c.execute(select(Constitution.__table__)).all())
+    assert (c.name, c.version) == ("demo:opus/0", 1)
+    assert {r.constitution_id for r in rows} == {c.id}
+    for name in ("sample-base", "generate-1", "sample-1"):
+        spec = by_name[name].spec["constitution"]
+        assert spec["path"] is None and [p["principle"] for p in spec["principles"]] == [
+            p["principle"] for p in c.principles]
+    assert by_name["train-1"].spec["data"]["path"] == f"{result['runs_dir']}/generate-1"
+    assert by_name["sample-1"].spec["model"]["path"] == f"{result['runs_dir']}/train-1/checkpoints/final"
+    exp = ws.tx(lambda c: c.execute(select(Experiment.__table__)).one())
+    assert exp.name == "demo" and exp.spec["iterations"] == 1 and exp.spec["constitution"]["principles"]
+
+
+def test_constitution_versions_are_reused_or_added(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
+    def principles(*texts: str) -> list[dict]:
+        return [{"principle": t, "antithesis": f"not {t}"} for t in texts]
+
+    def submit_with(ps: list[dict]) -> int:
+        spec = ws.spec_file(demo_spec(constitution={"name": "mine", "principles": ps}))
+        rc, out, err = ws.sami(capsys, "submit", str(spec), "--json")
+        assert rc == 0, err
+        return json.loads(out)["constitution"]["id"]
+
+    v1 = submit_with(principles("be brief", "be kind"))
+    v2 = submit_with(principles("be brief", "be exact"))
+    assert submit_with(principles("be brief", "be kind")) == v1  # same principles: same version
+    rows = ws.tx(lambda c: c.execute(select(Constitution.id, Constitution.version, Constitution.parent_id)
+                                     .order_by(Constitution.id)).all())
+    assert [tuple(r) for r in rows] == [(v1, 1, None), (v2, 2, v1)]
+    assert submit_with(principles("be brief", "be kind")) == v1
+    assert ws.count(Experiment) == 4
+
+
+BAD_SPECS = [
+    ("unknown key", demo_spec(modle={"path": "demo"}), ["modle: unknown key"]),
+    ("nested unknown key", demo_spec(training__lrr=1e-5), ["training.lrr: unknown key"]),
+    ("wrong type", demo_spec(iterations="three"), ["iterations:", "valid integer"]),
+    ("wrong nested type", demo_spec(sampling__temperatures="hot"), ["sampling.temperatures:", "valid list"]),
+    ("missing constitution file", demo_spec(constitution={"path": "no/such/constitution.json"}),
+     ["constitution.path:", "does not exist"]),
+    ("unknown shipped constitution", demo_spec(constitution={"path": "demo:nope/1"}),
+     ["constitution.path:", "not shipped"]),
+    ("N < 2", demo_spec(n_constitutions=1), ["n_constitutions: must be >= 2"]),
+    ("N beyond the constitution", demo_spec(n_constitutions=8), ["constitution.path:", "8 variants requested"]),
+    ("iterations < 1", demo_spec(iterations=0), ["iterations: must be >= 1"]),
+    ("missing data file", demo_spec(data={"source": "file", "path": "nope.jsonl"}), ["data.path:", "does not exist"]),
+]
+
+
+@pytest.mark.parametrize("data, expected", [case[1:] for case in BAD_SPECS], ids=[case[0] for case in BAD_SPECS])
+def test_bad_specs_are_refused_naming_the_field(
+    ws: Workspace, capsys: pytest.CaptureFixture, data: dict, expected: list[str]
+) -> None:
+    rc, out, err = ws.sami(capsys, "submit", str(ws.spec_file(data)))
+    assert rc == 2 and out == ""
+    assert err.startswith("sami: error: ") and "exp.yaml" in err
+    for text in expected:
+        assert text in err, err
+    assert (ws.count(Job), ws.count(Experiment), ws.count(Constitution)) == (0, 0, 0)
+
+
+def test_more_devices_than_any_worker_has_is_refused(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
+    ws.tx(lambda c: queue.register_worker(c, name="a", host="h", pid=1, devices=["0", "1"], kinds=None))
+    ws.tx(lambda c: queue.register_worker(c, name="b", host="h", pid=2, devices=[], kinds=None))
+    spec = ws.spec_file(demo_spec(devices={"generate": 1, "train": 4, "sample": 1}))
+    rc, out, err = ws.sami(capsys, "submit", str(spec))
+    assert rc == 2
+    assert "devices.train: 4 GPUs needed but the largest registered worker has 2" in err
+    assert (ws.count(Job), ws.count(Experiment), ws.count(Constitution)) == (0, 0, 0)
+    # Within what the workers have: accepted, without a warning.
+    spec = ws.spec_file(demo_spec(devices={"generate": 1, "train": 2, "sample": 1}))
+    rc, out, err = ws.sami(capsys, "submit", str(spec))
+    assert rc == 0 and err == "" and "experiment 1 (demo): 4 jobs" in out
+
+
+def test_dry_run_and_name_override(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
+    rc, out, err = ws.sami(capsys, "submit", str(DEMO), "--dry-run", "--name", "My Run #1")
+    assert rc == 0 and "nothing enqueued" in out and "train-1" in out
+    assert (ws.count(Job), ws.count(Experiment), ws.count(Constitution)) == (0, 0, 0)
+    rc, out, err = ws.sami(capsys, "submit", str(DEMO), "--name", "My Run #1")
+    assert rc == 0 and "run directories in runs/exp-000001-my-run-1" in out
+
+
+def test_jobs_check_exits_non_zero_unless_all_succeeded(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
+    rc, _, err = ws.sami(capsys, "jobs", "--experiment", "latest", "--check")
+    assert rc == 2 and "no experiment has been submitted yet" in err
+    assert ws.sami(capsys, "submit", str(DEMO))[0] == 0
+    rc, out, err = ws.sami(capsys, "jobs", "--experiment", "latest", "--check")
+    assert rc == 1 and "not done: 4 job(s): 4 queued" in err and "sample-base" in out
+    ws.tx(lambda c: c.execute(Job.__table__.update().values(status="succeeded")))
+    rc, out, err = ws.sami(capsys, "jobs", "--experiment", "1", "--check", "--json")
+    assert rc == 0 and "ok: 4 job(s): 4 succeeded" in err and len(json.loads(out)) == 4
+
+
+def test_enqueue_validates_stage_specs(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
+    rc, out, err = ws.sami(capsys, "enqueue", "train", "-p", "data.path=runs/gen", "-p", "training.lr=0")
+    assert rc == 2 and "training.lr: must be > 0" in err
+    rc, out, err = ws.sami(capsys, "enqueue", "sample", "-p", "temprature=1")
+    assert rc == 2 and "temprature: unknown key" in err
+    assert ws.count(Job) == 0
+    rc, out, err = ws.sami(capsys, "enqueue", "train", "-p", "data.path=runs/gen")
+    assert rc == 0
+    job = ws.tx(lambda c: queue.get_job(c, int(out)))
+    assert job.spec["training"]["lr"] == 5e-7  # stored with the defaults: what the stage will run

@@ -1,0 +1,208 @@
+"""`sami submit`: an experiment spec becomes a constitution version, an experiments row
+and a DAG of stage jobs, all in one transaction.
+
+Before anything is written (:func:`prepare`):
+
+1. the spec file (YAML or JSON) is validated (sami_core.spec.validate_experiment:
+   ``field.path: reason`` lines);
+2. the constitution (a file, a shipped ``demo:...`` one, or inline principles) is read
+   and checked for N variants, then put *inline* into the experiment, so that its jobs
+   never read a file that may change after submission;
+3. local paths that are relative to where `sami submit` runs (a ``data.path`` file,
+   a ``model.path`` directory) are made absolute: stages run in the workspace;
+4. the experiment is expanded into its jobs (sami_core.pipeline.expand), which
+   validates every stage spec.
+
+Then, in one transaction (:func:`submit`): each job's device need is checked against
+the registered workers (refused when no worker is big enough; only a warning when no
+worker is registered yet, since workers may start later), the constitution is stored
+as an immutable version (the same principles reuse a version), and the experiment row
+and its jobs (dependencies, devices, attempts, run directories under
+``runs/exp-<id>-<name>`` in the workspace, iteration and label) are inserted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from sami_core import constitutions
+from sami_core.errors import ConstitutionError, SpecError
+from sami_core.pipeline import JobPlan, expand
+from sami_core.spec import ConstitutionSpec, ExperimentSpec, read_spec_file, validate_experiment
+
+STAGE_ORDER = ("generate", "train", "sample")
+
+
+class SubmitError(ValueError):
+    """The experiment cannot be submitted as it is; the message names the field."""
+
+
+@dataclass
+class Prepared:
+    """A validated experiment, its constitution resolved and inlined, ready to enqueue."""
+
+    exp: ExperimentSpec
+    source: str  # the spec file
+    constitution_name: str
+    principles: list[dict[str, str | None]]
+    constitution_origin: str  # where the principles came from (a path, `demo:...`, inline)
+
+
+@dataclass
+class Submitted:
+    experiment_id: int | None  # None for a dry run
+    name: str
+    runs_dir: str
+    constitution: dict[str, Any]
+    jobs: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"experiment_id": self.experiment_id, "name": self.name, "runs_dir": self.runs_dir,
+                "constitution": self.constitution, "jobs": self.jobs, "warnings": self.warnings,
+                "dry_run": self.dry_run}
+
+
+def _field_error(source: str, path: str, reason: str) -> SpecError:
+    return SpecError(f"{source}: invalid spec\n  {path}: {reason}")
+
+
+def prepare(spec_path: str | Path, *, name: str | None = None) -> Prepared:
+    """Read, validate and resolve an experiment spec file (raises SpecError)."""
+    source = str(spec_path)
+    data = read_spec_file(spec_path)
+    if name is not None and isinstance(data, dict):
+        data = {**data, "name": name}
+    exp = validate_experiment(data, source=source)
+
+    c_spec = exp.constitution
+    where = "constitution.path" if c_spec.path is not None else "constitution.principles"
+    try:
+        constitution = constitutions.from_spec(c_spec).validate(exp.n_constitutions)
+    except (ConstitutionError, SpecError) as err:
+        raise _field_error(source, where, str(err)) from None
+    if c_spec.name:
+        c_name = c_spec.name
+    elif c_spec.path is not None:
+        c_name = c_spec.path if c_spec.path.startswith("demo:") else (constitution.name or Path(c_spec.path).stem)
+    else:
+        c_name = exp.name
+    principles = [{"principle": p.principle, "antithesis": p.antithesis} for p in constitution.principles]
+    origin = c_spec.path if c_spec.path is not None else "inline"
+    if c_spec.path is not None and not c_spec.path.startswith("demo:"):
+        origin = str(Path(c_spec.path).resolve())
+
+    update: dict[str, Any] = {"constitution": ConstitutionSpec.model_validate({"name": c_name, "principles": principles})}
+    if exp.data.source == "file" and exp.data.path:
+        p = Path(exp.data.path).expanduser()
+        if not p.is_file():
+            raise _field_error(source, "data.path", f"file {exp.data.path!r} does not exist")
+        update["data"] = exp.data.model_copy(update={"path": str(p.resolve())})
+    if exp.model.path != "demo" and not Path(exp.model.path).is_absolute() and Path(exp.model.path).is_dir():
+        update["model"] = exp.model.model_copy(update={"path": str(Path(exp.model.path).resolve())})
+    exp = validate_experiment(exp.model_copy(update=update).model_dump(mode="json"), source=source)
+    expand(exp, runs_root(0, exp.name))  # every stage spec validates (raises SpecError)
+    return Prepared(exp, source, c_name, principles, origin)
+
+
+def slug(name: str) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return s[:40].rstrip("-") or "experiment"
+
+
+def runs_root(experiment_id: int, name: str) -> str:
+    """An experiment's run directories, relative to the workspace."""
+    return f"runs/exp-{experiment_id:06d}-{slug(name)}"
+
+
+def check_devices(plans: list[JobPlan], capacity: list[tuple[int, list[str] | None]]) -> list[str]:
+    """Refuse (SubmitError naming ``devices.<kind>``) a job that needs more GPUs than any
+    registered worker that runs its kind has; return warnings for what cannot be checked."""
+    needs = {k: max((p.devices for p in plans if p.kind == k), default=0) for k in STAGE_ORDER}
+    gpu_needs = {k: n for k, n in needs.items() if n > 0}
+    if not capacity:
+        what = ", ".join(f"{k} {n}" for k, n in gpu_needs.items())
+        return [f"no worker is registered yet, so device needs are not checked"
+                + (f" (GPUs per job: {what})" if what else "")
+                + "; the jobs wait for a worker (`sami worker`) that can run them"]
+    warnings = []
+    for kind, need in needs.items():
+        eligible = [n for n, kinds in capacity if kinds is None or kind in kinds]
+        if not eligible:
+            warnings.append(f"devices.{kind}: no registered worker runs {kind} jobs (see `sami workers`)")
+            continue
+        largest = max(eligible)
+        if need > largest:
+            restricted = len(eligible) < len(capacity)
+            raise SubmitError(
+                f"devices.{kind}: {need} GPU{'s' if need != 1 else ''} needed but the largest registered worker"
+                f"{f' that runs {kind} jobs' if restricted else ''} has {largest}; lower devices.{kind} "
+                "or start a worker with more GPUs (`sami worker --devices ...`)"
+            )
+    return warnings
+
+
+def _job_rows(plans: list[JobPlan], ids: dict[str, int] | None) -> list[dict[str, Any]]:
+    return [{"id": None if ids is None else ids[p.key], "key": p.key, "kind": p.kind, "depends_on": p.depends_on,
+             "devices": p.devices, "iteration": p.iteration, "label": p.label, "run_dir": p.run_dir}
+            for p in plans]
+
+
+def dry_run(conn: Connection, prepared: Prepared) -> Submitted:
+    """What :func:`submit` would enqueue (nothing is written)."""
+    from db.experiments import worker_capacity
+
+    exp = prepared.exp
+    plans = expand(exp, runs_root(0, exp.name).replace("exp-000000", "exp-NEW"))
+    warnings = check_devices(plans, worker_capacity(conn))
+    return Submitted(None, exp.name, str(Path(plans[0].run_dir).parent),
+                     {"name": prepared.constitution_name, "origin": prepared.constitution_origin},
+                     _job_rows(plans, None), warnings, dry_run=True)
+
+
+def submit(conn: Connection, prepared: Prepared) -> Submitted:
+    """Enqueue a prepared experiment (the caller's transaction makes it all or nothing)."""
+    from db.experiments import constitution_version, create_experiment, enqueue_plan, worker_capacity
+
+    exp = prepared.exp
+    warnings = check_devices(expand(exp, runs_root(0, exp.name)), worker_capacity(conn))
+    c_id, c_version, created = constitution_version(
+        conn, prepared.constitution_name, prepared.principles, description=f"from {prepared.constitution_origin}")
+    exp_id = create_experiment(conn, exp.name, exp.model_dump(mode="json"),
+                               description=f"submitted from {prepared.source}")
+    root = runs_root(exp_id, exp.name)
+    plans = expand(exp, root)
+    ids = enqueue_plan(conn, [
+        {"key": p.key, "kind": p.kind, "spec": p.spec, "depends_on": p.depends_on, "name": p.key,
+         "experiment_id": exp_id, "constitution_id": c_id, "devices_required": p.devices,
+         "max_attempts": exp.max_attempts, "run_dir": p.run_dir, "iteration": p.iteration, "label": p.label}
+        for p in plans
+    ])
+    constitution = {"id": c_id, "name": prepared.constitution_name, "version": c_version, "created": created,
+                    "origin": prepared.constitution_origin}
+    return Submitted(exp_id, exp.name, root, constitution, _job_rows(plans, ids), warnings)
+
+
+def format_table(result: Submitted) -> str:
+    head = (f"experiment {result.experiment_id} ({result.name})" if not result.dry_run
+            else f"dry run: experiment {result.name!r} (nothing enqueued)")
+    c = result.constitution
+    lines = [
+        f"{head}: {len(result.jobs)} jobs, run directories in {result.runs_dir}",
+        f"constitution: {c['name']}" + (f" v{c['version']} (id {c['id']}, {'new' if c['created'] else 'reused'})"
+                                        if "id" in c else f" (from {c['origin']})"),
+    ]
+    header = ("ID", "KEY", "KIND", "GPUS", "DEPENDS ON", "LABEL")
+    table = [header] + [
+        ("-" if j["id"] is None else str(j["id"]), j["key"], j["kind"], str(j["devices"]),
+         ",".join(j["depends_on"]) or "-", j["label"]) for j in result.jobs
+    ]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    return "\n".join(lines)
