@@ -22,6 +22,7 @@ import yaml
 
 from sami_core.data import load_queries
 from sami_core.prompts import build_prompt
+from sami_core.rundir import RunDir
 from sami_core.spec import DataSpec
 
 pytestmark = pytest.mark.integration
@@ -63,16 +64,7 @@ def torchrun(spec: Path, run_dir: Path, nproc: int = 2) -> subprocess.Popen:
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    p = run_dir / "metrics.jsonl"
-    if not p.exists():
-        return []
-    out = []
-    for line in p.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
+    return RunDir(run_dir).read_metrics()
 
 
 def test_fsdp_train_kill_resume(tmp_path: Path, demo_model_dir: Path):

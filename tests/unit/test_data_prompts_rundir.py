@@ -112,3 +112,25 @@ def test_jsonl_writer_drops_partial_line(tmp_path: Path):
     assert w2.done_keys() == {("a", 0), ("a", 1)}
     w2.write({"key": ["b", 0], "v": 3})
     assert [json.loads(x)["v"] for x in p.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_chat_prompts_and_truncation_with_the_demo_tokenizer(demo_model_dir):
+    from transformers import AutoTokenizer
+
+    from sami_core.prompts import PromptBuilder, use_chat_format
+
+    tok = AutoTokenizer.from_pretrained(demo_model_dir)
+    assert use_chat_format("auto", tok) and not use_chat_format("plain", tok)
+    chat = build_prompt("summarization", "1. Be brief.", "A post.", tokenizer=tok, chat=True)
+    plain = build_prompt("summarization", "1. Be brief.", "A post.")
+    assert chat != plain and "1. Be brief." in chat and "A post." in chat
+    long_post = " ".join(["the cat sat on the mat"] * 200)
+    for is_chat in (False, True):
+        build = PromptBuilder("summarization", tok, is_chat, max_prompt_tokens=120)
+        p = build("1. Be brief.", long_post)
+        assert build.n_tokens(p) <= 120 and build.truncations == 1
+        assert "1. Be brief." in p  # the constitution is never cut
+        assert is_chat or p.endswith("SUMMARY:")
+        assert build("1. Be brief.", "short post") and build.truncations == 1  # fits: not truncated
+    with pytest.raises(ValueError, match="shorten the constitution"):
+        PromptBuilder("summarization", tok, False, max_prompt_tokens=10)("1. " + "very long principle " * 20, "x")
