@@ -14,11 +14,11 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from db.models import Checkpoint, Job, Metric, Response, ResponseSource, utcnow
+from db.models import Checkpoint, Job, Judgment, Metric, Response, ResponseSource, utcnow
 
 jobs = Job.__table__
 metrics = Metric.__table__
@@ -156,3 +156,130 @@ def upsert_responses(
         rows[tuple(row[k] for k in RESPONSE_KEY)] = row  # last write wins within a batch too
     _upsert(conn, responses, list(rows.values()), RESPONSE_KEY)
     return len(rows)
+
+
+# --- imported results files ------------------------------------------------------------------
+
+
+def upsert_import_source(
+    conn: Connection, label: str, *, path: str, model: str | None = None, temperatures: list[float] | None = None,
+    now: datetime | None = None,
+) -> int:
+    """The ``import`` response source named ``label`` (one per name), created or updated; its id."""
+    values = {"path": path, "model": model, "temperatures": temperatures}
+    found = conn.execute(select(response_sources.c.id).where(
+        response_sources.c.kind == "import", response_sources.c.label == label[:200])
+        .order_by(response_sources.c.id).limit(1)).scalar_one_or_none()
+    if found is not None:
+        conn.execute(update(response_sources).where(response_sources.c.id == found).values(**values))
+        return found
+    return conn.execute(
+        insert(response_sources).values(kind="import", label=label[:200], created_at=now or utcnow(), **values)
+        .returning(response_sources.c.id)
+    ).scalar_one()
+
+
+# --- judgments -------------------------------------------------------------------------------
+
+judgments = Judgment.__table__
+
+# sami_core's verdicts are from the candidate's side; the table names the preferred side.
+VERDICTS_TO_DB = {"win": "candidate", "loss": "baseline", "tie": "tie", "invalid": "invalid"}
+VERDICTS_FROM_DB = {v: k for k, v in VERDICTS_TO_DB.items()}
+
+
+def find_source(conn: Connection, ref: str, *, experiment_id: int | None = None) -> dict | None:
+    """A response source by id (``"12"`` or ``"#12"``), ``label#id``, or label (this
+    experiment's first when given, else the newest); None when none matches."""
+    cols = [response_sources, jobs.c.run_dir.label("job_run_dir")]
+    base = select(*cols).select_from(response_sources.outerjoin(jobs, jobs.c.id == response_sources.c.job_id))
+    ref = ref.strip()
+    ident = ref.rsplit("#", 1)[1] if "#" in ref else ref
+    if ident.isdigit():
+        row = conn.execute(base.where(response_sources.c.id == int(ident))).mappings().first()
+        if row is not None:
+            return dict(row)
+    stmt = base.where(response_sources.c.label == ref)
+    if experiment_id is not None:
+        row = conn.execute(stmt.where(response_sources.c.experiment_id == experiment_id)
+                           .order_by(response_sources.c.id.desc())).mappings().first()
+        if row is not None:
+            return dict(row)
+    row = conn.execute(stmt.order_by(response_sources.c.id.desc())).mappings().first()
+    return None if row is None else dict(row)
+
+
+def list_sources(conn: Connection) -> list[dict]:
+    """Every response source with its response count, oldest first."""
+    n = (select(responses.c.source_id, func.count().label("n_responses")).group_by(responses.c.source_id)
+         .subquery())
+    rows = conn.execute(select(response_sources, func.coalesce(n.c.n_responses, 0).label("n_responses"))
+                        .outerjoin(n, n.c.source_id == response_sources.c.id)
+                        .order_by(response_sources.c.id)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def source_responses(conn: Connection, source_id: int) -> list[dict]:
+    """(id, query_id, temperature, constitution_id) of a source's responses."""
+    rows = conn.execute(select(responses.c.id, responses.c.query_id, responses.c.temperature,
+                               responses.c.constitution_id).where(responses.c.source_id == source_id)
+                        .order_by(responses.c.id)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+JUDGMENT_KEY = ["candidate_id", "baseline_id", "candidate_position", "cache_key"]
+
+
+def upsert_judgments(conn: Connection, rows: list[dict]) -> int:
+    """Store judgments keyed by (candidate response, baseline response, position shown,
+    cache key): ingesting a judge run again updates, never duplicates; return how many."""
+    by_key = {tuple(r[k] for k in JUDGMENT_KEY): r for r in rows}
+    _upsert(conn, judgments, list(by_key.values()), JUDGMENT_KEY)
+    return len(by_key)
+
+
+def judgment_rows(conn: Connection, *, experiment_id: int | None = None, source: int | None = None) -> list[dict]:
+    """Judgments as plain dicts for statistics and exports: ids, both sources' labels, the
+    verdict from the candidate's side (win/loss/tie/invalid), both response texts."""
+    cand, base = responses.alias("cand"), responses.alias("base")
+    csrc, bsrc = response_sources.alias("csrc"), response_sources.alias("bsrc")
+    experiment = func.coalesce(jobs.c.experiment_id, csrc.c.experiment_id)
+    stmt = (
+        select(judgments.c.id, judgments.c.job_id, experiment.label("experiment_id"), judgments.c.judge_model,
+               judgments.c.verdict, judgments.c.candidate_position, judgments.c.rationale, judgments.c.cache_key,
+               cand.c.query_id, cand.c.temperature, cand.c.text.label("candidate_text"),
+               cand.c.n_tokens.label("candidate_tokens"), base.c.text.label("baseline_text"),
+               base.c.n_tokens.label("baseline_tokens"), csrc.c.id.label("candidate_source_id"),
+               csrc.c.label.label("candidate"), bsrc.c.id.label("baseline_source_id"),
+               bsrc.c.label.label("baseline"))
+        .select_from(judgments.join(cand, cand.c.id == judgments.c.candidate_id)
+                     .join(base, base.c.id == judgments.c.baseline_id)
+                     .join(csrc, csrc.c.id == cand.c.source_id).join(bsrc, bsrc.c.id == base.c.source_id)
+                     .outerjoin(jobs, jobs.c.id == judgments.c.job_id))
+        .order_by(judgments.c.id)
+    )
+    if experiment_id is not None:
+        stmt = stmt.where(experiment == experiment_id)
+    if source is not None:
+        stmt = stmt.where((csrc.c.id == source) | (bsrc.c.id == source))
+    out = []
+    for r in conn.execute(stmt).mappings():
+        d = dict(r)
+        d["verdict"] = VERDICTS_FROM_DB.get(d["verdict"], d["verdict"])
+        d["order"] = "candidate_first" if d.pop("candidate_position") == "A" else "baseline_first"
+        out.append(d)
+    return out
+
+
+def response_rows(conn: Connection, *, experiment_id: int | None = None, source: int | None = None) -> list[dict]:
+    """Responses with their source's label, for exports."""
+    stmt = (select(responses.c.id, response_sources.c.id.label("source_id"), response_sources.c.label.label("source"),
+                   response_sources.c.kind, responses.c.query_id, responses.c.temperature, responses.c.sample_index,
+                   responses.c.query, responses.c.text, responses.c.n_tokens)
+            .select_from(responses.join(response_sources, response_sources.c.id == responses.c.source_id))
+            .order_by(response_sources.c.id, responses.c.id))
+    if experiment_id is not None:
+        stmt = stmt.where(response_sources.c.experiment_id == experiment_id)
+    if source is not None:
+        stmt = stmt.where(response_sources.c.id == source)
+    return [dict(r) for r in conn.execute(stmt).mappings()]

@@ -270,6 +270,10 @@ class Judgment(Base):
     __table_args__ = (
         CheckConstraint("candidate_position IN ('A', 'B')", name="candidate_position"),
         CheckConstraint("verdict IN ('candidate', 'baseline', 'tie', 'invalid')", name="verdict"),
+        # One judgment per pair and position shown; a cache key alone can stand for
+        # several (identical texts judged twice are one cached request).
+        Index("uq_judgments_pair_position_key", "candidate_id", "baseline_id", "candidate_position", "cache_key",
+              unique=True),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -282,7 +286,7 @@ class Judgment(Base):
     verdict: Mapped[str] = mapped_column(String(16))
     rationale: Mapped[str | None] = mapped_column(Text)
     raw_text: Mapped[str | None] = mapped_column(Text)
-    cache_key: Mapped[str] = mapped_column(String(128), unique=True)  # hash of everything the judge saw
+    cache_key: Mapped[str] = mapped_column(String(128), index=True)  # hash of everything the judge saw
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -4,6 +4,9 @@
     generate-1 -> train-1 -> sample-1
     generate-2 -> train-2 -> sample-2   (generate-2 uses train-1's final checkpoint)
     ...
+    judge-1 (after sample-1 and sample-base), ...   with a `judge` section: each
+        iteration's samples against each baseline's (judge-t, or judge-t-vs-B when
+        there are several baselines)
 
 Every job gets its own run directory under ``runs_root``; a later job refers to an
 earlier one's outputs by path: a generate run dir for training data, and a train run
@@ -23,7 +26,7 @@ from sami_core.spec import ExperimentSpec, validate_spec
 @dataclass
 class JobPlan:
     key: str  # unique within the experiment, e.g. "train-2"
-    kind: str  # generate | train | sample
+    kind: str  # generate | train | sample | judge
     spec: dict  # the stage spec (validated, defaults filled in)
     run_dir: str
     depends_on: list[str] = field(default_factory=list)
@@ -71,6 +74,30 @@ def expand(exp: ExperimentSpec, runs_root: str | Path) -> list[JobPlan]:
         policy = {**base, "path": final_checkpoint(root / train_key)}
         jobs.append(sample_job(f"sample-{t}", policy, [train_key], t, f"iteration-{t}"))
         prev_train = train_key
+    if exp.judge is not None:
+        jobs += judge_jobs(exp, root)
+    return jobs
+
+
+def judge_jobs(exp: ExperimentSpec, root: Path) -> list[JobPlan]:
+    """Per iteration t and baseline B: a judge job comparing sample-t's responses with
+    B's (B = iteration-K only for iterations t > K). Sides are named by their response
+    sources' labels ("iteration-t", "base"), so ingestion finds them."""
+    j = exp.judge
+    jobs = []
+    for t in range(1, exp.iterations + 1):
+        for b in j.baselines:
+            if b != "base" and int(b.split("-")[1]) >= t:
+                continue
+            b_key = "sample-base" if b == "base" else f"sample-{b.split('-')[1]}"
+            key = f"judge-{t}" if len(j.baselines) == 1 else f"judge-{t}-vs-{b}"
+            spec = {"judge": j.judge.model_dump(mode="json"), "task": exp.task, "order": j.order, "seed": j.seed,
+                    "allow_tie": j.allow_tie, "limit": j.limit, "shared_cache": j.shared_cache,
+                    "candidate": {"path": str(root / f"sample-{t}"), "name": f"iteration-{t}",
+                                  "temperature": j.temperature},
+                    "baseline": {"path": str(root / b_key), "name": b, "temperature": j.temperature}}
+            jobs.append(JobPlan(key, "judge", _checked("judge", spec, key), str(root / key),
+                                [f"sample-{t}", b_key], exp.devices.judge, t, f"iteration-{t} vs {b}"))
     return jobs
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -300,6 +301,7 @@ class DevicesSpec(StrictModel):
     generate: int = Field(1, ge=0, description="GPUs per generate job (0 = CPU).")
     train: int = Field(1, ge=0, description="GPUs per train job = torchrun processes (CPU-only workers run 2 with gloo).")
     sample: int = Field(1, ge=0, description="GPUs per sample job.")
+    judge: int = Field(0, ge=0, description="GPUs per judge job (0 for an API judge; 1 for a local hf judge on GPU).")
 
 
 class ExperimentSpec(StrictModel):
@@ -322,6 +324,10 @@ class ExperimentSpec(StrictModel):
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     devices: DevicesSpec = Field(default_factory=DevicesSpec)
     max_attempts: int = Field(3, ge=1, description="Attempts per job (transient failures, lost workers).")
+    judge: "ExperimentJudgeSpec | None" = Field(
+        None, description="Judge each iteration's samples against baselines (a `judge-t` job per iteration); "
+                          "null = no judging."
+    )
 
     @field_validator("n_constitutions")
     @classmethod
@@ -334,6 +340,17 @@ class ExperimentSpec(StrictModel):
         if v < 1:
             raise ValueError("must be >= 1")
         return v
+
+    @model_validator(mode="after")
+    def _judge_baselines(self) -> "ExperimentSpec":
+        if self.judge is None:
+            return self
+        for b in self.judge.baselines:
+            m = re.fullmatch(r"iteration-(\d+)", b)
+            if b != "base" and not (m and 1 <= int(m[1]) <= self.iterations):
+                raise ValueError(f"judge.baselines: {b!r} is neither 'base' nor 'iteration-K' with "
+                                 f"1 <= K <= iterations ({self.iterations})")
+        return self
 
 
 def validate_experiment(data: Any, source: str = "experiment spec") -> ExperimentSpec:
@@ -430,6 +447,27 @@ class JudgeSpec(StrictModel):
         return self
 
 
+class ExperimentJudgeSpec(StrictModel):
+    """An experiment's judging: every iteration's samples against each baseline's, by one judge."""
+
+    judge: LLMSpec = Field(default_factory=LLMSpec, description="The judge (an API model, or provider hf: a local LM).")
+    baselines: list[str] = Field(
+        default_factory=lambda: ["base"], min_length=1,
+        description="What each iteration is compared with: 'base' (the base model's samples) or 'iteration-K' "
+                    "(only for later iterations).",
+    )
+    order: Literal["random", "both", "candidate_first", "baseline_first"] = Field(
+        "random", description="A/B position: random per pair (seeded), both orders (reports the flip rate), or fixed."
+    )
+    temperature: float | None = Field(None, ge=0.0, description="Judge only samples at this temperature (default: all).")
+    limit: int | None = Field(None, ge=1, description="Judge only the first K pairs per job.")
+    allow_tie: bool = Field(False, description="Offer 'Tie' in the prompt (the paper forces A or B).")
+    seed: int = Field(0, description="Seeds the A/B order and the principle shuffle.")
+    shared_cache: str | None = Field(
+        "judge-cache", description="Judgment cache shared between judge jobs (relative: to the workspace); null = none."
+    )
+
+
 class WriteConstitutionSpec(StrictModel):
     """Stage `write_constitution`: an LLM drafts principles and their antitheses for a task."""
 
@@ -441,4 +479,5 @@ class WriteConstitutionSpec(StrictModel):
 
 
 STAGE_SPECS["judge"] = JudgeSpec
+ExperimentSpec.model_rebuild()
 STAGE_SPECS["write_constitution"] = WriteConstitutionSpec

@@ -6,6 +6,10 @@
     sami jobs [--experiment ID|latest] [--json] [--check]
     sami cancel ID | sami retry ID | sami logs ID [--follow]
     sami worker [--devices 0,1] [--exit-when-idle] [--lease-seconds S]
+    sami import-results FILE|FOLDER... | --shipped;  sami sources
+    sami judge --candidate SRC --baseline SRC [--judge-model M] [--now] ...
+    sami winrates [--experiment ID] [--csv FILE]
+    sami export responses|judgments|winrates --out FILE.csv [--out-dir DIR]
 
 Every command finds the workspace at ``$SAMI_HOME`` (default ``./.sami``) and the
 database at ``$SAMI_DATABASE_URL`` (default: the workspace's SQLite file); the schema
@@ -499,6 +503,248 @@ def cmd_workers(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r.id:>4}  {r.status:<8} {r.name:<30} devices={','.join(r.devices) or 'cpu'}  "
               f"last seen {_age(r.last_seen_at)} ago")
+    return 0
+
+
+# --- response sources, judging, win rates, exports -------------------------------------------
+
+
+def _configure_import_results(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="*", type=Path, metavar="FILE|FOLDER",
+                   help="published results files (<checkpoint>-<model>-<constitution source>-constitution-"
+                        "temperature-<t>.json) or folders of them")
+    p.add_argument("--shipped", action="store_true",
+                   help="import the responses shipped in sami_core/data/sami_tldr/responses/")
+
+
+@command("import-results", "import published response files as response sources (idempotent)",
+         _configure_import_results)
+def cmd_import_results(args: argparse.Namespace) -> int:
+    from workers import judging
+
+    try:
+        files = (judging.shipped_results() if args.shipped else []) + judging.results_files(args.paths)
+        if not files:
+            raise CliError("name results files or folders, or pass --shipped")
+        for f in files:
+            info = _transact(lambda c, f=f: judging.import_results_file(c, f))
+            print(f"{info['source_id']:>4}  {info['source']}  ({info['n_responses']} responses, "
+                  f"checkpoint {info['checkpoint']}, model {info['model']}, constitution "
+                  f"{info['constitution_source']}, temperature {info['temperature']:g})")
+    except judging.JudgingError as err:
+        raise CliError(str(err)) from None
+    return 0
+
+
+@command("sources", "list response sources (sampled, baseline, imported)",
+         lambda p: p.add_argument("--json", action="store_true"))
+def cmd_sources(args: argparse.Namespace) -> int:
+    from db import ingest
+
+    rows = _transact(ingest.list_sources, write=False)
+    if args.json:
+        print(json.dumps(rows, default=str, indent=1))
+        return 0
+    print(f"{'id':>4}  {'kind':<10}  {'experiment':>10}  {'responses':>9}  label")
+    for r in rows:
+        exp = "" if r["experiment_id"] is None else r["experiment_id"]
+        print(f"{r['id']:>4}  {r['kind']:<10}  {exp:>10}  {r['n_responses']:>9}  {r['label']}")
+    return 0
+
+
+def _configure_judge(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--candidate", required=True, metavar="SRC",
+                   help="a response source (id, label or label#id; see `sami sources`) or a file/run directory")
+    p.add_argument("--baseline", required=True, metavar="SRC", help="the source it is compared with")
+    p.add_argument("--judge-model", default="gpt-4o", help="judge model (deployment on Azure; hub id/dir for hf)")
+    p.add_argument("--provider", choices=("openai", "azure", "hf"), default="openai")
+    p.add_argument("--base-url", help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    p.add_argument("--azure-endpoint", help="Azure: https://NAME.openai.azure.com")
+    p.add_argument("--api-version", help="Azure: the API version")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="NAME of the environment variable holding the key ('' = no key); never the key itself")
+    p.add_argument("--concurrency", type=int, default=16, help="requests in flight at once")
+    p.add_argument("--both-orders", action="store_true", help="judge every pair in both A/B orders")
+    p.add_argument("--limit", type=int, help="judge only the first N pairs")
+    p.add_argument("--temperature", type=float,
+                   help="compare only responses sampled at this temperature (both sides)")
+    p.add_argument("--experiment", type=int, help="resolve labels in this experiment first; the job belongs to it")
+    p.add_argument("--now", action="store_true", help="judge in this process (with progress) instead of queueing")
+    p.add_argument("--run-dir", help="run directory (default: runs/ in the workspace)")
+
+
+def _judge_side(conn: Any, ref: str, experiment_id: int | None, home: Path) -> tuple[dict, dict | None]:
+    from db import ingest
+    from workers import judging
+
+    p = Path(ref)
+    src = None if p.suffix == ".json" and p.is_file() else ingest.find_source(conn, ref, experiment_id=experiment_id)
+    if src is None:
+        if p.suffix == ".json" and p.is_file():  # a published results file: imported first (idempotent)
+            info = judging.import_results_file(conn, p)
+            src = ingest.find_source(conn, str(info["source_id"]))
+        elif p.exists():
+            return {"path": str(p.resolve())}, None  # judged, but not stored: no response rows to link
+        else:
+            raise CliError(f"{ref!r} is neither a response source (see `sami sources`) nor a file")
+    return judging.source_side(src, home), src
+
+
+@command("judge", "judge a candidate's responses against a baseline's (queued, or --now)", _configure_judge)
+def cmd_judge(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    from db import queue
+    from sami_core.judge.stage import estimate_judge_job
+    from sami_core.spec import JudgeSpec
+    from workers import judging
+    from workers.stages import validate_spec
+
+    ws = _workspace()
+    ws.create()
+    try:
+        cand, cand_src = _transact(lambda c: _judge_side(c, args.candidate, args.experiment, ws.home))
+        base, base_src = _transact(lambda c: _judge_side(c, args.baseline, args.experiment, ws.home))
+    except judging.JudgingError as err:
+        raise CliError(str(err)) from None
+    stored = cand_src is not None and base_src is not None
+    if not stored and not args.now:
+        raise CliError("a queued judge job compares response sources in the database (see `sami sources`, "
+                       "`sami import-results`); judge other files with --now")
+    if args.temperature is not None:
+        cand["temperature"] = base["temperature"] = args.temperature
+    judge: dict[str, Any] = {"provider": args.provider, "model": args.judge_model, "concurrency": args.concurrency,
+                             "api_key_env": args.api_key_env or None}
+    for key in ("base_url", "azure_endpoint", "api_version"):
+        if getattr(args, key):
+            judge[key] = getattr(args, key)
+    spec = {"judge": judge, "candidate": cand, "baseline": base, "order": "both" if args.both_orders else "random",
+            "limit": args.limit, "shared_cache": str(ws.home / "judge-cache")}
+    spec = validate_spec("judge", spec)
+    est = estimate_judge_job(JudgeSpec.model_validate(spec))
+    print(f"judge: {est.pairs} pairs, {est.judgments} judgments: {est.cached} cached, "
+          f"{est.to_send} requests to send", flush=True)
+    if est.to_send and judge["api_key_env"] and args.provider != "hf" and not os.environ.get(judge["api_key_env"]):
+        raise CliError(f"${judge['api_key_env']} is not set (the judge's API key; --api-key-env names another "
+                       "variable, '' for none)")
+    if not args.now:
+        job_id = _transact(lambda c: queue.enqueue(c, "judge", spec, name="judge", experiment_id=args.experiment,
+                                                   run_dir=args.run_dir))
+        print(f"queued judge job {job_id}")
+        return 0
+    run_dir = Path(args.run_dir) if args.run_dir else ws.runs_dir / f"judge-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not run_dir.is_absolute():
+        run_dir = ws.home / run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec_file = run_dir / "job_spec.json"
+    spec_file.write_text(json.dumps(spec, indent=1))
+    # The stage runs as a child (the CLI never imports the ML stack); its progress.json is
+    # polled for a progress line, and its own messages go to stderr as they come.
+    proc = subprocess.Popen([sys.executable, "-m", "sami_core", "judge", "--spec", str(spec_file),
+                             "--run-dir", str(run_dir)], cwd=ws.home)
+    last = None
+    while True:
+        try:
+            rc = proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            rc = None
+        try:
+            prog = json.loads((run_dir / "progress.json").read_text())
+            seen = (prog.get("done"), prog.get("total"))
+        except (OSError, ValueError):
+            seen = None
+        if seen is not None and seen != last and seen[1]:
+            last = seen
+            print(f"judge: {seen[0]}/{seen[1]} judgments", file=sys.stderr, flush=True)
+        if rc is not None:
+            break
+    if rc != 0:
+        raise CliError(f"the judge stage failed (exit {rc}); see its messages above; run directory {run_dir}")
+    n = 0
+    if stored:
+        try:
+            n = _transact(lambda c: judging.ingest_judge_run(c, run_dir, spec, experiment_id=args.experiment))
+        except judging.JudgingError as err:
+            raise CliError(str(err)) from None
+    outputs = json.loads((run_dir / "outputs.json").read_text())
+    print(f"judge: {outputs['n_judgments']} judgments ({outputs['requests_sent']} requests sent, "
+          f"{outputs['cached']} cached); {n} stored in the database"
+          f"{'' if stored else ' (a side is no response source there)'}; run directory {run_dir}")
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _configure_winrates(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", type=int, help="only this experiment's judgments")
+    p.add_argument("--csv", help="also write the table to this CSV file (in the current directory)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+@command("winrates", "win rates of judged candidates against their baselines", _configure_winrates)
+def cmd_winrates(args: argparse.Namespace) -> int:
+    from db import ingest
+    from workers import judging
+
+    rows = judging.winrates(_transact(lambda c: ingest.judgment_rows(c, experiment_id=args.experiment),
+                                      write=False))
+    if args.csv:
+        try:
+            path = judging.write_csv(rows, judging.WINRATE_COLUMNS, Path.cwd(), args.csv)
+        except judging.JudgingError as err:
+            raise CliError(str(err)) from None
+        print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    cols = judging.WINRATE_COLUMNS
+    print("\t".join(cols))
+    for r in rows:
+        print("\t".join(_fmt(r[c]) for c in cols))
+    return 0
+
+
+def _configure_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=("responses", "judgments", "winrates"))
+    p.add_argument("--out", required=True, help="CSV file name, inside --out-dir")
+    p.add_argument("--out-dir", type=Path, default=None, help="folder to write into (default: current directory)")
+    p.add_argument("--experiment", type=int, help="only this experiment's rows")
+    p.add_argument("--source", help="only this response source (id, label or label#id)")
+
+
+@command("export", "export responses, judgments or win rates as CSV (UTF-8, formula-safe)", _configure_export)
+def cmd_export(args: argparse.Namespace) -> int:
+    from db import ingest
+    from workers import judging
+
+    def read(conn: Any) -> list[dict]:
+        source = None
+        if args.source:
+            src = ingest.find_source(conn, args.source, experiment_id=args.experiment)
+            if src is None:
+                raise CliError(f"--source {args.source!r}: no such response source")
+            source = src["id"]
+        if args.what == "responses":
+            return ingest.response_rows(conn, experiment_id=args.experiment, source=source)
+        return ingest.judgment_rows(conn, experiment_id=args.experiment, source=source)
+
+    folder = args.out_dir if args.out_dir is not None else Path.cwd()
+    try:
+        judging.safe_output_path(folder, args.out)  # refuse before reading anything
+        rows = _transact(read, write=False)
+        if args.what == "winrates":
+            rows, cols = judging.winrates(rows), judging.WINRATE_COLUMNS
+        else:
+            cols = judging.RESPONSE_COLUMNS if args.what == "responses" else judging.JUDGMENT_COLUMNS
+        path = judging.write_csv(rows, cols, folder, args.out)
+    except (judging.JudgingError, ValueError) as err:
+        raise CliError(str(err)) from None
+    print(f"wrote {len(rows)} rows to {path}")
     return 0
 
 

@@ -11,8 +11,8 @@ at a time, so a half-written record waits for the next poll).
 When a job succeeds, :func:`ingest_outputs` hands ``outputs.json`` to the handler
 registered for its kind (:func:`output_handler`), in the transaction that marks it
 succeeded: ``train`` -> checkpoints rows, ``sample`` -> a response source and its
-responses, ``generate`` -> checked (its counts stay in the job's ``outputs``). Every
-handler is idempotent (db.ingest upserts).
+responses, ``judge`` -> judgments rows, ``generate`` -> checked (its counts stay in the
+job's ``outputs``). Every handler is idempotent (db.ingest upserts).
 """
 
 from __future__ import annotations
@@ -291,3 +291,15 @@ def _responses(conn: Connection, job: Row, outputs: dict, run_dir: Path, workspa
         {"query_id": r["query_id"], "query": r.get("query"), "temperature": r["temperature"],
          "text": r["response"], "n_tokens": r.get("n_tokens")} for r in records
     ], constitution_id=job.constitution_id)
+
+
+@output_handler("judge")
+def _judgments(conn: Connection, job: Row, outputs: dict, run_dir: Path, workspace: Workspace) -> None:
+    """One judgments row per judgment of judgments.jsonl (errors excepted), linked to the
+    two response rows compared (workers.judging.ingest_judge_run)."""
+    from workers.judging import JudgingError, ingest_judge_run
+
+    try:
+        ingest_judge_run(conn, run_dir, job.spec or {}, job_id=job.id, experiment_id=job.experiment_id)
+    except (JudgingError, ValueError, KeyError) as err:
+        raise OutputsError(f"judgments: {err}") from None

@@ -35,7 +35,7 @@ from sami_core.errors import ConstitutionError, SpecError
 from sami_core.pipeline import JobPlan, expand
 from sami_core.spec import ConstitutionSpec, ExperimentSpec, read_spec_file, validate_experiment
 
-STAGE_ORDER = ("generate", "train", "sample")
+STAGE_ORDER = ("generate", "train", "sample", "judge")
 
 
 class SubmitError(ValueError):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from db.models import Checkpoint, Job, Metric, Response, ResponseSource
+from db.models import Checkpoint, Job, Judgment, Metric, Response, ResponseSource
 from sami_core.spec import EXAMPLES_DIR
 from tests.integration.conftest import Sami
 from tests.integration.test_train_torchrun import make_training_data
@@ -50,7 +50,8 @@ def test_the_demo_experiment_runs_end_to_end(sami_sqlite: Sami, demo_model_dir: 
     jobs = {r.name: r for r in sami.tx(lambda c: c.execute(
         select(Job.__table__).where(Job.experiment_id == exp_id)).all())}
     assert {name: j.status for name, j in jobs.items()} == {
-        "sample-base": "succeeded", "generate-1": "succeeded", "train-1": "succeeded", "sample-1": "succeeded"}
+        "sample-base": "succeeded", "generate-1": "succeeded", "train-1": "succeeded", "sample-1": "succeeded",
+        "judge-1": "succeeded"}
     assert jobs["generate-1"].outputs["n_kept"] + jobs["generate-1"].outputs["n_dropped"] == 24
 
     spec = yaml.safe_load((EXAMPLES_DIR / "demo.yaml").read_text())
@@ -71,6 +72,16 @@ def test_the_demo_experiment_runs_end_to_end(sami_sqlite: Sami, demo_model_dir: 
     steps = sami.tx(lambda c: c.execute(select(Metric.step).where(
         Metric.job_id == jobs["train-1"].id, Metric.name == "loss").order_by(Metric.step)).scalars().all())
     assert steps == list(range(1, final[0].step + 1))  # relayed: one loss per optimizer step
+
+    # judge-1 (the local HF judge on the demo model): one judgment per pair, in the database,
+    # and a win-rate row per sampling temperature for iteration-1 vs base.
+    n_judged = sami.tx(lambda c: c.execute(select(func.count()).select_from(Judgment)
+                                           .where(Judgment.job_id == jobs["judge-1"].id)).scalar_one())
+    assert n_judged == jobs["judge-1"].outputs["n_judgments"] == per_source
+    table = json.loads(sami.cli("winrates", "--experiment", str(exp_id), "--json").stdout)
+    assert {(r["candidate"], r["baseline"], r["judge_model"]) for r in table} == {("iteration-1", "base", "demo")}
+    assert sum(r["n"] + r["invalid"] + r["errors"] for r in table) == per_source
+    assert {r["temperature"] for r in table} == set(spec["sampling"]["temperatures"])
 
 
 def test_a_worker_killed_mid_training_is_replaced_and_training_resumes(

@@ -88,3 +88,28 @@ def test_upgrade_from_0001_keeps_jobs_and_adds_the_experiment_columns(url: str) 
         select(Job.name, Job.spec, Job.status, Job.iteration, Job.label)).all(), write=False)
     assert [tuple(r) for r in rows] == [("old", {"seconds": 1}, "succeeded", None, None)]
     engine.dispose()
+
+
+def test_upgrade_from_0002_keeps_judgments_and_allows_one_cache_key_per_position(url: str) -> None:
+    """0003: a judgment stored under 0002 is kept; the same cache key may then be stored
+    for both positions of a pair (identical texts judged in both orders)."""
+    engine = make_engine(url)
+    upgrade(engine, "0002")
+    ts = "'2026-01-01 00:00:00'"
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO response_sources (kind, label, created_at) VALUES ('import', 's', {ts})"))
+        for q in ("0", "1"):
+            conn.execute(text("INSERT INTO responses (source_id, query_id, temperature, sample_index, text, created_at)"
+                              f" VALUES (1, '{q}', 0.0, 0, 'r{q}', {ts})"))
+        conn.execute(text("INSERT INTO judgments (candidate_id, baseline_id, candidate_position, judge_model, verdict,"
+                          f" cache_key, created_at) VALUES (1, 2, 'A', 'm', 'candidate', 'k', {ts})"))
+    engine.dispose()
+    engine = open_database(url)
+    assert current_revision(engine) == HEAD
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO judgments (candidate_id, baseline_id, candidate_position, judge_model, verdict,"
+                          f" cache_key, created_at) VALUES (1, 2, 'B', 'm', 'tie', 'k', {ts})"))
+    rows = transact(engine, lambda c: c.execute(text(
+        "SELECT candidate_position, verdict, cache_key FROM judgments ORDER BY id")).all(), write=False)
+    assert [tuple(r) for r in rows] == [("A", "candidate", "k"), ("B", "tie", "k")]
+    engine.dispose()

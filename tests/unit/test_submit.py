@@ -80,7 +80,7 @@ def demo_spec(**changes: Any) -> dict:
 def test_the_example_specs_validate_and_expand() -> None:
     demo = submit.prepare(DEMO)
     plans = submit.expand(demo.exp, "runs/x")
-    assert [p.key for p in plans] == ["sample-base", "generate-1", "train-1", "sample-1"]
+    assert [p.key for p in plans] == ["sample-base", "generate-1", "train-1", "sample-1", "judge-1"]
     assert {p.devices for p in plans} == {0}
     assert demo.constitution_name == "demo:opus/0" and len(demo.principles) == 2
     tldr = submit.prepare(TLDR)
@@ -102,13 +102,14 @@ def test_submit_the_demo_creates_its_jobs_in_one_go(ws: Workspace, capsys: pytes
     rows = ws.tx(lambda c: queue.list_jobs(c, experiment_id=exp_id))
     edges = ws.tx(lambda c: queue.dependencies(c, [r.id for r in rows]))
     by_name = {r.name: r for r in rows}
-    assert set(by_name) == {"sample-base", "generate-1", "train-1", "sample-1"}
+    assert set(by_name) == {"sample-base", "generate-1", "train-1", "sample-1", "judge-1"}
     names = {r.id: r.name for r in rows}
     deps = {r.name: sorted(names[d] for d in edges[r.id]) for r in rows}
-    assert deps == {"sample-base": [], "generate-1": [], "train-1": ["generate-1"], "sample-1": ["train-1"]}
+    assert deps == {"sample-base": [], "generate-1": [], "train-1": ["generate-1"], "sample-1": ["train-1"],
+                    "judge-1": ["sample-1", "sample-base"]}
     assert {(r.name, r.iteration, r.label) for r in rows} == {
         ("sample-base", 0, "base"), ("generate-1", 1, "iteration-1 data"), ("train-1", 1, "iteration-1"),
-        ("sample-1", 1, "iteration-1")}
+        ("sample-1", 1, "iteration-1"), ("judge-1", 1, "iteration-1 vs base")}
     assert {r.status for r in rows} == {"queued"}
     assert {(r.devices_required, r.max_attempts) for r in rows} == {(0, 2)}
     assert all(r.run_dir == f"{result['runs_dir']}/{r.name}" for r in rows)
@@ -122,6 +123,11 @@ def test_submit_the_demo_creates_its_jobs_in_one_go(ws: Workspace, capsys: pytes
             p["principle"] for p in c.principles]
     assert by_name["train-1"].spec["data"]["path"] == f"{result['runs_dir']}/generate-1"
     assert by_name["sample-1"].spec["model"]["path"] == f"{result['runs_dir']}/train-1/checkpoints/final"
+    judge = by_name["judge-1"].spec
+    assert (judge["candidate"], judge["baseline"]) == (
+        {"path": f"{result['runs_dir']}/sample-1", "name": "iteration-1", "temperature": None},
+        {"path": f"{result['runs_dir']}/sample-base", "name": "base", "temperature": None})
+    assert (judge["judge"]["provider"], judge["judge"]["model"], judge["shared_cache"]) == ("hf", "demo", "judge-cache")
     exp = ws.tx(lambda c: c.execute(select(Experiment.__table__)).one())
     assert exp.name == "demo" and exp.spec["iterations"] == 1 and exp.spec["constitution"]["principles"]
 
@@ -185,7 +191,7 @@ def test_more_devices_than_any_worker_has_is_refused(ws: Workspace, capsys: pyte
     # Within what the workers have: accepted, without a warning.
     spec = ws.spec_file(demo_spec(devices={"generate": 1, "train": 2, "sample": 1}))
     rc, out, err = ws.sami(capsys, "submit", str(spec))
-    assert rc == 0 and err == "" and "experiment 1 (demo): 4 jobs" in out
+    assert rc == 0 and err == "" and "experiment 1 (demo): 5 jobs" in out
 
 
 def test_dry_run_and_name_override(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
@@ -201,10 +207,10 @@ def test_jobs_check_exits_non_zero_unless_all_succeeded(ws: Workspace, capsys: p
     assert rc == 2 and "no experiment has been submitted yet" in err
     assert ws.sami(capsys, "submit", str(DEMO))[0] == 0
     rc, out, err = ws.sami(capsys, "jobs", "--experiment", "latest", "--check")
-    assert rc == 1 and "not done: 4 job(s): 4 queued" in err and "sample-base" in out
+    assert rc == 1 and "not done: 5 job(s): 5 queued" in err and "sample-base" in out
     ws.tx(lambda c: c.execute(Job.__table__.update().values(status="succeeded")))
     rc, out, err = ws.sami(capsys, "jobs", "--experiment", "1", "--check", "--json")
-    assert rc == 0 and "ok: 4 job(s): 4 succeeded" in err and len(json.loads(out)) == 4
+    assert rc == 0 and "ok: 5 job(s): 5 succeeded" in err and len(json.loads(out)) == 5
 
 
 def test_enqueue_validates_stage_specs(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
