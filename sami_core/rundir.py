@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -89,6 +90,13 @@ class RunDir:
         if self.is_writer:
             atomic_write_json(spec_file, {"stage": stage, "fingerprint": fp, "spec": dumped})
         return False
+
+    def open_or_done(self, stage: str, spec: BaseModel) -> dict | None:
+        """Claim the directory; if the stage already finished here, return its outputs."""
+        if self.open(stage, spec) and (done := self.outputs()) is not None:
+            print(f"[sami] {stage}: {self.path} is already complete", file=sys.stderr, flush=True)
+            return done
+        return None
 
     # ---- progress and metrics --------------------------------------------------------
     def progress(self, stage: str, done: int, total: int, unit: str, message: str = "", status: str = "running") -> None:

@@ -117,10 +117,8 @@ def _run_generation(model, tokenizer, prompts: list[str], gen: GenerationSpec, t
 def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
     """Sample N responses per training query, each under its own constitution variant."""
     rd = RunDir(run_dir)
-    resumed = rd.open("generate", spec)
-    if resumed and rd.outputs():
-        _log(f"generate: {rd.path} is already complete")
-        return rd.outputs()
+    if (done := rd.open_or_done("generate", spec)) is not None:
+        return done
     constitution = constitutions.from_spec(spec.constitution).validate(spec.n_constitutions)
     queries = load_split(spec.data, "train")
     t0 = time.time()
@@ -191,10 +189,8 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
 def run_sample(spec: SampleSpec, run_dir: str | Path) -> dict:
     """A model's responses on the eval (or train) queries under the constitution, per temperature."""
     rd = RunDir(run_dir)
-    resumed = rd.open("sample", spec)
-    if resumed and rd.outputs():
-        _log(f"sample: {rd.path} is already complete")
-        return rd.outputs()
+    if (done := rd.open_or_done("sample", spec)) is not None:
+        return done
     constitution = constitutions.from_spec(spec.constitution).validate(1)
     queries = load_split(spec.data, spec.split)[: spec.limit]
     model, tokenizer = load_for_generation(spec.model, choose_backend(spec.generation))

@@ -128,7 +128,7 @@ def check_devices(plans: list[JobPlan], capacity: list[tuple[int, list[str] | No
     gpu_needs = {k: n for k, n in needs.items() if n > 0}
     if not capacity:
         what = ", ".join(f"{k} {n}" for k, n in gpu_needs.items())
-        return [f"no worker is registered yet, so device needs are not checked"
+        return ["no worker is registered yet, so device needs are not checked"
                 + (f" (GPUs per job: {what})" if what else "")
                 + "; the jobs wait for a worker (`sami worker`) that can run them"]
     warnings = []

@@ -68,10 +68,8 @@ def estimate_judge_job(spec: JudgeSpec, run_dir: str | Path | None = None) -> Re
 
 def run_judge(spec: JudgeSpec, run_dir: str | Path) -> dict:
     rd = RunDir(run_dir)
-    resumed = rd.open("judge", spec)
-    if resumed and rd.outputs():
-        _log(f"judge: {rd.path} is already complete")
-        return rd.outputs()
+    if (done := rd.open_or_done("judge", spec)) is not None:
+        return done
     tasks, cache = plan_judge_job(spec, rd.path)
     est = estimate_requests(tasks, cache)
     settings = judge_settings(spec)
@@ -169,10 +167,8 @@ def parse_constitution_answer(text: str, name: str = "") -> constitutions.Consti
 def run_write_constitution(spec: WriteConstitutionSpec, run_dir: str | Path) -> dict:
     """Ask the writer model for principles and antitheses; write constitution.json (native)."""
     rd = RunDir(run_dir)
-    resumed = rd.open("write_constitution", spec)
-    if resumed and rd.outputs():
-        _log(f"write_constitution: {rd.path} is already complete")
-        return rd.outputs()
+    if (done := rd.open_or_done("write_constitution", spec)) is not None:
+        return done
     if spec.writer.provider == "hf":
         raise JudgeError("writer.provider: 'hf' can only judge; use an OpenAI-compatible endpoint to write principles")
     prompt = WRITER_TEMPLATE.format(task=spec.task_description.strip(), n=spec.n_principles)
