@@ -143,13 +143,14 @@ def upsert_responses(
     now: datetime | None = None,
 ) -> int:
     """Store responses ({"query_id", "query", "temperature", "text", "n_tokens",
-    "sample_index"?}) of a source; return how many."""
+    "sample_index"?, "constitution_id"?}) of a source; return how many. An item's own
+    ``constitution_id`` wins over the argument."""
     now = now or utcnow()
     rows: dict[tuple, dict] = {}
     for r in items:
         row = {
             "source_id": source_id, "query_id": str(r["query_id"])[:200], "query": r.get("query"),
-            "constitution_id": constitution_id, "temperature": float(r["temperature"]),
+            "constitution_id": r.get("constitution_id", constitution_id), "temperature": float(r["temperature"]),
             "sample_index": int(r.get("sample_index", 0)), "text": str(r["text"]),
             "n_tokens": None if r.get("n_tokens") is None else int(r["n_tokens"]), "created_at": now,
         }
@@ -163,10 +164,11 @@ def upsert_responses(
 
 def upsert_import_source(
     conn: Connection, label: str, *, path: str, model: str | None = None, temperatures: list[float] | None = None,
-    now: datetime | None = None,
+    constitution_source: str | None = None, now: datetime | None = None,
 ) -> int:
     """The ``import`` response source named ``label`` (one per name), created or updated; its id."""
-    values = {"path": path, "model": model, "temperatures": temperatures}
+    values = {"path": path, "model": model, "temperatures": temperatures,
+              "constitution_source": None if constitution_source is None else constitution_source[:200]}
     found = conn.execute(select(response_sources.c.id).where(
         response_sources.c.kind == "import", response_sources.c.label == label[:200])
         .order_by(response_sources.c.id).limit(1)).scalar_one_or_none()
@@ -184,7 +186,8 @@ def upsert_import_source(
 judgments = Judgment.__table__
 
 # sami_core's verdicts are from the candidate's side; the table names the preferred side.
-VERDICTS_TO_DB = {"win": "candidate", "loss": "baseline", "tie": "tie", "invalid": "invalid"}
+# "error": the judge gave no answer after all attempts (counted apart, replaced by a later answer).
+VERDICTS_TO_DB = {"win": "candidate", "loss": "baseline", "tie": "tie", "invalid": "invalid", "error": "error"}
 VERDICTS_FROM_DB = {v: k for k, v in VERDICTS_TO_DB.items()}
 
 
@@ -232,15 +235,25 @@ JUDGMENT_KEY = ["candidate_id", "baseline_id", "candidate_position", "cache_key"
 
 def upsert_judgments(conn: Connection, rows: list[dict]) -> int:
     """Store judgments keyed by (candidate response, baseline response, position shown,
-    cache key): ingesting a judge run again updates, never duplicates; return how many."""
+    cache key): ingesting a judge run again updates, never duplicates; return how many.
+
+    An ``error`` row (no answer) is replaced by a later answer for the same key, but never
+    replaces an answer already stored."""
     by_key = {tuple(r[k] for k in JUDGMENT_KEY): r for r in rows}
-    _upsert(conn, judgments, list(by_key.values()), JUDGMENT_KEY)
+    if not by_key:
+        return 0
+    batch = list(by_key.values())
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = dialect_insert(judgments)
+    updated = {c: stmt.excluded[c] for c in batch[0] if c not in JUDGMENT_KEY}
+    keep_answers = (judgments.c.verdict == "error") | (stmt.excluded.verdict != "error")
+    conn.execute(stmt.on_conflict_do_update(index_elements=JUDGMENT_KEY, set_=updated, where=keep_answers), batch)
     return len(by_key)
 
 
 def judgment_rows(conn: Connection, *, experiment_id: int | None = None, source: int | None = None) -> list[dict]:
     """Judgments as plain dicts for statistics and exports: ids, both sources' labels, the
-    verdict from the candidate's side (win/loss/tie/invalid), both response texts."""
+    verdict from the candidate's side (win/loss/tie/invalid/error), both response texts."""
     cand, base = responses.alias("cand"), responses.alias("base")
     csrc, bsrc = response_sources.alias("csrc"), response_sources.alias("bsrc")
     experiment = func.coalesce(jobs.c.experiment_id, csrc.c.experiment_id)

@@ -237,6 +237,7 @@ class ResponseSource(Base):
     experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id"), index=True)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)  # the sample job
     temperatures: Mapped[list | None] = mapped_column(JSONType)  # what the sample job was asked for
+    constitution_source: Mapped[str | None] = mapped_column(String(200))  # import: who wrote it, e.g. opus
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -269,7 +270,8 @@ class Judgment(Base):
     __tablename__ = "judgments"
     __table_args__ = (
         CheckConstraint("candidate_position IN ('A', 'B')", name="candidate_position"),
-        CheckConstraint("verdict IN ('candidate', 'baseline', 'tie', 'invalid')", name="verdict"),
+        # 'error': the judge gave no answer after all attempts (rationale/raw_text: the message).
+        CheckConstraint("verdict IN ('candidate', 'baseline', 'tie', 'invalid', 'error')", name="verdict"),
         # One judgment per pair and position shown; a cache key alone can stand for
         # several (identical texts judged twice are one cached request).
         Index("uq_judgments_pair_position_key", "candidate_id", "baseline_id", "candidate_position", "cache_key",

@@ -564,6 +564,8 @@ def _configure_judge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="NAME of the environment variable holding the key ('' = no key); never the key itself")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight at once")
+    p.add_argument("--max-attempts", type=int, help="attempts per request (429, 5xx, timeouts; default 6)")
+    p.add_argument("--backoff", type=float, metavar="S", help="first retry wait in seconds (doubles; default 1)")
     p.add_argument("--both-orders", action="store_true", help="judge every pair in both A/B orders")
     p.add_argument("--limit", type=int, help="judge only the first N pairs")
     p.add_argument("--temperature", type=float,
@@ -619,6 +621,10 @@ def cmd_judge(args: argparse.Namespace) -> int:
     for key in ("base_url", "azure_endpoint", "api_version"):
         if getattr(args, key):
             judge[key] = getattr(args, key)
+    if args.max_attempts is not None:
+        judge["max_attempts"] = args.max_attempts
+    if args.backoff is not None:
+        judge["backoff_initial_s"] = args.backoff
     spec = {"judge": judge, "candidate": cand, "baseline": base, "order": "both" if args.both_orders else "random",
             "limit": args.limit, "shared_cache": str(ws.home / "judge-cache")}
     spec = validate_spec("judge", spec)

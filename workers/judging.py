@@ -17,7 +17,8 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from db import ingest
+from db import experiments, ingest
+from sami_core import constitutions
 from sami_core.errors import DataError
 from sami_core.results import PUBLISHED_DIR, csv_safe, load_published, safe_output_path
 from sami_core.stats import count_tokens_approx, count_words, winrate_table
@@ -64,13 +65,37 @@ def import_results_file(conn: Connection, path: Path) -> dict[str, Any]:
         raise JudgingError(str(err)) from None
     source_id = ingest.upsert_import_source(
         conn, res.source, path=str(path.resolve()), model=f"{res.model}:{res.checkpoint}",
-        temperatures=[res.temperature])
+        temperatures=[res.temperature], constitution_source=res.constitution_source)
+    versions: dict[str, int] = {}  # constitution text -> constitutions id
+    for text in dict.fromkeys(r.constitution for r in res.rows):
+        versions[text] = import_constitution(conn, text, res.constitution_source, path.name)
     ingest.upsert_responses(conn, source_id, [
-        {"query_id": r.query_id, "query": r.question, "temperature": res.temperature, "text": r.response}
+        {"query_id": r.query_id, "query": r.question, "temperature": res.temperature, "text": r.response,
+         "constitution_id": versions[r.constitution]}
         for r in res.rows])
     return {"source_id": source_id, "source": res.source, "checkpoint": res.checkpoint, "model": res.model,
             "constitution_source": res.constitution_source, "temperature": res.temperature,
-            "n_responses": len(res.rows)}
+            "n_responses": len(res.rows), "constitution_ids": sorted(set(versions.values()))}
+
+
+def import_principles(text: str) -> list[dict[str, str | None]]:
+    """A published file's constitution text ("1. ...\n2. ...") as stored principles; a text
+    that is not numbered principles is kept whole as one principle."""
+    try:
+        parsed = constitutions.from_reference({"positive": text, "negative": text})
+        principles = [{"principle": p.principle, "antithesis": None} for p in parsed.principles]
+    except constitutions.ConstitutionError:
+        principles = []
+    return principles or [{"principle": text.strip(), "antithesis": None}]
+
+
+def import_constitution(conn: Connection, text: str, constitution_source: str, file_name: str = "") -> int:
+    """The constitutions version ``import:<constitution source>`` with ``text``'s principles
+    (identical principles reuse a version); its id."""
+    cid, _, _ = experiments.constitution_version(
+        conn, f"import:{constitution_source}"[:200], import_principles(text),
+        description=f"imported from published results ({file_name})" if file_name else "imported")
+    return cid
 
 
 # --- judge jobs -----------------------------------------------------------------------------
@@ -105,8 +130,10 @@ def _pick(rows: list[dict], temperature: float | None) -> dict | None:
 
 def ingest_judge_run(conn: Connection, run_dir: Path, spec: dict, *, job_id: int | None = None,
                      experiment_id: int | None = None) -> int:
-    """Store a judge run's ``judgments.jsonl`` as judgments rows (keyed by cache key, so a
-    re-ingest updates); errors (no answer) are not stored. Returns the rows written.
+    """Store a judge run's ``judgments.jsonl`` as judgments rows (keyed by pair, position
+    and cache key, so a re-ingest updates); errors (no answer) are stored with verdict
+    ``error`` and the error message, and replaced when a later run answers. Returns the
+    rows written.
 
     Each side is found by the spec's name (a source label, ``label#id``) and the response
     by (query_id, temperature)."""
@@ -128,9 +155,14 @@ def ingest_judge_run(conn: Connection, run_dir: Path, spec: dict, *, job_id: int
         sides[side] = (by_query, entry.get("temperature"))
     rows = []
     for rec in records:
-        verdict = ingest.VERDICTS_TO_DB.get(rec.get("verdict"))
-        if verdict is None:  # an error: retried by the next run, never stored
-            continue
+        verdict = ingest.VERDICTS_TO_DB.get(rec.get("verdict"), "error")  # anything else: no answer
+        if verdict == "error":
+            # The message only (the judge client masks API keys in it); the next run retries
+            # the pair and its answer replaces this row.
+            message = str(rec.get("error") or "judge error")
+            rationale, raw = message, message
+        else:
+            rationale, raw = rec.get("rationale"), rec.get("raw")
         found = {}
         for side, (by_query, temp) in sides.items():
             r = _pick(by_query.get(str(rec["query_id"]), []), temp if temp is not None else rec.get("temperature"))
@@ -143,7 +175,7 @@ def ingest_judge_run(conn: Connection, run_dir: Path, spec: dict, *, job_id: int
             "constitution_id": found["candidate"]["constitution_id"],
             "candidate_position": "A" if rec.get("order") == "candidate_first" else "B",
             "judge_model": str(rec.get("judge_model", ""))[:200], "verdict": verdict,
-            "rationale": rec.get("rationale"), "raw_text": rec.get("raw"), "cache_key": rec["cache_key"],
+            "rationale": rationale, "raw_text": raw, "cache_key": rec["cache_key"],
         })
     return ingest.upsert_judgments(conn, rows)
 

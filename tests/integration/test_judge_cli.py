@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from db.models import Job, Judgment, Response, ResponseSource
+from db.models import Constitution, Job, Judgment, Response, ResponseSource
 from sami_core.results import PUBLISHED_DIR
 from tests.integration.conftest import Sami
 from tests.openai_server import OpenAIServer
@@ -45,6 +45,28 @@ def test_import_results_makes_one_source_per_file_and_links_queries(sami_sqlite:
         select(Response.query_id, func.count(func.distinct(Response.query)), func.count())
         .group_by(Response.query_id)).all())
     assert len(texts) == 250 and all(n_text == 1 and n == 10 for _, n_text, n in texts)
+
+    # the constitution source from each file name; every response has a constitution
+    # version, one per distinct text (identical texts in several files share it)
+    listed = json.loads(sami.cli("sources", "--json").stdout)
+    assert {s["label"]: s["constitution_source"] for s in listed} == {
+        p.stem: p.stem.split("-constitution-")[0].rsplit("-", 1)[1] for p in PUBLISHED_DIR.glob("*.json")}
+    assert count(sami, Response) == 2500
+    assert sami.tx(lambda c: c.execute(select(func.count()).select_from(Response)
+                                       .where(Response.constitution_id.is_(None))).scalar_one()) == 0
+    pairs = sami.tx(lambda c: c.execute(
+        select(Response.constitution_id, Response.query_id, ResponseSource.constitution_source, Constitution.name)
+        .join(ResponseSource, ResponseSource.id == Response.source_id)
+        .join(Constitution, Constitution.id == Response.constitution_id)).all())
+    assert all(name == f"import:{src}" for _, _, src, name in pairs)
+    versions = sami.tx(lambda c: c.execute(select(Constitution.id, Constitution.principles)).all())
+    assert len({json.dumps(v.principles) for v in versions}) == len(versions) > 1  # no duplicate versions
+    assert len(versions) == len({cid for cid, *_ in pairs})
+    # the same query under the same constitution source: one text, so one version in every file
+    per_query: dict[tuple, set] = {}
+    for cid, qid, src, _ in pairs:
+        per_query.setdefault((qid, src), set()).add(cid)
+    assert all(len(ids) == 1 for ids in per_query.values())
 
 
 def test_judge_now_stores_judgments_caches_and_keeps_the_key_secret(sami_sqlite: Sami) -> None:
@@ -121,3 +143,41 @@ def test_export_neutralises_formulas_and_confines_the_output(sami_sqlite: Sami, 
     other = tmp_path / "exports"
     sami.cli("export", "winrates", "--out", "w.csv", "--out-dir", str(other))
     assert (other / "w.csv").read_text(encoding="utf-8").startswith("experiment_id,candidate,baseline,judge_model")
+
+
+def test_judge_errors_are_stored_counted_and_replaced_by_a_later_answer(sami_sqlite: Sami) -> None:
+    """An endpoint that fails some pairs for good: the errors reach the database (winrates
+    counts them, as the run's outputs do); run again once it is healthy, the answers
+    replace them."""
+    sami = sami_sqlite
+    sami.env["SAMI_TEST_JUDGE_KEY"] = KEY
+    sami.cli("import-results", str(PUBLISHED_DIR / f"{CAND}.json"), str(PUBLISHED_DIR / f"{BASE}.json"))
+    with OpenAIServer(expected_key=KEY, always_error=0.4) as srv:
+        args = ["judge", "--candidate", CAND, "--baseline", BASE, "--judge-model", "gpt-test",
+                "--base-url", srv.base_url, "--api-key-env", "SAMI_TEST_JUDGE_KEY", "--concurrency", "4",
+                "--limit", "8", "--both-orders", "--max-attempts", "2", "--backoff", "0.01", "--now"]
+        first = sami.cli(*args, timeout=120)
+        run_dir = Path(first.stdout.rsplit("run directory ", 1)[1].strip())
+        outputs = json.loads((run_dir / "outputs.json").read_text())
+        assert 0 < outputs["errors"] < 16
+        assert count(sami, Judgment) == 16
+        (row,) = json.loads(sami.cli("winrates", "--json").stdout)
+        assert row["errors"] == outputs["errors"]
+        assert (row["wins"], row["losses"], row["ties"]) == (outputs["wins"], outputs["losses"], outputs["ties"])
+        assert row["n"] == 16 - outputs["errors"] - outputs["invalid"]
+        messages = sami.tx(lambda c: c.execute(select(Judgment.rationale, Judgment.raw_text)
+                                               .where(Judgment.verdict == "error")).all())
+        assert len(messages) == outputs["errors"] and all(m[0] and m[0] == m[1] for m in messages)
+
+        srv.always_error = 0.0  # healthy again: the next run retries the errors only
+        second = sami.cli(*args, timeout=120)
+        assert f"{16 - outputs['errors']} cached, {outputs['errors']} requests to send" in second.stdout
+    assert count(sami, Judgment) == 16
+    (row,) = json.loads(sami.cli("winrates", "--json").stdout)
+    assert row["errors"] == 0 and row["n"] == 16 - outputs["invalid"]
+    assert row["wins"] + row["losses"] + row["ties"] == row["n"]
+    assert row["wins"] + row["losses"] > outputs["wins"] + outputs["losses"]
+    assert sami.tx(lambda c: c.execute(select(func.count()).select_from(Judgment)
+                                       .where(Judgment.constitution_id.is_(None))).scalar_one()) == 0
+    db_bytes = b"".join(p.read_bytes() for p in sami.home.glob("*.db*"))
+    assert db_bytes and KEY.encode() not in db_bytes

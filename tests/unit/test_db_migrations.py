@@ -113,3 +113,34 @@ def test_upgrade_from_0002_keeps_judgments_and_allows_one_cache_key_per_position
         "SELECT candidate_position, verdict, cache_key FROM judgments ORDER BY id")).all(), write=False)
     assert [tuple(r) for r in rows] == [("A", "candidate", "k"), ("B", "tie", "k")]
     engine.dispose()
+
+
+def test_upgrade_from_0003_keeps_judgments_and_allows_error_verdicts(url: str) -> None:
+    """0004: judgments stored under 0003 are kept; a judge error may then be stored (and
+    nothing else outside the verdicts); import sources get a constitution_source."""
+    engine = make_engine(url)
+    upgrade(engine, "0003")
+    ts = "'2026-01-01 00:00:00'"
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO response_sources (kind, label, created_at) VALUES ('import', 's', {ts})"))
+        for q in ("0", "1"):
+            conn.execute(text("INSERT INTO responses (source_id, query_id, temperature, sample_index, text, created_at)"
+                              f" VALUES (1, '{q}', 0.0, 0, 'r{q}', {ts})"))
+        conn.execute(text("INSERT INTO judgments (candidate_id, baseline_id, candidate_position, judge_model, verdict,"
+                          f" rationale, cache_key, created_at) VALUES (1, 2, 'A', 'm', 'tie', 'why', 'k', {ts})"))
+    engine.dispose()
+    engine = open_database(url)
+    assert current_revision(engine) == HEAD
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO judgments (candidate_id, baseline_id, candidate_position, judge_model, verdict,"
+                          f" rationale, cache_key, created_at) VALUES (1, 2, 'B', 'm', 'error', 'HTTP 500', 'k', {ts})"))
+        conn.execute(text("UPDATE response_sources SET constitution_source = 'opus'"))
+    with pytest.raises(Exception, match="(?i)check"), engine.begin() as conn:
+        conn.execute(text("INSERT INTO judgments (candidate_id, baseline_id, candidate_position, judge_model, verdict,"
+                          f" cache_key, created_at) VALUES (2, 1, 'A', 'm', 'bogus', 'k2', {ts})"))
+    rows = transact(engine, lambda c: c.execute(text(
+        "SELECT candidate_position, verdict, rationale, cache_key FROM judgments ORDER BY id")).all(), write=False)
+    assert [tuple(r) for r in rows] == [("A", "tie", "why", "k"), ("B", "error", "HTTP 500", "k")]
+    assert transact(engine, lambda c: c.execute(text("SELECT constitution_source FROM response_sources"))
+                    .scalar_one(), write=False) == "opus"
+    engine.dispose()

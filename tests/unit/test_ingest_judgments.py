@@ -1,6 +1,6 @@
 """Imported results and judge runs in the database (SQLite and PostgreSQL): import-results
 is idempotent and links queries; a judge run's judgments.jsonl becomes judgments rows
-(both positions of a pair, errors left out), re-ingested without duplicates, through the
+(both positions of a pair, errors counted apart and replaced by a later answer), re-ingested without duplicates, through the
 worker's `judge` output handler."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from db import ingest, queue
 from db.engine import open_database, transact
-from db.models import Judgment, Response, ResponseSource
+from db.models import Constitution, Judgment, Response, ResponseSource
 from db.testing import BACKENDS, new_database_url, postgres_unavailable_reason
 from db.workspace import Workspace
 from sami_core.results import PUBLISHED_DIR
@@ -37,6 +37,10 @@ def count(engine, model) -> int:  # noqa: ANN001
 
 
 def record(query_id: str, order: str, verdict: str, key: str) -> dict:
+    if verdict == "error":  # as the judge runner writes one: the (key-masked) message, no answer
+        return {"pair_id": f"{query_id}@0.0", "query_id": query_id, "temperature": 0.0, "order": order,
+                "judge_model": "gpt-test", "verdict": "error", "status": "error", "rationale": "", "raw": "",
+                "error": "HTTP 500 (key ***)", "cache_key": key}
     return {"pair_id": f"{query_id}@0.0", "query_id": query_id, "temperature": 0.0, "order": order,
             "judge_model": "gpt-test", "verdict": verdict, "rationale": "because", "raw": "Final Response: A",
             "cache_key": key}
@@ -49,6 +53,16 @@ def test_import_is_idempotent_and_judgments_are_stored_once_per_position(engine,
     assert (count(engine, ResponseSource), count(engine, Response)) == (2, 500)
     sources = {s["label"]: s for s in transact(engine, ingest.list_sources)}
     assert sources[CAND]["kind"] == "import" and sources[CAND]["n_responses"] == 250
+    assert sources[CAND]["constitution_source"] == sources[BASE]["constitution_source"] == "opus"
+    # every imported response has a constitution version; both files' texts share them
+    by_source = transact(engine, lambda c: c.execute(
+        select(Response.source_id, Response.constitution_id, Constitution.name, Constitution.principles)
+        .join(Constitution, Constitution.id == Response.constitution_id, isouter=True)).all())
+    assert len(by_source) == 500 and all(r.constitution_id is not None for r in by_source)
+    assert {r.name for r in by_source} == {"import:opus"}
+    ids = {s: {r.constitution_id for r in by_source if r.source_id == sources[s]["id"]} for s in (CAND, BASE)}
+    assert ids[CAND] == ids[BASE] and count(engine, Constitution) == len(ids[CAND])
+    assert all(p["principle"] and not p["principle"][0].isdigit() for r in by_source for p in r.principles)
 
     run_dir = tmp_path / "judge"
     run_dir.mkdir()
@@ -69,16 +83,32 @@ def test_import_is_idempotent_and_judgments_are_stored_once_per_position(engine,
     for _ in range(2):  # a worker that re-ingests after a crash
         transact(engine, lambda c: relay.ingest_outputs(c, job, relay.read_outputs(run_dir), run_dir,
                                                         Workspace(tmp_path)))
-    assert count(engine, Judgment) == 4  # the error is not stored
+    assert count(engine, Judgment) == 5  # the error too, counted apart
     rows = transact(engine, ingest.judgment_rows)
     assert [(r["query_id"], r["order"], r["verdict"], r["candidate"], r["baseline"], r["job_id"]) for r in rows] == [
         ("0", "candidate_first", "win", CAND, BASE, job.id), ("0", "baseline_first", "win", CAND, BASE, job.id),
-        ("1", "candidate_first", "loss", CAND, BASE, job.id), ("2", "baseline_first", "tie", CAND, BASE, job.id)]
-    stored = transact(engine, lambda c: c.execute(select(Judgment.verdict, Judgment.candidate_position)
+        ("1", "candidate_first", "loss", CAND, BASE, job.id), ("2", "baseline_first", "tie", CAND, BASE, job.id),
+        ("3", "candidate_first", "error", CAND, BASE, job.id)]
+    stored = transact(engine, lambda c: c.execute(select(Judgment.verdict, Judgment.candidate_position,
+                                                         Judgment.rationale, Judgment.raw_text)
                                                   .order_by(Judgment.id)).all())
-    assert [tuple(s) for s in stored] == [("candidate", "A"), ("candidate", "B"), ("baseline", "A"), ("tie", "B")]
+    assert [tuple(s[:2]) for s in stored] == [("candidate", "A"), ("candidate", "B"), ("baseline", "A"), ("tie", "B"),
+                                              ("error", "A")]
+    assert tuple(stored[-1][2:]) == ("HTTP 500 (key ***)", "HTTP 500 (key ***)")  # the message, nothing else
     (wr,) = judging.winrates(rows)
-    assert (wr["n"], wr["wins"], wr["losses"], wr["ties"]) == (4, 2, 1, 1) and wr["win_rate"] == 0.625
+    assert (wr["n"], wr["wins"], wr["losses"], wr["ties"], wr["errors"]) == (4, 2, 1, 1, 1)
+    assert wr["win_rate"] == 0.625
+
+    # a later run: the error answered (replaces the error row), an answer then an error
+    # for another pair (the error never replaces an answer)
+    later = tmp_path / "judge2"
+    later.mkdir()
+    recs2 = [record("3", "candidate_first", "loss", "k3"), record("1", "candidate_first", "error", "k1")]
+    (later / "judgments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs2))
+    assert transact(engine, lambda c: judging.ingest_judge_run(c, later, spec)) == 2
+    assert count(engine, Judgment) == 5
+    (wr,) = judging.winrates(transact(engine, ingest.judgment_rows))
+    assert (wr["n"], wr["wins"], wr["losses"], wr["ties"], wr["errors"]) == (5, 2, 2, 1, 0)
 
 
 def test_a_judge_run_naming_an_unknown_source_is_refused(engine, tmp_path: Path) -> None:  # noqa: ANN001
