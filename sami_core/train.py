@@ -313,7 +313,7 @@ class SamiTrainer:
             self.tokenizer.save_pretrained(tmp)
             shutil.rmtree(ckpt, ignore_errors=True)
             os.replace(tmp, ckpt)
-            if final:  # a stable name for the next iteration: checkpoints/final -> step-XXXXXX
+            if final:  # a stable name for the next iteration: checkpoints/final -> step-<N>
                 link = ckpt.with_name("final")
                 tmp_link = ckpt.with_name(".tmp-final")
                 tmp_link.unlink(missing_ok=True)
