@@ -63,6 +63,47 @@ def torchrun(spec: Path, run_dir: Path, nproc: int = 2) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it (torchrun starts its ranks in sessions of their own,
+    so killing torchrun's process group alone would leave them running)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and all its ranks, and wait until every one is gone."""
+    pids = descendants(proc.pid)
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+    def alive(p: int) -> bool:  # running, not a zombie waiting for its parent
+        try:
+            return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    deadline = time.time() + 30
+    while any(alive(p) for p in pids[1:]) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids[1:]), "a rank of the killed run is still running"
+
+
 def metrics(run_dir: Path) -> list[dict]:
     return RunDir(run_dir).read_metrics()
 
@@ -83,10 +124,9 @@ def test_fsdp_train_kill_resume(tmp_path: Path, demo_model_dir: Path):
             pytest.fail(f"training ended early:\n{proc.stdout.read()}")
         time.sleep(0.2)
     else:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc)
         pytest.fail("training did not reach step 3 in time")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_tree(proc)
     before_kill = {m["step"]: m for m in metrics(run_dir)}
     assert not (run_dir / "outputs.json").exists()
     # On a busy machine training may pass step 4 before the kill lands: resume from the
