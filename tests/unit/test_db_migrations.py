@@ -90,6 +90,14 @@ def test_upgrade_from_0001_keeps_jobs_and_adds_the_experiment_columns(url: str) 
     engine.dispose()
 
 
+def _seed_source_and_responses(conn, ts: str) -> None:
+    """One imported source with responses to queries 0 and 1 (ids 1 and 2)."""
+    conn.execute(text(f"INSERT INTO response_sources (kind, label, created_at) VALUES ('import', 's', {ts})"))
+    for q in ("0", "1"):
+        conn.execute(text("INSERT INTO responses (source_id, query_id, temperature, sample_index, text, created_at)"
+                          f" VALUES (1, '{q}', 0.0, 0, 'r{q}', {ts})"))
+
+
 def test_upgrade_from_0002_keeps_judgments_and_allows_one_cache_key_per_position(url: str) -> None:
     """0003: a judgment stored under 0002 is kept; the same cache key may then be stored
     for both positions of a pair (identical texts judged in both orders)."""
@@ -97,10 +105,7 @@ def test_upgrade_from_0002_keeps_judgments_and_allows_one_cache_key_per_position
     upgrade(engine, "0002")
     ts = "'2026-01-01 00:00:00'"
     with engine.begin() as conn:
-        conn.execute(text(f"INSERT INTO response_sources (kind, label, created_at) VALUES ('import', 's', {ts})"))
-        for q in ("0", "1"):
-            conn.execute(text("INSERT INTO responses (source_id, query_id, temperature, sample_index, text, created_at)"
-                              f" VALUES (1, '{q}', 0.0, 0, 'r{q}', {ts})"))
+        _seed_source_and_responses(conn, ts)
         conn.execute(text("INSERT INTO judgments (candidate_id, baseline_id, candidate_position, judge_model, verdict,"
                           f" cache_key, created_at) VALUES (1, 2, 'A', 'm', 'candidate', 'k', {ts})"))
     engine.dispose()
@@ -122,10 +127,7 @@ def test_upgrade_from_0003_keeps_judgments_and_allows_error_verdicts(url: str) -
     upgrade(engine, "0003")
     ts = "'2026-01-01 00:00:00'"
     with engine.begin() as conn:
-        conn.execute(text(f"INSERT INTO response_sources (kind, label, created_at) VALUES ('import', 's', {ts})"))
-        for q in ("0", "1"):
-            conn.execute(text("INSERT INTO responses (source_id, query_id, temperature, sample_index, text, created_at)"
-                              f" VALUES (1, '{q}', 0.0, 0, 'r{q}', {ts})"))
+        _seed_source_and_responses(conn, ts)
         conn.execute(text("INSERT INTO judgments (candidate_id, baseline_id, candidate_position, judge_model, verdict,"
                           f" rationale, cache_key, created_at) VALUES (1, 2, 'A', 'm', 'tie', 'why', 'k', {ts})"))
     engine.dispose()

@@ -12,24 +12,14 @@ import pytest
 from sqlalchemy import func, select
 
 from db import ingest, queue
-from db.engine import open_database, transact
+from db.engine import transact
 from db.models import Constitution, Judgment, Response, ResponseSource
-from db.testing import BACKENDS, new_database_url, postgres_unavailable_reason
 from db.workspace import Workspace
 from sami_core.results import PUBLISHED_DIR
 from workers import judging, relay
 
 CAND = "iteration-1-epoch-0.12-mistral-opus-constitution-temperature-0.0"
 BASE = "base-mistral-opus-constitution-temperature-0.0"
-
-
-@pytest.fixture(params=BACKENDS)
-def engine(request: pytest.FixtureRequest, tmp_path: Path):  # noqa: ANN201
-    if request.param == "postgresql" and (reason := postgres_unavailable_reason()):
-        pytest.skip(reason)
-    e = open_database(new_database_url(request.param, tmp_path, migrated=True))
-    yield e
-    e.dispose()
 
 
 def count(engine, model) -> int:  # noqa: ANN001

@@ -12,20 +12,10 @@ from sqlalchemy import select
 
 from db import queue
 from db.experiments import constitution_version, create_experiment
-from db.engine import open_database, transact
+from db.engine import transact
 from db.models import Checkpoint, Response, ResponseSource
-from db.testing import BACKENDS, new_database_url, postgres_unavailable_reason
 from db.workspace import Workspace
 from workers import relay
-
-
-@pytest.fixture(params=BACKENDS)
-def engine(request: pytest.FixtureRequest, tmp_path: Path):  # noqa: ANN201
-    if request.param == "postgresql" and (reason := postgres_unavailable_reason()):
-        pytest.skip(reason)
-    e = open_database(new_database_url(request.param, tmp_path, migrated=True))
-    yield e
-    e.dispose()
 
 
 def claimed(engine, kind: str, spec: dict, **kw):  # noqa: ANN001, ANN201
