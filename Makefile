@@ -10,8 +10,10 @@ RUN_DIR ?= runs/demo
 PYTEST_ARGS ?=
 # The workspace of `make demo-queue` (database + run directories).
 SAMI_HOME ?= .sami
+# `make run`: the port the workbench serves on (127.0.0.1 only).
+PORT ?= 8501
 
-.PHONY: install test test-unit demo demo-queue bench clean
+.PHONY: install test test-unit demo demo-queue run bench clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +40,16 @@ demo-queue: install
 	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers submit sami_core/examples/demo.yaml
 	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers worker --exit-when-idle
 	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers jobs --experiment latest --check
+
+# The workbench in the browser: workspace, the shipped published responses (content at
+# once), one local worker in the background (stopped with the UI), the UI on 127.0.0.1.
+run: install
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers init
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers import-results --shipped
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers worker >> $(SAMI_HOME)/worker.log 2>&1 & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
+	echo "worker pid $$worker (log: $(SAMI_HOME)/worker.log)"; \
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers ui --port $(PORT)
 
 bench: install
 	$(PY) benchmarks/logprob_matrix.py

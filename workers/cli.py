@@ -10,6 +10,7 @@
     sami judge --candidate SRC --baseline SRC [--judge-model M] [--now] ...
     sami winrates [--experiment ID] [--csv FILE]
     sami export responses|judgments|winrates --out FILE.csv [--out-dir DIR]
+    sami ui [--port P] [--host 127.0.0.1]
 
 Every command finds the workspace at ``$SAMI_HOME`` (default ``./.sami``) and the
 database at ``$SAMI_DATABASE_URL`` (default: the workspace's SQLite file); the schema
@@ -752,6 +753,41 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
     print(f"wrote {len(rows)} rows to {path}")
     return 0
+
+
+# --- ui ---------------------------------------------------------------------------------------
+
+# The app's entry file (app/ is installed next to workers/; the CLI never imports it).
+APP_ENTRY = Path(__file__).resolve().parents[1] / "app" / "workbench.py"
+MAX_UPLOAD_MB = 20  # as app.state.MAX_UPLOAD_MB and .streamlit/config.toml
+
+
+def _configure_ui(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; the app has no login, so "
+                        "reach it from elsewhere through an SSH tunnel rather than binding 0.0.0.0)")
+
+
+@command("ui", "serve the workbench in the browser (Streamlit) on 127.0.0.1", _configure_ui)
+def cmd_ui(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    if not APP_ENTRY.is_file():
+        raise CliError(f"the app's entry file {APP_ENTRY} is missing: reinstall the project (`make install`)")
+    ws = _workspace()
+    ws.create()
+    _engine()  # migrate before the first page renders
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY),
+           "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
+           "--server.maxUploadSize", str(MAX_UPLOAD_MB), "--browser.gatherUsageStats", "false"]
+    print(f"SAMI Workbench: http://{args.host}:{args.port}  (workspace {ws.home}; Ctrl-C stops it)", flush=True)
+    env = {**os.environ, "SAMI_HOME": str(ws.home)}
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
 
 
 # --- entry point -------------------------------------------------------------------------------

@@ -75,8 +75,12 @@ def _field_error(source: str, path: str, reason: str) -> SpecError:
 
 def prepare(spec_path: str | Path, *, name: str | None = None) -> Prepared:
     """Read, validate and resolve an experiment spec file (raises SpecError)."""
-    source = str(spec_path)
-    data = read_spec_file(spec_path)
+    return prepare_data(read_spec_file(spec_path), source=str(spec_path), name=name)
+
+
+def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None) -> Prepared:
+    """Validate and resolve an experiment spec already parsed (a dict, e.g. from the
+    app's form); ``source`` names it in error messages (raises SpecError)."""
     if name is not None and isinstance(data, dict):
         data = {**data, "name": name}
     exp = validate_experiment(data, source=source)

@@ -1,0 +1,41 @@
+"""The sidebar every page shares: where the workspace is and whether workers are alive."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import streamlit as st
+from sqlalchemy import func, select
+
+from app import state
+from db.models import Job, Worker, utcnow
+
+# A worker that has not been seen for this long is shown as silent.
+SILENT_AFTER = timedelta(seconds=60)
+
+
+@st.cache_data(ttl=state.READ_TTL_S, show_spinner=False)
+def _counts(_url: str) -> dict[str, int]:
+    def q(conn):  # noqa: ANN001, ANN202
+        since = utcnow() - SILENT_AFTER
+        alive = conn.execute(select(func.count()).select_from(Worker)
+                             .where(Worker.status == "running", Worker.last_seen_at >= since)).scalar_one()
+        by_status = dict(conn.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        return {"workers": alive, **by_status}
+
+    return state.read(q)
+
+
+def draw() -> None:
+    with st.sidebar:
+        st.caption("SAMI Workbench")
+        counts = _counts(state.database_label())
+        st.markdown(f"**Workers alive:** {counts['workers']}")
+        st.markdown(f"**Jobs:** {counts.get('running', 0)} running, {counts.get('queued', 0)} queued, "
+                    f"{counts.get('failed', 0)} failed")
+        if counts["workers"] == 0:
+            st.caption("No worker is alive: queued jobs wait. Start one with `sami worker`.")
+        st.caption(f"Workspace: `{state.workspace().home}`")
+        st.caption(f"Database: `{state.database_label()}`")
+        if state.is_demo_workspace():
+            st.caption("Experiments on the embedded demo model show the mechanics only: its texts carry no meaning.")

@@ -1,0 +1,76 @@
+"""What every page shares: the workspace, one database engine per process, and reads.
+
+Pages never open engines themselves: :func:`engine` is a ``st.cache_resource`` (one
+pool per server process, whatever the number of browser sessions), and reads go
+through :func:`read` inside ``st.cache_data`` functions with a short ttl, so a page
+that reruns on every widget change does not hit the database each time. Writes go
+through :func:`write` (one transaction, retried while the database is busy) and then
+clear the read caches, so the next render shows what was written.
+
+Session-state keys are prefixed by the page that owns them (``queue.selected``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import streamlit as st
+from sqlalchemy.engine import Connection, Engine
+
+from db.engine import open_database, transact
+from db.workspace import Workspace, redacted_url
+
+T = TypeVar("T")
+
+# How long a cached read may be reused (seconds); live views poll faster than this.
+READ_TTL_S = 2.0
+# Uploads (data files, constitutions) are refused above this size (also
+# server.maxUploadSize in .streamlit/config.toml and `sami ui`).
+MAX_UPLOAD_MB = 20
+
+
+def workspace() -> Workspace:
+    return Workspace.from_env()
+
+
+@st.cache_resource(show_spinner=False)
+def _engine(url: str) -> Engine:
+    return open_database(url)
+
+
+def engine() -> Engine:
+    """The workspace database's engine (schema migrated on first use)."""
+    return _engine(workspace().database_url)
+
+
+def read(fn: Callable[[Connection], T]) -> T:
+    """``fn(conn)`` in a read transaction."""
+    return transact(engine(), fn, write=False)
+
+
+def write(fn: Callable[[Connection], T]) -> T:
+    """``fn(conn)`` in a write transaction; read caches are cleared afterwards."""
+    out = transact(engine(), fn, write=True)
+    st.cache_data.clear()
+    return out
+
+
+def database_label() -> str:
+    return redacted_url(workspace().database_url)
+
+
+def is_demo_workspace() -> bool:
+    """True when the demo model is what experiments here train (texts carry no meaning)."""
+    return os.environ.get("SAMI_DEMO_NOTE", "1") != "0"
+
+
+def app_dir() -> Path:
+    return Path(__file__).resolve().parent
+
+
+def param(name: str, default: Any = None) -> Any:
+    """A query parameter of the page's URL (deep links such as ``?experiment=3``)."""
+    return st.query_params.get(name, default)

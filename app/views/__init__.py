@@ -1,0 +1,32 @@
+"""The workbench's pages, in navigation order (a folder not named ``pages/``, so that
+Streamlit's automatic multipage mode stays off: ``app/workbench.py`` navigates)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    file: str
+    title: str
+    url_path: str
+    default: bool = False
+
+    @property
+    def path(self) -> Path:
+        return _HERE / self.file
+
+
+PAGES = (
+    PageInfo("overview.py", "Overview", "overview", default=True),
+    PageInfo("constitutions.py", "Constitutions", "constitutions"),
+    PageInfo("new_experiment.py", "New experiment", "new-experiment"),
+    PageInfo("queue.py", "Queue", "queue"),
+    PageInfo("training.py", "Training", "training"),
+    PageInfo("responses.py", "Responses", "responses"),
+    PageInfo("winrates.py", "Win rates", "win-rates"),
+)

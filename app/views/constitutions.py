@@ -1,0 +1,5 @@
+"""Constitutions page (to be built)."""
+
+import streamlit as st
+
+st.title("Constitutions")

@@ -1,0 +1,5 @@
+"""New experiment page (to be built)."""
+
+import streamlit as st
+
+st.title("New experiment")

@@ -1,0 +1,5 @@
+"""Overview page (to be built)."""
+
+import streamlit as st
+
+st.title("Overview")

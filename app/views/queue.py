@@ -1,0 +1,5 @@
+"""Queue page (to be built)."""
+
+import streamlit as st
+
+st.title("Queue")

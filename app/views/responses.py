@@ -1,0 +1,5 @@
+"""Responses page (to be built)."""
+
+import streamlit as st
+
+st.title("Responses")

@@ -1,0 +1,5 @@
+"""Training page (to be built)."""
+
+import streamlit as st
+
+st.title("Training")
