@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import streamlit as st
 from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
 
 from app import state
 from db.models import Job, Worker, utcnow
@@ -14,22 +15,19 @@ from db.models import Job, Worker, utcnow
 SILENT_AFTER = timedelta(seconds=60)
 
 
-@st.cache_data(ttl=state.READ_TTL_S, show_spinner=False)
-def _counts(_url: str) -> dict[str, int]:
-    def q(conn):  # noqa: ANN001, ANN202
-        since = utcnow() - SILENT_AFTER
-        alive = conn.execute(select(func.count()).select_from(Worker)
-                             .where(Worker.status == "running", Worker.last_seen_at >= since)).scalar_one()
-        by_status = dict(conn.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-        return {"workers": alive, **by_status}
-
-    return state.read(q)
+def counts_q(conn: Connection) -> dict[str, int]:
+    """Workers alive and jobs per status."""
+    since = utcnow() - SILENT_AFTER
+    alive = conn.execute(select(func.count()).select_from(Worker)
+                         .where(Worker.status == "running", Worker.last_seen_at >= since)).scalar_one()
+    by_status = dict(conn.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+    return {"workers": alive, **by_status}
 
 
 def draw() -> None:
     with st.sidebar:
         st.caption("SAMI Workbench")
-        counts = _counts(state.database_label())
+        counts = state.load(counts_q)
         st.markdown(f"**Workers alive:** {counts['workers']}")
         st.markdown(f"**Jobs:** {counts.get('running', 0)} running, {counts.get('queued', 0)} queued, "
                     f"{counts.get('failed', 0)} failed")

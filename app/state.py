@@ -46,8 +46,26 @@ def engine() -> Engine:
     return _engine(workspace().database_url)
 
 
+_READERS: dict[str, Callable[..., Any]] = {}
+
+
+@st.cache_data(ttl=READ_TTL_S, show_spinner=False, max_entries=512)
+def _cached_read(name: str, url: str, args: tuple, kwargs: tuple) -> Any:
+    fn = _READERS[name]
+    return transact(_engine(url), lambda conn: fn(conn, *args, **dict(kwargs)), write=False)
+
+
+def load(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(conn, *args, **kwargs)`` read through the cache (ttl :data:`READ_TTL_S`), keyed
+    by the function, the database and the arguments (which must be hashable by
+    ``st.cache_data``; results must pickle: lists of dicts, DataFrames)."""
+    name = f"{fn.__module__}.{fn.__qualname__}"
+    _READERS[name] = fn
+    return _cached_read(name, workspace().database_url, args, tuple(sorted(kwargs.items())))
+
+
 def read(fn: Callable[[Connection], T]) -> T:
-    """``fn(conn)`` in a read transaction."""
+    """``fn(conn)`` in a read transaction, not cached (prefer :func:`load` in pages)."""
     return transact(engine(), fn, write=False)
 
 

@@ -13,7 +13,7 @@ _HERE = Path(__file__).resolve().parent
 class PageInfo:
     file: str
     title: str
-    url_path: str
+    url_path: str  # the file's stem: AppTest.switch_page and deep links (/queue?experiment=3) find it so
     default: bool = False
 
     @property
@@ -24,9 +24,9 @@ class PageInfo:
 PAGES = (
     PageInfo("overview.py", "Overview", "overview", default=True),
     PageInfo("constitutions.py", "Constitutions", "constitutions"),
-    PageInfo("new_experiment.py", "New experiment", "new-experiment"),
+    PageInfo("new_experiment.py", "New experiment", "new_experiment"),
     PageInfo("queue.py", "Queue", "queue"),
     PageInfo("training.py", "Training", "training"),
     PageInfo("responses.py", "Responses", "responses"),
-    PageInfo("winrates.py", "Win rates", "win-rates"),
+    PageInfo("winrates.py", "Win rates", "winrates"),
 )
