@@ -18,7 +18,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from db.models import Checkpoint, Job, Judgment, Metric, Response, ResponseSource, utcnow
+from db.models import Checkpoint, Constitution, Job, Judgment, Metric, Response, ResponseSource, utcnow
 
 jobs = Job.__table__
 metrics = Metric.__table__
@@ -213,13 +213,30 @@ def find_source(conn: Connection, ref: str, *, experiment_id: int | None = None)
 
 
 def list_sources(conn: Connection) -> list[dict]:
-    """Every response source with its response count, oldest first."""
+    """Every response source with its response count, oldest first. A sampled source also
+    carries the constitution its sample job used (``constitution_name``,
+    ``constitution_version``; None for imported ones, which have ``constitution_source``)."""
     n = (select(responses.c.source_id, func.count().label("n_responses")).group_by(responses.c.source_id)
          .subquery())
-    rows = conn.execute(select(response_sources, func.coalesce(n.c.n_responses, 0).label("n_responses"))
+    constitutions = Constitution.__table__
+    rows = conn.execute(select(response_sources, func.coalesce(n.c.n_responses, 0).label("n_responses"),
+                               constitutions.c.name.label("constitution_name"),
+                               constitutions.c.version.label("constitution_version"))
                         .outerjoin(n, n.c.source_id == response_sources.c.id)
+                        .outerjoin(jobs, jobs.c.id == response_sources.c.job_id)
+                        .outerjoin(constitutions, constitutions.c.id == jobs.c.constitution_id)
                         .order_by(response_sources.c.id)).mappings().all()
     return [dict(r) for r in rows]
+
+
+def source_constitution(source: Mapping[str, Any]) -> str:
+    """How a source's constitution reads in tables: an imported file's constitution source
+    (e.g. ``opus``), a sampled source's ``name vN``, or ``-``."""
+    if source.get("constitution_source"):
+        return str(source["constitution_source"])
+    if source.get("constitution_name"):
+        return f"{source['constitution_name']} v{source.get('constitution_version') or 1}"
+    return "-"
 
 
 def source_responses(conn: Connection, source_id: int) -> list[dict]:

@@ -1,12 +1,14 @@
 """An experiment as a DAG of stage jobs (pure; no torch, no database).
 
     sample-base                      the base model on the eval queries (once)
+    sample-<label>                   each model baseline of the judge section (e.g. an
+                                     instruct model), the same way (once)
     generate-1 -> train-1 -> sample-1
     generate-2 -> train-2 -> sample-2   (generate-2 uses train-1's final checkpoint)
     ...
     judge-1 (after sample-1 and sample-base), ...   with a `judge` section: each
         iteration's samples against each baseline's (judge-t, or judge-t-vs-B when
-        there are several baselines)
+        there are several baselines; B = base, iteration-K or a model baseline's label)
 
 Every job gets its own run directory under ``runs_root``; a later job refers to an
 earlier one's outputs by path: a generate run dir for training data, and a train run
@@ -17,10 +19,11 @@ spec error.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sami_core.spec import ExperimentSpec, validate_spec
+from sami_core.spec import ExperimentSpec, resolve_experiment_judge, validate_spec
 
 
 @dataclass
@@ -40,7 +43,11 @@ def final_checkpoint(train_run_dir: str | Path) -> str:
 
 
 def expand(exp: ExperimentSpec, runs_root: str | Path) -> list[JobPlan]:
+    """The experiment's jobs in a runnable order. A judge with ``provider: auto`` should be
+    resolved first (workers.submit does, at submit time); one left unresolved (a preview)
+    is resolved against this process's environment."""
     root = Path(runs_root)
+    exp, _ = resolve_experiment_judge(exp, os.environ)
     base = exp.model.model_dump(mode="json")
     common = {"data": exp.data.model_dump(mode="json"), "constitution": exp.constitution.model_dump(mode="json",
               exclude_none=True), "task": exp.task, "filters": exp.filters.model_dump(mode="json")}
@@ -55,6 +62,8 @@ def expand(exp: ExperimentSpec, runs_root: str | Path) -> list[JobPlan]:
                        exp.devices.sample, iteration, label)
 
     jobs = [sample_job("sample-base", base, [], 0, "base")]
+    for b in exp.judge.model_baselines() if exp.judge is not None else []:
+        jobs.append(sample_job(sample_key(b.label), b.model.model_dump(mode="json"), [], 0, b.label))
     policy, prev_train = base, None
     for t in range(1, exp.iterations + 1):
         gen_key, train_key = f"generate-{t}", f"train-{t}"
@@ -79,18 +88,33 @@ def expand(exp: ExperimentSpec, runs_root: str | Path) -> list[JobPlan]:
     return jobs
 
 
+def _iteration_of(label: str) -> int | None:
+    """K for the label 'iteration-K', else None."""
+    k = label.removeprefix("iteration-")
+    return int(k) if k != label and k.isdigit() else None
+
+
+def sample_key(label: str) -> str:
+    """The job that samples the baseline named ``label``: 'base' -> sample-base,
+    'iteration-K' -> sample-K, a model baseline's label L -> sample-L."""
+    k = _iteration_of(label)
+    return f"sample-{label}" if k is None else f"sample-{k}"
+
+
 def judge_jobs(exp: ExperimentSpec, root: Path) -> list[JobPlan]:
     """Per iteration t and baseline B: a judge job comparing sample-t's responses with
     B's (B = iteration-K only for iterations t > K). Sides are named by their response
-    sources' labels ("iteration-t", "base"), so ingestion finds them."""
+    sources' labels ("iteration-t", "base", a model baseline's label such as "instruct"),
+    so ingestion finds them."""
     j = exp.judge
+    labels = j.baseline_labels()
     jobs = []
     for t in range(1, exp.iterations + 1):
-        for b in j.baselines:
-            if b != "base" and int(b.split("-")[1]) >= t:
+        for b in labels:
+            if (k := _iteration_of(b)) is not None and k >= t:
                 continue
-            b_key = "sample-base" if b == "base" else f"sample-{b.split('-')[1]}"
-            key = f"judge-{t}" if len(j.baselines) == 1 else f"judge-{t}-vs-{b}"
+            b_key = sample_key(b)
+            key = f"judge-{t}" if len(labels) == 1 else f"judge-{t}-vs-{b}"
             spec = {"judge": j.judge.model_dump(mode="json"), "task": exp.task, "order": j.order, "seed": j.seed,
                     "allow_tie": j.allow_tie, "limit": j.limit, "shared_cache": j.shared_cache,
                     "candidate": {"path": str(root / f"sample-{t}"), "name": f"iteration-{t}",

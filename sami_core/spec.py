@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from sami_core.errors import SpecError
 
@@ -219,7 +221,12 @@ STAGE_SPECS: dict[str, type[StrictModel]] = {
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        # Union tags ("<model>") are pydantic's bookkeeping, not keys of the spec.
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p.startswith("<")))
+        if not loc and (m := re.match(r"(?:Value error, )?([\w.]+): (.*)", e["msg"], re.DOTALL)):
+            lines.append(f"  {m[1]}: {m[2]}")  # a cross-field check that names its own field
+            continue
+        loc = loc or "(top level)"
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling and where it is nested)"
         elif e["type"] == "missing":
@@ -325,8 +332,9 @@ class ExperimentSpec(StrictModel):
     devices: DevicesSpec = Field(default_factory=DevicesSpec)
     max_attempts: int = Field(3, ge=1, description="Attempts per job (transient failures, lost workers).")
     judge: "ExperimentJudgeSpec | None" = Field(
-        None, description="Judge each iteration's samples against baselines (a `judge-t` job per iteration); "
-                          "null = no judging."
+        None, description="Judge each iteration's samples against baselines (a `judge-t` job per iteration; "
+                          "`judge-t-vs-B` with several): the base model, an earlier iteration, or another model "
+                          "such as the instruct model (sampled by a `sample-<label>` job); null = no judging."
     )
 
     @field_validator("n_constitutions")
@@ -345,11 +353,21 @@ class ExperimentSpec(StrictModel):
     def _judge_baselines(self) -> "ExperimentSpec":
         if self.judge is None:
             return self
-        for b in self.judge.baselines:
-            m = re.fullmatch(r"iteration-(\d+)", b)
-            if b != "base" and not (m and 1 <= int(m[1]) <= self.iterations):
-                raise ValueError(f"judge.baselines: {b!r} is neither 'base' nor 'iteration-K' with "
-                                 f"1 <= K <= iterations ({self.iterations})")
+        seen: dict[str, int] = {}
+        for i, b in enumerate(self.judge.baselines):
+            where = f"judge.baselines.{i}"
+            if isinstance(b, str):
+                m = re.fullmatch(r"iteration-(\d+)", b)
+                if b != "base" and not (m and 1 <= int(m[1]) <= self.iterations):
+                    raise ValueError(f"{where}: {b!r} is neither 'base' nor 'iteration-K' with 1 <= K <= iterations "
+                                     f"({self.iterations}); to compare with another model (e.g. an instruct model) "
+                                     "give {model: HUB_ID_OR_DIR, label: NAME}")
+                label = b
+            else:
+                label, where = b.label, f"{where}.label"
+            if label in seen:
+                raise ValueError(f"{where}: {label!r} is already judge.baselines.{seen[label]}; each baseline once")
+            seen[label] = i
         return self
 
 
@@ -447,14 +465,100 @@ class JudgeSpec(StrictModel):
         return self
 
 
+_LABEL = r"[A-Za-z][A-Za-z0-9._-]{0,63}"
+
+
+class BaselineModelSpec(StrictModel):
+    """A model each iteration is compared with (e.g. the instruct model of the same family):
+    sampled once on the eval queries exactly as the checkpoints are (same constitution,
+    temperatures, limits), by a job ``sample-<label>`` whose responses form a response
+    source of kind ``baseline`` named ``<label>``."""
+
+    model: ModelSpec = Field(
+        ..., description="The model to sample: a hub id or local directory as a string (e.g. "
+                         "mistralai/Mistral-7B-Instruct-v0.2; `demo` = the embedded demo model), or a full model "
+                         "entry {path, prompt_format, dtype, trust_remote_code}. A string gets the defaults "
+                         "(prompt_format auto: the chat template when the tokenizer has one).",
+    )
+    label: str | None = Field(
+        None, description="Its name in job keys (`sample-<label>`, `judge-t-vs-<label>`), response sources and "
+                          "win-rate tables, e.g. `instruct`; letters, digits, `.`, `_`, `-`, starting with a "
+                          "letter; not `base` or `iteration-K`. Default: the last part of the model path.",
+    )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_path(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.fullmatch(_LABEL, v):
+            raise ValueError(f"{v!r}: use letters, digits, '.', '_' or '-', starting with a letter (at most 64)")
+        if v == "base" or re.fullmatch(r"iteration-\d+", v):
+            raise ValueError(f"{v!r} names the experiment's own samples; choose another label, e.g. 'instruct'")
+        return v
+
+    @model_validator(mode="after")
+    def _default_label(self) -> "BaselineModelSpec":
+        if self.label is None:
+            derived = self.model.path.rstrip("/").rsplit("/", 1)[-1]
+            if not re.fullmatch(_LABEL, derived) or derived == "base" or re.fullmatch(r"iteration-\d+", derived):
+                raise ValueError(f"no label can be made from model {self.model.path!r}; give `label` "
+                                 "(letters, digits, '.', '_', '-'), e.g. label: instruct")
+            self.label = derived
+        return self
+
+
+def _baseline_kind(v: Any) -> str | None:
+    if isinstance(v, str):
+        return "<name>"
+    if isinstance(v, (dict, BaselineModelSpec)):
+        return "<model>"
+    return None
+
+
+BaselineEntry = Annotated[
+    Union[Annotated[str, Tag("<name>")], Annotated[BaselineModelSpec, Tag("<model>")]],
+    Discriminator(_baseline_kind, custom_error_type="baseline_entry",
+                  custom_error_message="must be 'base', 'iteration-K' or a model entry {model: ..., label: ...}"),
+]
+
+AUTO_JUDGE_MODEL = "gpt-4o"  # the GPT-4-class default of provider auto
+AZURE_API_VERSION = "2024-06-01"
+
+
+class ExperimentLLMSpec(LLMSpec):
+    """An experiment's judge: an :class:`LLMSpec` that may also say ``provider: auto``."""
+
+    provider: Literal["auto", "openai", "azure", "hf"] = Field(
+        "openai",
+        description="auto = chosen when the experiment is submitted: Azure OpenAI when AZURE_OPENAI_API_KEY and "
+                    "AZURE_OPENAI_ENDPOINT are set (deployment: $AZURE_OPENAI_DEPLOYMENT or `model`; API version: "
+                    "$OPENAI_API_VERSION or " + AZURE_API_VERSION + "), else OpenAI with `model` (default "
+                    + AUTO_JUDGE_MODEL + ") when the key variable (`api_key_env`, default OPENAI_API_KEY) is set, "
+                    "else the local hf judge on the demo model (mechanics only); the submitted spec records the "
+                    "choice. openai = any OpenAI-compatible endpoint; azure = Azure OpenAI; hf = a local causal LM.",
+    )
+
+
 class ExperimentJudgeSpec(StrictModel):
     """An experiment's judging: every iteration's samples against each baseline's, by one judge."""
 
-    judge: LLMSpec = Field(default_factory=LLMSpec, description="The judge (an API model, or provider hf: a local LM).")
-    baselines: list[str] = Field(
+    judge: ExperimentLLMSpec = Field(
+        default_factory=ExperimentLLMSpec,
+        description="The judge: an API model, provider hf (a local LM), or provider auto (an API judge when a key "
+                    "is in the environment at submit time, else the local demo judge).",
+    )
+    baselines: list[BaselineEntry] = Field(
         default_factory=lambda: ["base"], min_length=1,
-        description="What each iteration is compared with: 'base' (the base model's samples) or 'iteration-K' "
-                    "(only for later iterations).",
+        description="What each iteration is compared with, each once: 'base' (the base model's samples), "
+                    "'iteration-K' (iteration K's samples; for later iterations only), or another model as "
+                    "{model: HUB_ID_OR_DIR, label: NAME} (e.g. {model: mistralai/Mistral-7B-Instruct-v0.2, "
+                    "label: instruct}), sampled once on the eval queries by a job `sample-<label>`.",
     )
     order: Literal["random", "both", "candidate_first", "baseline_first"] = Field(
         "random", description="A/B position: random per pair (seeded), both orders (reports the flip rate), or fixed."
@@ -466,6 +570,49 @@ class ExperimentJudgeSpec(StrictModel):
     shared_cache: str | None = Field(
         "judge-cache", description="Judgment cache shared between judge jobs (relative: to the workspace); null = none."
     )
+
+    def baseline_labels(self) -> list[str]:
+        """Each baseline's name: 'base', 'iteration-K', or a model baseline's label."""
+        return [b if isinstance(b, str) else b.label for b in self.baselines]
+
+    def model_baselines(self) -> list[BaselineModelSpec]:
+        return [b for b in self.baselines if isinstance(b, BaselineModelSpec)]
+
+
+def resolve_auto_judge(llm: LLMSpec, env: Mapping[str, str]) -> tuple[LLMSpec, str | None]:
+    """Resolve ``provider: auto`` against the environment ``env`` (names of variables are
+    read, and only whether they are set; no key value is ever copied into the spec).
+
+    Returns the judge spec with a concrete provider and a one-line note saying which judge
+    was chosen and why (None when the provider was not auto)."""
+    if llm.provider != "auto":
+        return llm, None
+    data = llm.model_dump(mode="json")
+    key_env = llm.api_key_env or "OPENAI_API_KEY"
+    if env.get("AZURE_OPENAI_API_KEY") and env.get("AZURE_OPENAI_ENDPOINT"):
+        data.update(provider="azure", model=env.get("AZURE_OPENAI_DEPLOYMENT") or llm.model,
+                    azure_endpoint=env["AZURE_OPENAI_ENDPOINT"],
+                    api_version=env.get("OPENAI_API_VERSION") or AZURE_API_VERSION, api_key_env="AZURE_OPENAI_API_KEY")
+        note = (f"judge: provider auto -> Azure OpenAI deployment {data['model']!r} at {data['azure_endpoint']} "
+                "(AZURE_OPENAI_API_KEY and AZURE_OPENAI_ENDPOINT are set; the key stays in the environment)")
+    elif env.get(key_env):
+        data.update(provider="openai", api_key_env=key_env)
+        note = (f"judge: provider auto -> OpenAI {llm.model!r} ({key_env} is set; the key stays in the environment, "
+                "and the workers that run the judge jobs need it too)")
+    else:
+        data.update(provider="hf", model="demo", api_key_env=None)
+        note = (f"judge: provider auto -> the local hf judge on the demo model, because {key_env} is not set: "
+                "its verdicts show the mechanics only and mean nothing; set "
+                f"{key_env} (or AZURE_OPENAI_API_KEY and AZURE_OPENAI_ENDPOINT) for a GPT-4-class judge")
+    return type(llm).model_validate(data), note
+
+
+def resolve_experiment_judge(exp: "ExperimentSpec", env: Mapping[str, str]) -> tuple["ExperimentSpec", str | None]:
+    """``exp`` with its judge's ``provider: auto`` resolved (see :func:`resolve_auto_judge`)."""
+    if exp.judge is None or exp.judge.judge.provider != "auto":
+        return exp, None
+    llm, note = resolve_auto_judge(exp.judge.judge, env)
+    return exp.model_copy(update={"judge": exp.judge.model_copy(update={"judge": llm})}), note
 
 
 class WriteConstitutionSpec(StrictModel):

@@ -546,10 +546,14 @@ def cmd_sources(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, default=str, indent=1))
         return 0
-    print(f"{'id':>4}  {'kind':<10}  {'experiment':>10}  {'responses':>9}  label")
-    for r in rows:
-        exp = "" if r["experiment_id"] is None else r["experiment_id"]
-        print(f"{r['id']:>4}  {r['kind']:<10}  {exp:>10}  {r['n_responses']:>9}  {r['label']}")
+    table = [("id", "kind", "experiment", "responses", "constitution", "model", "label")] + [
+        (str(r["id"]), r["kind"], "-" if r["experiment_id"] is None else str(r["experiment_id"]),
+         str(r["n_responses"]), ingest.source_constitution(r), r.get("model") or "-", r["label"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    right = {0, 2, 3}  # numbers
+    for row in table:
+        print("  ".join(c.rjust(w) if i in right else c.ljust(w)
+                        for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
     return 0
 
 
@@ -558,7 +562,9 @@ def _configure_judge(p: argparse.ArgumentParser) -> None:
                    help="a response source (id, label or label#id; see `sami sources`) or a file/run directory")
     p.add_argument("--baseline", required=True, metavar="SRC", help="the source it is compared with")
     p.add_argument("--judge-model", default="gpt-4o", help="judge model (deployment on Azure; hub id/dir for hf)")
-    p.add_argument("--provider", choices=("openai", "azure", "hf"), default="openai")
+    p.add_argument("--provider", choices=("openai", "azure", "hf", "auto"), default="openai",
+                   help="auto = OpenAI (--judge-model) when the key variable is set, Azure OpenAI when "
+                        "AZURE_OPENAI_API_KEY and AZURE_OPENAI_ENDPOINT are, else the local hf judge on the demo model")
     p.add_argument("--base-url", help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     p.add_argument("--azure-endpoint", help="Azure: https://NAME.openai.azure.com")
     p.add_argument("--api-version", help="Azure: the API version")
@@ -626,13 +632,22 @@ def cmd_judge(args: argparse.Namespace) -> int:
         judge["max_attempts"] = args.max_attempts
     if args.backoff is not None:
         judge["backoff_initial_s"] = args.backoff
+    if args.provider == "auto":
+        from sami_core.spec import ExperimentLLMSpec, resolve_auto_judge
+
+        try:
+            llm, note = resolve_auto_judge(ExperimentLLMSpec.model_validate(judge), os.environ)
+        except ValueError as err:  # pydantic's ValidationError
+            raise CliError(f"--provider auto: {err}") from None
+        judge = llm.model_dump(mode="json")
+        print(f"sami: {note}", file=sys.stderr)
     spec = {"judge": judge, "candidate": cand, "baseline": base, "order": "both" if args.both_orders else "random",
             "limit": args.limit, "shared_cache": str(ws.home / "judge-cache")}
     spec = validate_spec("judge", spec)
     est = estimate_judge_job(JudgeSpec.model_validate(spec))
     print(f"judge: {est.pairs} pairs, {est.judgments} judgments: {est.cached} cached, "
           f"{est.to_send} requests to send", flush=True)
-    if est.to_send and judge["api_key_env"] and args.provider != "hf" and not os.environ.get(judge["api_key_env"]):
+    if est.to_send and judge["api_key_env"] and judge["provider"] != "hf" and not os.environ.get(judge["api_key_env"]):
         raise CliError(f"${judge['api_key_env']} is not set (the judge's API key; --api-key-env names another "
                        "variable, '' for none)")
     if not args.now:

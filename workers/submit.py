@@ -10,7 +10,11 @@ Before anything is written (:func:`prepare`):
    never read a file that may change after submission;
 3. local paths that are relative to where `sami submit` runs (a ``data.path`` file,
    a ``model.path`` directory) are made absolute: stages run in the workspace;
-4. the experiment is expanded into its jobs (sami_core.pipeline.expand), which
+4. a judge with ``provider: auto`` is resolved against this process's environment
+   (sami_core.spec.resolve_auto_judge: an API judge when a key variable is set, else the
+   local demo judge); the resolved spec records the provider and model chosen, never a
+   key, and a note in the result's warnings says which judge and why;
+5. the experiment is expanded into its jobs (sami_core.pipeline.expand), which
    validates every stage spec.
 
 Then, in one transaction (:func:`submit`): each job's device need is checked against
@@ -23,7 +27,9 @@ and its jobs (dependencies, devices, attempts, run directories under
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +39,8 @@ from sqlalchemy.engine import Connection
 from sami_core import constitutions
 from sami_core.errors import ConstitutionError, SpecError
 from sami_core.pipeline import JobPlan, expand
-from sami_core.spec import ConstitutionSpec, ExperimentSpec, read_spec_file, validate_experiment
+from sami_core.spec import (ConstitutionSpec, ExperimentSpec, read_spec_file, resolve_experiment_judge,
+                            validate_experiment)
 
 STAGE_ORDER = ("generate", "train", "sample", "judge")
 
@@ -51,6 +58,7 @@ class Prepared:
     constitution_name: str
     principles: list[dict[str, str | None]]
     constitution_origin: str  # where the principles came from (a path, `demo:...`, inline)
+    notes: list[str] = field(default_factory=list)  # what was decided for the submitter (the judge chosen)
 
 
 @dataclass
@@ -78,9 +86,12 @@ def prepare(spec_path: str | Path, *, name: str | None = None) -> Prepared:
     return prepare_data(read_spec_file(spec_path), source=str(spec_path), name=name)
 
 
-def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None) -> Prepared:
+def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
+                 env: Mapping[str, str] | None = None) -> Prepared:
     """Validate and resolve an experiment spec already parsed (a dict, e.g. from the
-    app's form); ``source`` names it in error messages (raises SpecError)."""
+    app's form); ``source`` names it in error messages (raises SpecError). ``env`` (default:
+    this process's environment) decides what a judge ``provider: auto`` becomes."""
+    env = os.environ if env is None else env
     if name is not None and isinstance(data, dict):
         data = {**data, "name": name}
     exp = validate_experiment(data, source=source)
@@ -108,11 +119,30 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None) 
         if not p.is_file():
             raise _field_error(source, "data.path", f"file {exp.data.path!r} does not exist")
         update["data"] = exp.data.model_copy(update={"path": str(p.resolve())})
-    if exp.model.path != "demo" and not Path(exp.model.path).is_absolute() and Path(exp.model.path).is_dir():
-        update["model"] = exp.model.model_copy(update={"path": str(Path(exp.model.path).resolve())})
+    update["model"] = _absolute_model(exp.model)
+    notes = []
+    if exp.judge is not None:
+        exp, note = resolve_experiment_judge(exp, env)
+        notes += [note] if note else []
+        baselines = [b if isinstance(b, str) else b.model_copy(update={"model": _absolute_model(b.model)})
+                     for b in exp.judge.baselines]
+        update["judge"] = exp.judge.model_copy(update={"baselines": baselines})
+        llm = exp.judge.judge
+        if llm.provider in ("openai", "azure") and llm.api_key_env and not env.get(llm.api_key_env):
+            notes.append(f"judge: ${llm.api_key_env} is not set here; the workers that run the judge jobs need it "
+                         "in their environment")
     exp = validate_experiment(exp.model_copy(update=update).model_dump(mode="json"), source=source)
     expand(exp, runs_root(0, exp.name))  # every stage spec validates (raises SpecError)
-    return Prepared(exp, source, c_name, principles, origin)
+    return Prepared(exp, source, c_name, principles, origin, notes)
+
+
+def _absolute_model(model: Any) -> Any:
+    """A model spec whose relative local directory (relative to where `sami submit` runs)
+    is made absolute: stages run in the workspace. Hub ids and `demo` stay as they are."""
+    p = Path(model.path)
+    if model.path != "demo" and not p.is_absolute() and p.is_dir():
+        return model.model_copy(update={"path": str(p.resolve())})
+    return model
 
 
 def slug(name: str) -> str:
@@ -164,7 +194,7 @@ def dry_run(conn: Connection, prepared: Prepared) -> Submitted:
 
     exp = prepared.exp
     plans = expand(exp, runs_root(0, exp.name).replace("exp-000000", "exp-NEW"))
-    warnings = check_devices(plans, worker_capacity(conn))
+    warnings = prepared.notes + check_devices(plans, worker_capacity(conn))
     return Submitted(None, exp.name, str(Path(plans[0].run_dir).parent),
                      {"name": prepared.constitution_name, "origin": prepared.constitution_origin},
                      _job_rows(plans, None), warnings, dry_run=True)
@@ -175,11 +205,12 @@ def submit(conn: Connection, prepared: Prepared) -> Submitted:
     from db.experiments import constitution_version, create_experiment, enqueue_plan, worker_capacity
 
     exp = prepared.exp
-    warnings = check_devices(expand(exp, runs_root(0, exp.name)), worker_capacity(conn))
+    warnings = prepared.notes + check_devices(expand(exp, runs_root(0, exp.name)), worker_capacity(conn))
     c_id, c_version, created = constitution_version(
         conn, prepared.constitution_name, prepared.principles, description=f"from {prepared.constitution_origin}")
+    judge_notes = [n for n in prepared.notes if n.startswith("judge: provider auto")]
     exp_id = create_experiment(conn, exp.name, exp.model_dump(mode="json"),
-                               description=f"submitted from {prepared.source}")
+                               description="; ".join([f"submitted from {prepared.source}"] + judge_notes))
     root = runs_root(exp_id, exp.name)
     plans = expand(exp, root)
     ids = enqueue_plan(conn, [

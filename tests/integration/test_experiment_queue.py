@@ -39,6 +39,8 @@ def train_job(sami: Sami, demo_model_dir: Path, **training) -> int:
 
 def test_the_demo_experiment_runs_end_to_end(sami_sqlite: Sami, demo_model_dir: Path) -> None:
     sami = sami_sqlite
+    for var in ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT"):
+        sami.env.pop(var, None)  # the demo's `provider: auto` judge: the local demo judge here
     assert "workspace:" in sami.cli("init").stdout
     out = sami.cli("submit", str(EXAMPLES_DIR / "demo.yaml"), "--json", timeout=120)
     exp_id = json.loads(out.stdout)["experiment_id"]

@@ -116,3 +116,52 @@ def test_generate_counts_are_checked(engine, tmp_path: Path) -> None:  # noqa: A
     transact(engine, lambda c: relay.ingest_outputs(c, job, {"n_kept": 3, "n_dropped": 1}, tmp_path, ws))
     with pytest.raises(relay.OutputsError, match="n_kept"):
         transact(engine, lambda c: relay.ingest_outputs(c, job, {"n_dropped": 1}, tmp_path, ws))
+
+
+def test_a_model_baseline_is_a_baseline_source_and_names_its_win_rates(engine, tmp_path: Path) -> None:  # noqa: ANN001
+    """sample-instruct (an experiment's model baseline: a hub id, or a local directory that
+    is no checkpoint of the experiment) -> a `baseline` source labelled `instruct` with its
+    model; judge-1-vs-instruct's judgments then find it by that label."""
+    from workers import judging
+
+    ws = Workspace(tmp_path / "ws")
+    root = "runs/exp-000001-demo"
+    exp_id, c_id = transact(engine, lambda c: (
+        create_experiment(c, "demo", {}),
+        constitution_version(c, "c", [{"principle": "Be brief.", "antithesis": "Ramble."}])[0]))
+    local_model = tmp_path / "models" / "my-instruct"
+    local_model.mkdir(parents=True)
+    jobs = {}
+    for label, model in (("instruct", "mistralai/Mistral-7B-Instruct-v0.2"), ("local", str(local_model)),
+                         ("iteration-1", "demo")):
+        job = claimed(engine, "sample", {"model": {"path": model}}, experiment_id=exp_id, constitution_id=c_id,
+                      iteration=1 if label == "iteration-1" else 0, label=label, run_dir=f"{root}/sample-{label}")
+        run_dir = ws.resolve(job.run_dir)
+        outputs = write_sample_run(run_dir, "/hf-cache/resolved/snapshot", temperatures=(0.0,))
+        transact(engine, lambda c, job=job, outputs=outputs, run_dir=run_dir: relay.ingest_outputs(
+            c, job, outputs, run_dir, ws))
+        jobs[label] = job
+    sources = transact(engine, lambda c: c.execute(select(
+        ResponseSource.job_id, ResponseSource.kind, ResponseSource.label, ResponseSource.checkpoint_id,
+        ResponseSource.model, ResponseSource.experiment_id).order_by(ResponseSource.id)).all())
+    assert [tuple(s) for s in sources[:2]] == [
+        (jobs["instruct"].id, "baseline", "instruct", None, "mistralai/Mistral-7B-Instruct-v0.2", exp_id),
+        (jobs["local"].id, "baseline", "local", None, str(local_model), exp_id)]
+
+    spec = {"candidate": {"path": f"{root}/sample-iteration-1", "name": "iteration-1", "temperature": None},
+            "baseline": {"path": f"{root}/sample-instruct", "name": "instruct", "temperature": None}}
+    judge = claimed(engine, "judge", spec, experiment_id=exp_id, iteration=1, label="iteration-1 vs instruct",
+                    run_dir=f"{root}/judge-1-vs-instruct")
+    judge_dir = ws.resolve(judge.run_dir)
+    judge_dir.mkdir(parents=True)
+    verdicts = ["win", "win", "loss"]
+    (judge_dir / "judgments.jsonl").write_text("".join(json.dumps({
+        "pair_id": f"q{q}@0.0", "query_id": f"q{q}", "temperature": 0.0, "order": "candidate_first",
+        "judge_model": "demo", "verdict": v, "rationale": "r", "raw": "Final Response: A", "cache_key": f"k{q}"})
+        + "\n" for q, v in enumerate(verdicts)))
+    transact(engine, lambda c: relay.ingest_outputs(c, judge, {"n_judgments": 3}, judge_dir, ws))
+    from db import ingest
+
+    (row,) = judging.winrates(transact(engine, lambda c: ingest.judgment_rows(c, experiment_id=exp_id)))
+    assert (row["candidate"], row["baseline"], row["n"], row["wins"], row["losses"]) == (
+        "iteration-1", "instruct", 3, 2, 1)

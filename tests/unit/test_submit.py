@@ -50,10 +50,16 @@ class Workspace:
         return p
 
 
+JUDGE_KEY_VARS = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_DEPLOYMENT",
+                  "OPENAI_API_VERSION")
+
+
 @pytest.fixture(params=BACKENDS)
 def ws(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     if request.param == "postgresql" and (reason := postgres_unavailable_reason()):
         pytest.skip(reason)
+    for var in JUDGE_KEY_VARS:  # the demo's judge is `provider: auto`: no key here, unless a test plants one
+        monkeypatch.delenv(var, raising=False)
     home = tmp_path / "ws"
     home.mkdir()
     url = new_database_url(request.param, home, migrated=True)
@@ -85,9 +91,14 @@ def test_the_example_specs_validate_and_expand() -> None:
     assert demo.constitution_name == "demo:opus/0" and len(demo.principles) == 2
     tldr = submit.prepare(TLDR)
     plans = submit.expand(tldr.exp, "runs/x")
-    assert len(plans) == 1 + 3 * 3
+    # base + instruct samples, 3 x (generate, train, sample), and per iteration a judge job
+    # against base and instruct (and against iteration-1 from iteration 2 on).
+    assert len(plans) == 2 + 3 * 3 + (2 + 3 + 3)
     assert tldr.exp.model.path == "mistralai/Mistral-7B-v0.1"
-    assert {p.kind: p.devices for p in plans} == {"sample": 1, "generate": 1, "train": 8}
+    assert {p.kind: p.devices for p in plans} == {"sample": 1, "generate": 1, "train": 8, "judge": 0}
+    by_key = {p.key: p for p in plans}
+    assert by_key["sample-instruct"].spec["model"]["path"] == "mistralai/Mistral-7B-Instruct-v0.2"
+    assert by_key["judge-2-vs-instruct"].depends_on == ["sample-2", "sample-instruct"]
     assert tldr.exp.training.lr == 5e-7 and tldr.exp.training.grad_accum == 16
 
 
@@ -191,7 +202,11 @@ def test_more_devices_than_any_worker_has_is_refused(ws: Workspace, capsys: pyte
     # Within what the workers have: accepted, without a warning.
     spec = ws.spec_file(demo_spec(devices={"generate": 1, "train": 2, "sample": 1}))
     rc, out, err = ws.sami(capsys, "submit", str(spec))
-    assert rc == 0 and err == "" and "experiment 1 (demo): 5 jobs" in out
+    assert rc == 0 and "experiment 1 (demo): 5 jobs" in out
+    assert err.splitlines() == [  # no device warning; only which judge `provider: auto` chose
+        "sami: warning: judge: provider auto -> the local hf judge on the demo model, because OPENAI_API_KEY is not "
+        "set: its verdicts show the mechanics only and mean nothing; set OPENAI_API_KEY (or AZURE_OPENAI_API_KEY "
+        "and AZURE_OPENAI_ENDPOINT) for a GPT-4-class judge"]
 
 
 def test_dry_run_and_name_override(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
@@ -223,3 +238,84 @@ def test_enqueue_validates_stage_specs(ws: Workspace, capsys: pytest.CaptureFixt
     assert rc == 0
     job = ws.tx(lambda c: queue.get_job(c, int(out)))
     assert job.spec["training"]["lr"] == 5e-7  # stored with the defaults: what the stage will run
+
+
+PLANTED_KEY = "sk-planted-4f9c2e7a1b-never-stored"
+
+
+def _stored_text(ws: Workspace) -> str:
+    """Every experiment and job row as text (specs, descriptions, labels)."""
+    rows = ws.tx(lambda c: [dict(r._mapping) for r in c.execute(select(Experiment.__table__)).all()]
+                 + [dict(r._mapping) for r in c.execute(select(Job.__table__)).all()])
+    return json.dumps(rows, default=str)
+
+
+def test_an_auto_judge_is_chosen_at_submit_and_recorded_without_the_key(
+    ws: Workspace, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert demo_spec()["judge"]["judge"]["provider"] == "auto"
+
+    # No key in the environment: the local hf judge on the demo model, said on stderr.
+    rc, out, err = ws.sami(capsys, "submit", str(DEMO), "--json")
+    assert rc == 0, err
+    assert "judge: provider auto -> the local hf judge on the demo model" in err
+    result = json.loads(out)
+    assert any("provider auto -> the local hf judge" in w for w in result["warnings"])
+    exp = ws.tx(lambda c: c.execute(select(Experiment.__table__).where(Experiment.id == result["experiment_id"])).one())
+    assert (exp.spec["judge"]["judge"]["provider"], exp.spec["judge"]["judge"]["model"]) == ("hf", "demo")
+    assert "provider auto -> the local hf judge" in exp.description
+
+    # A planted key: OpenAI's GPT-4-class default; the spec names the variable, never its value.
+    monkeypatch.setenv("OPENAI_API_KEY", PLANTED_KEY)
+    rc, out, err = ws.sami(capsys, "submit", str(DEMO), "--json")
+    assert rc == 0, err
+    assert "judge: provider auto -> OpenAI 'gpt-4o' (OPENAI_API_KEY is set" in err
+    exp_id = json.loads(out)["experiment_id"]
+    exp = ws.tx(lambda c: c.execute(select(Experiment.__table__).where(Experiment.id == exp_id)).one())
+    judge = exp.spec["judge"]["judge"]
+    assert (judge["provider"], judge["model"], judge["api_key_env"]) == ("openai", "gpt-4o", "OPENAI_API_KEY")
+    (job,) = ws.tx(lambda c: c.execute(select(Job.__table__).where(Job.experiment_id == exp_id,
+                                                                   Job.kind == "judge")).all())
+    assert (job.spec["judge"]["provider"], job.spec["judge"]["model"]) == ("openai", "gpt-4o")
+    assert PLANTED_KEY not in _stored_text(ws) + out + err
+
+    # Azure OpenAI when its key and endpoint are set (the app calls prepare_data directly).
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", PLANTED_KEY + "-azure")
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://lab.openai.azure.com")
+    prepared = submit.prepare_data(demo_spec(), source="form")
+    judge = prepared.exp.judge.judge
+    assert (judge.provider, judge.azure_endpoint, judge.api_key_env) == (
+        "azure", "https://lab.openai.azure.com", "AZURE_OPENAI_API_KEY")
+    result = ws.tx(lambda c: submit.submit(c, prepared))
+    assert any("Azure OpenAI deployment 'gpt-4o'" in w for w in result.warnings)
+    assert PLANTED_KEY not in _stored_text(ws)
+
+
+def test_an_instruct_model_baseline_is_enqueued_as_a_sample_job(
+    ws: Workspace, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    (tmp_path / "models" / "my-instruct").mkdir(parents=True)  # a local directory, relative to the cwd
+    spec = demo_spec(judge__baselines=["base", {"model": "models/my-instruct", "label": "instruct"}])
+    rc, out, err = ws.sami(capsys, "submit", str(ws.spec_file(spec)), "--json")
+    assert rc == 0, err
+    result = json.loads(out)
+    jobs = {j["key"]: j for j in result["jobs"]}
+    assert list(jobs) == ["sample-base", "sample-instruct", "generate-1", "train-1", "sample-1", "judge-1-vs-base",
+                          "judge-1-vs-instruct"]
+    assert jobs["judge-1-vs-instruct"]["depends_on"] == ["sample-1", "sample-instruct"]
+    assert (jobs["sample-instruct"]["label"], jobs["sample-instruct"]["iteration"]) == ("instruct", 0)
+    rows = {r.name: r for r in ws.tx(lambda c: queue.list_jobs(c, experiment_id=result["experiment_id"]))}
+    # Made absolute at submit (stages run in the workspace), like the experiment's own model.
+    assert rows["sample-instruct"].spec["model"]["path"] == str((tmp_path / "models" / "my-instruct").resolve())
+    assert rows["sample-instruct"].spec["constitution"] == rows["sample-base"].spec["constitution"]
+
+    bad = demo_spec(judge__baselines=["base", {"model": "mistralai/Mistral-7B-Instruct-v0.2", "label": "base"}])
+    rc, out, err = ws.sami(capsys, "submit", str(ws.spec_file(bad)))
+    assert rc == 2 and "judge.baselines.1.label: 'base' names the experiment's own samples" in err
+
+
+def test_an_api_judge_without_its_key_here_is_submitted_with_a_note() -> None:
+    spec = demo_spec(judge__judge={"provider": "openai", "model": "gpt-4o", "api_key_env": "LAB_OPENAI_KEY"})
+    assert submit.prepare_data(spec, env={}).notes == [
+        "judge: $LAB_OPENAI_KEY is not set here; the workers that run the judge jobs need it in their environment"]
+    assert submit.prepare_data(spec, env={"LAB_OPENAI_KEY": "k"}).notes == []
