@@ -1,5 +1,96 @@
-"""Overview page (to be built)."""
+"""Overview: experiments and their state, workers, recent failures; the demo one click away."""
+
+from __future__ import annotations
 
 import streamlit as st
 
+from app import overview_view as ov
+from app import state
+from db import ingest
+from db.reads import overview as reads
+from sami_core.errors import SpecError
+from workers.judging import winrates as winrate_rows
+from workers.submit import SubmitError, prepare, submit
+
 st.title("Overview")
+
+
+def _submit_demo() -> tuple[int, list[str]]:
+    prepared = prepare(ov.DEMO_SPEC)
+    result = state.write(lambda conn: submit(conn, prepared))
+    return result.experiment_id, result.warnings
+
+
+left, right = st.columns([1, 3])
+with left:
+    if st.button("Submit the demo experiment", key="overview.submit_demo", type="primary",
+                 help=f"Submits {ov.DEMO_SPEC.name}: the embedded demo model, one SAMI iteration, CPU only"):
+        try:
+            st.session_state["overview.submitted"] = _submit_demo()
+            st.session_state.pop("overview.submit_error", None)
+        except (SpecError, SubmitError, ValueError) as err:
+            st.session_state["overview.submit_error"] = str(err)
+with right:
+    if st.session_state.get("overview.submit_error"):
+        st.error(st.session_state["overview.submit_error"])
+    elif st.session_state.get("overview.submitted"):
+        exp_id, warnings = st.session_state["overview.submitted"]
+        st.success(f"Experiment {exp_id} submitted")
+        for w in warnings:
+            st.caption(w)
+        st.page_link("views/queue.py", label=f"Open experiment {exp_id} in the queue", icon=":material/list:",
+                     query_params={"experiment": str(exp_id)})
+
+
+@st.fragment(run_every=5)
+def _live() -> None:
+    experiments = state.load(reads.experiment_rows)
+    workers = state.load(reads.worker_rows)
+    failures = state.load(reads.recent_failures)
+
+    st.subheader("Experiments")
+    if not experiments:
+        st.info("No experiment yet. Submit the demo experiment above (or one of your own on the New experiment "
+                "page, or with `sami submit SPEC.yaml`), and start a worker with `sami worker` to run its jobs. "
+                "To look at published responses without running anything, import them with "
+                "`sami import-results --shipped` and open Responses or Win rates.")
+    else:
+        winrates = {}
+        for e in experiments:
+            if e["baselines"] and e["counts"].get("succeeded"):  # judge jobs may have stored judgments
+                rows = winrate_rows(state.load(ingest.judgment_rows, experiment_id=e["id"]))
+                winrates[e["id"]] = ov.latest_winrate(rows, e["baselines"])
+        st.dataframe(
+            ov.experiments_frame(experiments, winrates), hide_index=True, key="overview.experiments",
+            column_config={"created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm")},
+        )
+        st.caption("Latest win rate: the latest judged iteration against the first baseline, at the lowest "
+                   "temperature (all of them on the Win rates page).")
+        links = st.columns(min(len(experiments), 5))
+        for col, e in zip(links, experiments[:5]):
+            col.page_link("views/queue.py", label=f"Experiment {e['id']} jobs", icon=":material/list:",
+                          query_params={"experiment": str(e["id"])})
+
+    st.subheader("Workers")
+    if not workers:
+        st.info("No worker has registered yet: queued jobs wait. Start one on a machine that sees this "
+                "workspace's database: `sami worker` (add `--devices 0,1` for GPUs).")
+    else:
+        st.dataframe(ov.workers_frame(workers), hide_index=True, key="overview.workers")
+
+    st.subheader("Recent failures")
+    if not failures:
+        st.caption("No job has failed.")
+    else:
+        st.dataframe(ov.failures_frame(failures), hide_index=True, key="overview.failures",
+                     column_config={"finished": st.column_config.DatetimeColumn("finished", format="YYYY-MM-DD HH:mm")})
+        for f in failures[:5]:
+            # The error holds the stage's last log lines: untrusted text, shown as text
+            # (labels carry ids only: they are rendered as markdown).
+            with st.expander(f"Job {f['id']}: full error"):
+                st.code(f["error"] or "(no error recorded)", language=None)
+                st.page_link("views/queue.py", label=f"Open job {f['id']} in the queue",
+                             query_params={"job": str(f["id"])})
+
+
+_live()

@@ -1,5 +1,197 @@
-"""Queue page (to be built)."""
+"""Queue: jobs with state, progress, ETA, devices and attempts, updated live; a job's
+spec, error and log tail; cancel and retry; an experiment's job DAG.
+
+The page only reads, except on the Cancel and Retry buttons: closing or refreshing the
+browser never touches a job (workers run them).
+"""
+
+from __future__ import annotations
 
 import streamlit as st
 
+from app import queue_view as qv
+from app import state
+from db import queue
+from db.reads import jobs as reads
+
+LIVE_EVERY_S = 2  # seconds between refreshes of the live parts (only they rerun)
+
 st.title("Queue")
+
+
+# Deep links: the URL's ?experiment=ID and ?job=ID pick the two selectboxes; picking in
+# a selectbox writes the URL (in its on_change callback, before the rerun), so the URL
+# always says what is shown and can be shared.
+
+
+def _from_link(name: str, key: str, valid: set[int]) -> str | None:
+    """Apply ``?name=ID`` to the selectbox ``key``; return the raw value when it names
+    nothing in ``valid`` (the bad link is dropped from the URL)."""
+    raw = state.param(name)
+    if raw is None:
+        return None
+    value = qv.parse_id(raw)
+    if value is None or value not in valid:
+        st.query_params.pop(name, None)
+        return raw
+    st.session_state[key] = value
+    return None
+
+
+def _to_link(name: str, key: str, *drop: str) -> None:
+    value = st.session_state.get(key)
+    if value is None:
+        st.query_params.pop(name, None)
+    else:
+        st.query_params[name] = str(value)
+    for other in drop:
+        st.query_params.pop(other, None)
+
+
+# --- experiment ------------------------------------------------------------------------------
+
+experiments = state.load(reads.experiment_choices)
+names = {e["id"]: e["name"] for e in experiments}
+
+if state.param("job") is not None and state.param("experiment") is None:
+    # ?job=ID alone: show that job's experiment, so that the job is in the list.
+    job_link = qv.parse_id(state.param("job"))
+    linked = state.load(reads.job_detail, job_link) if job_link is not None else None
+    if linked is not None and linked["experiment_id"] is not None:
+        st.query_params["experiment"] = str(linked["experiment_id"])
+
+bad_experiment = _from_link("experiment", "queue.experiment", set(names))
+if bad_experiment is not None:
+    st.error(f"No experiment {bad_experiment!r}: showing all jobs.")
+if st.session_state.get("queue.experiment") not in (None, *names):
+    st.session_state["queue.experiment"] = None
+experiment_id = st.selectbox(
+    "Experiment", [None, *names], key="queue.experiment",
+    format_func=lambda i: "All jobs" if i is None else f"{i}: {names[i]}",
+    on_change=_to_link, args=("experiment", "queue.experiment", "job"),
+)
+
+
+@st.fragment(run_every=LIVE_EVERY_S)
+def _live_table(experiment_id: int | None) -> None:
+    rows = state.load(reads.job_rows, experiment_id)
+    if not rows:
+        st.info("No jobs here yet. Submit an experiment (Overview or New experiment page, or `sami submit`); "
+                "a worker (`sami worker`) runs them.")
+        return
+    st.caption(f"{qv.status_summary(rows)}. Updated every {LIVE_EVERY_S} s; workers run the jobs, so closing "
+               "this page changes nothing.")
+    st.dataframe(
+        qv.jobs_frame(rows), hide_index=True, key="queue.table",
+        column_config={
+            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+            "progress_text": st.column_config.TextColumn("done"),
+            "devices": st.column_config.NumberColumn("GPUs"),
+            "experiment": st.column_config.NumberColumn("experiment", format="%d"),
+            "depends_on": st.column_config.TextColumn("depends on"),
+        },
+    )
+    if experiment_id is not None:
+        graph = state.load(reads.experiment_graph, experiment_id)
+        with st.expander("Job graph", expanded=True):
+            st.graphviz_chart(qv.dag_dot(graph["nodes"], graph["edges"]))
+            st.caption(f"Colors: {qv.legend()}. Arrows point from a job to the jobs that wait for it.")
+
+
+_live_table(experiment_id)
+
+# --- one job ---------------------------------------------------------------------------------
+
+job_rows = state.load(reads.job_rows, experiment_id)
+labels = {r["id"]: f"#{r['id']} {r['name'] or r['kind']} ({r['status']})" for r in job_rows}
+bad_job = _from_link("job", "queue.job", set(labels))
+if bad_job is not None:
+    st.error(f"No job {bad_job!r}" + ("" if experiment_id is None else f" in experiment {experiment_id}") + ".")
+if st.session_state.get("queue.job") not in (None, *labels):
+    st.session_state["queue.job"] = None
+job_id = st.selectbox("Job", [None, *labels], key="queue.job", on_change=_to_link, args=("job", "queue.job"),
+                      format_func=lambda i: "Pick a job to see its spec, error and log" if i is None else labels[i])
+if job_id is None:
+    st.stop()
+
+
+def _note(kind: str, text: str) -> None:
+    st.session_state["queue.note"] = (kind, text)
+
+
+# Buttons act in callbacks, before the page reruns: everything below shows the new state.
+def _cancel(job_id: int) -> None:
+    try:
+        result, blocked = state.write(lambda c: (queue.cancel(c, job_id), reads.blocked_by(c, job_id)))
+    except queue.QueueError as err:
+        return _note("error", str(err))
+    if result == "cancelled":
+        _note("success", f"Job {job_id} cancelled"
+              + (f"; blocked its dependants {', '.join(map(str, blocked))}" if blocked else "") + ".")
+    elif result == "cancelling":
+        _note("info", f"Job {job_id}: cancellation requested; its worker kills it at its next heartbeat.")
+    else:
+        _note("warning", f"Job {job_id} is {result.removeprefix('already ')}: nothing to cancel.")
+
+
+def _retry(job_id: int) -> None:
+    try:
+        unblocked, now = state.write(lambda c: (queue.retry(c, job_id), reads.job_detail(c, job_id)["status"]))
+    except queue.QueueError as err:
+        return _note("error", str(err))
+    _note("success", f"Job {job_id} is {now}"
+          + (f"; unblocked {', '.join(map(str, unblocked))}" if unblocked else "") + ".")
+
+
+cancel_col, retry_col, note_col = st.columns([1, 1, 4])
+cancel_col.button("Cancel", key="queue.cancel", on_click=_cancel, args=(job_id,),
+                  help="queued or blocked: cancelled now; running: its worker kills the whole process tree; "
+                       "its dependants are blocked")
+retry_col.button("Retry", key="queue.retry", on_click=_retry, args=(job_id,),
+                 help="re-queue a failed, cancelled or blocked job with a fresh attempt budget, and unblock "
+                      "its dependants")
+if note := st.session_state.pop("queue.note", None):
+    getattr(note_col, note[0])(note[1])
+
+
+@st.fragment(run_every=LIVE_EVERY_S)
+def _live_job(job_id: int) -> None:
+    job = state.load(reads.job_detail, job_id)
+    if job is None:
+        st.error(f"Job {job_id} no longer exists.")
+        return
+    status = qv.display_status(job["status"], job["cancel_requested_at"])
+    cols = st.columns(5)
+    cols[0].metric("Status", status)
+    cols[1].metric("Attempt", f"{job['attempts']}/{job['max_attempts']}")
+    cols[2].metric("GPUs", job["devices_required"])
+    cols[3].metric("ETA", qv.format_duration(qv.eta_s(job, qv.now())))
+    cols[4].metric("Worker", job["worker"] or "-")
+    frac = qv.progress_fraction(job["progress_done"], job["progress_total"])
+    if frac is not None:
+        st.progress(frac)
+    if qv.progress_text(job):
+        st.text(qv.progress_text(job)[:500])  # the stage's own message: shown as text
+    st.caption(f"kind {job['kind']}; experiment {job['experiment_id'] or '-'}; depends on "
+               f"{', '.join(map(str, job['depends_on'])) or 'nothing'}; needed by "
+               f"{', '.join(map(str, job['dependants'])) or 'nothing'}")
+    if job["error"]:
+        st.markdown("**Error**")
+        st.code(job["error"], language=None)  # the stage's last log lines: untrusted, shown as text
+    st.markdown("**Run directory**")
+    path = qv.log_path(state.workspace(), job)
+    st.code(str(path.parent), language=None)
+    with st.expander("Spec"):
+        st.json(job["spec"] or {}, expanded=True)
+    if job["outputs"]:
+        with st.expander("Outputs"):
+            st.json(job["outputs"], expanded=True)
+    st.markdown(f"**Log** (last {qv.LOG_TAIL_LINES} lines of {qv.LOG_NAME})")
+    tail = qv.log_tail(path)
+    if tail is None:
+        st.caption(f"No log yet ({path}).")
+    else:
+        st.code(tail or "(empty)", language=None, height=420)
+
+
+_live_job(job_id)

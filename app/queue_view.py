@@ -1,0 +1,194 @@
+"""What the Queue page shows, as pure functions (no Streamlit): the jobs table, ETAs and
+ages, the DAG as a Graphviz DOT string, and a job's log tail.
+
+A job's log is ``RUN_DIR/stage.log`` (as `sami logs` reads it), RUN_DIR relative to the
+workspace unless absolute.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from db.workspace import Workspace, default_run_dir
+
+LOG_NAME = "stage.log"
+LOG_TAIL_LINES = 200
+# The tail is read from at most this many bytes at the end of the log (a log may be huge).
+LOG_TAIL_BYTES = 256 * 1024
+
+# Fill colors of the DAG's nodes by status (and "cancelling": running, cancel requested).
+STATUS_COLORS = {
+    "queued": "#d9d9d9",
+    "running": "#9ecae1",
+    "cancelling": "#fdd0a2",
+    "succeeded": "#a1d99b",
+    "failed": "#fc9272",
+    "cancelled": "#bdbdbd",
+    "blocked": "#fdae6b",
+}
+
+# How the legend names those colors.
+COLOR_NAMES = {"queued": "grey", "running": "blue", "cancelling": "light orange", "succeeded": "green",
+               "failed": "red", "cancelled": "dark grey", "blocked": "orange"}
+
+TABLE_COLUMNS = ("id", "name", "kind", "experiment", "status", "progress", "progress_text", "eta", "devices", "attempt",
+                 "worker", "depends_on", "age", "updated")
+
+
+def display_status(status: str, cancel_requested_at: Any = None) -> str:
+    """A running job whose cancellation was requested shows as ``cancelling`` (as in `sami jobs`)."""
+    return "cancelling" if status == "running" and cancel_requested_at is not None else status
+
+
+def format_duration(seconds: float | None) -> str:
+    """``45s``, ``12m 5s``, ``3h 20m``, ``2d 4h``; ``-`` for None."""
+    if seconds is None or seconds != seconds:
+        return "-"
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def age_s(ts: datetime | None, now: datetime) -> float | None:
+    return None if ts is None else (now - ts).total_seconds()
+
+
+def eta_s(row: dict, now: datetime) -> float | None:
+    """Seconds left for a running job: the stage's own estimate (``progress_eta_s``, as
+    of ``progress_updated_at``) less the time since; None when unknown or not running."""
+    if row.get("status") != "running" or row.get("progress_eta_s") is None:
+        return None
+    since = age_s(row.get("progress_updated_at"), now) or 0.0
+    return max(0.0, row["progress_eta_s"] - since)
+
+
+def progress_fraction(done: int | None, total: int | None) -> float | None:
+    """done / total in [0, 1]; None when the job reported no total."""
+    if not total:
+        return None
+    return min(1.0, max(0.0, (done or 0) / total))
+
+
+def progress_text(row: dict) -> str:
+    total = row.get("progress_total")
+    if not total:
+        return row.get("progress_message") or ""
+    text = f"{row.get('progress_done') or 0}/{total}"
+    if row.get("progress_unit"):
+        text += f" {row['progress_unit']}"
+    if row.get("progress_message"):
+        text += f": {row['progress_message']}"
+    return text
+
+
+def jobs_frame(rows: Sequence[dict], now: datetime | None = None) -> pd.DataFrame:
+    """db.reads.jobs.job_rows -> the table the Queue page shows (:data:`TABLE_COLUMNS`);
+    ``progress`` is a fraction (a succeeded job without a total counts as 1)."""
+    now = now or datetime.now(timezone.utc)
+    out = []
+    for r in rows:
+        frac = progress_fraction(r.get("progress_done"), r.get("progress_total"))
+        if frac is None and r["status"] == "succeeded":
+            frac = 1.0
+        out.append({
+            "id": r["id"], "name": r.get("name") or r["kind"], "kind": r["kind"], "experiment": r.get("experiment_id"),
+            "status": display_status(r["status"], r.get("cancel_requested_at")),
+            "progress": frac, "progress_text": progress_text(r), "eta": format_duration(eta_s(r, now)),
+            "devices": r.get("devices_required") or 0, "attempt": f"{r.get('attempts') or 0}/{r.get('max_attempts')}",
+            "worker": r.get("worker") or "", "depends_on": ", ".join(map(str, r.get("depends_on") or [])),
+            "age": format_duration(age_s(r.get("created_at"), now)),
+            "updated": format_duration(age_s(r.get("updated_at"), now)),
+        })
+    return pd.DataFrame(out, columns=list(TABLE_COLUMNS))
+
+
+def legend() -> str:
+    """``queued grey, running blue, ...``: the DAG's colors in words."""
+    return ", ".join(f"{s} {COLOR_NAMES[s]}" for s in STATUS_COLORS)
+
+
+def status_summary(rows: Iterable[dict]) -> str:
+    """``2 running, 3 queued, 1 failed`` (statuses in life-cycle order)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    order = ("running", "queued", "blocked", "succeeded", "failed", "cancelled")
+    return ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)) or "no jobs"
+
+
+# --- the DAG ---------------------------------------------------------------------------------
+
+
+def _dot_quote(text: str) -> str:
+    """A DOT double-quoted string (quotes, backslashes and newlines escaped)."""
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\r", "").replace("\n", "\\n") + '"'
+
+
+def dag_dot(nodes: Sequence[dict], edges: Iterable[tuple[int, int]]) -> str:
+    """A DOT digraph, left to right: one box per job (``#id name``, its status below,
+    filled by :data:`STATUS_COLORS`) and one arrow per dependency, parent -> dependant.
+    Edges to jobs not among ``nodes`` are left out."""
+    ids = {n["id"] for n in nodes}
+    lines = ["digraph jobs {", "  rankdir=LR;",
+             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11];']
+    for n in nodes:
+        status = display_status(n["status"], n.get("cancel_requested_at"))
+        label = f"#{n['id']} {n.get('name') or n['kind']}\n{status}"
+        color = STATUS_COLORS.get(status, "#ffffff")
+        tooltip = f"job {n['id']}: {status}"
+        lines.append(f"  j{int(n['id'])} [label={_dot_quote(label)}, fillcolor={_dot_quote(color)}, "
+                     f"tooltip={_dot_quote(tooltip)}];")
+    for parent, child in edges:
+        if parent in ids and child in ids:
+            lines.append(f"  j{int(parent)} -> j{int(child)};")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+
+def log_path(ws: Workspace, job: dict) -> Path:
+    """Where `sami logs` finds a job's log: RUN_DIR/stage.log."""
+    return ws.resolve(job.get("run_dir") or default_run_dir(job["id"], job["kind"])) / LOG_NAME
+
+
+def log_tail(path: str | os.PathLike, lines: int = LOG_TAIL_LINES, max_bytes: int = LOG_TAIL_BYTES) -> str | None:
+    """The last ``lines`` lines of a text file (read from its last ``max_bytes`` only;
+    undecodable bytes replaced); None when it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    text_lines = data.decode("utf-8", errors="replace").splitlines()
+    if size > max_bytes and text_lines:
+        text_lines = text_lines[1:]  # the first one is cut
+    return "\n".join(text_lines[-lines:]) if lines > 0 else ""
+
+
+def parse_id(value: Any) -> int | None:
+    """A query parameter as a positive job/experiment id, else None."""
+    try:
+        n = int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+    return n if n > 0 else None
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,96 @@
+"""Reads for the Queue page: jobs with their worker and dependencies, one job's detail,
+an experiment's DAG, and what a cancel blocked.
+
+Plain functions of a Connection returning lists of dicts (timestamps stay datetimes),
+so that ``app.state.load`` can cache them and pandas can frame them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from db.models import BLOCKED, Experiment, Job, Worker, job_dependencies
+
+jobs = Job.__table__
+workers = Worker.__table__
+experiments = Experiment.__table__
+deps = job_dependencies
+
+# What the jobs table needs (no spec, outputs: they can be large).
+_TABLE_COLUMNS = (
+    "id", "kind", "name", "status", "experiment_id", "iteration", "label", "priority", "devices_required",
+    "attempts", "max_attempts", "worker_id", "cancel_requested_at", "progress_done", "progress_total",
+    "progress_unit", "progress_message", "progress_eta_s", "progress_updated_at", "error", "created_at",
+    "updated_at", "started_at", "finished_at",
+)
+
+
+def experiment_choices(conn: Connection) -> list[dict[str, Any]]:
+    """Experiments, newest first: id and name (the Queue page's selectbox)."""
+    rows = conn.execute(select(experiments.c.id, experiments.c.name).order_by(experiments.c.id.desc()))
+    return [dict(r) for r in rows.mappings()]
+
+
+def _edges(conn: Connection, job_ids: list[int]) -> list[tuple[int, int]]:
+    """(depends_on_id, job_id) edges into the given jobs, parent first."""
+    if not job_ids:
+        return []
+    stmt = (select(deps.c.depends_on_id, deps.c.job_id).where(deps.c.job_id.in_(job_ids))
+            .order_by(deps.c.job_id, deps.c.depends_on_id))
+    return [(r.depends_on_id, r.job_id) for r in conn.execute(stmt)]
+
+
+def job_rows(conn: Connection, experiment_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    """Jobs, newest first (at most ``limit``), with ``worker`` (its name) and
+    ``depends_on`` (ids); only experiment ``experiment_id``'s when given."""
+    stmt = (select(*[jobs.c[c] for c in _TABLE_COLUMNS], workers.c.name.label("worker"))
+            .select_from(jobs.outerjoin(workers, workers.c.id == jobs.c.worker_id))
+            .order_by(jobs.c.id.desc()).limit(limit))
+    if experiment_id is not None:
+        stmt = stmt.where(jobs.c.experiment_id == experiment_id)
+    out = [dict(r) for r in conn.execute(stmt).mappings()]
+    parents: dict[int, list[int]] = {r["id"]: [] for r in out}
+    for parent, child in _edges(conn, list(parents)):
+        parents[child].append(parent)
+    for r in out:
+        r["depends_on"] = parents[r["id"]]
+    return out
+
+
+def job_detail(conn: Connection, job_id: int) -> dict[str, Any] | None:
+    """Every column of one job, plus ``worker`` (name), ``experiment`` (name),
+    ``depends_on`` and ``dependants`` (ids); None when there is no such job."""
+    row = conn.execute(
+        select(jobs, workers.c.name.label("worker"), experiments.c.name.label("experiment"))
+        .select_from(jobs.outerjoin(workers, workers.c.id == jobs.c.worker_id)
+                     .outerjoin(experiments, experiments.c.id == jobs.c.experiment_id))
+        .where(jobs.c.id == job_id)
+    ).mappings().first()
+    if row is None:
+        return None
+    out = dict(row)
+    out["depends_on"] = [p for p, _ in _edges(conn, [job_id])]
+    out["dependants"] = list(conn.execute(
+        select(deps.c.job_id).where(deps.c.depends_on_id == job_id).order_by(deps.c.job_id)).scalars())
+    return out
+
+
+def experiment_graph(conn: Connection, experiment_id: int) -> dict[str, list]:
+    """An experiment's DAG: ``nodes`` (id, name, kind, status, cancel_requested_at), in
+    id order, and ``edges`` as (depends_on_id, job_id) pairs."""
+    nodes = [dict(r) for r in conn.execute(
+        select(jobs.c.id, jobs.c.name, jobs.c.kind, jobs.c.status, jobs.c.cancel_requested_at)
+        .where(jobs.c.experiment_id == experiment_id).order_by(jobs.c.id)).mappings()]
+    return {"nodes": nodes, "edges": _edges(conn, [n["id"] for n in nodes])}
+
+
+def blocked_by(conn: Connection, job_id: int) -> list[int]:
+    """Ids of the jobs blocked because ``job_id`` failed or was cancelled (directly or
+    through other blocked jobs): db.queue.block_dependants names it in their error."""
+    stmt = (select(jobs.c.id)
+            .where(jobs.c.status == BLOCKED, jobs.c.error.like(f"blocked: dependency job {int(job_id)} %"))
+            .order_by(jobs.c.id))
+    return list(conn.execute(stmt).scalars())

@@ -1,0 +1,127 @@
+"""Overview page: the demo experiment in one click, experiments with their state and
+latest win rate, workers with their current job, recent failures with their error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from sqlalchemy import func, select
+
+from app.overview_view import DEMO_SPEC
+from db import ingest, queue
+from db.engine import transact
+from db.models import Experiment, Job, job_dependencies
+from sami_core.pipeline import expand
+from workers import submit
+
+
+def _submit_demo(engine) -> int:
+    prepared = submit.prepare(DEMO_SPEC)
+    return transact(engine, lambda c: submit.submit(c, prepared)).experiment_id
+
+
+def _frame(at, column):
+    """The table that has this column (experiments: "latest win rate"; workers: "last
+    heartbeat"; failures: "error")."""
+    return next(df.value for df in at.dataframe if column in df.value.columns)
+
+
+def test_empty_workspace_says_how_to_start(open_page):
+    at = open_page("overview")
+    text = " ".join(i.value for i in at.info)
+    assert "sami worker" in text and "sami import-results --shipped" in text
+    assert at.button(key="overview.submit_demo").label == "Submit the demo experiment"
+
+
+def test_the_demo_button_submits_the_demo_experiment_and_links_to_the_queue(open_page, workspace):
+    at = open_page("overview")
+    at.button(key="overview.submit_demo").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    exp_id, n_jobs, n_edges = transact(workspace.engine, lambda c: (
+        c.execute(select(func.max(Experiment.id))).scalar_one(),
+        c.execute(select(func.count()).select_from(Job)).scalar_one(),
+        c.execute(select(func.count()).select_from(job_dependencies)).scalar_one()), write=False)
+    plans = expand(submit.prepare(DEMO_SPEC).exp, "runs")
+    assert n_jobs == len(plans) and n_edges == sum(len(p.depends_on) for p in plans) > 0
+    assert [s.value for s in at.success] == [f"Experiment {exp_id} submitted"]
+    assert any("no worker is registered yet" in c.value for c in at.caption)  # submit's warning
+    link = at.get("page_link")[0]
+    assert (link.proto.page, link.proto.query_string) == ("queue", f"experiment={exp_id}")
+
+    (row,) = _frame(at, "latest win rate").to_dict("records")
+    assert (row["id"], row["name"], row["state"], row["jobs"], row["queued"]) == (exp_id, "demo", "queued",
+                                                                                  n_jobs, n_jobs)
+    assert row["blocked"] == 0 and row["iterations"] == 1
+
+
+def test_workers_are_listed_with_their_current_job(open_page, workspace):
+    _submit_demo(workspace.engine)
+    w = transact(workspace.engine, lambda c: queue.register_worker(
+        c, name="gpu-7:123", host="gpu-7", pid=123, devices=["0", "1"], kinds=None))
+    job = transact(workspace.engine, lambda c: queue.claim(c, w, devices=2, lease_seconds=60))
+    at = open_page("overview")
+    (row,) = _frame(at, "last heartbeat").to_dict("records")
+    assert (row["host"], row["devices"], row["status"]) == ("gpu-7", "0, 1", "running")
+    assert row["current job"] == f"#{job.id} {job.name}" and row["last heartbeat"].endswith("s ago")
+    (exp,) = _frame(at, "latest win rate").to_dict("records")
+    assert (exp["state"], exp["running"]) == ("running", 1)
+
+
+def test_failures_show_their_error_as_text(open_page, workspace):
+    exp_id = _submit_demo(workspace.engine)
+    w = transact(workspace.engine, lambda c: queue.register_worker(c, name="n:1", host="n", pid=1, devices=[],
+                                                                   kinds=None))
+    job = transact(workspace.engine, lambda c: queue.claim(c, w, devices=0, lease_seconds=60))
+    error = "Traceback (most recent call last):\n  ...\nRuntimeError: <b>CUDA out of memory</b> [x](javascript:1)"
+    transact(workspace.engine, lambda c: queue.fail(c, job.id, w, error, exit_code=1))
+    at = open_page("overview")
+
+    (row,) = _frame(at, "error").to_dict("records")
+    assert row["job"] == job.id and row["experiment"] == f"{exp_id}: demo"
+    assert row["error"] == "RuntimeError: <b>CUDA out of memory</b> [x](javascript:1)"
+    assert error in [c.value for c in at.code]  # the whole error, as text
+    assert not any("CUDA" in m.value for m in at.markdown)
+    (exp,) = _frame(at, "latest win rate").to_dict("records")
+    assert (exp["state"], exp["failed"]) == ("failed", 1)
+
+
+def test_latest_win_rate_of_an_experiment(open_page, workspace):
+    exp_id = _submit_demo(workspace.engine)
+    eng = workspace.engine
+
+    def seed(c) -> None:
+        jobs = {r.name: r.id for r in queue.list_jobs(c, experiment_id=exp_id)}
+        sides = {}
+        for label, key in (("base", "sample-base"), ("iteration-1", "sample-1")):
+            src = ingest.upsert_response_source(c, jobs[key], kind="baseline" if label == "base" else "checkpoint",
+                                                label=label, experiment_id=exp_id, temperatures=[0.0])
+            ingest.upsert_responses(c, src, [{"query_id": str(q), "temperature": 0.0, "text": f"{label} {q}"}
+                                             for q in range(4)])
+            sides[label] = {r["query_id"]: r["id"] for r in ingest.source_responses(c, src)}
+        verdicts = ["candidate", "candidate", "candidate", "baseline"]
+        ingest.upsert_judgments(c, [{
+            "job_id": jobs["judge-1"], "candidate_id": sides["iteration-1"][str(q)],
+            "baseline_id": sides["base"][str(q)],
+            "constitution_id": None, "candidate_position": "A", "judge_model": "demo", "verdict": v,
+            "rationale": "r", "raw_text": "r", "cache_key": f"k{q}"} for q, v in enumerate(verdicts)])
+        w = queue.register_worker(c, name="n:1", host="n", pid=1, devices=[], kinds=None)
+        first = queue.claim(c, w, devices=0, lease_seconds=60)
+        queue.succeed(c, first.id, w)
+
+    transact(eng, seed)
+    at = open_page("overview")
+    (exp,) = _frame(at, "latest win rate").to_dict("records")
+    assert exp["latest win rate"] == "iteration-1 vs base: 0.75 (n=4, T=0)"
+    assert exp["succeeded"] == 1
+
+
+def test_an_experiment_with_a_model_baseline_renders(open_page, workspace):
+    data = yaml.safe_load(Path(DEMO_SPEC).read_text())
+    data["judge"]["baselines"] = [{"model": "demo", "label": "instruct"}, "base"]
+    prepared = submit.prepare_data(data, source="exp.yaml")
+    exp_id = transact(workspace.engine, lambda c: submit.submit(c, prepared)).experiment_id
+    at = open_page("overview")
+    (exp,) = _frame(at, "latest win rate").to_dict("records")
+    assert exp_id and exp["iterations"] == data.get("iterations", 1)

@@ -1,0 +1,177 @@
+"""Queue page: the jobs table (status, progress, ETA, attempts), deep links, a job's
+detail and log tail, cancel and retry through the buttons, the experiment's DAG."""
+
+from __future__ import annotations
+
+import re
+
+from app.overview_view import DEMO_SPEC
+from db import queue
+from db.engine import transact
+from workers import submit
+
+
+def _submit_demo(engine) -> dict[str, int]:
+    """The demo experiment through the real submit path; its job ids by name, plus "exp"."""
+    prepared = submit.prepare(DEMO_SPEC)
+    result = transact(engine, lambda c: submit.submit(c, prepared))
+    return {"exp": result.experiment_id, **{j["key"]: j["id"] for j in result.jobs}}
+
+
+def _worker(engine) -> int:
+    return transact(engine, lambda c: queue.register_worker(c, name="node:1", host="node", pid=1, devices=[],
+                                                            kinds=None))
+
+
+def _run_first(engine, worker: int, *, progress: dict | None = None, outcome: str = "succeed"):
+    """Claim the next claimable job; report progress; then succeed, fail or leave it running."""
+    job = transact(engine, lambda c: queue.claim(c, worker, devices=0, lease_seconds=60))
+    if progress is not None:
+        transact(engine, lambda c: queue.heartbeat(c, job.id, worker, lease_seconds=60, progress=progress))
+    if outcome == "succeed":
+        transact(engine, lambda c: queue.succeed(c, job.id, worker))
+    elif outcome == "fail":
+        transact(engine, lambda c: queue.fail(c, job.id, worker, "Traceback ...\nValueError: bad batch", exit_code=1))
+    return job
+
+
+def _table(at):
+    return next(df.value for df in at.dataframe if "progress" in df.value.columns)
+
+
+def _status(engine, job_id: int) -> str:
+    return transact(engine, lambda c: queue.get_job(c, job_id).status, write=False)
+
+
+def test_table_shows_statuses_progress_eta_and_attempts(open_page, workspace):
+    ids = _submit_demo(workspace.engine)
+    w = _worker(workspace.engine)
+    done = _run_first(workspace.engine, w, progress={"done": 8, "total": 8, "unit": "queries"})
+    running = _run_first(workspace.engine, w, outcome="running",
+                         progress={"done": 6, "total": 24, "unit": "queries", "eta_s": 90})
+    at = open_page("queue", experiment=str(ids["exp"]))
+    assert at.selectbox(key="queue.experiment").value == ids["exp"]
+    assert at.selectbox(key="queue.experiment").label == "Experiment"
+    table = _table(at).set_index("id")
+    assert set(table.index) == {v for k, v in ids.items() if k != "exp"}
+    assert table.loc[done.id, "status"] == "succeeded" and table.loc[done.id, "progress"] == 1.0
+    row = table.loc[running.id]
+    assert (row["status"], row["progress"], row["progress_text"], row["attempt"], row["worker"]) == \
+        ("running", 0.25, "6/24 queries", "1/2", "node:1")
+    assert re.fullmatch(r"1m (30|[12]\d)s", row["eta"])  # 90 s as of the heartbeat, counting down
+    assert table.loc[ids["judge-1"], "status"] == "queued"
+    assert table.loc[ids["judge-1"], "depends_on"] == f"{ids['sample-base']}, {ids['sample-1']}"
+
+
+def test_all_jobs_and_the_experiment_filter(open_page, workspace):
+    ids = _submit_demo(workspace.engine)
+    loose = transact(workspace.engine, lambda c: queue.enqueue(c, "sleep", {"seconds": 1}))
+    at = open_page("queue")
+    assert at.selectbox(key="queue.experiment").value is None
+    assert loose in set(_table(at)["id"])
+    at.selectbox(key="queue.experiment").select(ids["exp"]).run()
+    assert loose not in set(_table(at)["id"]) and len(_table(at)) == len(ids) - 1
+    assert at.query_params["experiment"] in (str(ids["exp"]), [str(ids["exp"])])  # a shareable URL
+
+
+def test_dag_has_every_job_and_dependency(open_page, workspace):
+    ids = _submit_demo(workspace.engine)
+    edges = transact(workspace.engine, lambda c: queue.dependencies(c, [v for k, v in ids.items() if k != "exp"]),
+                     write=False)
+    w = _worker(workspace.engine)
+    failed = _run_first(workspace.engine, w, outcome="fail")  # sample-base fails: judge-1 is blocked
+    at = open_page("queue", experiment=str(ids["exp"]))
+    (chart,) = at.get("graphviz_chart")
+    dot = chart.proto.spec
+    for name, job_id in ids.items():
+        if name != "exp":
+            assert f'j{job_id} [label="#{job_id} {name}\\n' in dot
+    n_edges = 0
+    for child, parents in edges.items():
+        for p in parents:
+            assert f"j{p} -> j{child};" in dot
+            n_edges += 1
+    assert dot.count("->") == n_edges > 0
+    assert f'#{failed.id} sample-base\\nfailed", fillcolor="#fc9272"' in dot
+    assert f'#{ids["judge-1"]} judge-1\\nblocked"' in dot
+
+
+def test_cancel_a_queued_job_blocks_its_dependants(open_page, workspace):
+    ids = _submit_demo(workspace.engine)
+    at = open_page("queue", job=str(ids["train-1"]))
+    assert at.selectbox(key="queue.job").value == ids["train-1"]
+    assert at.selectbox(key="queue.experiment").value == ids["exp"]  # the job's experiment
+    at.button(key="queue.cancel").click().run()
+    assert not at.exception
+    assert _status(workspace.engine, ids["train-1"]) == "cancelled"
+    assert {_status(workspace.engine, ids[k]) for k in ("sample-1", "judge-1")} == {"blocked"}
+    (msg,) = [s.value for s in at.success]
+    assert msg == f"Job {ids['train-1']} cancelled; blocked its dependants {ids['sample-1']}, {ids['judge-1']}."
+    assert _table(at).set_index("id").loc[ids["train-1"], "status"] == "cancelled"
+    # Cancelling again changes nothing and says so.
+    at.button(key="queue.cancel").click().run()
+    assert [w.value for w in at.warning] == [f"Job {ids['train-1']} is cancelled: nothing to cancel."]
+
+
+def test_retry_a_failed_job_requeues_it_and_unblocks_its_dependants(open_page, workspace):
+    ids = _submit_demo(workspace.engine)
+    w = _worker(workspace.engine)
+    failed = _run_first(workspace.engine, w, outcome="fail")
+    assert _status(workspace.engine, ids["judge-1"]) == "blocked"
+    at = open_page("queue", job=str(failed.id))
+    assert "ValueError: bad batch" in "".join(c.value for c in at.code)  # the error, as text
+    at.button(key="queue.retry").click().run()
+    assert not at.exception
+    assert _status(workspace.engine, failed.id) == "queued" and _status(workspace.engine, ids["judge-1"]) == "queued"
+    assert [s.value for s in at.success] == [f"Job {failed.id} is queued; unblocked {ids['judge-1']}."]
+    # A queued job cannot be retried: the refusal is shown, nothing changes.
+    at.button(key="queue.retry").click().run()
+    assert "only failed, cancelled or blocked jobs can be retried" in at.error[0].value
+    assert _status(workspace.engine, failed.id) == "queued"
+
+
+def test_log_tail_shows_the_last_lines_of_the_stage_log(open_page, workspace):
+    ids = _submit_demo(workspace.engine)
+    job = transact(workspace.engine, lambda c: queue.get_job(c, ids["generate-1"]), write=False)
+    run_dir = workspace.ws.resolve(job.run_dir)
+    at = open_page("queue", job=str(job.id))
+    assert any("No log yet" in c.value for c in at.caption)
+    run_dir.mkdir(parents=True)
+    (run_dir / "stage.log").write_text("".join(f"step {i} <script>x</script>\n" for i in range(500)))
+    at = open_page("queue", job=str(job.id))
+    (tail,) = [c.value for c in at.code if "step " in c.value]
+    lines = tail.splitlines()
+    assert len(lines) == 200 and lines[0] == "step 300 <script>x</script>" and lines[-1].startswith("step 499 ")
+    assert str(run_dir) in [c.value for c in at.code]
+    assert at.get("json")  # the spec
+
+
+def test_bad_links_show_an_error_not_an_exception(open_page, workspace):
+    _submit_demo(workspace.engine)
+    at = open_page("queue", job="999999")
+    assert at.error[0].value.startswith("No job '999999'")
+    assert at.selectbox(key="queue.job").value is None
+    at = open_page("queue", job="abc", experiment="12345")
+    assert [e.value for e in at.error] == ["No experiment '12345': showing all jobs.", "No job 'abc'."]
+
+
+def test_empty_queue_says_what_to_do(open_page):
+    at = open_page("queue")
+    assert any("sami worker" in i.value for i in at.info)
+
+
+def test_viewing_the_pages_writes_nothing(open_page, workspace):
+    """Opening, refreshing or leaving the pages never touches a job: only the buttons write."""
+    ids = _submit_demo(workspace.engine)
+    w = _worker(workspace.engine)
+    _run_first(workspace.engine, w, outcome="running", progress={"done": 1, "total": 4})
+
+    def snapshot(c):
+        return [tuple(r) for r in queue.list_jobs(c)]
+
+    before = transact(workspace.engine, snapshot, write=False)
+    for query in ({}, {"experiment": str(ids["exp"])}, {"job": str(ids["sample-base"])}, {"job": str(ids["train-1"])}):
+        at = open_page("queue", **query)
+        at.run()  # a refresh
+    open_page("overview")
+    assert transact(workspace.engine, snapshot, write=False) == before
