@@ -1,5 +1,124 @@
-"""Responses page (to be built)."""
+"""Responses page: two response sources side by side, query by query (checkpoints,
+baselines, imported files), filtered by temperature, text and the judge's verdict, a page
+at a time (paginated in SQL). Model outputs and judge text are untrusted: st.text only."""
 
 import streamlit as st
 
+from app import responses_view as view
+from app import state
+from db import ingest
+from db.reads import responses as reads
+
 st.title("Responses")
+
+sources = state.load(ingest.list_sources)
+if len(sources) < 1:
+    st.info("No responses yet. Sample jobs of an experiment, or `sami import-results`, add response sources.")
+    st.stop()
+by_id = {s["id"]: s for s in sources}
+ids = list(by_id)
+
+
+def _first_page() -> None:
+    st.session_state["responses.page"] = 1
+
+
+def _deep_link(name: str, key: str, default: int | None) -> None:
+    if key in st.session_state:
+        return
+    try:
+        wanted = int(state.param(name, ""))
+    except ValueError:
+        wanted = None
+    st.session_state[key] = wanted if wanted in by_id else default
+
+
+left_default, right_default = view.default_pair(sources)
+_deep_link("left", "responses.left", left_default)
+_deep_link("right", "responses.right", right_default)
+
+c1, c2 = st.columns(2)
+left = c1.selectbox("Left source", ids, key="responses.left", format_func=lambda i: view.source_label(by_id[i]),
+                    on_change=_first_page)
+right = c2.selectbox("Right source", ids, key="responses.right", format_func=lambda i: view.source_label(by_id[i]),
+                     on_change=_first_page)
+if left == right:
+    st.caption("Both sides show the same source: pick another one on the right to compare.")
+
+temps = state.load(reads.pair_temperatures, left, right)
+if not temps:
+    st.info(f"These two sources share no temperature ({view.md_escape(by_id[left]['label'])}: "
+            f"{state.load(reads.source_temperatures, left)}; {view.md_escape(by_id[right]['label'])}: "
+            f"{state.load(reads.source_temperatures, right)}), so no response pairs up.")
+    st.stop()
+
+f1, f2, f3 = st.columns([1, 2, 1])
+temperature = f1.selectbox("Temperature", [None, *temps], key="responses.temperature", on_change=_first_page,
+                           format_func=lambda t: "all" if t is None else f"{t:g}")
+search = f2.text_input("Search (query or either response)", key="responses.search", on_change=_first_page)
+verdict_label = f3.selectbox("Verdict", list(view.VERDICT_FILTERS), key="responses.verdict", on_change=_first_page,
+                             help="The judge's verdict on the pair, from its side: the candidate is the response "
+                                  "judged against the baseline (each verdict line below says which side it is).")
+verdict = view.VERDICT_FILTERS[verdict_label]
+
+counts = state.load(reads.verdict_counts, left, right)
+if counts:
+    st.caption("Judgments between these sources: " + ", ".join(
+        f"{view.VERDICT_TEXT.get(v, v)}: {n}" for v, n in sorted(counts.items())))
+else:
+    st.caption("No judgments between these two sources.")
+
+total = state.load(reads.count_pairs, left, right, temperature=temperature, search=search or None, verdict=verdict)
+p1, p2, p3, p4, p5 = st.columns([1, 1, 0.6, 0.6, 3], vertical_alignment="bottom")
+page_size = p1.selectbox("Per page", view.PAGE_SIZES, index=1, key="responses.page_size", on_change=_first_page)
+n_pages = max(1, -(-total // page_size))
+st.session_state["responses.page"] = min(max(1, int(st.session_state.get("responses.page", 1))), n_pages)
+
+
+def _move(delta: int) -> None:
+    st.session_state["responses.page"] = min(n_pages, max(1, st.session_state.get("responses.page", 1) + delta))
+
+
+page = p2.number_input("Page", min_value=1, max_value=n_pages, step=1, key="responses.page")
+p3.button("Previous", key="responses.prev", on_click=_move, args=(-1,), disabled=page <= 1)
+p4.button("Next", key="responses.next", on_click=_move, args=(1,), disabled=page >= n_pages)
+p5.caption(f"{total} queries in both sources match; page {page} of {n_pages}.")
+if not total:
+    st.info("No query matches these filters.")
+    st.stop()
+
+pairs = state.load(reads.pair_page, left, right, temperature=temperature, search=search or None, verdict=verdict,
+                   page=int(page), page_size=page_size)
+response_ids = tuple(sorted({p["left_id"] for p in pairs} | {p["right_id"] for p in pairs}))
+judged: dict[frozenset, list[dict]] = {}
+for j in state.load(reads.pair_judgments, response_ids):
+    judged.setdefault(frozenset((j["candidate_id"], j["baseline_id"])), []).append(j)
+constitution_ids = tuple(sorted({c for p in pairs for c in (p["left_constitution_id"], p["right_constitution_id"])
+                                 if c is not None}))
+constitutions = state.load(reads.constitutions_by_id, constitution_ids)
+names = (by_id[left]["label"], by_id[right]["label"])
+
+for p in pairs:
+    with st.container(border=True):
+        st.caption(f"Query {view.md_escape(p['query_id'])} · temperature {p['temperature']:g}"
+                   + (f" · sample {p['sample_index']}" if p["sample_index"] else ""))
+        st.text(p["query"] or "(query text not stored)")
+        for side in ("left", "right"):
+            if side == "right" and p["right_constitution_id"] == p["left_constitution_id"]:
+                continue
+            c = constitutions.get(p[f"{side}_constitution_id"])
+            if c is None:
+                continue
+            both = p["right_constitution_id"] == p["left_constitution_id"]
+            title = f"Constitution: {view.md_escape(c['name'])} v{c['version']}" + ("" if both else f" ({side})")
+            with st.expander(title):
+                st.text(view.principles_text(c["principles"]))
+        cols = st.columns(2)
+        for col, side, name in zip(cols, ("left", "right"), names):
+            with col:
+                st.caption(f"{view.md_escape(name)} · {view.lengths(p[f'{side}_text'], p[f'{side}_tokens'])}")
+                st.text(p[f"{side}_text"])
+        for j in judged.get(frozenset((p["left_id"], p["right_id"])), []):
+            st.text(view.verdict_line(j, p["left_id"], names))
+            if j.get("rationale"):
+                st.text(j["rationale"])

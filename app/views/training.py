@@ -1,5 +1,76 @@
-"""Training page (to be built)."""
+"""Training page: an experiment's train jobs (one per SAMI iteration); loss, MI lower
+bound, row/column accuracy, KL and lr against step, one trace per iteration; the N x N
+log-prob matrix of one iteration at a chosen step."""
 
 import streamlit as st
 
+from app import charts, state
+from app import training_view as view
+from db.reads import training as reads
+
 st.title("Training")
+
+experiments = state.load(reads.training_experiments)
+outside = state.load(reads.train_jobs, None)
+choices = [e["id"] for e in experiments] + ([None] if outside else [])
+if not choices:
+    st.info("No train jobs yet. Submit an experiment (New experiment page); its train jobs log metrics here "
+            "while they run.")
+    st.stop()
+
+names = {e["id"]: e["name"] for e in experiments}
+wanted = state.param("experiment")
+if wanted is not None and "training.experiment" not in st.session_state:
+    try:
+        if int(wanted) in choices:
+            st.session_state["training.experiment"] = int(wanted)
+    except ValueError:
+        pass
+experiment_id = st.selectbox("Experiment", choices, key="training.experiment",
+                             format_func=lambda i: "Train jobs outside experiments" if i is None
+                             else f"{i}: {names[i]}")
+
+jobs = outside if experiment_id is None else state.load(reads.train_jobs, experiment_id)
+by_id = {j["id"]: j for j in jobs}
+picked = st.multiselect("Iterations", list(by_id), default=list(by_id), key=f"training.jobs.{experiment_id}",
+                        format_func=lambda i: f"{view.job_label(by_id[i])} (job #{i}, {by_id[i]['status']})")
+picked_jobs = [by_id[i] for i in by_id if i in picked]
+
+rows = state.load(reads.scalar_metrics, tuple(j["id"] for j in picked_jobs), view.PLOTTED)
+frame = view.metrics_frame(rows, picked_jobs)
+if frame.empty:
+    st.info("No metrics logged yet for these iterations: they appear once a train job has run its first step.")
+    st.stop()
+
+
+
+def panels(specs, prefix: str) -> None:  # noqa: ANN001
+    cols = st.columns(2)
+    for k, (title, metric_names, y_title) in enumerate(specs):
+        with cols[k % 2]:
+            if not frame["name"].isin(metric_names).any():
+                st.caption(f"{title}: not logged" + (" (training.beta is 0: no reference model)"
+                                                     if "kl" in metric_names else ""))
+                continue
+            st.plotly_chart(charts.training_figure(frame, metric_names, title, y_title), key=f"{prefix}.{k}")
+
+
+panels(charts.TRAINING_PANELS, "training.chart")
+with st.expander("More metrics: row/column loss, total loss, gradient norm, throughput"):
+    panels(charts.MORE_TRAINING_PANELS, "training.more")
+
+st.subheader("Log-prob matrix")
+st.caption("L[i, j] = mean log p(y_j | x, c_i) over the step's queries; the loss pushes the diagonal up.")
+with_matrix = [j for j in picked_jobs if state.load(reads.matrix_steps, j["id"])]
+if not with_matrix:
+    st.info("No log-prob matrix logged for these iterations.")
+    st.stop()
+job_id = st.selectbox("Iteration", [j["id"] for j in with_matrix], key="training.matrix_job",
+                      format_func=lambda i: view.job_label(by_id[i]))
+steps = state.load(reads.matrix_steps, job_id)
+step = steps[0] if len(steps) == 1 else st.select_slider("Step", steps, value=steps[-1],
+                                                           key=f"training.matrix_step.{job_id}")
+matrix = state.load(reads.matrix_at, job_id, step)
+if matrix:
+    st.plotly_chart(charts.logprob_heatmap(view.matrix_frame(matrix), f"{view.job_label(by_id[job_id])}, step {step}"),
+                    key="training.heatmap")
