@@ -1,5 +1,207 @@
-"""Constitutions page (to be built)."""
+"""Constitutions: principles and antitheses in a table editor, saved as immutable
+versions (old ones stay; jobs point at the version they used), import/export of the
+reference JSON format, and a preview of the exact prompts on a sample post."""
 
+from __future__ import annotations
+
+import pandas as pd
 import streamlit as st
 
+from app import constitution_edit as ce
+from app import state
+from db.experiments import constitution_version
+from db.reads import constitutions as reads
+from sami_core.errors import ConstitutionError
+
+NEW = "(new constitution)"
+K = "constitutions."
+
 st.title("Constitutions")
+st.caption("A constitution is a list of principles, each with an antithesis. SAMI samples variants that flip "
+           "some principles to their antitheses. Saving makes a new version; old versions stay, and every job "
+           "records the version it used.")
+
+all_versions = state.load(reads.versions)
+by_id = {v["id"]: v for v in all_versions}
+names = sorted({v["name"] for v in all_versions})
+
+
+def _label(v: dict) -> str:
+    return f"v{v['version']}"
+
+
+def _load_draft(name: str, principles: list[dict], loaded: int | None) -> None:
+    """Put principles into the editor (dropping its pending edits) and the name field."""
+    st.session_state[K + "draft"] = [{"principle": p["principle"], "antithesis": p.get("antithesis")}
+                                     for p in principles]
+    st.session_state[K + "name"] = name
+    st.session_state[K + "loaded"] = loaded
+    st.session_state.pop(K + "editor", None)
+
+
+# A save or an import asks for a selection before the selectboxes are drawn.
+incoming = st.session_state.pop(K + "load", None)
+if incoming is not None:
+    st.session_state[K + "pick"] = NEW
+    _load_draft(*incoming, None)
+pending = st.session_state.pop(K + "pending", None)
+if pending is not None and pending in by_id:
+    st.session_state[K + "pick"] = by_id[pending]["name"]
+    st.session_state[K + "version"] = pending
+if K + "pick" not in st.session_state:
+    wanted = state.param("constitution")
+    st.session_state[K + "pick"] = NEW
+    if wanted is not None and str(wanted).isdigit() and int(wanted) in by_id:
+        st.session_state[K + "pick"] = by_id[int(wanted)]["name"]
+        st.session_state[K + "version"] = int(wanted)
+if st.session_state[K + "pick"] not in [NEW, *names]:
+    st.session_state[K + "pick"] = NEW
+
+left, right = st.columns([1, 1])
+with left:
+    pick = st.selectbox("Saved constitution", [NEW, *names], key=K + "pick")
+selected: dict | None = None
+with right:
+    if pick != NEW:
+        ids = [v["id"] for v in all_versions if v["name"] == pick]
+        if st.session_state.get(K + "version") not in ids:
+            st.session_state[K + "version"] = ids[0]
+        vid = st.selectbox("Version", ids, key=K + "version", format_func=lambda i: _label(by_id[i]))
+        selected = by_id[vid]
+
+# Load the selected version into the editor when the selection changes.
+current = selected["id"] if selected else None
+if K + "draft" not in st.session_state or st.session_state.get(K + "loaded") != current:
+    if selected:
+        _load_draft(selected["name"], selected["principles"], current)
+    else:
+        _load_draft("", [], None)
+
+if selected:
+    parent = f"v{selected['parent_version']}" if selected["parent_version"] else "none (first version)"
+    about = selected["description"] or ""
+    st.text(f"{selected['name']} v{selected['version']} (id {selected['id']}): created "
+            f"{selected['created_at']:%Y-%m-%d %H:%M} UTC; parent {parent}; used by {selected['n_jobs']} job(s) in "
+            f"{selected['n_experiments']} experiment(s)" + (f"; {about}" if about else ""))
+    used = state.load(reads.usage, selected["id"])
+    if used:
+        st.dataframe(pd.DataFrame([{"experiment": u["experiment_id"], "name": u["experiment"], "jobs": u["n_jobs"],
+                                    "job ids": ", ".join(map(str, u["job_ids"]))} for u in used]),
+                     hide_index=True, key=K + "usage")
+
+if all_versions:
+    with st.expander(f"All versions ({len(all_versions)})"):
+        st.dataframe(pd.DataFrame([{
+            "name": v["name"], "version": v["version"], "id": v["id"], "created (UTC)": v["created_at"],
+            "parent": f"v{v['parent_version']}" if v["parent_version"] else "", "principles": v["n_principles"],
+            "jobs": v["n_jobs"], "experiments": v["n_experiments"], "description": v["description"] or ""}
+            for v in all_versions]), hide_index=True, key=K + "all")
+
+flash = st.session_state.pop(K + "flash", None)
+if flash:
+    st.success(flash)
+
+# ---- editor -------------------------------------------------------------------------------
+name = st.text_input("Constitution name", key=K + "name", max_chars=ce.NAME_MAX + 50,
+                     help="Saving under an existing name makes its next version.")
+draft = pd.DataFrame(st.session_state[K + "draft"], columns=list(ce.COLUMNS))
+edited = st.data_editor(
+    draft, num_rows="dynamic", key=K + "editor", hide_index=True, width="stretch",
+    column_config={"principle": st.column_config.TextColumn("principle", width="large", required=False),
+                   "antithesis": st.column_config.TextColumn("antithesis", width="large")},
+)
+rows = edited.to_dict("records")
+result = ce.check(name, rows)
+blank = not name.strip() and not ce.clean_rows(rows)
+if blank:
+    st.caption("Name the constitution and write its principles (one row each), each with its antithesis.")
+for e in [] if blank else result.errors:
+    st.error(e)
+for w in result.warnings:
+    st.caption(w)
+
+if st.button("Save as new version", key=K + "save", type="primary"):
+    if not result.ok:
+        for e in result.errors if blank else []:
+            st.error(e)
+        st.error("Nothing saved: fix the errors above first.")
+    else:
+        c_name = name.strip()
+        principles = ce.clean_rows(rows)
+        base = f"edited from {selected['name']} v{selected['version']}" if selected else "written in the app"
+        cid, ver, created = state.write(lambda conn: constitution_version(conn, c_name, principles, description=base))
+        st.session_state[K + "flash"] = (f"Saved {c_name} as version {ver}." if created else
+                                         f"Saved nothing new: these principles are already {c_name} version {ver}, "
+                                         "which is reused.")
+        st.session_state[K + "pending"] = cid
+        st.session_state[K + "loaded"] = cid
+        st.session_state.pop(K + "editor", None)
+        st.session_state[K + "draft"] = principles
+        st.rerun()
+
+# ---- import / export ------------------------------------------------------------------------
+st.subheader("Import and export")
+imp, exp = st.columns(2)
+with imp:
+    up = st.file_uploader(f"Import a constitution (reference or native JSON, at most {state.MAX_UPLOAD_MB} MB)",
+                          type=["json"], key=K + "upload", max_upload_size=state.MAX_UPLOAD_MB)
+    if up is not None and st.session_state.get(K + "uploaded") != up.file_id:
+        try:
+            c_name, principles = ce.parse_upload(up.name, up.getvalue(), state.MAX_UPLOAD_MB)
+        except ConstitutionError as err:
+            st.error(f"Not imported: {err}")
+        else:
+            st.session_state[K + "uploaded"] = up.file_id
+            st.session_state[K + "load"] = (c_name, principles)
+            st.session_state[K + "flash"] = (f"Imported {len(principles)} principles from {up.name}: "
+                                             "check them, then save as a new version.")
+            st.rerun()
+    shipped = st.selectbox("Or start from a shipped constitution (the SAMI paper's)", ce.shipped(),
+                           key=K + "shipped")
+    if st.button("Load shipped constitution", key=K + "load_shipped"):
+        st.session_state[K + "load"] = (shipped.removeprefix("demo:").replace("/", "-"), ce.load_shipped(shipped))
+        st.rerun()
+with exp:
+    if selected:
+        stem = f"{selected['name']}-v{selected['version']}".replace("/", "-")
+        st.download_button("Export (reference JSON)", ce.export_json(selected["principles"], "reference"),
+                           file_name=f"{stem}.json", mime="application/json", key=K + "export_reference")
+        st.download_button("Export (native JSON)", ce.export_json(selected["principles"], "native"),
+                           file_name=f"{stem}.native.json", mime="application/json", key=K + "export_native")
+    else:
+        st.caption("Pick a saved version to export it.")
+
+# ---- prompt preview -------------------------------------------------------------------------
+st.subheader("Prompt preview")
+if result.constitution is None:
+    st.caption("Fix the constitution to preview its prompts.")
+else:
+    posts = ce.sample_posts()
+    c1, c2, c3, c4 = st.columns(4)
+    post_i = c1.selectbox("Sample post", range(len(posts)), key=K + "post",
+                          format_func=lambda i: f"#{posts[i]['id']}: {posts[i]['post'][:50]}")
+    task = c2.selectbox("Task", ["summarization", "dialogue"], key=K + "task")
+    n_max = max(2, min(ce.PREVIEW_MAX_N, result.constitution.max_variants))
+    if st.session_state.get(K + "n", 2) > n_max:  # the constitution changed under the widget
+        st.session_state[K + "n"] = n_max
+    n = int(c3.number_input("N (variants)", min_value=2, max_value=n_max, value=2, step=1, key=K + "n"))
+    fmt = c4.selectbox("Prompt format", ["plain", "chat"], key=K + "format",
+                       help="plain: base models; chat: the model's chat template, shown here as its messages.")
+    n = min(n, result.constitution.max_variants)
+    pv = ce.preview(result.constitution, posts[post_i]["post"], task=task, n=n, chat=fmt == "chat")
+    gen_tab, train_tab = st.tabs(["Generation prompts", "Training sequences"])
+    with gen_tab:
+        st.caption("Per query, N variants (order shuffled, some principles flipped); the policy samples one "
+                   "response to each prompt.")
+        for i, (v, p) in enumerate(zip(pv.variants, pv.generation)):
+            flipped = [k + 1 for k, f in enumerate(v.flips) if f]
+            what = f"principles {flipped} flipped" if flipped else "the constitution as written"
+            st.text(f"Variant {i + 1}: {what}")
+            st.code(p, language=None, wrap_lines=True)
+    with train_tab:
+        st.caption("Training scores every response under every prompt: L[i, j] = log p(y_j | prompt_i); the loss "
+                   "asks each row and column to pick the diagonal.")
+        for i in range(n):
+            for j in range(n):
+                st.text(f"L[{i + 1}, {j + 1}]")
+                st.code(pv.training[i][j], language=None, wrap_lines=True)

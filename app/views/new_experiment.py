@@ -1,5 +1,336 @@
-"""New experiment page (to be built)."""
+"""New experiment: a form and a YAML view of one experiment spec (the YAML is exactly a
+file `sami submit` accepts), errors next to the fields they name, and a submit that
+enqueues the experiment's jobs (nothing is written unless everything checks out)."""
 
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
 import streamlit as st
 
+from app import constitution_edit as ce
+from app import experiment_form as ef
+from app import state
+from db.reads import constitutions as creads
+from sami_core.errors import SpecError
+from workers.submit import SubmitError, submit
+
+K = "new_experiment."
+SPEC, YAML, YAML_ERROR, ERRORS, RESULT = K + "spec", K + "yaml", K + "yaml_error", K + "errors", K + "result"
+UPLOAD_ERROR, FIELD_ERRORS, CONSTITUTION, JUDGING = (K + "upload_error", K + "field_errors", K + "constitution",
+                                                      K + "judge.enabled")
+
+versions = state.load(creads.versions)
+choices = ef.constitution_choices(versions, ce.shipped())
+ss = st.session_state
+ss.setdefault(SPEC, copy.deepcopy(ef.INITIAL))
+ss.setdefault(FIELD_ERRORS, {})
+ss.setdefault(ERRORS, [])
+
+
+def _key(f: ef.Field) -> str:
+    return K + f.path
+
+
+def _push(spec: dict) -> None:
+    """Show ``spec`` in every widget and in the YAML view (before they are drawn)."""
+    ss[SPEC] = spec
+    values, _ = ef.widget_values(spec)
+    for f in ef.FIELDS:
+        if f.path in values:
+            ss[_key(f)] = values[f.path]
+        else:
+            ss.pop(_key(f), None)
+    ss[CONSTITUTION] = ef.constitution_label(spec.get("constitution"), versions)
+    ss[JUDGING] = bool(spec.get("judge"))
+    ss[YAML] = ef.to_yaml(spec)
+    ss[YAML_ERROR] = None
+    ss[FIELD_ERRORS] = {}
+    ss[ERRORS] = []
+    ss[UPLOAD_ERROR] = None
+
+
+def _changed(spec: dict) -> None:
+    ss[SPEC] = spec
+    ss[YAML] = ef.to_yaml(spec)
+    ss[YAML_ERROR] = None
+    ss[ERRORS] = []
+    ss[RESULT] = None
+
+
+def _on_field(f: ef.Field) -> None:
+    try:
+        value = ef.from_widget(f, ss[_key(f)])
+    except ValueError as err:
+        ss[FIELD_ERRORS][f.path] = str(err)
+        return
+    ss[FIELD_ERRORS].pop(f.path, None)
+    _changed(ef.put(ss[SPEC], f, value))
+
+
+def _on_constitution() -> None:
+    label = ss[CONSTITUTION]
+    if label in choices:
+        _changed({**ss[SPEC], "constitution": choices[label]})
+
+
+def _on_judging() -> None:
+    spec = ss[SPEC]
+    if ss[JUDGING] and ss.get(K + "judge_off"):  # back on: the judge section as it was
+        spec = {**spec, "judge": ss.pop(K + "judge_off")}
+    elif not ss[JUDGING] and spec.get("judge"):
+        ss[K + "judge_off"] = spec["judge"]
+    spec = ef.set_judging(spec, ss[JUDGING])
+    _changed(spec)
+    values, _ = ef.widget_values(spec)
+    for f in ef.FIELDS:
+        if f.section == "judge" and f.path in values:
+            ss[_key(f)] = values[f.path]
+
+
+def _on_yaml() -> None:
+    try:
+        spec = ef.from_yaml(ss[YAML])
+    except SpecError as err:
+        ss[YAML_ERROR] = str(err).removeprefix("yaml: ")
+        return
+    text = ss[YAML]
+    _push(spec)
+    ss[YAML] = text  # keep the user's text (comments, layout) until the form changes
+    ss[RESULT] = None
+
+
+def _on_demo() -> None:
+    _push(ef.demo_spec())
+    ss[RESULT] = None
+
+
+def _on_submit() -> None:
+    ss[RESULT] = None
+    errors = [(p, m) for p, m in ss[FIELD_ERRORS].items()]
+    if ss.get(YAML_ERROR):
+        errors.append(("yaml", f"invalid YAML: {ss[YAML_ERROR]}"))
+    if ss.get(UPLOAD_ERROR):
+        errors.append(("data.path", f"the uploaded file was refused: {ss[UPLOAD_ERROR]}"))
+    if not errors:
+        prepared, errors = ef.prepare(ss[SPEC], state.MAX_UPLOAD_MB)
+    if not errors:
+        try:
+            ss[RESULT] = state.write(lambda conn: submit(conn, prepared)).as_dict()
+        except (SubmitError, SpecError) as err:
+            errors = ef.parse_errors(str(err))
+    ss[ERRORS] = errors
+
+
+shown: set[tuple[str, str]] = set()
+
+
+def _errors(*prefixes: str) -> None:
+    for p, r in ss[ERRORS]:
+        if (p, r) not in shown and any(p == x or p.startswith(x + ".") for x in prefixes):
+            shown.add((p, r))
+            st.error(f"{p}: {r}")
+
+
+def widget(path: str, **kw) -> None:
+    """The field's widget, its problems and errors right under it."""
+    f = ef.BY_PATH[path]
+    key = _key(f)
+    spec = ss[SPEC]
+    try:
+        value = ef.to_widget(f, ef.get(spec, f))
+    except ValueError as err:
+        ss.pop(key, None)
+        st.caption(f"{f.label}: {err}")
+        _errors(path)
+        return
+    if key not in ss:
+        ss[key] = value
+    common = dict(key=key, on_change=_on_field, args=(f,), help=f.help)
+    if f.kind in ("text", "opt_text", "floats", "names"):
+        st.text_input(f.label, **common)
+    elif f.kind in ("int", "opt_int"):
+        st.number_input(f.label, step=1, **common)
+    elif f.kind == "float":
+        st.number_input(f.label, step=kw.get("step", 0.01), format=kw.get("format", "%.4f"), **common)
+    elif f.kind == "select":
+        options = list(f.options) + ([ss[key]] if ss[key] not in f.options else [])
+        st.selectbox(f.label, options, **common)
+    if f.path in ss[FIELD_ERRORS] and (f.path, ss[FIELD_ERRORS][f.path]) not in ss[ERRORS]:
+        st.error(f"{f.path}: {ss[FIELD_ERRORS][f.path]}")
+    _errors(path)
+
+
+# ---- page ---------------------------------------------------------------------------------------
 st.title("New experiment")
+st.caption("Fill in the form or edit the YAML: they show the same spec. The YAML is exactly what "
+           "`sami submit FILE` takes. Submitting stores the constitution version and enqueues the "
+           "experiment's jobs; workers run them.")
+st.button("Load the demo experiment", key=K + "demo", on_click=_on_demo,
+          help="sami_core/examples/demo.yaml: the embedded demo model on the shipped posts (mechanics only).")
+
+form, yaml_col = st.columns([3, 2])
+with form:
+    widget("name")
+    _errors("name")
+
+    st.subheader("Model")
+    widget("model.path")
+    why = ef.check_model_path(ef.get(ss[SPEC], ef.BY_PATH["model.path"]))
+    if why and not any(p == "model.path" for p, _ in ss[ERRORS]):
+        st.error(f"model.path: {why}")
+    c1, c2 = st.columns(2)
+    with c1:
+        widget("model.prompt_format")
+    with c2:
+        widget("model.dtype")
+    _errors("model")
+
+    st.subheader("Data")
+    widget("data.source")
+    source = ef.get(ss[SPEC], ef.BY_PATH["data.source"])
+    if source == "demo":
+        st.caption("The 250 TL;DR posts shipped with the project (from the SAMI paper's data).")
+    elif source == "hf":
+        c1, c2, c3 = st.columns(3)
+        with c1:
+            widget("data.dataset")
+        with c2:
+            widget("data.config")
+        with c3:
+            widget("data.split")
+        st.caption("Read offline from the Hugging Face cache of the node that runs the job.")
+    elif source == "file":
+        up = st.file_uploader(f"Upload queries (JSON, JSONL or CSV; at most {state.MAX_UPLOAD_MB} MB)",
+                              type=list(ef.UPLOAD_TYPES), key=K + "upload", max_upload_size=state.MAX_UPLOAD_MB)
+        if up is None:
+            ss[UPLOAD_ERROR] = None
+            ss.pop(K + "uploaded", None)
+        elif ss.get(K + "uploaded") != up.file_id:
+            ss[K + "uploaded"] = up.file_id
+            field = ef.get(ss[SPEC], ef.BY_PATH["data.field"]) or "post"
+            try:
+                content = up.getvalue()
+                n = ef.check_upload(up.name, content, field, state.MAX_UPLOAD_MB)
+            except ef.UploadError as err:
+                ss[UPLOAD_ERROR] = str(err)
+            else:
+                path = ef.save_upload(state.workspace().home, up.name, content)
+                ss[UPLOAD_ERROR] = None
+                spec = ef.put(ss[SPEC], ef.BY_PATH["data.path"], str(path))
+                _changed(spec)
+                ss[_key(ef.BY_PATH["data.path"])] = str(path)
+                ss[K + "upload_note"] = f"{n} queries from {up.name}, stored in the workspace as {path}"
+        if ss.get(UPLOAD_ERROR):
+            st.error(f"Upload refused: {ss[UPLOAD_ERROR]}")
+        elif up is not None and ss.get(K + "upload_note"):
+            st.caption(ss[K + "upload_note"])
+        widget("data.path")
+    if source != "demo":
+        widget("data.field")
+    c1, c2 = st.columns(2)
+    with c1:
+        widget("data.eval_size")
+    with c2:
+        widget("data.train_size")
+    _errors("data")
+
+    st.subheader("Constitution")
+    current = ef.constitution_label(ss[SPEC].get("constitution"), versions)
+    options = list(choices) + ([current] if current not in choices else [])
+    if ss.get(CONSTITUTION) not in options:
+        ss[CONSTITUTION] = current
+    st.selectbox("Constitution", options, key=CONSTITUTION, on_change=_on_constitution,
+                 help="Saved versions (<name> v<version>; edit them on the Constitutions page) and the "
+                      "constitutions shipped with the project.")
+    c = ss[SPEC].get("constitution")
+    if isinstance(c, dict) and isinstance(c.get("principles"), list):
+        st.dataframe(pd.DataFrame(c["principles"], columns=["principle", "antithesis"]), hide_index=True,
+                     key=K + "principles")
+    _errors("constitution")
+    st.page_link("views/constitutions.py", label="Edit constitutions")
+
+    st.subheader("SAMI")
+    c1, c2, c3, c4 = st.columns(4)
+    with c1:
+        widget("n_constitutions")
+    with c2:
+        widget("iterations")
+    with c3:
+        widget("train_from")
+    with c4:
+        widget("task")
+
+    st.subheader("Training")
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        widget("training.lr", step=1e-7, format="%.2e")
+        widget("training.beta", step=0.01, format="%.3f")
+    with c2:
+        widget("training.optimizer")
+        widget("training.save_every")
+    with c3:
+        widget("training.grad_accum")
+    _errors("training")
+    st.caption("Devices (GPUs per job; 0 = CPU)")
+    c1, c2, c3, c4 = st.columns(4)
+    for col, kind in zip((c1, c2, c3, c4), ("generate", "train", "sample", "judge")):
+        with col:
+            widget(f"devices.{kind}")
+    _errors("devices")
+
+    st.subheader("Sampling")
+    c1, c2 = st.columns(2)
+    with c1:
+        widget("sampling.temperatures")
+    with c2:
+        widget("sampling.limit")
+    _errors("sampling")
+
+    st.subheader("Judge")
+    ss[JUDGING] = bool(ss[SPEC].get("judge"))
+    st.checkbox("Judge each iteration against baselines", key=JUDGING, on_change=_on_judging)
+    if ss[SPEC].get("judge"):
+        c1, c2 = st.columns(2)
+        with c1:
+            widget("judge.judge.provider")
+            widget("judge.judge.base_url")
+        with c2:
+            widget("judge.judge.model")
+            widget("judge.judge.concurrency")
+        widget("judge.baselines")
+        st.caption("API keys are never stored: a judge reads its key from the workers' environment "
+                   "(api_key_env). Model baselines ({model: ..., label: ...}) go in the YAML.")
+    _errors("judge")
+
+with yaml_col:
+    if YAML not in ss:
+        ss[YAML] = ef.to_yaml(ss[SPEC])
+    st.text_area("Experiment spec (YAML)", key=YAML, height=900, on_change=_on_yaml,
+                 help="Edit and click outside (or Ctrl+Enter) to apply it to the form.")
+    if ss.get(YAML_ERROR):
+        st.error(f"yaml: {ss[YAML_ERROR]}")
+    _errors("yaml")
+    st.download_button("Download YAML", ef.to_yaml(ss[SPEC]), file_name=f"{ss[SPEC].get('name', 'experiment')}.yaml",
+                       mime="application/x-yaml", key=K + "download")
+
+st.button("Submit experiment", key=K + "submit", type="primary", on_click=_on_submit)
+rest = [(p, r) for p, r in ss[ERRORS] if (p, r) not in shown]
+if ss[ERRORS]:
+    st.error("Nothing was submitted: " + ("fix the fields marked above." if not rest else "fix these problems:"))
+    for p, r in rest:
+        st.error(f"{p or 'spec'}: {r}")
+
+result = ss.get(RESULT)
+if result:
+    c = result["constitution"]
+    st.success(f"Experiment {result['experiment_id']} submitted: {len(result['jobs'])} jobs, constitution "
+               f"{c['name']} v{c['version']} ({'new version' if c['created'] else 'existing version'}).")
+    for w in result["warnings"]:
+        st.caption(w)
+    st.dataframe(pd.DataFrame([{"id": j["id"], "job": j["key"], "kind": j["kind"],
+                                "depends on": ", ".join(j["depends_on"]) or "-", "GPUs": j["devices"],
+                                "label": j["label"]} for j in result["jobs"]]), hide_index=True, key=K + "dag")
+    st.page_link("views/queue.py", label=f"Open experiment {result['experiment_id']} in the Queue",
+                 query_params={"experiment": str(result["experiment_id"])})

@@ -1,0 +1,177 @@
+"""The Constitutions page's logic: editor rows <-> principles, validation messages,
+import/export of constitution files, and the prompt preview.
+
+Validation reuses :meth:`sami_core.constitutions.Constitution.validate`: principles
+without an antithesis are allowed (they are never flipped), but a constitution must
+give at least :data:`MIN_VARIANTS` variants, the smallest N SAMI accepts, so at least
+one principle needs an antithesis (k antitheses give 2**k variants).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sami_core import constitutions as core
+from sami_core.errors import ConstitutionError
+from sami_core.prompts import TASKS, chat_messages, plain_prompt
+from sami_core.spec import DATA_DIR
+
+COLUMNS = ("principle", "antithesis")
+NAME_MAX = 200  # constitutions.name is a String(200)
+MIN_VARIANTS = 2  # SAMI contrasts at least two constitution variants per query
+PREVIEW_MAX_N = 4  # the preview shows N prompts and N x N training sequences
+SHIPPED_DIR = DATA_DIR / "constitutions"
+POSTS = DATA_DIR / "posts.jsonl"
+
+
+def _text(v: Any) -> str:
+    """A cell as text: None/NaN (pandas' empty cells) -> ''."""
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    return str(v)
+
+
+def clean_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, str | None]]:
+    """Editor rows as principles: text stripped, an empty antithesis -> None, rows with
+    neither a principle nor an antithesis dropped (the editor's blank new rows)."""
+    out = []
+    for r in rows:
+        p, a = _text(r.get("principle")).strip(), _text(r.get("antithesis")).strip()
+        if p or a:
+            out.append({"principle": p, "antithesis": a or None})
+    return out
+
+
+def apply_editor_state(rows: Sequence[Mapping[str, Any]], state: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """``st.data_editor``'s edit state (edited_rows, added_rows, deleted_rows) applied to
+    the rows it was given: what the editor shows."""
+    out = [dict(r) for r in rows]
+    state = state or {}
+    for idx, changes in (state.get("edited_rows") or {}).items():
+        i = int(idx)
+        if 0 <= i < len(out):
+            out[i].update(changes)
+    deleted = {int(i) for i in state.get("deleted_rows") or ()}
+    out = [r for i, r in enumerate(out) if i not in deleted]
+    out += [{c: r.get(c) for c in COLUMNS} for r in state.get("added_rows") or ()]
+    return out
+
+
+@dataclass
+class Check:
+    """What validation found: ``errors`` block saving; ``warnings`` do not."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    constitution: core.Constitution | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def check(name: str, rows: Iterable[Mapping[str, Any]], n_variants: int = MIN_VARIANTS) -> Check:
+    """Validate a draft (name + editor rows) the way a SAMI run will."""
+    out = Check()
+    name = (name or "").strip()
+    if not name:
+        out.errors.append("Constitution name: give the constitution a name")
+    elif len(name) > NAME_MAX:
+        out.errors.append(f"Constitution name: at most {NAME_MAX} characters (this one has {len(name)})")
+    principles = clean_rows(rows)
+    try:
+        c = core.from_native(principles, name=name).validate(n_variants)
+    except ConstitutionError as err:
+        out.errors.append(f"Principles: {err}")
+        return out
+    out.constitution = c
+    lone = [i for i, p in enumerate(principles, 1) if p["antithesis"] is None]
+    if lone:
+        which = ", ".join(map(str, lone))
+        out.warnings.append(f"Principle{'s' if len(lone) > 1 else ''} {which} ha{'ve' if len(lone) > 1 else 's'} "
+                            f"no antithesis: never flipped, so variants differ only in the others "
+                            f"(this constitution allows N <= {c.max_variants})")
+    return out
+
+
+# ---- files ---------------------------------------------------------------------------------
+def parse_upload(filename: str, content: bytes, max_mb: float) -> tuple[str, list[dict[str, str | None]]]:
+    """An uploaded constitution file (reference or native JSON) -> (name, principles).
+    Raises ConstitutionError with a message for the user."""
+    if not filename.lower().endswith(".json"):
+        raise ConstitutionError(f"{filename}: not a .json file (the reference format is JSON)")
+    if len(content) > max_mb * 1024 * 1024:
+        raise ConstitutionError(f"{filename}: {len(content) / 2**20:.1f} MB is over the {max_mb} MB limit")
+    try:
+        data = json.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConstitutionError(f"{filename}: not valid JSON ({err})") from None
+    c = core.parse(data, name=Path(filename).stem)
+    return c.name, [{"principle": p.principle, "antithesis": p.antithesis} for p in c.principles]
+
+
+def export_json(principles: Sequence[Mapping[str, Any]], fmt: str = "reference") -> str:
+    """A version's principles in the reference format (the SAMI paper's files) or the
+    native one (a list of {principle, antithesis})."""
+    c = core.from_native([dict(p) for p in principles])
+    data = c.to_reference() if fmt == "reference" else c.to_native()
+    return json.dumps(data, indent=4, ensure_ascii=False) + "\n"
+
+
+def shipped() -> list[str]:
+    """The shipped constitutions as ``demo:<writer>/<k>`` names."""
+    return sorted(f"demo:{p.parent.name}/{p.stem}" for p in SHIPPED_DIR.glob("*/*.json"))
+
+
+def load_shipped(name: str) -> list[dict[str, str | None]]:
+    c = core.load(SHIPPED_DIR / f"{name.removeprefix('demo:')}.json")
+    return [{"principle": p.principle, "antithesis": p.antithesis} for p in c.principles]
+
+
+# ---- prompt preview --------------------------------------------------------------------------
+def sample_posts(limit: int = 20) -> list[dict[str, Any]]:
+    """The first shipped TL;DR posts (id, post), read directly (no `datasets`)."""
+    out = []
+    with POSTS.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                out.append(json.loads(line))
+                if len(out) >= limit:
+                    break
+    return out
+
+
+@dataclass(frozen=True)
+class Preview:
+    variants: list[core.Variant]
+    generation: list[str]  # prompt i: what the policy sees to sample y_i
+    training: list[list[str]]  # [i][j]: prompt_i followed by y_j, scored as log pi(y_j | x, c_i)
+
+
+def response_placeholder(j: int) -> str:
+    return f"<response {j + 1}, sampled under variant {j + 1}>"
+
+
+def preview(constitution: core.Constitution, query: str, *, task: str = "summarization", n: int = 2,
+            seed: int = 0, shuffle: bool = True, chat: bool = False) -> Preview:
+    """The exact generation prompts of one query's N variants and the N x N training
+    sequences (prompt_i + " " + y_j; the response is a placeholder here).
+
+    ``chat`` shows the chat messages as JSON: the final text depends on the model's chat
+    template, which the app does not load."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}")
+    variants = constitution.sample_variants(n, random.Random(seed), shuffle=shuffle)
+    if chat:
+        prompts = [json.dumps(chat_messages(task, v.text, query), indent=2, ensure_ascii=False) for v in variants]
+        training = [[f"{p}\n+ assistant: {response_placeholder(j)}" for j in range(n)] for p in prompts]
+    else:
+        prompts = [plain_prompt(task, v.text, query) for v in variants]
+        # sami_core.train.tokenize_rows: a space between prompt and response, then EOS.
+        training = [[f"{p} {response_placeholder(j)}<eos>" for j in range(n)] for p in prompts]
+    return Preview(variants, prompts, training)

@@ -1,0 +1,495 @@
+"""The New experiment page's logic: an experiment spec dict <-> form widgets <-> YAML,
+checks the spec schema cannot make (a local model directory exists, an uploaded data
+file is JSON/JSONL/CSV, small enough and has the query field), and errors mapped to
+the fields they name.
+
+The spec dict is the single truth: a form widget writes its one value into it (only
+when that value changed), the YAML view shows it with ``yaml.safe_dump`` (exactly a
+file `sami submit` accepts), and YAML edited by hand replaces it. Keys the form does
+not show (filters, generation, ...) travel untouched, so form -> YAML -> form keeps the
+spec the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import json
+import re
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sami_core import spec as spec_mod
+from sami_core.errors import SpecError
+
+EXAMPLES_DIR = spec_mod.EXAMPLES_DIR
+DEMO_YAML = EXAMPLES_DIR / "demo.yaml"
+UPLOAD_TYPES = ("json", "jsonl", "csv")
+# What the page starts with: the embedded demo model on the shipped posts, on CPU.
+INITIAL: dict[str, Any] = {"name": "experiment", "model": {"path": "demo"}, "data": {"source": "demo"},
+                           "constitution": {"path": "demo:opus/0"}, "n_constitutions": 2, "iterations": 1,
+                           "devices": {"generate": 0, "train": 0, "sample": 0, "judge": 0}}
+
+
+def _defaults() -> dict[str, Any]:
+    d = spec_mod.ExperimentSpec().model_dump(mode="json")
+    d["judge"] = spec_mod.ExperimentJudgeSpec().model_dump(mode="json")
+    return d
+
+
+DEFAULTS = _defaults()
+
+
+def _literal_options(model: type, name: str) -> list[str]:
+    """The values of a ``Literal`` field of a spec model (what the schema accepts now)."""
+    ann = model.model_fields[name].annotation
+    return [str(a) for a in typing.get_args(ann)] if typing.get_origin(ann) is typing.Literal else []
+
+
+def _judge_llm_model() -> type:
+    return spec_mod.ExperimentJudgeSpec.model_fields["judge"].annotation
+
+
+# ---- fields ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Field:
+    path: str  # dotted spec path, also the widget key suffix
+    label: str
+    kind: str  # text | opt_text | int | opt_int | float | select | floats | names | bool
+    options: tuple[str, ...] = ()
+    help: str | None = None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self.path.split("."))
+
+    @property
+    def section(self) -> str:
+        return self.keys[0]
+
+
+def _f(path: str, label: str, kind: str, options: Sequence[str] = (), help: str | None = None) -> Field:
+    return Field(path, label, kind, tuple(options), help)
+
+
+FIELDS: tuple[Field, ...] = (
+    _f("name", "Experiment name", "text"),
+    _f("model.path", "Model (Hugging Face id or local directory)", "text",
+       help="A hub id such as mistralai/Mistral-7B-v0.1, a local directory, or `demo` (the embedded demo model)."),
+    _f("model.prompt_format", "Prompt format", "select", _literal_options(spec_mod.ModelSpec, "prompt_format")),
+    _f("model.dtype", "Weights dtype", "select", _literal_options(spec_mod.ModelSpec, "dtype")),
+    _f("data.source", "Queries", "select", _literal_options(spec_mod.DataSpec, "source")),
+    _f("data.dataset", "Hub dataset", "opt_text"),
+    _f("data.config", "Dataset config", "opt_text"),
+    _f("data.split", "Split", "text"),
+    _f("data.path", "Data file", "opt_text", help="Filled in by an upload; or a JSON/JSONL/CSV file on this machine."),
+    _f("data.field", "Query field", "text", help="The column holding the query text."),
+    _f("data.eval_size", "Held-out eval queries", "int"),
+    _f("data.train_size", "Training queries (empty = all the rest)", "opt_int"),
+    _f("task", "Task", "select", _literal_options(spec_mod.ExperimentSpec, "task")),
+    _f("n_constitutions", "N (constitution variants per query)", "int"),
+    _f("iterations", "Iterations", "int"),
+    _f("train_from", "Each iteration trains from", "select", _literal_options(spec_mod.ExperimentSpec, "train_from")),
+    _f("training.lr", "Learning rate", "float"),
+    _f("training.optimizer", "Optimizer", "select", _literal_options(spec_mod.TrainingSpec, "optimizer")),
+    _f("training.grad_accum", "Gradient accumulation", "int"),
+    _f("training.beta", "KL weight beta", "float"),
+    _f("training.save_every", "Save a checkpoint every (steps)", "int"),
+    _f("devices.generate", "GPUs per generate job", "int"),
+    _f("devices.train", "GPUs per train job", "int"),
+    _f("devices.sample", "GPUs per sample job", "int"),
+    _f("devices.judge", "GPUs per judge job", "int"),
+    _f("sampling.temperatures", "Sampling temperatures (comma separated)", "floats"),
+    _f("sampling.limit", "Eval queries to sample (empty = all held out)", "opt_int"),
+    _f("judge.judge.provider", "Judge provider", "select", _literal_options(_judge_llm_model(), "provider")),
+    _f("judge.judge.model", "Judge model", "text"),
+    _f("judge.judge.base_url", "Judge base URL (OpenAI-compatible; empty = OpenAI's)", "opt_text"),
+    _f("judge.judge.concurrency", "Judge concurrency", "int"),
+    _f("judge.baselines", "Baselines (comma separated: base, iteration-K)", "names"),
+)
+BY_PATH = {f.path: f for f in FIELDS}
+
+
+_MISSING = object()
+
+
+def _walk(d: Any, keys: Sequence[str]) -> Any:
+    for k in keys:
+        if not isinstance(d, Mapping) or k not in d:
+            return _MISSING
+        d = d[k]
+    return d
+
+
+def get(spec: Mapping[str, Any], field: Field) -> Any:
+    """The field's value in ``spec``, or the schema's default when the spec leaves it out."""
+    v = _walk(spec, field.keys)
+    if v is _MISSING or (v is None and field.keys[0] == "judge" and spec.get("judge") is None):
+        v = _walk(DEFAULTS, field.keys)
+    return None if v is _MISSING else v
+
+
+def put(spec: Mapping[str, Any], field: Field, value: Any) -> dict[str, Any]:
+    """A copy of ``spec`` with the field set to ``value``; the same content when the value
+    is what the spec already says (so untouched fields never appear in the YAML)."""
+    out = copy.deepcopy(dict(spec))
+    if get(spec, field) == value:
+        return out
+    d = out
+    for k in field.keys[:-1]:
+        if not isinstance(d.get(k), dict):
+            d[k] = {}
+        d = d[k]
+    d[field.keys[-1]] = value
+    return out
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def to_widget(field: Field, value: Any) -> Any:
+    """A spec value as the field's widget value; ValueError when the widget cannot show it
+    (e.g. YAML typed by hand with a string where a number goes: the YAML keeps it)."""
+    k = field.kind
+    if k == "text" and isinstance(value, str):
+        return value
+    if k == "opt_text" and (value is None or isinstance(value, str)):
+        return value or ""
+    if k in ("int", "opt_int") and (value is None and k == "opt_int"):
+        return None
+    if k in ("int", "opt_int") and _num(value) and float(value).is_integer():
+        return int(value)
+    if k == "float" and _num(value):
+        return float(value)
+    if k == "select" and isinstance(value, str):
+        return value
+    if k == "bool" and isinstance(value, bool):
+        return value
+    if k == "floats" and isinstance(value, list) and all(_num(x) for x in value):
+        return ", ".join(str(float(x)) for x in value)
+    if k == "names" and isinstance(value, list) and all(isinstance(x, str) for x in value):
+        return ", ".join(value)
+    if k == "names" and isinstance(value, list):
+        raise ValueError(f"{field.path}: has model baselines ({{model: ..., label: ...}}); edit the list in the YAML")
+    raise ValueError(f"{field.path}: the form cannot show {value!r}; edit it in the YAML")
+
+
+def from_widget(field: Field, w: Any) -> Any:
+    """A widget value as the spec value (ValueError with a message for the user)."""
+    k = field.kind
+    if k == "text":
+        return (w or "").strip()
+    if k == "opt_text":
+        return (w or "").strip() or None
+    if k == "int":
+        if w is None:
+            raise ValueError("give a whole number")
+        return int(w)
+    if k == "opt_int":
+        return None if w is None else int(w)
+    if k == "float":
+        if w is None:
+            raise ValueError("give a number")
+        return float(w)
+    if k == "floats":
+        out = []
+        for part in re.split(r"[,\s]+", (w or "").strip()):
+            if part:
+                try:
+                    out.append(float(part))
+                except ValueError:
+                    raise ValueError(f"{part!r} is not a number (write e.g. 0.0, 1.0)") from None
+        return out
+    if k == "names":
+        return [s.strip() for s in (w or "").split(",") if s.strip()]
+    return w
+
+
+def widget_values(spec: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every field's widget value for ``spec`` (path -> value), and the fields the form
+    cannot show (path -> why)."""
+    values, problems = {}, {}
+    for f in FIELDS:
+        try:
+            values[f.path] = to_widget(f, get(spec, f))
+        except ValueError as err:
+            problems[f.path] = str(err)
+    return values, problems
+
+
+def apply_values(spec: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` with these widget values written in (judge fields only when it judges)."""
+    out = copy.deepcopy(dict(spec))
+    for path, w in values.items():
+        f = BY_PATH[path]
+        if f.section == "judge" and not out.get("judge"):
+            continue
+        out = put(out, f, from_widget(f, w))
+    return out
+
+
+def set_judging(spec: Mapping[str, Any], on: bool) -> dict[str, Any]:
+    """Turn the judge section on (the schema's defaults; provider auto when the schema has
+    it: an API judge when a key is set at submit, else the local demo judge) or off."""
+    out = copy.deepcopy(dict(spec))
+    if on and not out.get("judge"):
+        providers = BY_PATH["judge.judge.provider"].options
+        out["judge"] = {"judge": {"provider": "auto"}, "baselines": ["base"]} if "auto" in providers else {
+            "baselines": ["base"]}
+    elif not on:
+        out.pop("judge", None)
+    return out
+
+
+# ---- YAML ------------------------------------------------------------------------------------
+def to_yaml(spec: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(spec), sort_keys=False, allow_unicode=True, width=100)
+
+
+def from_yaml(text: str) -> dict[str, Any]:
+    """YAML text -> spec dict; SpecError naming the line for invalid YAML or a non-mapping."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError(f"yaml: invalid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"yaml: an experiment spec is a mapping of keys to values, got "
+                        f"{'nothing' if data is None else type(data).__name__}")
+    return data
+
+
+def demo_spec() -> dict[str, Any]:
+    return spec_mod.read_spec_file(DEMO_YAML)
+
+
+# ---- constitution choices ----------------------------------------------------------------------
+def version_label(v: Mapping[str, Any]) -> str:
+    return f"{v['name']} v{v['version']}"
+
+
+def shipped_label(path: str) -> str:
+    return f"{path} (shipped)"
+
+
+def _norm(principles: Any) -> list[tuple[str, str | None]] | None:
+    if not isinstance(principles, list):
+        return None
+    try:
+        return [(str(p["principle"]), p.get("antithesis") or None) for p in principles]
+    except (TypeError, KeyError, AttributeError):
+        return None
+
+
+def constitution_choices(versions: Sequence[Mapping[str, Any]], shipped: Sequence[str]) -> dict[str, dict]:
+    """Selectbox label -> the spec's ``constitution`` value: saved versions ("<name> v<k>",
+    inline: their principles, under their name, so `sami submit` reuses that version),
+    then the shipped constitutions (by path)."""
+    out = {version_label(v): {"name": v["name"], "principles": [
+        {"principle": p["principle"], "antithesis": p.get("antithesis")} for p in v["principles"]]}
+        for v in versions}
+    out.update({shipped_label(s): {"path": s} for s in shipped})
+    return out
+
+
+def constitution_label(c: Any, versions: Sequence[Mapping[str, Any]]) -> str:
+    """The label of a spec's constitution among the choices, or a label of its own."""
+    if isinstance(c, Mapping):
+        if isinstance(c.get("path"), str) and c["path"].startswith("demo:"):
+            return shipped_label(c["path"])
+        if c.get("path"):
+            return f"file: {c['path']}"
+        mine = _norm(c.get("principles"))
+        if mine is not None:
+            for v in versions:  # newest first within a name, as constitution_version matches
+                if v["name"] == c.get("name") and _norm(v["principles"]) == mine:
+                    return version_label(v)
+            return f"inline: {c.get('name') or 'unnamed'} ({len(mine)} principles, from the YAML)"
+    return "(set in the YAML)"
+
+
+# ---- checks the schema cannot make ---------------------------------------------------------------
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def check_model_path(path: Any) -> str | None:
+    """None when ``path`` is `demo`, an existing local directory or looks like a hub id;
+    else why not. Paths that look local (/, ./, ../, ~) must exist on this machine."""
+    if not isinstance(path, str) or not path.strip():
+        return "give a Hugging Face id (org/name), a local directory or `demo`"
+    if path == "demo":
+        return None
+    p = Path(path).expanduser()
+    looks_local = path.startswith(("/", "./", "../", "~", ".\\")) or "\\" in path
+    if p.is_dir():
+        return None
+    if p.exists():
+        return f"{path!r} is a file; give the model's directory (with config.json) or a hub id"
+    if looks_local:
+        return f"local directory {path!r} does not exist on this machine"
+    if not _HUB_ID.match(path):
+        return f"{path!r} is neither a Hugging Face id (org/name) nor an existing local directory"
+    return None
+
+
+class UploadError(ValueError):
+    """An uploaded data file is refused (the message says why)."""
+
+
+def read_records(filename: str, content: bytes) -> list[dict[str, Any]]:
+    """Rows of a JSON (a list of objects, or JSON lines), JSONL or CSV file."""
+    ext = Path(filename).suffix.lower().lstrip(".")
+    if ext not in UPLOAD_TYPES:
+        raise UploadError(f"{filename}: not a JSON, JSONL or CSV file (by its extension)")
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UploadError(f"{filename}: not UTF-8 text") from None
+    if not text.strip():
+        raise UploadError(f"{filename}: the file is empty")
+    if ext == "csv":
+        try:
+            rows = list(csv.DictReader(io.StringIO(text)))
+        except csv.Error as err:
+            raise UploadError(f"{filename}: not valid CSV: {err}") from None
+        if not rows:
+            raise UploadError(f"{filename}: a header but no rows")
+        return rows
+    rows: Any = None
+    if ext == "json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError:
+            rows = None  # maybe JSON lines in a .json file
+    if rows is None:
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise UploadError(f"{filename}: line {i} is not valid JSON: {err.msg}") from None
+    if isinstance(rows, dict):
+        raise UploadError(f"{filename}: give a list of objects (one per query), or one JSON object per line")
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise UploadError(f"{filename}: give at least one row, each a JSON object (one per query)")
+    return rows
+
+
+def check_records(filename: str, rows: Sequence[Mapping[str, Any]], field: str) -> None:
+    """Every row has a non-empty text in ``field``."""
+    if not any(field in r for r in rows):
+        cols = sorted({k for r in rows[:100] for k in r})
+        raise UploadError(f"{filename}: no field {field!r} (the query text); its fields are: {', '.join(cols)}. "
+                          "Set the query field, or upload a file that has it")
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r.get(field), str) or not r[field].strip():
+            raise UploadError(f"{filename}: row {i} has no text in {field!r}")
+
+
+def check_upload(filename: str, content: bytes, field: str, max_mb: float) -> int:
+    """Refuse (UploadError) a file that is too big, of another type, or lacks the query
+    field; else the number of queries."""
+    if len(content) > max_mb * 1024 * 1024:
+        raise UploadError(f"{filename}: {len(content) / 2**20:.1f} MB is over the {max_mb} MB upload limit")
+    rows = read_records(filename, content)
+    check_records(filename, rows, field)
+    return len(rows)
+
+
+def check_data_file(path: str, field: str, max_mb: float) -> str | None:
+    """The same checks on a data file named in the spec (source: file); None when fine."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        return f"file {path!r} does not exist"
+    if p.suffix.lower().lstrip(".") not in UPLOAD_TYPES:
+        return None  # e.g. Parquet: the stage reads it; nothing to check here
+    if p.stat().st_size > max_mb * 1024 * 1024:
+        return None  # too big to check here; the generate stage checks the field
+    try:
+        check_records(p.name, read_records(p.name, p.read_bytes()), field)
+    except UploadError as err:
+        return str(err)
+    return None
+
+
+def save_upload(home: Path, filename: str, content: bytes) -> Path:
+    """Store an upload under ``<workspace>/uploads/`` (named by its content hash, so the
+    same file is stored once and a later upload never changes what a job reads)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename).name).strip("-.") or "data"
+    dest = Path(home) / "uploads" / f"{hashlib.sha256(content).hexdigest()[:12]}-{stem}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not dest.is_file():
+        tmp = dest.with_suffix(dest.suffix + ".part")
+        tmp.write_bytes(content)
+        tmp.replace(dest)
+    return dest
+
+
+# ---- errors ----------------------------------------------------------------------------------
+_ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w-]*(?:\.[\w<>-]+)*|\(top level\)): (.+)$")
+
+
+def parse_errors(message: str) -> list[tuple[str, str]]:
+    """``field.path: reason`` lines of a SpecError/SubmitError -> [(path, reason)]; lines
+    naming no field get the path ''."""
+    out = []
+    for line in str(message).splitlines():
+        if not line.strip() or line.rstrip().endswith(": invalid spec"):
+            continue
+        m = _ERROR_LINE.match(line)
+        out.append((m[1], m[2]) if m else ("", line.strip()))
+    return out
+
+
+def errors_at(errors: Sequence[tuple[str, str]], *prefixes: str) -> list[str]:
+    """The errors whose path is one of ``prefixes`` or lies under one, as 'path: reason'."""
+    return [f"{p}: {r}" for p, r in errors
+            if any(p == x or p.startswith(x + ".") for x in prefixes)]
+
+
+def check_spec(spec: Mapping[str, Any], max_mb: float) -> list[tuple[str, str]]:
+    """What the app checks before `prepare_data`: model directories exist, a data file
+    has the query field."""
+    errors = []
+    model = spec.get("model") if isinstance(spec.get("model"), Mapping) else {}
+    if isinstance(model.get("path", "demo"), str) and (why := check_model_path(model.get("path", "demo"))):
+        errors.append(("model.path", why))
+    judge = spec.get("judge") if isinstance(spec.get("judge"), Mapping) else {}
+    for i, b in enumerate(judge.get("baselines") or []):
+        if isinstance(b, Mapping):
+            m = b.get("model")
+            path = m.get("path") if isinstance(m, Mapping) else m
+            if isinstance(path, str) and (why := check_model_path(path)):
+                errors.append((f"judge.baselines.{i}.model", why))
+    data = spec.get("data") if isinstance(spec.get("data"), Mapping) else {}
+    if data.get("source") == "file" and isinstance(data.get("path"), str) and data["path"]:
+        field = data.get("field") if isinstance(data.get("field"), str) else "post"
+        if why := check_data_file(data["path"], field, max_mb):
+            errors.append(("data.path", why))
+    return errors
+
+
+def prepare(spec: Mapping[str, Any], max_mb: float):
+    """Everything checked before anything is written: the app's checks, then
+    workers.submit.prepare_data (what `sami submit` does). Returns (prepared or None,
+    [(path, reason)])."""
+    from workers.submit import prepare_data
+
+    errors = check_spec(spec, max_mb)
+    if errors:
+        return None, errors
+    try:
+        return prepare_data(copy.deepcopy(dict(spec)), source="form"), []
+    except SpecError as err:
+        return None, parse_errors(str(err))
