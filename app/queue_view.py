@@ -38,7 +38,7 @@ COLOR_NAMES = {"queued": "grey", "running": "blue", "cancelling": "light orange"
                "failed": "red", "cancelled": "dark grey", "blocked": "orange"}
 
 TABLE_COLUMNS = ("id", "name", "kind", "experiment", "status", "progress", "progress_text", "eta", "devices", "attempt",
-                 "worker", "depends_on", "age", "updated")
+                 "worker", "constitution", "depends_on", "age", "updated")
 
 
 def display_status(status: str, cancel_requested_at: Any = None) -> str:
@@ -92,6 +92,13 @@ def progress_text(row: dict) -> str:
     return text
 
 
+def constitution_label(row: dict) -> str:
+    """The constitution version a job used, as "<name> v<version>" ("" when none)."""
+    if not row.get("constitution_name"):
+        return ""
+    return f"{row['constitution_name']} v{row['constitution_version']}"
+
+
 def jobs_frame(rows: Sequence[dict], now: datetime | None = None) -> pd.DataFrame:
     """db.reads.jobs.job_rows -> the table the Queue page shows (:data:`TABLE_COLUMNS`);
     ``progress`` is a fraction (a succeeded job without a total counts as 1)."""
@@ -106,7 +113,7 @@ def jobs_frame(rows: Sequence[dict], now: datetime | None = None) -> pd.DataFram
             "status": display_status(r["status"], r.get("cancel_requested_at")),
             "progress": frac, "progress_text": progress_text(r), "eta": format_duration(eta_s(r, now)),
             "devices": r.get("devices_required") or 0, "attempt": f"{r.get('attempts') or 0}/{r.get('max_attempts')}",
-            "worker": r.get("worker") or "", "depends_on": ", ".join(map(str, r.get("depends_on") or [])),
+            "worker": r.get("worker") or "", "constitution": constitution_label(r), "depends_on": ", ".join(map(str, r.get("depends_on") or [])),
             "age": format_duration(age_s(r.get("created_at"), now)),
             "updated": format_duration(age_s(r.get("updated_at"), now)),
         })

@@ -119,13 +119,14 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
         if not p.is_file():
             raise _field_error(source, "data.path", f"file {exp.data.path!r} does not exist")
         update["data"] = exp.data.model_copy(update={"path": str(p.resolve())})
-    update["model"] = _absolute_model(exp.model)
+    update["model"] = _absolute_model(exp.model, source, "model.path")
     notes = []
     if exp.judge is not None:
         exp, note = resolve_experiment_judge(exp, env)
         notes += [note] if note else []
-        baselines = [b if isinstance(b, str) else b.model_copy(update={"model": _absolute_model(b.model)})
-                     for b in exp.judge.baselines]
+        baselines = [b if isinstance(b, str) else b.model_copy(
+                         update={"model": _absolute_model(b.model, source, f"judge.baselines.{i}.model")})
+                     for i, b in enumerate(exp.judge.baselines)]
         update["judge"] = exp.judge.model_copy(update={"baselines": baselines})
         llm = exp.judge.judge
         if llm.provider in ("openai", "azure") and llm.api_key_env and not env.get(llm.api_key_env):
@@ -136,10 +137,19 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
     return Prepared(exp, source, c_name, principles, origin, notes)
 
 
-def _absolute_model(model: Any) -> Any:
+# A model path written as a local one (not a hub id such as org/name).
+_LOCAL_PREFIXES = ("/", "./", "../", "~")
+
+
+def _absolute_model(model: Any, source: str, field: str) -> Any:
     """A model spec whose relative local directory (relative to where `sami submit` runs)
-    is made absolute: stages run in the workspace. Hub ids and `demo` stay as they are."""
-    p = Path(model.path)
+    is made absolute: stages run in the workspace. Hub ids and `demo` stay as they are;
+    a path written as a local one (``/``, ``./``, ``../``, ``~``) must exist here (workers
+    on other hosts see it at the same path on a shared filesystem)."""
+    p = Path(model.path).expanduser()
+    if model.path.startswith(_LOCAL_PREFIXES) and not p.is_dir():
+        raise _field_error(source, field, f"local directory {model.path!r} does not exist on this machine "
+                                          "(a Hugging Face id looks like org/name)")
     if model.path != "demo" and not p.is_absolute() and p.is_dir():
         return model.model_copy(update={"path": str(p.resolve())})
     return model

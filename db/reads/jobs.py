@@ -12,11 +12,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from db.models import BLOCKED, Experiment, Job, Worker, job_dependencies
+from db.models import BLOCKED, Constitution, Experiment, Job, Worker, job_dependencies
 
 jobs = Job.__table__
 workers = Worker.__table__
 experiments = Experiment.__table__
+constitutions = Constitution.__table__
 deps = job_dependencies
 
 # What the jobs table needs (no spec, outputs: they can be large).
@@ -44,10 +45,14 @@ def _edges(conn: Connection, job_ids: list[int]) -> list[tuple[int, int]]:
 
 
 def job_rows(conn: Connection, experiment_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    """Jobs, newest first (at most ``limit``), with ``worker`` (its name) and
-    ``depends_on`` (ids); only experiment ``experiment_id``'s when given."""
-    stmt = (select(*[jobs.c[c] for c in _TABLE_COLUMNS], workers.c.name.label("worker"))
-            .select_from(jobs.outerjoin(workers, workers.c.id == jobs.c.worker_id))
+    """Jobs, newest first (at most ``limit``), with ``worker`` (its name), the
+    constitution version the job used (``constitution_name``, ``constitution_version``)
+    and ``depends_on`` (ids); only experiment ``experiment_id``'s when given."""
+    stmt = (select(*[jobs.c[c] for c in _TABLE_COLUMNS], workers.c.name.label("worker"),
+                   constitutions.c.name.label("constitution_name"),
+                   constitutions.c.version.label("constitution_version"))
+            .select_from(jobs.outerjoin(workers, workers.c.id == jobs.c.worker_id)
+                         .outerjoin(constitutions, constitutions.c.id == jobs.c.constitution_id))
             .order_by(jobs.c.id.desc()).limit(limit))
     if experiment_id is not None:
         stmt = stmt.where(jobs.c.experiment_id == experiment_id)
@@ -64,9 +69,11 @@ def job_detail(conn: Connection, job_id: int) -> dict[str, Any] | None:
     """Every column of one job, plus ``worker`` (name), ``experiment`` (name),
     ``depends_on`` and ``dependants`` (ids); None when there is no such job."""
     row = conn.execute(
-        select(jobs, workers.c.name.label("worker"), experiments.c.name.label("experiment"))
+        select(jobs, workers.c.name.label("worker"), experiments.c.name.label("experiment"),
+               constitutions.c.name.label("constitution_name"), constitutions.c.version.label("constitution_version"))
         .select_from(jobs.outerjoin(workers, workers.c.id == jobs.c.worker_id)
-                     .outerjoin(experiments, experiments.c.id == jobs.c.experiment_id))
+                     .outerjoin(experiments, experiments.c.id == jobs.c.experiment_id)
+                     .outerjoin(constitutions, constitutions.c.id == jobs.c.constitution_id))
         .where(jobs.c.id == job_id)
     ).mappings().first()
     if row is None:

@@ -61,6 +61,8 @@ def test_table_shows_statuses_progress_eta_and_attempts(open_page, workspace):
     assert re.fullmatch(r"1m (30|[12]\d)s", row["eta"])  # 90 s as of the heartbeat, counting down
     assert table.loc[ids["judge-1"], "status"] == "queued"
     assert table.loc[ids["judge-1"], "depends_on"] == f"{ids['sample-base']}, {ids['sample-1']}"
+    # every job shows the constitution version it used (the demo's, stored at submit)
+    assert set(table["constitution"]) == {"demo:opus/0 v1"}
 
 
 def test_all_jobs_and_the_experiment_filter(open_page, workspace):

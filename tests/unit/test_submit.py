@@ -319,3 +319,15 @@ def test_an_api_judge_without_its_key_here_is_submitted_with_a_note() -> None:
     assert submit.prepare_data(spec, env={}).notes == [
         "judge: $LAB_OPENAI_KEY is not set here; the workers that run the judge jobs need it in their environment"]
     assert submit.prepare_data(spec, env={"LAB_OPENAI_KEY": "k"}).notes == []
+
+
+def test_a_local_model_path_that_does_not_exist_is_refused_by_field(tmp_path):
+    from sami_core.errors import SpecError
+    from workers.submit import prepare_data
+
+    data = yaml.safe_load(DEMO.read_text())
+    data["model"] = {"path": str(tmp_path / "no-such-model")}
+    with pytest.raises(SpecError, match=r"model\.path: local directory .* does not exist"):
+        prepare_data(data, source="x.yaml")
+    data["model"] = {"path": str(tmp_path)}  # an existing directory is accepted as given
+    assert prepare_data(data, source="x.yaml").exp.model.path == str(tmp_path)
