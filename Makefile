@@ -54,6 +54,9 @@ run: install
 bench: install
 	$(PY) benchmarks/logprob_matrix.py
 	$(PY) benchmarks/generation.py
+	$(PY) benchmarks/queue.py
+	$(PY) benchmarks/judge.py
+	$(PY) benchmarks/app.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

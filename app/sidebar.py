@@ -24,15 +24,24 @@ def counts_q(conn: Connection) -> dict[str, int]:
     return {"workers": alive, **by_status}
 
 
+# The sidebar's counts refresh on their own this often (seconds), like the Queue table.
+REFRESH_S = 5
+
+
+@st.fragment(run_every=REFRESH_S)
+def _live_counts() -> None:
+    counts = state.load(counts_q)
+    st.markdown(f"**Workers alive:** {counts['workers']}")
+    st.markdown(f"**Jobs:** {counts.get('running', 0)} running, {counts.get('queued', 0)} queued, "
+                f"{counts.get('failed', 0)} failed")
+    if counts["workers"] == 0:
+        st.caption("No worker is alive: queued jobs wait. Start one with `sami worker`.")
+
+
 def draw() -> None:
     with st.sidebar:
         st.caption("SAMI Workbench")
-        counts = state.load(counts_q)
-        st.markdown(f"**Workers alive:** {counts['workers']}")
-        st.markdown(f"**Jobs:** {counts.get('running', 0)} running, {counts.get('queued', 0)} queued, "
-                    f"{counts.get('failed', 0)} failed")
-        if counts["workers"] == 0:
-            st.caption("No worker is alive: queued jobs wait. Start one with `sami worker`.")
+        _live_counts()
         st.caption(f"Workspace: `{state.workspace().home}`")
         st.caption(f"Database: `{state.database_label()}`")
         if state.is_demo_workspace():
