@@ -3,7 +3,6 @@ default pair of sources, response lengths, verdict labels, a constitution as tex
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from sami_core.stats import count_tokens_approx, count_words
@@ -16,15 +15,6 @@ VERDICT_FILTERS: dict[str, str | None] = {
 VERDICT_TEXT = {"candidate": "candidate won", "baseline": "baseline won", "tie": "tie",
                 "invalid": "invalid (no choice named)", "error": "error (no answer)"}
 PAGE_SIZES = (5, 10, 25, 50)
-
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
-
-
-def md_escape(text: object) -> str:
-    """``text`` with every markdown/HTML special character backslash-escaped, for names
-    (source labels, query ids) inside st.caption, which renders markdown."""
-    return _MARKDOWN.sub(r"\\\1", str(text))
-
 
 def source_label(src: dict) -> str:
     """``<label> (#id, kind, n responses)``."""

@@ -11,6 +11,7 @@ import streamlit as st
 
 from app import queue_view as qv
 from app import state
+from app.text import md_escape
 from db import queue
 from db.reads import jobs as reads
 
@@ -62,7 +63,7 @@ if state.param("job") is not None and state.param("experiment") is None:
 
 bad_experiment = _from_link("experiment", "queue.experiment", set(names))
 if bad_experiment is not None:
-    st.error(f"No experiment {bad_experiment!r}: showing all jobs.")
+    st.error(f"No experiment {md_escape(repr(bad_experiment))}: showing all jobs.")  # from the URL
 if st.session_state.get("queue.experiment") not in (None, *names):
     st.session_state["queue.experiment"] = None
 experiment_id = st.selectbox(
@@ -106,7 +107,7 @@ job_rows = state.load(reads.job_rows, experiment_id)
 labels = {r["id"]: f"#{r['id']} {r['name'] or r['kind']} ({r['status']})" for r in job_rows}
 bad_job = _from_link("job", "queue.job", set(labels))
 if bad_job is not None:
-    st.error(f"No job {bad_job!r}" + ("" if experiment_id is None else f" in experiment {experiment_id}") + ".")
+    st.error(f"No job {md_escape(repr(bad_job))}" + ("" if experiment_id is None else f" in experiment {experiment_id}") + ".")
 if st.session_state.get("queue.job") not in (None, *labels):
     st.session_state["queue.job"] = None
 job_id = st.selectbox("Job", [None, *labels], key="queue.job", on_change=_to_link, args=("job", "queue.job"),

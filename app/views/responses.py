@@ -6,6 +6,7 @@ import streamlit as st
 
 from app import responses_view as view
 from app import state
+from app.text import md_escape
 from db import ingest
 from db.reads import responses as reads
 
@@ -47,8 +48,8 @@ if left == right:
 
 temps = state.load(reads.pair_temperatures, left, right)
 if not temps:
-    st.info(f"These two sources share no temperature ({view.md_escape(by_id[left]['label'])}: "
-            f"{state.load(reads.source_temperatures, left)}; {view.md_escape(by_id[right]['label'])}: "
+    st.info(f"These two sources share no temperature ({md_escape(by_id[left]['label'])}: "
+            f"{state.load(reads.source_temperatures, left)}; {md_escape(by_id[right]['label'])}: "
             f"{state.load(reads.source_temperatures, right)}), so no response pairs up.")
     st.stop()
 
@@ -100,7 +101,7 @@ names = (by_id[left]["label"], by_id[right]["label"])
 
 for p in pairs:
     with st.container(border=True):
-        st.caption(f"Query {view.md_escape(p['query_id'])} · temperature {p['temperature']:g}"
+        st.caption(f"Query {md_escape(p['query_id'])} · temperature {p['temperature']:g}"
                    + (f" · sample {p['sample_index']}" if p["sample_index"] else ""))
         st.text(p["query"] or "(query text not stored)")
         for side in ("left", "right"):
@@ -110,13 +111,13 @@ for p in pairs:
             if c is None:
                 continue
             both = p["right_constitution_id"] == p["left_constitution_id"]
-            title = f"Constitution: {view.md_escape(c['name'])} v{c['version']}" + ("" if both else f" ({side})")
+            title = f"Constitution: {md_escape(c['name'])} v{c['version']}" + ("" if both else f" ({side})")
             with st.expander(title):
                 st.text(view.principles_text(c["principles"]))
         cols = st.columns(2)
         for col, side, name in zip(cols, ("left", "right"), names):
             with col:
-                st.caption(f"{view.md_escape(name)} · {view.lengths(p[f'{side}_text'], p[f'{side}_tokens'])}")
+                st.caption(f"{md_escape(name)} · {view.lengths(p[f'{side}_text'], p[f'{side}_tokens'])}")
                 st.text(p[f"{side}_text"])
         for j in judged.get(frozenset((p["left_id"], p["right_id"])), []):
             st.text(view.verdict_line(j, p["left_id"], names))

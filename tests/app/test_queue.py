@@ -155,6 +155,8 @@ def test_bad_links_show_an_error_not_an_exception(open_page, workspace):
     assert at.selectbox(key="queue.job").value is None
     at = open_page("queue", job="abc", experiment="12345")
     assert [e.value for e in at.error] == ["No experiment '12345': showing all jobs.", "No job 'abc'."]
+    at = open_page("queue", job="[x](http://evil.example)")  # a link's text is not markdown
+    assert at.error[0].value == r"No job '\[x\]\(http\://evil\.example\)'."
 
 
 def test_empty_queue_says_what_to_do(open_page):
