@@ -42,14 +42,11 @@ demo-queue: install
 	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers jobs --experiment latest --check
 
 # The workbench in the browser: workspace, the shipped published responses (content at
-# once), one local worker in the background (stopped with the UI), the UI on 127.0.0.1.
+# once), one local worker (stopped with the UI), the UI on 127.0.0.1.
 run: install
 	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers init
 	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers import-results --shipped
-	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers worker >> $(SAMI_HOME)/worker.log 2>&1 & worker=$$!; \
-	trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
-	echo "worker pid $$worker (log: $(SAMI_HOME)/worker.log)"; \
-	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers ui --port $(PORT)
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers ui --with-worker --port $(PORT)
 
 bench: install
 	$(PY) benchmarks/logprob_matrix.py

@@ -10,7 +10,7 @@
     sami judge --candidate SRC --baseline SRC [--judge-model M] [--now] ...
     sami winrates [--experiment ID] [--csv FILE]
     sami export responses|judgments|winrates --out FILE.csv [--out-dir DIR]
-    sami ui [--port P] [--host 127.0.0.1]
+    sami ui [--port P] [--host 127.0.0.1] [--with-worker]
 
 Every command finds the workspace at ``$SAMI_HOME`` (default ``./.sami``) and the
 database at ``$SAMI_DATABASE_URL`` (default: the workspace's SQLite file); the schema
@@ -782,11 +782,14 @@ def _configure_ui(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; the app has no login, so "
                         "reach it from elsewhere through an SSH tunnel rather than binding 0.0.0.0)")
+    p.add_argument("--with-worker", action="store_true",
+                   help="also run one local `sami worker` (log: $SAMI_HOME/worker.log), stopped with the UI")
 
 
 @command("ui", "serve the workbench in the browser (Streamlit) on 127.0.0.1", _configure_ui)
 def cmd_ui(args: argparse.Namespace) -> int:
     import os
+    import signal
     import subprocess
 
     if not APP_ENTRY.is_file():
@@ -797,12 +800,38 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY),
            "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
            "--server.maxUploadSize", str(MAX_UPLOAD_MB), "--browser.gatherUsageStats", "false"]
-    print(f"SAMI Workbench: http://{args.host}:{args.port}  (workspace {ws.home}; Ctrl-C stops it)", flush=True)
     env = {**os.environ, "SAMI_HOME": str(ws.home)}
+    children: list[subprocess.Popen] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (a service manager, `kill`) stops the UI and its worker like Ctrl-C does.
+    signal.signal(signal.SIGTERM, stop)
     try:
-        return subprocess.call(cmd, env=env)
+        if args.with_worker:
+            log_path = ws.home / "worker.log"
+            with open(log_path, "ab") as log:
+                children.append(subprocess.Popen([sys.executable, "-m", "workers", "worker"], env=env,
+                                                 stdout=log, stderr=subprocess.STDOUT))
+            print(f"worker: pid {children[-1].pid} (log {log_path}; stops with the UI)", flush=True)
+        print(f"SAMI Workbench: http://{args.host}:{args.port}  (workspace {ws.home}; Ctrl-C stops it)",
+              flush=True)
+        children.append(subprocess.Popen(cmd, env=env))
+        return children[-1].wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        # The worker hands a running job back to the queue on SIGTERM (another worker or
+        # the next `make run` takes it over); the UI holds no state.
+        for child in reversed(children):
+            if child.poll() is None:
+                child.terminate()
+        for child in reversed(children):
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
 
 # --- entry point -------------------------------------------------------------------------------
