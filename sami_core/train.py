@@ -221,20 +221,40 @@ class SamiTrainer:
                  f"({per_step} queries/step){' resumed at step ' + str(self.step) if self.step else ''}")
 
     def _load_model(self, mspec: ModelSpec, trainable: bool):
-        from transformers import AutoModelForCausalLM
+        """The model, ready to train (or frozen as the reference) on this rank.
 
+        Under FSDP only rank 0 reads the weights: every rank builds the model on the meta
+        device (no memory), shards it, allocates its own shards, and the full state dict
+        is broadcast from rank 0 straight into them. So a node with K ranks holds the full
+        model in host memory once, not K times (a 7B model in fp32 is 28 GB per copy)."""
         path = resolve_model_path(mspec.path)
         dtype = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16,
                  "float16": torch.float16}[mspec.dtype]  # master weights: fp32 unless asked
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=mspec.trust_remote_code
-            )
-        except Exception as err:
-            raise ModelLoadError(
-                f"model.path: cannot load {path!r} offline ({type(err).__name__}: {err}). Give a local "
-                "directory or a hub id already in the local cache"
-            ) from None
+        if not self.use_fsdp:
+            return self._prepare(self._from_pretrained(path, dtype, mspec), trainable).to(self.device)
+
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        loaded = self._from_pretrained(path, dtype, mspec) if self.is_main else None
+        model = self._prepare(self._on_meta(path, dtype, mspec), trainable)
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.bf16 else MixedPrecisionPolicy()
+        for layer in decoder_layers(model):
+            fully_shard(layer, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)  # root: embeddings, final norm, lm_head
+        model.to_empty(device=self.device)  # this rank's shards (and buffers), uninitialised
+        set_model_state_dict(model, loaded.state_dict() if self.is_main else {},
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        # Buffers outside the state dict (e.g. the rotary inv_freq) come from rank 0's copy.
+        for name, buf in model.named_buffers():
+            if self.is_main:
+                buf.copy_(loaded.get_buffer(name))
+            dist.broadcast(buf, src=0)
+        del loaded
+        return model
+
+    def _prepare(self, model, trainable: bool):
+        """Training or frozen mode, no KV cache, activation checkpointing if asked."""
         self.save_dtype = getattr(model.config, "dtype", None) or torch.float32
         model.config.use_cache = False
         if trainable:
@@ -248,16 +268,33 @@ class SamiTrainer:
         else:
             model.eval()
             model.requires_grad_(False)
-        if self.use_fsdp:
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.bf16 else MixedPrecisionPolicy()
-            for layer in decoder_layers(model):
-                fully_shard(layer, mp_policy=mp)
-            fully_shard(model, mp_policy=mp)  # root: embeddings, final norm, lm_head
-        else:
-            model.to(self.device)
         return model
+
+    def _from_pretrained(self, path: str, dtype: torch.dtype, mspec: ModelSpec):
+        from transformers import AutoModelForCausalLM
+
+        try:
+            return AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=mspec.trust_remote_code
+            )
+        except Exception as err:
+            raise ModelLoadError(
+                f"model.path: cannot load {path!r} offline ({type(err).__name__}: {err}). Give a local "
+                "directory or a hub id already in the local cache"
+            ) from None
+
+    def _on_meta(self, path: str, dtype: torch.dtype, mspec: ModelSpec):
+        """The model's architecture with no storage (parameters on the meta device)."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=mspec.trust_remote_code)
+        except Exception as err:
+            raise ModelLoadError(f"model.path: cannot read the config of {path!r} offline "
+                                 f"({type(err).__name__}: {err})") from None
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa",
+                                                    trust_remote_code=mspec.trust_remote_code)
 
     # ---- checkpoints -----------------------------------------------------------------------
     def _state_dirs(self) -> list[Path]:

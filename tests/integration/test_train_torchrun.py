@@ -191,3 +191,23 @@ def test_non_finite_loss_stops_and_names_last_checkpoint(tmp_path: Path, demo_mo
     assert "step-000001" in r.stderr
     prog = json.loads((run_dir / "progress.json").read_text())
     assert prog["status"] == "failed" and "TrainingDiverged" in prog["message"]
+
+
+def test_fsdp_ranks_start_from_the_same_weights_as_one_process(tmp_path: Path, demo_model_dir: Path):
+    """Under FSDP only rank 0 reads the weights (the others build on the meta device and
+    receive their shards by broadcast): the first step's loss and N×N matrix, taken
+    before any update, equal a single process's on the same queries."""
+    data = make_training_data(tmp_path / "data", n_queries=4)
+    fsdp = tmp_path / "fsdp"
+    proc = torchrun(train_spec(tmp_path, str(demo_model_dir), data, max_steps=1, save_every=1), fsdp)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    single = tmp_path / "single"
+    spec = train_spec(tmp_path, str(demo_model_dir), data, max_steps=1, save_every=1, grad_accum=2)
+    res = subprocess.run([sys.executable, "-m", "sami_core", "train", "--spec", str(spec), "--run-dir", str(single)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    (a,), (b,) = metrics(fsdp), metrics(single)
+    assert "fsdp=True" in out
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    assert torch.allclose(torch.tensor(a["matrix"]), torch.tensor(b["matrix"]), atol=1e-4)
