@@ -18,6 +18,9 @@ import sys
 
 from sami_core.errors import SamiError
 
+# A stage that refuses its input (spec, model, data) exits with this code: not retried.
+EXIT_BAD_INPUT = 2
+
 STAGES = ("generate", "train", "sample", "judge", "write_constitution")
 
 
@@ -98,12 +101,13 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(args.run_dir, nproc=args.nproc, quick=args.quick)
             return 0
-    except SamiError as err:
+    except (SamiError, ValueError) as err:  # ValueError: bad arguments found deep in a stage
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # bad arguments found deep in a stage
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        if args.command in STAGES:
+            from sami_core.rundir import record_exit
+
+            record_exit(args.run_dir, EXIT_BAD_INPUT, f"{type(err).__name__}: {err}")
+        return EXIT_BAD_INPUT
     return 1
 
 

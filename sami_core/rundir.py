@@ -45,6 +45,23 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+# Why a stage failed, for its caller: torchrun reports any failed rank as exit code 1,
+# so a worker reads a distributed stage's own exit code from RUN_DIR/exit_status.json.
+EXIT_STATUS_FILE = "exit_status.json"
+
+
+def record_exit(run_dir: str | Path, code: int, reason: str) -> None:
+    """Write RUN_DIR/exit_status.json = {"code", "reason", "rank"} atomically. Any rank
+    may write it (ranks that refuse the same input write the same code); best effort."""
+    try:
+        path = Path(run_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path / EXIT_STATUS_FILE,
+                          {"code": code, "reason": reason[:2000], "rank": int(os.environ.get("RANK", "0"))})
+    except OSError:
+        pass  # the process's exit code still tells a single-process stage's caller
+
+
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []

@@ -241,6 +241,7 @@ class Worker:
             run_dir.mkdir(parents=True, exist_ok=True)
             spec_path = run_dir / relay.SPEC_FILE
             _write_json_atomic(spec_path, spec)
+            (run_dir / relay.EXIT_STATUS_FILE).unlink(missing_ok=True)  # an earlier attempt's
             devices = self.config.devices[: job.devices_required]
             cmd = stages.build_command(job.kind, spec, spec_path=spec_path, run_dir=run_dir, devices=devices)
         except (OSError, stages.KindError) as err:
@@ -290,6 +291,9 @@ class Worker:
             return
 
         rc = proc.returncode
+        recorded = relay.read_exit(run_dir) if rc != 0 else None  # the stage's own account of why
+        if rc == 1 and recorded is not None and recorded["code"] in (stages.EXIT_BAD_INPUT, stages.EXIT_TRANSIENT):
+            rc = recorded["code"]  # torchrun reports any failed rank as 1
         strays = launch.kill_tree(proc, key=key, grace_s=self.config.kill_grace_s)  # e.g. a stray helper
         if strays:
             log.error("job %d: processes left after the stage exited survive: %s", job.id, sorted(strays))
@@ -301,7 +305,8 @@ class Worker:
             what = f"exit code {rc}" if rc > 0 else f"killed by {_signame(-rc)}"
             if rc == stages.EXIT_BAD_INPUT:
                 what += ": bad input, not retried; fix the spec and enqueue it again"
-            self._finish_failure(job, f"stage failed ({what}); last lines of stage.log:\n{tail}",
+            why = f": {relay.redact(str(recorded['reason']))}" if recorded and recorded.get("reason") else ""
+            self._finish_failure(job, f"stage failed ({what}){why}; last lines of stage.log:\n{tail}",
                                  exit_code=rc, transient=rc == stages.EXIT_TRANSIENT)
 
     def _watch(self, job: Row, proc: subprocess.Popen, reader: relay.RunDirReader) -> str:
@@ -350,6 +355,11 @@ class Worker:
             outputs = relay.read_outputs(run_dir) if run_dir is not None else None
         except relay.OutputsError as err:
             self._finish_failure(job, f"stage succeeded but its outputs are unusable: {err}", exit_code=0)
+            return
+        if outputs is None and job.kind in stages.STAGE_KINDS:
+            # Every stage writes outputs.json last; exiting 0 without it means it did not run.
+            self._finish_failure(job, f"stage exited 0 but wrote no {relay.OUTPUTS_FILE}: it did not finish "
+                                      "(see stage.log)", exit_code=0)
             return
 
         def finish(conn: Connection) -> bool:

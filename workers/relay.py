@@ -38,6 +38,9 @@ METRICS_FILE = "metrics.jsonl"
 OUTPUTS_FILE = "outputs.json"
 LOG_FILE = "stage.log"
 SPEC_FILE = "job_spec.json"
+# Written by a stage that fails knowing why (sami_core.rundir.record_exit; the same name
+# there: tests/unit/test_queue_relay.py checks it): {"code", "reason", "rank"}.
+EXIT_STATUS_FILE = "exit_status.json"
 _MAX_METRICS_CHUNK = 4 << 20  # bytes read per poll; the rest waits for the next one
 
 
@@ -179,6 +182,16 @@ def output_handler(*kinds: str) -> Callable[[OutputHandler], OutputHandler]:
 
 class OutputsError(ValueError):
     """outputs.json is unreadable or does not match its kind's shape."""
+
+
+def read_exit(run_dir: Path) -> dict | None:
+    """A failed stage's RUN_DIR/exit_status.json ({"code": int, "reason": str}), or None
+    when absent or unreadable (torchrun folds a rank's exit code into 1; this keeps it)."""
+    try:
+        data = json.loads((run_dir / EXIT_STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("code"), int) else None
 
 
 def read_outputs(run_dir: Path) -> dict | None:

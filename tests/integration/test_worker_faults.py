@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 from sqlalchemy import func, select, text
 
@@ -155,3 +157,22 @@ def test_a_locked_database_is_waited_out(sami: Sami, backend: str) -> None:
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=15) == 0
     assert os.path.exists(sami.run_dir(job) / "stage.log")
+
+
+def test_a_train_job_that_refuses_its_input_under_torchrun_is_bad_input(sami_sqlite: Sami, tmp_path: Path,
+                                                                          demo_model_dir: Path) -> None:
+    """torchrun reports any failed rank as exit code 1; the ranks record their own code
+    (2: bad input) in RUN_DIR/exit_status.json and the worker reports that."""
+    sami = sami_sqlite
+    empty = tmp_path / "gen"
+    empty.mkdir()
+    (empty / "data.jsonl").write_text("\n")  # a generate run that produced no queries
+    job = sami.enqueue("train", spec={"model": {"path": str(demo_model_dir)}, "data": {"path": str(empty)},
+                                      "training": {"max_steps": 1}})
+    sami.worker("--exit-when-idle")
+    assert sami.wait_workers(timeout=300) == [0]
+    failed = sami.job(job)
+    assert (failed.status, failed.exit_code, failed.attempts) == ("failed", 2, 1), failed.error
+    assert "bad input, not retried" in failed.error
+    assert "has no training queries" in failed.error
+    assert json.loads((sami.run_dir(job) / "exit_status.json").read_text())["code"] == 2

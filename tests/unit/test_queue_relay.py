@@ -205,3 +205,14 @@ def test_devices_come_from_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch)
     assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["SAMI_JOB_KEY"] == "k"
     assert env["OPENAI_API_KEY"] == "sk-x"  # keys reach the stage through the environment only
     assert child_env("k", [], base={})["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_a_stage_recorded_exit_is_read_back_by_the_worker(tmp_path):
+    from sami_core.rundir import EXIT_STATUS_FILE, record_exit
+
+    assert EXIT_STATUS_FILE == relay.EXIT_STATUS_FILE
+    assert relay.read_exit(tmp_path) is None
+    record_exit(tmp_path, 2, "DataError: data.path: no queries")
+    assert relay.read_exit(tmp_path) == {"code": 2, "reason": "DataError: data.path: no queries", "rank": 0}
+    (tmp_path / EXIT_STATUS_FILE).write_text("{not json")
+    assert relay.read_exit(tmp_path) is None
