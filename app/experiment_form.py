@@ -452,10 +452,14 @@ def parse_errors(message: str) -> list[tuple[str, str]]:
     return out
 
 
+def is_under(path: str, *prefixes: str) -> bool:
+    """Whether ``path`` is one of ``prefixes`` or lies under one (``data.path`` under ``data``)."""
+    return any(path == x or path.startswith(x + ".") for x in prefixes)
+
+
 def errors_at(errors: Sequence[tuple[str, str]], *prefixes: str) -> list[str]:
     """The errors whose path is one of ``prefixes`` or lies under one, as 'path: reason'."""
-    return [f"{p}: {r}" for p, r in errors
-            if any(p == x or p.startswith(x + ".") for x in prefixes)]
+    return [f"{p}: {r}" for p, r in errors if is_under(p, *prefixes)]
 
 
 def check_spec(spec: Mapping[str, Any], max_mb: float) -> list[tuple[str, str]]:

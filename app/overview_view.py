@@ -11,11 +11,10 @@ from typing import Any
 import pandas as pd
 
 from app.queue_view import age_s, format_duration
+from db.reads.overview import SILENT_AFTER_S
 from sami_core.spec import EXAMPLES_DIR
 
 DEMO_SPEC = EXAMPLES_DIR / "demo.yaml"
-# A worker not seen for this long is shown as silent (the sidebar uses the same).
-SILENT_AFTER_S = 60.0
 
 _ITERATION = re.compile(r"^iteration-(\d+)$")
 

@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import streamlit as st
-from sqlalchemy import func, select
-from sqlalchemy.engine import Connection
 
 from app import state
-from db.models import Job, Worker, utcnow
-
-# A worker that has not been seen for this long is shown as silent.
-SILENT_AFTER = timedelta(seconds=60)
-
-
-def counts_q(conn: Connection) -> dict[str, int]:
-    """Workers alive and jobs per status."""
-    since = utcnow() - SILENT_AFTER
-    alive = conn.execute(select(func.count()).select_from(Worker)
-                         .where(Worker.status == "running", Worker.last_seen_at >= since)).scalar_one()
-    by_status = dict(conn.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-    return {"workers": alive, **by_status}
-
+from db.reads.overview import live_counts
 
 # The sidebar's counts refresh on their own this often (seconds), like the Queue table.
 REFRESH_S = 5
@@ -30,7 +13,7 @@ REFRESH_S = 5
 
 @st.fragment(run_every=REFRESH_S)
 def _live_counts() -> None:
-    counts = state.load(counts_q)
+    counts = state.load(live_counts)
     st.markdown(f"**Workers alive:** {counts['workers']}")
     st.markdown(f"**Jobs:** {counts.get('running', 0)} running, {counts.get('queued', 0)} queued, "
                 f"{counts.get('failed', 0)} failed")

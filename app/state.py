@@ -13,7 +13,7 @@ Session-state keys are prefixed by the page that owns them (``queue.selected``).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,3 +92,15 @@ def app_dir() -> Path:
 def param(name: str, default: Any = None) -> Any:
     """A query parameter of the page's URL (deep links such as ``?experiment=3``)."""
     return st.query_params.get(name, default)
+
+
+def preselect(name: str, key: str, choices: Collection[Any]) -> None:
+    """Before the selectbox ``key`` is first drawn, select the id the URL's ``?name=ID``
+    gives when it is one of ``choices`` (a deep link; later picks are the user's)."""
+    from app.queue_view import parse_id  # not at the top: every page's sidebar imports this module
+
+    if key in st.session_state:
+        return
+    wanted = parse_id(param(name))
+    if wanted is not None and wanted in choices:
+        st.session_state[key] = wanted

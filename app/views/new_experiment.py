@@ -12,6 +12,7 @@ import streamlit as st
 from app import constitution_edit as ce
 from app import experiment_form as ef
 from app import state
+from app.text import md_escape
 from db.reads import constitutions as creads
 from sami_core.errors import SpecError
 from workers.submit import SubmitError, submit
@@ -108,7 +109,7 @@ def _on_demo() -> None:
 
 def _on_submit() -> None:
     ss[RESULT] = None
-    errors = [(p, m) for p, m in ss[FIELD_ERRORS].items()]
+    errors = list(ss[FIELD_ERRORS].items())
     if ss.get(YAML_ERROR):
         errors.append(("yaml", f"invalid YAML: {ss[YAML_ERROR]}"))
     if ss.get(UPLOAD_ERROR):
@@ -128,7 +129,7 @@ shown: set[tuple[str, str]] = set()
 
 def _errors(*prefixes: str) -> None:
     for p, r in ss[ERRORS]:
-        if (p, r) not in shown and any(p == x or p.startswith(x + ".") for x in prefixes):
+        if (p, r) not in shown and ef.is_under(p, *prefixes):
             shown.add((p, r))
             st.error(f"{p}: {r}")
 
@@ -326,7 +327,7 @@ result = ss.get(RESULT)
 if result:
     c = result["constitution"]
     st.success(f"Experiment {result['experiment_id']} submitted: {len(result['jobs'])} jobs, constitution "
-               f"{c['name']} v{c['version']} ({'new version' if c['created'] else 'existing version'}).")
+               f"{md_escape(c['name'])} v{c['version']} ({'new version' if c['created'] else 'existing version'}).")
     for w in result["warnings"]:
         st.caption(w)
     st.dataframe(pd.DataFrame([{"id": j["id"], "job": j["key"], "kind": j["kind"],

@@ -6,10 +6,9 @@ import streamlit as st
 
 from app import overview_view as ov
 from app import state
-from db import ingest
+from app.winrates_view import winrate_table
 from db.reads import overview as reads
 from sami_core.errors import SpecError
-from workers.judging import winrates as winrate_rows
 from workers.submit import SubmitError, prepare, submit
 
 st.title("Overview")
@@ -58,8 +57,7 @@ def _live() -> None:
         winrates = {}
         for e in experiments:
             if e["baselines"] and e["counts"].get("succeeded"):  # judge jobs may have stored judgments
-                rows = winrate_rows(state.load(ingest.judgment_rows, experiment_id=e["id"]))
-                winrates[e["id"]] = ov.latest_winrate(rows, e["baselines"])
+                winrates[e["id"]] = ov.latest_winrate(state.load(winrate_table, e["id"]), e["baselines"])
         st.dataframe(
             ov.experiments_frame(experiments, winrates), hide_index=True, key="overview.experiments",
             column_config={"created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm")},

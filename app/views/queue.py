@@ -167,12 +167,12 @@ def _live_job(job_id: int) -> None:
     cols[1].metric("Attempt", f"{job['attempts']}/{job['max_attempts']}")
     cols[2].metric("GPUs", job["devices_required"])
     cols[3].metric("ETA", qv.format_duration(qv.eta_s(job, qv.now())))
-    cols[4].metric("Worker", job["worker"] or "-")
+    cols[4].metric("Worker", md_escape(job["worker"] or "-"))  # a metric's value is markdown
     frac = qv.progress_fraction(job["progress_done"], job["progress_total"])
     if frac is not None:
         st.progress(frac)
-    if qv.progress_text(job):
-        st.text(qv.progress_text(job)[:500])  # the stage's own message: shown as text
+    if progress := qv.progress_text(job):
+        st.text(progress[:500])  # the stage's own message: shown as text
     st.caption(f"kind {job['kind']}; experiment {job['experiment_id'] or '-'}; depends on "
                f"{', '.join(map(str, job['depends_on'])) or 'nothing'}; needed by "
                f"{', '.join(map(str, job['dependants'])) or 'nothing'}")
@@ -192,7 +192,7 @@ def _live_job(job_id: int) -> None:
     st.markdown(f"**Log** (last {qv.LOG_TAIL_LINES} lines of {qv.LOG_NAME})")
     tail = qv.log_tail(path)
     if tail is None:
-        st.caption(f"No log yet ({path}).")
+        st.caption(f"No log yet ({md_escape(path)}).")
     else:
         st.code(tail or "(empty)", language=None, height=420)
 

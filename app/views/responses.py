@@ -13,7 +13,7 @@ from db.reads import responses as reads
 st.title("Responses")
 
 sources = state.load(ingest.list_sources)
-if len(sources) < 1:
+if not sources:
     st.info("No responses yet. Sample jobs of an experiment, or `sami import-results`, add response sources.")
     st.stop()
 by_id = {s["id"]: s for s in sources}
@@ -24,19 +24,10 @@ def _first_page() -> None:
     st.session_state["responses.page"] = 1
 
 
-def _deep_link(name: str, key: str, default: int | None) -> None:
-    if key in st.session_state:
-        return
-    try:
-        wanted = int(state.param(name, ""))
-    except ValueError:
-        wanted = None
-    st.session_state[key] = wanted if wanted in by_id else default
-
-
-left_default, right_default = view.default_pair(sources)
-_deep_link("left", "responses.left", left_default)
-_deep_link("right", "responses.right", right_default)
+# ?left=ID&right=ID pick the sources; else the default pair.
+for side, default in zip(("left", "right"), view.default_pair(sources)):
+    state.preselect(side, f"responses.{side}", by_id)
+    st.session_state.setdefault(f"responses.{side}", default)
 
 c1, c2 = st.columns(2)
 left = c1.selectbox("Left source", ids, key="responses.left", format_func=lambda i: view.source_label(by_id[i]),

@@ -19,13 +19,7 @@ if not choices:
     st.stop()
 
 names = {e["id"]: e["name"] for e in experiments}
-wanted = state.param("experiment")
-if wanted is not None and "training.experiment" not in st.session_state:
-    try:
-        if int(wanted) in choices:
-            st.session_state["training.experiment"] = int(wanted)
-    except ValueError:
-        pass
+state.preselect("experiment", "training.experiment", choices)
 experiment_id = st.selectbox("Experiment", choices, key="training.experiment",
                              format_func=lambda i: "Train jobs outside experiments" if i is None
                              else f"{i}: {names[i]}")
@@ -41,7 +35,6 @@ frame = view.metrics_frame(rows, picked_jobs)
 if frame.empty:
     st.info("No metrics logged yet for these iterations: they appear once a train job has run its first step.")
     st.stop()
-
 
 
 def panels(specs, prefix: str) -> None:  # noqa: ANN001

@@ -13,13 +13,7 @@ st.title("Win rates")
 experiments = state.load(reads.experiment_choices)
 exp_ids = [None] + [e["id"] for e in experiments]
 names = {e["id"]: e["name"] for e in experiments}
-wanted = state.param("experiment")
-if wanted is not None and "winrates.experiment" not in st.session_state:
-    try:
-        if int(wanted) in exp_ids:
-            st.session_state["winrates.experiment"] = int(wanted)
-    except ValueError:
-        pass
+state.preselect("experiment", "winrates.experiment", exp_ids)
 
 c1, c2, c3, c4 = st.columns(4)
 experiment_id = c1.selectbox("Experiment", exp_ids, key="winrates.experiment",

@@ -1,5 +1,5 @@
-"""Reads for the Constitutions and New experiment pages: constitution versions, one
-version's principles, and which experiments and jobs used a version.
+"""Reads for the Constitutions and New experiment pages: constitution versions (with
+their principles), and which experiments and jobs used a version.
 
 Versions are immutable rows (db.experiments.constitution_version makes them); jobs
 point at the version they used through ``jobs.constitution_id``. Plain functions of a
@@ -44,11 +44,6 @@ def versions(conn: Connection) -> list[dict[str, Any]]:
         row["n_principles"] = len(row["principles"])
         out.append(row)
     return out
-
-
-def version(conn: Connection, constitution_id: int) -> dict[str, Any] | None:
-    """One version (the columns of :func:`versions`), or None."""
-    return next((v for v in versions(conn) if v["id"] == constitution_id), None)
 
 
 def usage(conn: Connection, constitution_id: int) -> list[dict[str, Any]]:

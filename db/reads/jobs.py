@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from db.models import BLOCKED, Constitution, Experiment, Job, Worker, job_dependencies
+from db.queue import dependencies
 
 jobs = Job.__table__
 workers = Worker.__table__
@@ -20,11 +21,11 @@ experiments = Experiment.__table__
 constitutions = Constitution.__table__
 deps = job_dependencies
 
-# What the jobs table needs (no spec, outputs: they can be large).
+# What the jobs table needs (no spec, outputs, error: they can be large; job_detail has them).
 _TABLE_COLUMNS = (
     "id", "kind", "name", "status", "experiment_id", "iteration", "label", "priority", "devices_required",
     "attempts", "max_attempts", "worker_id", "cancel_requested_at", "progress_done", "progress_total",
-    "progress_unit", "progress_message", "progress_eta_s", "progress_updated_at", "error", "created_at",
+    "progress_unit", "progress_message", "progress_eta_s", "progress_updated_at", "created_at",
     "updated_at", "started_at", "finished_at",
 )
 
@@ -33,15 +34,6 @@ def experiment_choices(conn: Connection) -> list[dict[str, Any]]:
     """Experiments, newest first: id and name (the Queue page's selectbox)."""
     rows = conn.execute(select(experiments.c.id, experiments.c.name).order_by(experiments.c.id.desc()))
     return [dict(r) for r in rows.mappings()]
-
-
-def _edges(conn: Connection, job_ids: list[int]) -> list[tuple[int, int]]:
-    """(depends_on_id, job_id) edges into the given jobs, parent first."""
-    if not job_ids:
-        return []
-    stmt = (select(deps.c.depends_on_id, deps.c.job_id).where(deps.c.job_id.in_(job_ids))
-            .order_by(deps.c.job_id, deps.c.depends_on_id))
-    return [(r.depends_on_id, r.job_id) for r in conn.execute(stmt)]
 
 
 def job_rows(conn: Connection, experiment_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
@@ -57,9 +49,7 @@ def job_rows(conn: Connection, experiment_id: int | None = None, limit: int = 10
     if experiment_id is not None:
         stmt = stmt.where(jobs.c.experiment_id == experiment_id)
     out = [dict(r) for r in conn.execute(stmt).mappings()]
-    parents: dict[int, list[int]] = {r["id"]: [] for r in out}
-    for parent, child in _edges(conn, list(parents)):
-        parents[child].append(parent)
+    parents = dependencies(conn, [r["id"] for r in out])
     for r in out:
         r["depends_on"] = parents[r["id"]]
     return out
@@ -79,7 +69,7 @@ def job_detail(conn: Connection, job_id: int) -> dict[str, Any] | None:
     if row is None:
         return None
     out = dict(row)
-    out["depends_on"] = [p for p, _ in _edges(conn, [job_id])]
+    out["depends_on"] = dependencies(conn, [job_id])[job_id]
     out["dependants"] = list(conn.execute(
         select(deps.c.job_id).where(deps.c.depends_on_id == job_id).order_by(deps.c.job_id)).scalars())
     return out
@@ -91,7 +81,8 @@ def experiment_graph(conn: Connection, experiment_id: int) -> dict[str, list]:
     nodes = [dict(r) for r in conn.execute(
         select(jobs.c.id, jobs.c.name, jobs.c.kind, jobs.c.status, jobs.c.cancel_requested_at)
         .where(jobs.c.experiment_id == experiment_id).order_by(jobs.c.id)).mappings()]
-    return {"nodes": nodes, "edges": _edges(conn, [n["id"] for n in nodes])}
+    parents = dependencies(conn, [n["id"] for n in nodes])
+    return {"nodes": nodes, "edges": [(p, child) for child, ps in parents.items() for p in ps]}
 
 
 def blocked_by(conn: Connection, job_id: int) -> list[int]:

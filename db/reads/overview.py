@@ -1,18 +1,33 @@
 """Reads for the Overview page: experiments with their job counts, workers with the job
-they run, and the latest failures with their error."""
+they run, and the latest failures with their error; and the sidebar's live counts."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from db.models import FAILED, RUNNING, Experiment, Job, Worker
+from db.models import FAILED, RUNNING, Experiment, Job, Worker, utcnow
+from db.queue import status_counts
 
 jobs = Job.__table__
 workers = Worker.__table__
 experiments = Experiment.__table__
+
+# A running worker not seen for this long is shown as silent (Overview) and not counted
+# as alive (the sidebar).
+SILENT_AFTER_S = 60.0
+
+
+def live_counts(conn: Connection) -> dict[str, int]:
+    """The sidebar's counts: ``workers`` (running and seen within :data:`SILENT_AFTER_S`)
+    and jobs per status (db.queue.status_counts)."""
+    since = utcnow() - timedelta(seconds=SILENT_AFTER_S)
+    alive = conn.execute(select(func.count()).select_from(workers)
+                         .where(workers.c.status == "running", workers.c.last_seen_at >= since)).scalar_one()
+    return {"workers": alive, **status_counts(conn)}
 
 
 def experiment_rows(conn: Connection, limit: int = 100) -> list[dict[str, Any]]:

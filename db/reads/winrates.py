@@ -11,13 +11,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from db.models import Checkpoint, Experiment, Judgment, Response, ResponseSource
+from db.models import Checkpoint, ResponseSource
+from db.reads import jobs
 
 sources = ResponseSource.__table__
 checkpoints = Checkpoint.__table__
-experiments = Experiment.__table__
-judgments = Judgment.__table__
-responses = Response.__table__
+
+# The page's experiment filter lists what the Queue page lists (and shares its cached read).
+experiment_choices = jobs.experiment_choices
 
 
 def source_order(conn: Connection) -> list[dict[str, Any]]:
@@ -29,8 +30,3 @@ def source_order(conn: Connection) -> list[dict[str, Any]]:
             .order_by(sources.c.id))
     return [dict(r) for r in conn.execute(stmt).mappings()]
 
-
-def experiment_choices(conn: Connection) -> list[dict[str, Any]]:
-    """Experiments, newest first (id, name): the page's experiment filter."""
-    stmt = select(experiments.c.id, experiments.c.name).order_by(experiments.c.id.desc())
-    return [dict(r) for r in conn.execute(stmt).mappings()]

@@ -13,6 +13,7 @@ import pytest
 
 from db import ingest
 from db.engine import transact
+from db.experiments import create_experiment
 from workers import judging
 
 ITERS = ("iteration-1-epoch-0.12-mistral-opus-constitution-temperature-0.0",
@@ -135,6 +136,14 @@ def test_empty_state_without_judgments(open_page):
     at = open_page("winrates")
     assert any("No judgments yet" in i.value for i in at.info)
     assert not at.get("download_button")
+
+
+def test_a_deep_link_picks_the_experiment_and_a_bad_one_is_ignored(open_page, workspace):
+    first, _ = transact(workspace.engine, lambda c: (create_experiment(c, "a", {}), create_experiment(c, "b", {})))
+    at = open_page("winrates", experiment=str(first))
+    assert at.selectbox(key="winrates.experiment").value == first
+    for bad in ("999", "x", "0"):
+        assert open_page("winrates", experiment=bad).selectbox(key="winrates.experiment").value is None
 
 
 @pytest.fixture
