@@ -53,7 +53,8 @@ def postgres_unavailable_reason() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (tests start servers on it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -69,7 +70,7 @@ class PostgresServer:
             raise RuntimeError(reason)
         self.bindir = _pg_bindir()
         self.fast = fast
-        self.port = _free_port()
+        self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="sami-pg-"))
         self.datadir = self.root / "data"
         self.logfile = self.root / "server.log"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from db.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -47,12 +48,6 @@ def _missing_browser() -> str | None:
     if importlib.util.find_spec("selenium") is None:
         return "selenium is not installed (pip install -e '.[dev]')"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -119,7 +114,7 @@ def workbench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workbench]:
         env.pop(var, None)
     _cli(["init"], env, timeout=900)  # builds the demo model into .cache once per checkout
     _cli(["import-results", "--shipped"], env, timeout=300)
-    port = _free_port()
+    port = free_port()
     logs = {"worker": base / "worker.log", "ui": base / "ui.log"}
     worker = _start(["worker", "--poll-interval", "0.5"], env, logs["worker"])
     ui = _start(["ui", "--port", str(port)], env, logs["ui"])

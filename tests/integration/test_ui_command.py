@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,9 @@ from sqlalchemy import select
 
 from db.engine import open_database
 from db.models import Worker
+from db.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _until(check, timeout: float, what: str):  # noqa: ANN001, ANN202
@@ -46,7 +40,7 @@ def _health(port: int) -> bool:
 
 def test_ui_with_worker_serves_and_stops_both_on_sigterm(tmp_path: Path):
     home = tmp_path / "ws"
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "SAMI_DATABASE_URL"} | {"SAMI_HOME": str(home)}
     proc = subprocess.Popen([sys.executable, "-m", "workers", "ui", "--with-worker", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
