@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import state
-from db.reads.overview import live_counts
+from db.reads.overview import demo_experiments, live_counts
 
 # The sidebar's counts refresh on their own this often (seconds), like the Queue table.
 REFRESH_S = 5
@@ -27,5 +27,5 @@ def draw() -> None:
         _live_counts()
         st.caption(f"Workspace: `{state.workspace().home}`")
         st.caption(f"Database: `{state.database_label()}`")
-        if state.is_demo_workspace():
+        if state.load(demo_experiments):
             st.caption("Experiments on the embedded demo model show the mechanics only: its texts carry no meaning.")

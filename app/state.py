@@ -12,7 +12,6 @@ Session-state keys are prefixed by the page that owns them (``queue.selected``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
@@ -78,11 +77,6 @@ def write(fn: Callable[[Connection], T]) -> T:
 
 def database_label() -> str:
     return redacted_url(workspace().database_url)
-
-
-def is_demo_workspace() -> bool:
-    """True when the demo model is what experiments here train (texts carry no meaning)."""
-    return os.environ.get("SAMI_DEMO_NOTE", "1") != "0"
 
 
 def app_dir() -> Path:

@@ -30,6 +30,13 @@ def live_counts(conn: Connection) -> dict[str, int]:
     return {"workers": alive, **status_counts(conn)}
 
 
+def demo_experiments(conn: Connection, limit: int = 500) -> int:
+    """How many of the newest ``limit`` experiments train the embedded demo model
+    (``model.path: demo``), whose texts carry no meaning: the sidebar says so when any do."""
+    specs = conn.execute(select(Experiment.spec).order_by(Experiment.id.desc()).limit(limit)).scalars()
+    return sum(1 for spec in specs if ((spec or {}).get("model") or {}).get("path") == "demo")
+
+
 def experiment_rows(conn: Connection, limit: int = 100) -> list[dict[str, Any]]:
     """Experiments, newest first: id, name, created_at, iterations (from the spec),
     judge baselines (from the spec) and ``counts`` (job status -> number of jobs)."""

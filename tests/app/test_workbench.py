@@ -21,3 +21,12 @@ def test_sidebar_counts_queued_jobs_and_says_no_worker_is_alive(open_page, works
     text = " ".join(m.value for m in at.sidebar.markdown)
     assert "0 running, 2 queued" in text
     assert any("No worker is alive" in c.value for c in at.sidebar.caption)
+
+
+def test_the_demo_note_appears_once_an_experiment_trains_the_demo_model(open_page, workspace):
+    note = "embedded demo model show the mechanics only"
+    at = open_page("overview")
+    assert not any(note in c.value for c in at.sidebar.caption)  # nothing on the demo model yet
+    at.button(key="overview.submit_demo").click().run()
+    at = open_page("overview")
+    assert any(note in c.value for c in at.sidebar.caption)
