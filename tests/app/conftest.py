@@ -46,15 +46,18 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppWorkspace:
     engine.dispose()
 
 
+def render_page(page: str, *, timeout: float = 60, **query: str) -> AppTest:
+    """An AppTest of the entry file showing ``page`` with these query parameters, run
+    once against whatever workspace $SAMI_HOME / $SAMI_DATABASE_URL name; no exception."""
+    at = AppTest.from_file(str(ENTRY), default_timeout=timeout)
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.switch_page(f"views/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
 @pytest.fixture
 def open_page(workspace: AppWorkspace) -> Callable[..., AppTest]:
-    def _open(page: str, *, timeout: float = 60, **query: str) -> AppTest:
-        at = AppTest.from_file(str(ENTRY), default_timeout=timeout)
-        for k, v in query.items():
-            at.query_params[k] = v
-        at.switch_page(f"views/{page}.py")
-        at.run()
-        assert not at.exception, [e.value for e in at.exception]
-        return at
-
-    return _open
+    return render_page

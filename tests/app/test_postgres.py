@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from streamlit.testing.v1 import AppTest
 
 from app.views import PAGES
 from db.engine import open_database
 from db.models import Job
 from db.testing import new_database_url, postgres_unavailable_reason
 from db.workspace import Workspace
-from tests.app.conftest import ENTRY
+from tests.app.conftest import render_page
 from tests.app.test_winrates import seed
 
 
@@ -33,19 +32,9 @@ def pg_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     engine.dispose()
 
 
-def _page(stem: str, **query: str) -> AppTest:
-    at = AppTest.from_file(str(ENTRY), default_timeout=60)
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.switch_page(f"views/{stem}.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def test_every_page_on_postgresql(pg_engine):
     seed(pg_engine)  # 2,500 published responses, 240 judgments
-    at = _page("overview")
+    at = render_page("overview")
     at.button(key="overview.submit_demo").click().run()
     assert not at.exception and "submitted" in at.success[0].value
     with pg_engine.connect() as c:
@@ -53,13 +42,13 @@ def test_every_page_on_postgresql(pg_engine):
     assert {"sample-base", "generate-1", "train-1", "sample-1", "judge-1"} <= set(jobs)
 
     for p in PAGES:  # every page renders on this database
-        _page(p.file.removesuffix(".py"))
+        render_page(p.file.removesuffix(".py"))
 
-    wr = _page("winrates")
+    wr = render_page("winrates")
     table = wr.dataframe[0].value
     assert len(table) == 6 and table["n"].min() > 0  # 3 iterations x 2 baselines, all judged
 
-    q = _page("queue", job=str(jobs["train-1"]))
+    q = render_page("queue", job=str(jobs["train-1"]))
     q.button(key="queue.cancel").click().run()
     with pg_engine.connect() as c:
         status = dict(c.execute(select(Job.name, Job.status)).all())
