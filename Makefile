@@ -36,17 +36,17 @@ demo: install
 # The same demo through the queue: submit the demo experiment, run a local worker until
 # no work is left, list the jobs; fails unless every job of the experiment succeeded.
 demo-queue: install
-	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers init
-	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers submit sami_core/examples/demo.yaml
-	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers worker --exit-when-idle
-	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers jobs --experiment latest --check
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli init
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli submit sami_core/examples/demo.yaml
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli worker --exit-when-idle
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli jobs --experiment latest --check
 
 # The workbench in the browser: workspace, the shipped published responses (content at
 # once), one local worker (stopped with the UI), the UI on 127.0.0.1.
 run: install
-	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers init
-	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers import-results --shipped
-	SAMI_HOME=$(SAMI_HOME) $(PY) -m workers ui --with-worker --port $(PORT)
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli init
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli import-results --shipped
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli ui --with-worker --port $(PORT)
 
 bench: install
 	$(PY) benchmarks/logprob_matrix.py

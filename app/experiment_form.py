@@ -486,9 +486,9 @@ def check_spec(spec: Mapping[str, Any], max_mb: float) -> list[tuple[str, str]]:
 
 def prepare(spec: Mapping[str, Any], max_mb: float):
     """Everything checked before anything is written: the app's checks, then
-    workers.submit.prepare_data (what `sami submit` does). Returns (prepared or None,
+    services.experiments.prepare_data (what `sami submit` does). Returns (prepared or None,
     [(path, reason)])."""
-    from workers.submit import prepare_data
+    from services.experiments import prepare_data
 
     errors = check_spec(spec, max_mb)
     if errors:

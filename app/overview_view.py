@@ -39,7 +39,7 @@ def _iteration(label: Any) -> int | None:
 
 
 def latest_winrate(winrate_rows: Sequence[dict], baselines: Sequence[str] = ()) -> dict | None:
-    """The row of workers.judging.winrates to show for an experiment: its latest judged
+    """The row of services.exports.winrates to show for an experiment: its latest judged
     iteration (candidate ``iteration-<t>`` with the largest t) against its first baseline
     (the spec's first judge baseline when judged, else the first by name), at the
     lowest temperature (greedy sampling when judged). None when nothing was judged."""

@@ -1,5 +1,5 @@
 """What the Win rates page shows, as functions without Streamlit: the win-rate table (the
-same rows as ``sami winrates`` / ``sami export winrates``: workers.judging.winrates over
+same rows as ``sami winrates`` / ``sami export winrates``: services.exports.winrates over
 db.ingest.judgment_rows), filtered, ordered by checkpoint, and its CSV."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from db import ingest
 from sami_core.results import csv_safe
-from workers.judging import WINRATE_COLUMNS, winrates
+from services.exports import WINRATE_COLUMNS, winrates
 
 COLUMNS = WINRATE_COLUMNS
 ALL = "All"
@@ -25,7 +25,7 @@ _NUMBER = re.compile(r"(\d+(?:\.\d+)?)")
 
 
 def winrate_table(conn: Connection, experiment_id: int | None = None) -> list[dict[str, Any]]:
-    """workers.judging.winrates of the judgments (of one experiment, or all): one row per
+    """services.exports.winrates of the judgments (of one experiment, or all): one row per
     (experiment, candidate, baseline, judge model, temperature)."""
     return winrates(ingest.judgment_rows(conn, experiment_id=experiment_id))
 

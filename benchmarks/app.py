@@ -5,7 +5,7 @@ the app's import time.
     python benchmarks/app.py --repeats 1
 
 A fresh temporary workspace (SQLite, as `sami init` makes it) is seeded through the
-real write paths (workers.submit, db.queue, db.ingest) with what a researcher's
+real write paths (services.experiments, db.queue, db.ingest) with what a researcher's
 workspace holds after a real experiment:
 
 * the demo experiment submitted with 4 iterations (its DAG of generate / train / sample /
@@ -93,7 +93,7 @@ def seed(engine) -> dict[str, int]:  # noqa: ANN001
     """Fill the workspace database (see the module docstring); returns counts."""
     from db import ingest, queue
     from db.engine import transact
-    from workers import submit
+    from services import experiments as submit
 
     data = yaml.safe_load(DEMO_SPEC.read_text(encoding="utf-8"))
     data["iterations"] = ITERATIONS

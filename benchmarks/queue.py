@@ -17,7 +17,7 @@ started here):
   to a log, see workers.diag.count_executions) plus jobs claimed more than once
   (attempts > 1).
 
-A `sleep` job with seconds == 0 runs inside the worker (workers.stages.runs_inline):
+A `sleep` job with seconds == 0 runs inside the worker (workers.diag.runs_inline):
 it does no work, so a child process per job would measure Python start-up (20-50 ms
 each on a small machine), not the queue. It is claimed and marked succeeded like any
 other job, and its execution is one line appended to runs/inline-executions.log; it
@@ -86,7 +86,7 @@ def run(url: str, home: Path, n_jobs: int, n_workers: int, timeout_s: float = 30
     stats_dir.mkdir()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "workers", "worker", "--devices", "", "--poll-interval", "0.05",
+            [sys.executable, "-m", "cli", "worker", "--devices", "", "--poll-interval", "0.05",
              "--log-level", "WARNING", "--stats-file", str(stats_dir / f"w{i}.json")],
             env=env, cwd=str(home), stdout=subprocess.DEVNULL, stderr=open(home / f"worker{i}.err", "wb"),
         )

@@ -1,5 +1,5 @@
 """Writes of what jobs produce: metrics (while they run), checkpoints and responses
-(when they end).
+(when they end), and a judge run's judgments.
 
 All are idempotent, keyed by what identifies a record ((job, name, step) for a metric,
 (job, step) for a checkpoint, the sample job for a response source, (source, query,
@@ -9,9 +9,11 @@ or a worker that re-ingests after a crash, overwrites rather than duplicates.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -19,6 +21,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from db.models import Checkpoint, Constitution, Job, Judgment, Metric, Response, ResponseSource, utcnow
+
+
+
+class IngestError(ValueError):
+    """A stage's output that does not match the database (a side that is no response
+    source, a response that is not stored)."""
+
 
 jobs = Job.__table__
 metrics = Metric.__table__
@@ -266,6 +275,67 @@ def upsert_judgments(conn: Connection, rows: list[dict]) -> int:
     keep_answers = (judgments.c.verdict == "error") | (stmt.excluded.verdict != "error")
     conn.execute(stmt.on_conflict_do_update(index_elements=JUDGMENT_KEY, set_=updated, where=keep_answers), batch)
     return len(by_key)
+
+
+def _pick_response(rows: list[dict], temperature: float | None) -> dict | None:
+    if temperature is not None:
+        for r in rows:
+            if abs(r["temperature"] - temperature) < 1e-9:
+                return r
+    return rows[0] if len(rows) == 1 or temperature is None and rows else None
+
+
+def ingest_judgments(conn: Connection, path: Path, spec: Mapping[str, Any], *, job_id: int | None = None,
+                     experiment_id: int | None = None) -> int:
+    """Store a judge run's ``judgments.jsonl`` (``path``) as judgments rows (keyed by pair, position
+    and cache key, so a re-ingest updates); errors (no answer) are stored with verdict
+    ``error`` and the error message, and replaced when a later run answers. Returns the
+    rows written.
+
+    Each side is found by the spec's name (a source label, ``label#id``) and the response
+    by (query_id, temperature)."""
+    path = Path(path)
+    run_dir = path.parent
+    if not path.exists():
+        raise IngestError(f"{path} does not exist")
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    sides = {}
+    for side in ("candidate", "baseline"):
+        entry = spec.get(side) or {}
+        name = entry.get("name") or ""
+        src = find_source(conn, name, experiment_id=experiment_id) if name else None
+        if src is None:
+            raise IngestError(f"judge run {run_dir}: its {side} {name or entry.get('path')!r} is no response "
+                               "source in the database (import or sample it first)")
+        by_query: dict[str, list[dict]] = {}
+        for r in source_responses(conn, src["id"]):
+            by_query.setdefault(r["query_id"], []).append(r)
+        sides[side] = (by_query, entry.get("temperature"))
+    rows = []
+    for rec in records:
+        verdict = VERDICTS_TO_DB.get(rec.get("verdict"), "error")  # anything else: no answer
+        if verdict == "error":
+            # The message only (the judge client masks API keys in it); the next run retries
+            # the pair and its answer replaces this row.
+            message = str(rec.get("error") or "judge error")
+            rationale, raw = message, message
+        else:
+            rationale, raw = rec.get("rationale"), rec.get("raw")
+        found = {}
+        for side, (by_query, temp) in sides.items():
+            r = _pick_response(by_query.get(str(rec["query_id"]), []), temp if temp is not None else rec.get("temperature"))
+            if r is None:
+                raise IngestError(f"judge run {run_dir}: {side} response to query {rec['query_id']} "
+                                   "is not in the database")
+            found[side] = r
+        rows.append({
+            "job_id": job_id, "candidate_id": found["candidate"]["id"], "baseline_id": found["baseline"]["id"],
+            "constitution_id": found["candidate"]["constitution_id"],
+            "candidate_position": "A" if rec.get("order") == "candidate_first" else "B",
+            "judge_model": str(rec.get("judge_model", ""))[:200], "verdict": verdict,
+            "rationale": rationale, "raw_text": raw, "cache_key": rec["cache_key"],
+        })
+    return upsert_judgments(conn, rows)
 
 
 def judgment_rows(conn: Connection, *, experiment_id: int | None = None, source: int | None = None) -> list[dict]:

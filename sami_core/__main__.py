@@ -16,12 +16,10 @@ import argparse
 import os
 import sys
 
+from sami_core.contract import EXIT_BAD_INPUT, PROGRESS_FILE, SPEC_FILE, STAGE_KINDS
 from sami_core.errors import SamiError
 
-# A stage that refuses its input (spec, model, data) exits with this code: not retried.
-EXIT_BAD_INPUT = 2
-
-STAGES = ("generate", "train", "sample", "judge", "write_constitution")
+STAGES = STAGE_KINDS  # a stage that refuses its input (spec, model, data) exits EXIT_BAD_INPUT: not retried
 
 
 def _run_stage(kind: str, spec_path: str, run_dir: str) -> int:
@@ -51,9 +49,9 @@ def _run_stage(kind: str, spec_path: str, run_dir: str) -> int:
 
             run_train(spec, run_dir)
     except BaseException as err:
-        if int(os.environ.get("RANK", "0")) == 0 and os.path.exists(os.path.join(run_dir, "spec.json")):
+        if int(os.environ.get("RANK", "0")) == 0 and os.path.exists(os.path.join(run_dir, SPEC_FILE)):
             rd = RunDir(run_dir)
-            p = rd.path / "progress.json"
+            p = rd.path / PROGRESS_FILE
             import json
 
             prog = json.loads(p.read_text()) if p.exists() else {}

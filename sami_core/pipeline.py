@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sami_core.contract import CHECKPOINTS_DIR, FINAL_CHECKPOINT
 from sami_core.spec import ExperimentSpec, resolve_experiment_judge, validate_spec
 
 
@@ -39,12 +40,12 @@ class JobPlan:
 
 
 def final_checkpoint(train_run_dir: str | Path) -> str:
-    return str(Path(train_run_dir) / "checkpoints" / "final")
+    return str(Path(train_run_dir) / CHECKPOINTS_DIR / FINAL_CHECKPOINT)
 
 
 def expand(exp: ExperimentSpec, runs_root: str | Path) -> list[JobPlan]:
     """The experiment's jobs in a runnable order. A judge with ``provider: auto`` should be
-    resolved first (workers.submit does, at submit time); one left unresolved (a preview)
+    resolved first (services.experiments does, at submit time); one left unresolved (a preview)
     is resolved against this process's environment."""
     root = Path(runs_root)
     exp, _ = resolve_experiment_judge(exp, os.environ)

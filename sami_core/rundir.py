@@ -23,6 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from sami_core.contract import (CALLER_FILES, EXIT_STATUS_FILE, METRICS_FILE, OUTPUTS_FILE, PROGRESS_FILE,
+                                SPEC_FILE)
 from sami_core.errors import RunDirError
 from sami_core.spec import spec_fingerprint
 
@@ -45,9 +47,6 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-# Why a stage failed, for its caller: torchrun reports any failed rank as exit code 1,
-# so a worker reads a distributed stage's own exit code from RUN_DIR/exit_status.json.
-EXIT_STATUS_FILE = "exit_status.json"
 
 
 def record_exit(run_dir: str | Path, code: int, reason: str) -> None:
@@ -84,7 +83,7 @@ class RunDir:
     def open(self, stage: str, spec: BaseModel) -> bool:
         """Claim the directory for (stage, spec). Returns True when resuming a previous run."""
         fp = spec_fingerprint(spec)
-        spec_file = self.path / "spec.json"
+        spec_file = self.path / SPEC_FILE
         dumped = spec.model_dump(mode="json")
         if spec_file.exists():
             try:
@@ -102,7 +101,7 @@ class RunDir:
                     "use a new --run-dir, or the original spec to resume"
                 )
             return True
-        if self.path.exists() and any(p for p in self.path.iterdir() if not p.name.startswith(".") and p.name not in ("job_spec.json", "stage.log")):
+        if self.path.exists() and any(p for p in self.path.iterdir() if not p.name.startswith(".") and p.name not in CALLER_FILES):
             raise RunDirError(f"run directory {self.path} is not empty and has no spec.json; choose an empty or new directory")
         if self.is_writer:
             atomic_write_json(spec_file, {"stage": stage, "fingerprint": fp, "spec": dumped})
@@ -125,7 +124,7 @@ class RunDir:
         t0, d0 = self._eta_start
         eta = (now - t0) / (done - d0) * (total - done) if done > d0 and total else None
         atomic_write_json(
-            self.path / "progress.json",
+            self.path / PROGRESS_FILE,
             {"stage": stage, "status": status, "done": done, "total": total, "unit": unit,
              "message": message, "eta_s": None if eta is None else round(eta, 1), "updated_at": now},
         )
@@ -133,12 +132,12 @@ class RunDir:
     def append_metrics(self, record: dict) -> None:
         if not self.is_writer:
             return
-        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
+        with open(self.path / METRICS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
 
     def read_metrics(self) -> list[dict]:
-        p = self.path / "metrics.jsonl"
+        p = self.path / METRICS_FILE
         if not p.exists():
             return []
         out = []
@@ -151,10 +150,10 @@ class RunDir:
 
     def write_outputs(self, outputs: dict) -> None:
         if self.is_writer:
-            atomic_write_json(self.path / "outputs.json", outputs)
+            atomic_write_json(self.path / OUTPUTS_FILE, outputs)
 
     def outputs(self) -> dict | None:
-        p = self.path / "outputs.json"
+        p = self.path / OUTPUTS_FILE
         return json.loads(p.read_text()) if p.exists() else None
 
 

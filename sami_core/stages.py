@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from sami_core import constitutions
+from sami_core.contract import DATA_FILE, GENERATIONS_FILE, RESPONSES_FILE
 from sami_core.data import load_split
 from sami_core.errors import ModelLoadError
 from sami_core.prompts import PromptBuilder, is_valid, keep_query, postprocess, use_chat_format
@@ -133,7 +134,7 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
         )
         for i, v in enumerate(variants):
             items.append((q, i, v, build(v.text, q.text)))
-    writer = JsonlWriter(rd / "generations.jsonl", key="key")
+    writer = JsonlWriter(rd / GENERATIONS_FILE, key="key")
     done = writer.done_keys()
     todo = [it for it in items if (it[0].id, it[1]) not in done]
     _log(f"generate: {len(queries)} queries x N={n} = {len(items)} responses; {len(items) - len(todo)} already done"
@@ -153,7 +154,7 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
     import json
 
     by_key = {}
-    for line in (rd / "generations.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in (rd / GENERATIONS_FILE).read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
         by_key[(rec["query_id"], rec["variant"])] = rec
     f = spec.filters
@@ -172,8 +173,8 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
                      "responses": responses})
     from sami_core.rundir import atomic_write_text
 
-    atomic_write_text(rd / "data.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    outputs = {"data": "data.jsonl", "n_queries": len(queries), "n_kept": kept, "n_dropped": dropped,
+    atomic_write_text(rd / DATA_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    outputs = {"data": DATA_FILE, "n_queries": len(queries), "n_kept": kept, "n_dropped": dropped,
                "truncated_queries": build.truncations, "n_constitutions": n, "seconds": round(time.time() - t0, 1)}
     rd.progress("generate", len(items), len(items), "responses", f"kept {kept}/{len(queries)} queries", "succeeded")
     rd.write_outputs(outputs)
@@ -197,7 +198,7 @@ def run_sample(spec: SampleSpec, run_dir: str | Path) -> dict:
     build = prompt_builder(spec, model, tokenizer)
     text = constitution.positive().text
     prompts = [build(text, q.text) for q in queries]
-    writer = JsonlWriter(rd / "responses.jsonl", key="key")
+    writer = JsonlWriter(rd / RESPONSES_FILE, key="key")
     done = writer.done_keys()
     total = len(queries) * len(spec.temperatures)
     n_done = sum(1 for t in spec.temperatures for q in queries if (q.id, t) in done)
@@ -216,7 +217,7 @@ def run_sample(spec: SampleSpec, run_dir: str | Path) -> dict:
         _run_generation(model, tokenizer, [prompts[k] for k in todo], spec.generation, temp, on_item, rd,
                         "sample", n_done, total, seed_offset=ti, start_index=todo[0] if todo else 0)
         n_done += len(todo)
-    outputs = {"responses": "responses.jsonl", "n": total, "model": model_path,
+    outputs = {"responses": RESPONSES_FILE, "n": total, "model": model_path,
                "temperatures": spec.temperatures, "truncated_queries": build.truncations}
     rd.progress("sample", total, total, "responses", "done", "succeeded")
     rd.write_outputs(outputs)

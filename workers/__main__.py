@@ -1,7 +1,81 @@
-"""``python -m workers`` = the ``sami`` command (for a checkout that is not pip-installed)."""
+"""``python -m workers`` (what ``sami worker`` runs): the worker daemon.
 
+    python -m workers [--devices 0,1] [--kinds train,generate] [--exit-when-idle]
+                      [--lease-seconds S] [--poll-interval S] [--tick-interval S] ...
+
+It finds the workspace at ``$SAMI_HOME`` (default ``./.sami``) and the database at
+``$SAMI_DATABASE_URL`` (default: the workspace's SQLite file). Exit codes: 0 = stopped
+(signal, or idle with --exit-when-idle); 2 = a bad option; 1 = the database failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
-from workers.cli import main
 
-sys.exit(main())
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sami worker", description="Run a worker daemon: claim jobs and run them.")
+    p.add_argument("--devices", help="GPU ids this worker uses, e.g. 0,1 ('' = CPU only; "
+                                     "default: $CUDA_VISIBLE_DEVICES, else all GPUs nvidia-smi lists)")
+    p.add_argument("--kinds", help="only claim these job kinds, e.g. train,generate (default: all)")
+    p.add_argument("--exit-when-idle", action="store_true",
+                   help="exit once no job it could run is queued or running")
+    p.add_argument("--lease-seconds", type=float, default=60.0,
+                   help="a job is requeued if its worker misses heartbeats this long (default 60)")
+    p.add_argument("--poll-interval", type=float, default=0.5, help="idle seconds between claims")
+    p.add_argument("--tick-interval", type=float, default=1.0,
+                   help="seconds between heartbeats / progress relays while a job runs")
+    p.add_argument("--kill-grace", type=float, default=3.0, help="seconds between SIGTERM and SIGKILL")
+    p.add_argument("--name", help="worker name (default host:pid)")
+    p.add_argument("--stats-file", type=Path, help="write claim latencies here on exit (benchmarks)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from sqlalchemy.exc import DBAPIError
+
+    from db.engine import open_database
+    from db.workspace import Workspace, redacted_url
+    from sami_core.contract import KNOWN_KINDS
+    from workers.daemon import Worker, WorkerConfig, detect_devices
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.lease_seconds <= 0 or args.tick_interval <= 0:
+        parser.exit(2, "sami worker: error: --lease-seconds and --tick-interval must be > 0\n")
+    if args.tick_interval * 3 > args.lease_seconds:
+        parser.exit(2, "sami worker: error: --lease-seconds must be at least 3 x --tick-interval "
+                       "(heartbeats renew the lease)\n")
+    kinds = None
+    if args.kinds:
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        unknown = sorted(set(kinds) - set(KNOWN_KINDS))
+        if unknown:
+            parser.exit(2, f"sami worker: error: --kinds: unknown kind(s) {', '.join(unknown)}; "
+                           f"known: {', '.join(KNOWN_KINDS)}\n")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    devices = detect_devices() if args.devices is None else [d for d in args.devices.split(",")
+                                                             if d.strip() and d != "cpu"]
+    ws = Workspace.from_env()
+    try:
+        ws.create()
+        config = WorkerConfig(
+            devices=devices, kinds=kinds, lease_seconds=args.lease_seconds, poll_interval=args.poll_interval,
+            tick_interval=args.tick_interval, kill_grace_s=args.kill_grace, exit_when_idle=args.exit_when_idle,
+            name=args.name, stats_file=args.stats_file,
+        )
+        return Worker(open_database(ws.database_url), ws, config, database_url=ws.database_url).run()
+    except DBAPIError as err:
+        first = str(err.orig or err).strip().splitlines()[0]
+        parser.exit(1, f"sami worker: error: database {redacted_url(ws.database_url)}: {first}\n")
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

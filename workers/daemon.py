@@ -7,7 +7,7 @@ node to split its GPUs). The loop, in order:
    jobs of a dead worker come back) and renew the worker's own ``last_seen_at``;
 2. claim the best job it can run (db.queue.claim), or sleep ``poll_interval``;
 3. run it: write ``RUN_DIR/job_spec.json``, kill leftovers of earlier attempts of the
-   same job on this host, start the stage as a child process group (workers.launch)
+   same job on this host, start the stage as a child process group (sami_core.launch)
    logging to ``RUN_DIR/stage.log``; every ``tick_interval`` renew the lease and relay
    progress and new metrics (one transaction), learning meanwhile whether the job was
    cancelled or taken away;
@@ -46,8 +46,9 @@ from sqlalchemy.exc import DBAPIError
 from db import ingest, queue
 from db.engine import is_retryable, transact
 from db.workspace import Workspace, default_run_dir
-from workers import launch, relay, stages
-from workers.diag import record_inline_execution
+from sami_core import contract, launch
+from workers import relay
+from workers.diag import record_inline_execution, runs_inline
 
 log = logging.getLogger("sami.worker")
 T = TypeVar("T")
@@ -226,7 +227,7 @@ class Worker:
         spec = dict(job.spec or {})
         log.debug("job %d (%s) claimed: attempt %d of %d, run dir %s", job.id, job.kind, job.attempts,
                   job.max_attempts, run_dir)
-        if stages.runs_inline(job.kind, spec):
+        if runs_inline(job.kind, spec):
             try:
                 record_inline_execution(self.workspace.runs_dir, job.id)
             except OSError as err:
@@ -239,12 +240,12 @@ class Worker:
                  job.max_attempts, run_dir)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            spec_path = run_dir / relay.SPEC_FILE
+            spec_path = run_dir / contract.JOB_SPEC_FILE
             _write_json_atomic(spec_path, spec)
-            (run_dir / relay.EXIT_STATUS_FILE).unlink(missing_ok=True)  # an earlier attempt's
+            (run_dir / contract.EXIT_STATUS_FILE).unlink(missing_ok=True)  # an earlier attempt's
             devices = self.config.devices[: job.devices_required]
-            cmd = stages.build_command(job.kind, spec, spec_path=spec_path, run_dir=run_dir, devices=devices)
-        except (OSError, stages.KindError) as err:
+            cmd = contract.build_command(job.kind, spec_path=spec_path, run_dir=run_dir, devices=devices)
+        except (OSError, contract.KindError) as err:
             self._finish_failure(job, f"could not start: {err}", exit_code=None)
             return
 
@@ -258,7 +259,7 @@ class Worker:
             if survivors:
                 log.error("job %d: processes of an earlier attempt survive: %s", job.id, sorted(survivors))
         key = launch.job_key(self.database_url, job.id, job.attempts)
-        log_path = run_dir / relay.LOG_FILE
+        log_path = run_dir / contract.LOG_FILE
         with open(log_path, "ab") as log_file:
             header = (f"=== {_iso_now()} worker {self.name}: job {job.id} ({job.kind}), attempt {job.attempts}"
                       f" of {job.max_attempts}\n=== $ {shlex.join(cmd)}\n")
@@ -266,7 +267,7 @@ class Worker:
             log_file.flush()
             start_offset = log_file.tell()
             try:
-                env = {**launch.child_env(key, devices), **stages.stage_env(job.kind, devices)}
+                env = {**launch.child_env(key, devices), **contract.stage_env(job.kind, devices)}
                 proc = launch.start(cmd, env=env, cwd=self.workspace.home,
                                     log_file=log_file)
             except OSError as err:
@@ -290,10 +291,7 @@ class Worker:
                 log.warning("job %d is no longer ours (lease expired): stopped it (%s)", job.id, gone)
             return
 
-        rc = proc.returncode
-        recorded = relay.read_exit(run_dir) if rc != 0 else None  # the stage's own account of why
-        if rc == 1 and recorded is not None and recorded["code"] in (stages.EXIT_BAD_INPUT, stages.EXIT_TRANSIENT):
-            rc = recorded["code"]  # torchrun reports any failed rank as 1
+        rc, recorded = contract.stage_exit_code(proc.returncode, run_dir)  # and the stage's own account of why
         strays = launch.kill_tree(proc, key=key, grace_s=self.config.kill_grace_s)  # e.g. a stray helper
         if strays:
             log.error("job %d: processes left after the stage exited survive: %s", job.id, sorted(strays))
@@ -303,11 +301,11 @@ class Worker:
         else:
             tail = relay.redact(relay.log_tail(log_path, start_offset))
             what = f"exit code {rc}" if rc > 0 else f"killed by {_signame(-rc)}"
-            if rc == stages.EXIT_BAD_INPUT:
+            if rc == contract.EXIT_BAD_INPUT:
                 what += ": bad input, not retried; fix the spec and enqueue it again"
             why = f": {relay.redact(str(recorded['reason']))}" if recorded and recorded.get("reason") else ""
             self._finish_failure(job, f"stage failed ({what}){why}; last lines of stage.log:\n{tail}",
-                                 exit_code=rc, transient=rc == stages.EXIT_TRANSIENT)
+                                 exit_code=rc, transient=rc == contract.EXIT_TRANSIENT)
 
     def _watch(self, job: Row, proc: subprocess.Popen, reader: relay.RunDirReader) -> str:
         """Wait for the stage; heartbeat and relay every tick. Returns "exited",
@@ -356,9 +354,9 @@ class Worker:
         except relay.OutputsError as err:
             self._finish_failure(job, f"stage succeeded but its outputs are unusable: {err}", exit_code=0)
             return
-        if outputs is None and job.kind in stages.STAGE_KINDS:
+        if outputs is None and job.kind in contract.STAGE_KINDS:
             # Every stage writes outputs.json last; exiting 0 without it means it did not run.
-            self._finish_failure(job, f"stage exited 0 but wrote no {relay.OUTPUTS_FILE}: it did not finish "
+            self._finish_failure(job, f"stage exited 0 but wrote no {contract.OUTPUTS_FILE}: it did not finish "
                                       "(see stage.log)", exit_code=0)
             return
 

@@ -3,7 +3,7 @@
     python -m workers.diag sleep --spec RUN_DIR/job_spec.json --run-dir RUN_DIR
     python -m workers.diag sleep --seconds 5 --exit-code 0 --run-dir RUN_DIR
 
-It follows the stage contract (workers.stages): progress.json, metrics.jsonl,
+It follows the stage contract (sami_core.contract): progress.json, metrics.jsonl,
 outputs.json, exit code. It also appends one line per execution to
 ``RUN_DIR/executions.log`` (proof of how many times a job ran, and on which GPUs) and the pids of its
 processes to ``RUN_DIR/pids.log``. (A `sleep 0` job runs inside the worker instead:
@@ -61,8 +61,19 @@ def _progress(run_dir: Path, status: str, done: int, total: int, message: str) -
     })
 
 
+def runs_inline(kind: str, spec: dict[str, Any]) -> bool:
+    """Whether the worker runs this job in its own process instead of a child.
+
+    Only ``sleep`` with seconds == 0, exit_code == 0 and no test switches: it does no
+    work, so a child process would measure process start-up, not the queue (see
+    benchmarks/queue.py). Every other job is a real child process group."""
+    return kind == "sleep" and float(spec.get("seconds", 0)) == 0 and int(spec.get("exit_code", 0)) == 0 and not (
+        set(spec) - {"seconds", "exit_code"}
+    )
+
+
 def record_inline_execution(runs_dir: Path, job_id: int) -> None:
-    """The whole of a `sleep 0` job run inside the worker (workers.stages.runs_inline):
+    """The whole of a `sleep 0` job run inside the worker (:func:`runs_inline`):
     one line ``job_id pid time`` in ``runs/inline-executions.log``. No run directory is
     made for it: creating one costs more than the queue's work on some disks."""
     _append(runs_dir / INLINE_EXECUTIONS_FILE, f"{job_id} {os.getpid()} {time.time():.6f}\n")

@@ -1,6 +1,6 @@
 """From a stage's run directory to the database: progress, metrics, outputs, errors.
 
-The stage contract (see workers.stages): while it runs a stage rewrites
+The stage contract (sami_core.contract): while it runs a stage rewrites
 ``progress.json`` atomically and appends records to ``metrics.jsonl``; on success it
 writes ``outputs.json``. :class:`RunDirReader` turns those files into what
 db.queue.heartbeat and db.ingest store, reading only what changed: progress when the
@@ -30,17 +30,10 @@ from sqlalchemy.engine import Connection, Row
 
 from db import ingest
 from db.workspace import Workspace
+from sami_core.contract import JUDGMENTS_FILE, METRICS_FILE, OUTPUTS_FILE, PROGRESS_FILE
 
 log = logging.getLogger(__name__)
 
-PROGRESS_FILE = "progress.json"
-METRICS_FILE = "metrics.jsonl"
-OUTPUTS_FILE = "outputs.json"
-LOG_FILE = "stage.log"
-SPEC_FILE = "job_spec.json"
-# Written by a stage that fails knowing why (sami_core.rundir.record_exit; the same name
-# there: tests/unit/test_queue_relay.py checks it): {"code", "reason", "rank"}.
-EXIT_STATUS_FILE = "exit_status.json"
 _MAX_METRICS_CHUNK = 4 << 20  # bytes read per poll; the rest waits for the next one
 
 
@@ -184,16 +177,6 @@ class OutputsError(ValueError):
     """outputs.json is unreadable or does not match its kind's shape."""
 
 
-def read_exit(run_dir: Path) -> dict | None:
-    """A failed stage's RUN_DIR/exit_status.json ({"code": int, "reason": str}), or None
-    when absent or unreadable (torchrun folds a rank's exit code into 1; this keeps it)."""
-    try:
-        data = json.loads((run_dir / EXIT_STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("code"), int) else None
-
-
 def read_outputs(run_dir: Path) -> dict | None:
     path = run_dir / OUTPUTS_FILE
     if not path.exists():
@@ -309,10 +292,9 @@ def _responses(conn: Connection, job: Row, outputs: dict, run_dir: Path, workspa
 @output_handler("judge")
 def _judgments(conn: Connection, job: Row, outputs: dict, run_dir: Path, workspace: Workspace) -> None:
     """One judgments row per judgment of judgments.jsonl (errors excepted), linked to the
-    two response rows compared (workers.judging.ingest_judge_run)."""
-    from workers.judging import JudgingError, ingest_judge_run
-
+    two response rows compared (db.ingest.ingest_judgments)."""
     try:
-        ingest_judge_run(conn, run_dir, job.spec or {}, job_id=job.id, experiment_id=job.experiment_id)
-    except (JudgingError, ValueError, KeyError) as err:
+        ingest.ingest_judgments(conn, run_dir / JUDGMENTS_FILE, job.spec or {}, job_id=job.id,
+                                experiment_id=job.experiment_id)
+    except (ValueError, KeyError) as err:
         raise OutputsError(f"judgments: {err}") from None

@@ -15,7 +15,7 @@ from app import state
 from app.text import md_escape
 from db.reads import constitutions as creads
 from sami_core.errors import SpecError
-from workers.submit import SubmitError, submit
+from services.experiments import SubmitError, submit
 
 K = "new_experiment."
 SPEC, YAML, YAML_ERROR, ERRORS, RESULT = K + "spec", K + "yaml", K + "yaml_error", K + "errors", K + "result"

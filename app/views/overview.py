@@ -9,7 +9,7 @@ from app import state
 from app.winrates_view import winrate_table
 from db.reads import overview as reads
 from sami_core.errors import SpecError
-from workers.submit import SubmitError, prepare, submit
+from services.experiments import SubmitError, prepare, submit
 
 st.title("Overview")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from db.models import BLOCKED, Constitution, Experiment, Job, Worker, job_dependencies
@@ -92,3 +92,13 @@ def blocked_by(conn: Connection, job_id: int) -> list[int]:
             .where(jobs.c.status == BLOCKED, jobs.c.error.like(f"blocked: dependency job {int(job_id)} %"))
             .order_by(jobs.c.id))
     return list(conn.execute(stmt).scalars())
+
+
+def latest_experiment_id(conn: Connection) -> int | None:
+    """The newest experiment's id (None when none has been submitted)."""
+    return conn.execute(select(func.max(experiments.c.id))).scalar_one()
+
+
+def all_workers(conn: Connection) -> list[Any]:
+    """Every registered worker row (all columns), newest first (`sami workers`)."""
+    return conn.execute(select(workers).order_by(workers.c.id.desc())).all()

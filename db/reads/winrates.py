@@ -1,6 +1,6 @@
 """Reads for the Win rates page: what orders checkpoints on the x axis, and the filters.
 
-Win rates themselves come from db.ingest.judgment_rows through workers.judging.winrates
+Win rates themselves come from db.ingest.judgment_rows through services.exports.winrates
 (the same table as ``sami winrates`` and ``sami export winrates``).
 """
 

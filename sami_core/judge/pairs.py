@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from sami_core.contract import RESPONSES_FILE
 from sami_core.errors import DataError
 
 
@@ -76,11 +77,11 @@ def load_responses(path: str | Path, name: str | None = None, temperature: float
     """Read a source; keep only rows at ``temperature`` when given."""
     p = Path(path)
     if p.is_dir():
-        if not (p / "responses.jsonl").is_file():
+        if not (p / RESPONSES_FILE).is_file():
             raise DataError(f"{p} has no responses.jsonl (is it a sample run directory?)")
-        default_name, rows = p.name, _read_jsonl(p / "responses.jsonl")
+        default_name, rows = p.name, _read_jsonl(p / RESPONSES_FILE)
     elif p.suffix == ".jsonl" and p.is_file():
-        default_name = p.parent.name if p.name == "responses.jsonl" else p.stem
+        default_name = p.parent.name if p.name == RESPONSES_FILE else p.stem
         rows = _read_jsonl(p)
     elif p.suffix == ".json" and p.is_file():
         from sami_core.results import load_published

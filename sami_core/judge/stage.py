@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from sami_core import constitutions
+from sami_core.contract import CONSTITUTION_FILE, JUDGMENTS_FILE, WINRATES_FILE
 from sami_core.errors import ConstitutionError
 from sami_core.judge.cache import JsonlFile, JudgmentCache, RequestEstimate, estimate_requests
 from sami_core.judge.client import JudgeError, RequestFailed, complete_with_retries, make_client, provider_id
@@ -54,7 +55,7 @@ def plan_judge_job(spec: JudgeSpec, run_dir: str | Path | None = None) -> tuple[
     base = load_responses(spec.baseline.path, spec.baseline.name, spec.baseline.temperature)
     explicit = spec.candidate.temperature is not None or spec.baseline.temperature is not None
     pairs = make_pairs(cand, base, join_on_temperature=not explicit)[: spec.limit]
-    files = [Path(run_dir) / "judgments.jsonl"] if run_dir is not None else []
+    files = [Path(run_dir) / JUDGMENTS_FILE] if run_dir is not None else []
     cache = JudgmentCache(files, write_to=shared_cache_path(spec))
     return plan_tasks(pairs, judge_settings(spec)), cache
 
@@ -74,7 +75,7 @@ def run_judge(spec: JudgeSpec, run_dir: str | Path) -> dict:
     est = estimate_requests(tasks, cache)
     settings = judge_settings(spec)
     _log(f"judge: {spec.judge.provider} {spec.judge.model}: {est}")
-    log = JsonlFile(rd / "judgments.jsonl")
+    log = JsonlFile(rd / JUDGMENTS_FILE)
     total = len(tasks)
     state = {"done": 0, "last": 0.0}
     rd.progress("judge", 0, total, "judgments", "judging")
@@ -102,14 +103,14 @@ def run_judge(spec: JudgeSpec, run_dir: str | Path) -> dict:
 
     report = asyncio.run(run())
     judgments = report.judgments
-    atomic_write_text(rd / "judgments.jsonl", "".join(json.dumps(j, ensure_ascii=False) + "\n" for j in judgments))
+    atomic_write_text(rd / JUDGMENTS_FILE, "".join(json.dumps(j, ensure_ascii=False) + "\n" for j in judgments))
     table = winrate_table(judgments, ci=spec.ci, seed=spec.seed)
-    atomic_write_json(rd / "winrates.json", table)
+    atomic_write_json(rd / WINRATES_FILE, table)
     fr, n_fr = flip_rate(judgments)
     row = table[0] if len(table) == 1 else {}
     counts = {v: sum(j["verdict"] == v for j in judgments) for v in ("win", "loss", "tie", "invalid", "error")}
     outputs = {
-        "judgments": "judgments.jsonl", "winrates": "winrates.json", "n_pairs": est.pairs, "n_judgments": total,
+        "judgments": JUDGMENTS_FILE, "winrates": WINRATES_FILE, "n_pairs": est.pairs, "n_judgments": total,
         "wins": counts["win"], "losses": counts["loss"], "ties": counts["tie"], "invalid": counts["invalid"],
         "errors": counts["error"], "win_rate": row.get("win_rate"), "ci_low": row.get("ci_low"),
         "ci_high": row.get("ci_high"), "lc_win_rate": row.get("lc_win_rate"),
@@ -199,11 +200,11 @@ def run_write_constitution(spec: WriteConstitutionSpec, run_dir: str | Path) -> 
     c, text, sent = asyncio.run(ask())
     data = c.to_native()
     payload = {"name": spec.name, "principles": data} if spec.name else data
-    atomic_write_json(rd / "constitution.json", payload)
+    atomic_write_json(rd / CONSTITUTION_FILE, payload)
     atomic_write_text(rd / "writer_answer.txt", text)
     if len(data) != spec.n_principles:
         _log(f"write_constitution: asked for {spec.n_principles} principles, got {len(data)}")
-    outputs = {"constitution": "constitution.json", "n_principles": len(data), "requests_sent": sent,
+    outputs = {"constitution": CONSTITUTION_FILE, "n_principles": len(data), "requests_sent": sent,
                "writer_model": w.model}
     rd.progress("write_constitution", 1, 1, "constitutions", f"{len(data)} principles", "succeeded")
     rd.write_outputs(outputs)

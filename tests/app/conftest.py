@@ -4,7 +4,7 @@
 ``open_page("queue", experiment="3")`` builds an AppTest of the real entry file
 (navigation + sidebar) showing that page, with those query parameters, and runs it.
 Seed data through the real write paths (db.ingest, db.experiments, db.queue,
-workers.judging.import_results_file), never by hand-made rows that skip them.
+services.results.import_results_file), never by hand-made rows that skip them.
 """
 
 from __future__ import annotations

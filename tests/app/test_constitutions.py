@@ -13,7 +13,7 @@ from app import constitution_edit as ce
 from db.engine import transact
 from db.models import Constitution
 from sami_core.spec import DATA_DIR
-from workers import submit
+from services import experiments as submit
 
 K = "constitutions."
 ROWS = [{"principle": "Summaries are concise.", "antithesis": "Summaries are long-winded."},

@@ -15,7 +15,7 @@ from app import experiment_form as ef
 from db.engine import transact
 from db.experiments import constitution_version
 from db.models import Constitution, Experiment, Job
-from workers import submit
+from services import experiments as submit
 
 K = "new_experiment."
 ROWS = [{"principle": "Summaries are concise.", "antithesis": "Summaries are long-winded."}]

@@ -13,7 +13,7 @@ from db import ingest, queue
 from db.engine import transact
 from db.models import Experiment, Job, job_dependencies
 from sami_core.pipeline import expand
-from workers import submit
+from services import experiments as submit
 
 
 def _submit_demo(engine) -> int:

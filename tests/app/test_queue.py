@@ -8,7 +8,7 @@ import re
 from app.overview_view import DEMO_SPEC
 from db import queue
 from db.engine import transact
-from workers import submit
+from services import experiments as submit
 
 
 def _submit_demo(engine) -> dict[str, int]:

@@ -1,5 +1,5 @@
 """Responses page: two sources side by side on the shipped published responses (imported
-through workers.judging.import_results_file), judgments stored through
+through services.results.import_results_file), judgments stored through
 db.ingest.upsert_judgments; search, verdict filter and pagination narrow or move the
 pairs; model text is shown as literal text, never as markdown or HTML."""
 
@@ -9,7 +9,7 @@ import pytest
 
 from db import ingest
 from db.engine import transact
-from workers import judging
+from services import exports, judging, results
 
 ITER1 = "iteration-1-epoch-0.12-mistral-opus-constitution-temperature-0.0"
 BASE = "base-mistral-opus-constitution-temperature-0.0"
@@ -19,9 +19,9 @@ VERDICTS = ("candidate", "baseline", "tie", "error")  # of queries 0, 1, 2, 3
 def seed(engine) -> dict[str, int]:  # noqa: ANN001
     """Both opus-constitution files (250 responses each); judgments of ITER1 vs BASE on
     queries 0-3 (one verdict each); returns {label: source id}."""
-    paths = {p.stem: p for p in judging.shipped_results()}
+    paths = {p.stem: p for p in results.shipped_results()}
     for name in (ITER1, BASE):
-        transact(engine, lambda c, name=name: judging.import_results_file(c, paths[name]))
+        transact(engine, lambda c, name=name: results.import_results_file(c, paths[name]))
     ids = {s["label"]: s["id"] for s in transact(engine, ingest.list_sources)}
     by_query = {side: {r["query_id"]: r for r in transact(engine, lambda c, s=ids[side]: ingest.source_responses(c, s))}
                 for side in (ITER1, BASE)}
@@ -44,7 +44,7 @@ def captions(at) -> str:  # noqa: ANN001
 def published(label: str) -> dict[str, str]:
     from sami_core.results import load_published
 
-    path = next(p for p in judging.shipped_results() if p.stem == label)
+    path = next(p for p in results.shipped_results() if p.stem == label)
     return {r.query_id: r.response for r in load_published(path).rows}
 
 

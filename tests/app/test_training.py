@@ -1,4 +1,4 @@
-"""Training page: a two-iteration demo experiment submitted through workers.submit, its
+"""Training page: a two-iteration demo experiment submitted through services.experiments, its
 train jobs' metrics.jsonl records (as sami_core/train.py writes them) stored through
 db.ingest.upsert_metrics; one trace per iteration in each chart, the log-prob matrix at
 the chosen step, deep links and empty states."""
@@ -13,7 +13,7 @@ import yaml
 from app.overview_view import DEMO_SPEC
 from db import ingest
 from db.engine import transact
-from workers import submit
+from services import experiments as submit
 
 STEPS = 6
 

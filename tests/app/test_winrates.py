@@ -1,5 +1,5 @@
 """Win rates page: on the shipped published responses with judgments stored through
-db.ingest.upsert_judgments, the table equals workers.judging.winrates on the same rows,
+db.ingest.upsert_judgments, the table equals services.exports.winrates on the same rows,
 checkpoints are in iteration order, filters narrow, the CSV download is exactly the table
 shown, the length-controlled toggle changes what is plotted."""
 
@@ -14,7 +14,7 @@ import pytest
 from db import ingest
 from db.engine import transact
 from db.experiments import create_experiment
-from workers import judging
+from services import exports, judging, results
 
 ITERS = ("iteration-1-epoch-0.12-mistral-opus-constitution-temperature-0.0",
          "iteration-2-epoch-0.25-from-epoch-0.12-mistral-opus-constitution-temperature-0.0",
@@ -37,8 +37,8 @@ def verdict(k: int, b: int, q: int, cand: str, base: str) -> str:
 def seed(engine) -> None:  # noqa: ANN001
     """All ten shipped files (2,500 responses); each opus iteration judged against base and
     instruct (opus) on the first 40 queries, judge gpt-test."""
-    for path in judging.shipped_results():
-        transact(engine, lambda c, path=path: judging.import_results_file(c, path))
+    for path in results.shipped_results():
+        transact(engine, lambda c, path=path: results.import_results_file(c, path))
     ids = {s["label"]: s["id"] for s in transact(engine, ingest.list_sources)}
     resp = {label: {r["query_id"]: r for r in transact(engine, lambda c, s=ids[label]: ingest.source_responses(c, s))}
             for label in ITERS + BASES}
@@ -71,14 +71,14 @@ def test_table_equals_judging_winrates_in_iteration_order_and_csv_is_what_is_sho
     seed(workspace.engine)
     at = open_page("winrates")
     assert not at.exception
-    expected = judging.winrates(transact(workspace.engine, ingest.judgment_rows))
+    expected = exports.winrates(transact(workspace.engine, ingest.judgment_rows))
     shown = table_records(at)
-    assert list(at.dataframe[0].value.columns) == list(judging.WINRATE_COLUMNS)
+    assert list(at.dataframe[0].value.columns) == list(exports.WINRATE_COLUMNS)
     assert len(shown) == len(expected) == 6
     key = lambda r: (r["candidate"], r["baseline"])  # noqa: E731
     want = {key(r): r for r in expected}
     for r in shown:
-        assert all(close(r[c], want[key(r)][c]) for c in judging.WINRATE_COLUMNS), r
+        assert all(close(r[c], want[key(r)][c]) for c in exports.WINRATE_COLUMNS), r
     # checkpoints in iteration order on the x axis
     chart = at.get("plotly_chart")[0]
     import json
@@ -98,7 +98,7 @@ def test_table_equals_judging_winrates_in_iteration_order_and_csv_is_what_is_sho
     assert button.proto.label == "Download CSV"
     data = download_bytes(served, button)
     parsed = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
-    assert list(parsed[0]) == list(judging.WINRATE_COLUMNS)
+    assert list(parsed[0]) == list(exports.WINRATE_COLUMNS)
     assert [(r["candidate"], r["baseline"]) for r in parsed] == [key(r) for r in shown]
     for got, row in zip(parsed, shown):
         assert int(got["n"]) == row["n"] and abs(float(got["win_rate"]) - row["win_rate"]) < 1e-12
@@ -122,7 +122,7 @@ def test_length_controlled_toggle_changes_the_plotted_values(open_page, workspac
     at.toggle(key="winrates.lc").set_value(True).run()
     lc = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
     expected = {(r["candidate"], r["baseline"]): r["lc_win_rate"]
-                for r in judging.winrates(transact(workspace.engine, ingest.judgment_rows))}
+                for r in exports.winrates(transact(workspace.engine, ingest.judgment_rows))}
     assert [t["y"] for t in lc] != [t["y"] for t in raw]
     for t in lc:
         assert "error_y" not in t

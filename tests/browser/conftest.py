@@ -51,9 +51,9 @@ def _missing_browser() -> str | None:
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """``python -m workers ARGS`` in its own process group (so teardown can kill its tree)."""
+    """``python -m cli ARGS`` in its own process group (so teardown can kill its tree)."""
     out = open(log, "wb")  # noqa: SIM115 (closed at teardown via the process)
-    return subprocess.Popen([sys.executable, "-m", "workers", *args], cwd=ROOT, env=env, stdout=out,
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -76,7 +76,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _cli(args: list[str], env: dict[str, str], timeout: float) -> str:
-    done = subprocess.run([sys.executable, "-m", "workers", *args], cwd=ROOT, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert done.returncode == 0, f"sami {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout

@@ -28,7 +28,7 @@ from db import ingest, queue  # noqa: E402
 from db.engine import transact  # noqa: E402
 from tests.browser.conftest import ROOT, Workbench  # noqa: E402
 from tests.browser.st_driver import StreamlitPage  # noqa: E402
-from workers import judging  # noqa: E402
+from services import exports, judging, results  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -233,7 +233,7 @@ def test_researcher_flow(workbench: Workbench, browser, screenshot) -> None:  # 
     path = page.wait_download(browser.downloads, ".csv")
     with open(path, newline="", encoding="utf-8") as f:
         got = list(csv.DictReader(f))
-    expected = [r for r in judging.winrates(_read(workbench, ingest.judgment_rows))
+    expected = [r for r in exports.winrates(_read(workbench, ingest.judgment_rows))
                 if r["experiment_id"] == experiment_id]
     assert expected, "the experiment's judge job stored no judgments"
     for col in WINRATE_KEY:

@@ -22,7 +22,7 @@ from db import queue
 from db.engine import make_engine, transact
 from db.testing import BACKENDS, new_database_url, postgres_unavailable_reason
 from db.workspace import Workspace
-from workers.launch import is_alive
+from sami_core.launch import is_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ class Sami:
     # --- processes ---------------------------------------------------------------------
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "workers", *args], env=self.env, cwd=self.home,
+        proc = subprocess.run([sys.executable, "-m", "cli", *args], env=self.env, cwd=self.home,
                               capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"sami {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
@@ -54,7 +54,7 @@ class Sami:
 
     def worker(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.home / f"worker-{len(self.workers)}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "workers", "worker", *FAST_WORKER, *args],
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "worker", *FAST_WORKER, *args],
                                 env={**self.env, **(env or {})}, cwd=self.home, stdout=log, stderr=log)
         self.workers.append(proc)
         return proc

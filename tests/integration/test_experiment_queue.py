@@ -18,7 +18,7 @@ from db.models import Checkpoint, Job, Judgment, Metric, Response, ResponseSourc
 from sami_core.spec import EXAMPLES_DIR
 from tests.integration.conftest import Sami
 from tests.integration.test_train_torchrun import make_training_data
-from workers.launch import is_alive, tree_pids
+from sami_core.launch import is_alive, tree_pids
 
 pytestmark = pytest.mark.integration
 

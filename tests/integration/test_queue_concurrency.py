@@ -13,8 +13,8 @@ from sqlalchemy import inspect
 from db.engine import make_engine
 from db.migrations import HEAD, current_revision
 from db.testing import new_database_url
-from workers import launch
-from workers.launch import is_alive
+from sami_core import launch
+from sami_core.launch import is_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -42,7 +42,7 @@ def test_ui_with_worker_serves_and_stops_both_on_sigterm(tmp_path: Path):
     home = tmp_path / "ws"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "SAMI_DATABASE_URL"} | {"SAMI_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "workers", "ui", "--with-worker", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "ui", "--with-worker", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     engine = None

@@ -16,7 +16,7 @@ from db import queue
 from db.models import Job, Metric
 from tests.integration.conftest import Sami
 from workers.diag import count_executions
-from workers.launch import is_alive
+from sami_core.launch import is_alive
 
 
 def test_300_jobs_on_8_workers_each_run_exactly_once(sami: Sami) -> None:

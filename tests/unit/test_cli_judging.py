@@ -15,7 +15,8 @@ from db.engine import make_engine, transact
 from db.experiments import constitution_version
 from db.testing import BACKENDS, new_database_url, postgres_unavailable_reason
 from sami_core.results import PUBLISHED_DIR
-from workers import cli, judging
+from cli import main as cli
+from services import exports, judging, results
 
 IMPORTED = "base-mistral-opus-constitution-temperature-0.0"
 CANDIDATE = "iteration-1-epoch-0.12-mistral-opus-constitution-temperature-0.0"
@@ -46,7 +47,7 @@ def sources_table(capsys: pytest.CaptureFixture, *args: str) -> str:
 
 
 def test_the_table_shows_each_sources_constitution_and_model(engine, capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
-    transact(engine, lambda c: judging.import_results_file(c, PUBLISHED_DIR / f"{IMPORTED}.json"))
+    transact(engine, lambda c: results.import_results_file(c, PUBLISHED_DIR / f"{IMPORTED}.json"))
 
     def sampled(c):  # noqa: ANN001, ANN202  (a model baseline sampled under a stored constitution version)
         c_id, version, _ = constitution_version(c, "concise", [{"principle": "be brief", "antithesis": "ramble"}])
@@ -74,7 +75,7 @@ def test_judge_provider_auto_is_resolved_when_the_job_is_queued(
     engine, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
 ) -> None:
     for name in (CANDIDATE, IMPORTED):
-        transact(engine, lambda c, name=name: judging.import_results_file(c, PUBLISHED_DIR / f"{name}.json"))
+        transact(engine, lambda c, name=name: results.import_results_file(c, PUBLISHED_DIR / f"{name}.json"))
     args = ["judge", "--candidate", CANDIDATE, "--baseline", IMPORTED, "--provider", "auto", "--limit", "2"]
 
     assert cli.main(args) == 0

@@ -11,7 +11,7 @@ import pytest
 from app import experiment_form as ef
 from sami_core.errors import SpecError
 from sami_core.spec import EXAMPLES_DIR, read_spec_file
-from workers import submit
+from services import experiments as submit
 
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
 

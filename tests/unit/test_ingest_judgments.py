@@ -16,7 +16,8 @@ from db.engine import transact
 from db.models import Constitution, Judgment, Response, ResponseSource
 from db.workspace import Workspace
 from sami_core.results import PUBLISHED_DIR
-from workers import judging, relay
+from services import exports, judging, results
+from workers import relay
 
 CAND = "iteration-1-epoch-0.12-mistral-opus-constitution-temperature-0.0"
 BASE = "base-mistral-opus-constitution-temperature-0.0"
@@ -39,7 +40,7 @@ def record(query_id: str, order: str, verdict: str, key: str) -> dict:
 def test_import_is_idempotent_and_judgments_are_stored_once_per_position(engine, tmp_path: Path) -> None:  # noqa: ANN001
     for _ in range(2):
         for name in (CAND, BASE):
-            transact(engine, lambda c, name=name: judging.import_results_file(c, PUBLISHED_DIR / f"{name}.json"))
+            transact(engine, lambda c, name=name: results.import_results_file(c, PUBLISHED_DIR / f"{name}.json"))
     assert (count(engine, ResponseSource), count(engine, Response)) == (2, 500)
     sources = {s["label"]: s for s in transact(engine, ingest.list_sources)}
     assert sources[CAND]["kind"] == "import" and sources[CAND]["n_responses"] == 250
@@ -85,7 +86,7 @@ def test_import_is_idempotent_and_judgments_are_stored_once_per_position(engine,
     assert [tuple(s[:2]) for s in stored] == [("candidate", "A"), ("candidate", "B"), ("baseline", "A"), ("tie", "B"),
                                               ("error", "A")]
     assert tuple(stored[-1][2:]) == ("HTTP 500 (key ***)", "HTTP 500 (key ***)")  # the message, nothing else
-    (wr,) = judging.winrates(rows)
+    (wr,) = exports.winrates(rows)
     assert (wr["n"], wr["wins"], wr["losses"], wr["ties"], wr["errors"]) == (4, 2, 1, 1, 1)
     assert wr["win_rate"] == 0.625
 
@@ -95,14 +96,14 @@ def test_import_is_idempotent_and_judgments_are_stored_once_per_position(engine,
     later.mkdir()
     recs2 = [record("3", "candidate_first", "loss", "k3"), record("1", "candidate_first", "error", "k1")]
     (later / "judgments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs2))
-    assert transact(engine, lambda c: judging.ingest_judge_run(c, later, spec)) == 2
+    assert transact(engine, lambda c: ingest.ingest_judgments(c, later / "judgments.jsonl", spec)) == 2
     assert count(engine, Judgment) == 5
-    (wr,) = judging.winrates(transact(engine, ingest.judgment_rows))
+    (wr,) = exports.winrates(transact(engine, ingest.judgment_rows))
     assert (wr["n"], wr["wins"], wr["losses"], wr["ties"], wr["errors"]) == (5, 2, 2, 1, 0)
 
 
 def test_a_judge_run_naming_an_unknown_source_is_refused(engine, tmp_path: Path) -> None:  # noqa: ANN001
     (tmp_path / "judgments.jsonl").write_text(json.dumps(record("0", "candidate_first", "win", "k")) + "\n")
-    with pytest.raises(judging.JudgingError, match="no response source"):
-        transact(engine, lambda c: judging.ingest_judge_run(
-            c, tmp_path, {"candidate": {"name": "nope"}, "baseline": {"name": "base"}}))
+    with pytest.raises(ingest.IngestError, match="no response source"):
+        transact(engine, lambda c: ingest.ingest_judgments(
+            c, tmp_path / "judgments.jsonl", {"candidate": {"name": "nope"}, "baseline": {"name": "base"}}))

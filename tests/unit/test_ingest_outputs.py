@@ -122,7 +122,7 @@ def test_a_model_baseline_is_a_baseline_source_and_names_its_win_rates(engine, t
     """sample-instruct (an experiment's model baseline: a hub id, or a local directory that
     is no checkpoint of the experiment) -> a `baseline` source labelled `instruct` with its
     model; judge-1-vs-instruct's judgments then find it by that label."""
-    from workers import judging
+    from services import exports, judging, results
 
     ws = Workspace(tmp_path / "ws")
     root = "runs/exp-000001-demo"
@@ -162,6 +162,6 @@ def test_a_model_baseline_is_a_baseline_source_and_names_its_win_rates(engine, t
     transact(engine, lambda c: relay.ingest_outputs(c, judge, {"n_judgments": 3}, judge_dir, ws))
     from db import ingest
 
-    (row,) = judging.winrates(transact(engine, lambda c: ingest.judgment_rows(c, experiment_id=exp_id)))
+    (row,) = exports.winrates(transact(engine, lambda c: ingest.judgment_rows(c, experiment_id=exp_id)))
     assert (row["candidate"], row["baseline"], row["n"], row["wins"], row["losses"]) == (
         "iteration-1", "instruct", 3, 2, 1)

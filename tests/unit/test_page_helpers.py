@@ -7,11 +7,11 @@ import csv
 import io
 
 from app import responses_view, training_view, winrates_view
-from workers import judging
+from services import exports, judging, results
 
 
 def wr_row(candidate: str, baseline: str = "base", exp: int | None = None, **kw) -> dict:  # noqa: ANN003
-    row = {c: None for c in judging.WINRATE_COLUMNS}
+    row = {c: None for c in exports.WINRATE_COLUMNS}
     row.update(experiment_id=exp, candidate=candidate, baseline=baseline, judge_model="j", temperature=0.0, n=4,
                win_rate=0.5, ci_low=0.2, ci_high=0.8, lc_win_rate=0.5)
     row.update(kw)
@@ -43,17 +43,17 @@ def test_chart_frame_prefixes_experiments_only_when_several():
     assert list(two["checkpoint"]) == ["e3/it-1", "e4/it-1", "imported"]
     ids = winrates_view.table_frame([wr_row("a", exp=3), wr_row("b")])["experiment_id"]
     assert str(ids.dtype) == "Int64" and ids[0] == 3 and ids.isna()[1]
-    assert list(winrates_view.table_frame([]).columns) == list(judging.WINRATE_COLUMNS)
+    assert list(winrates_view.table_frame([]).columns) == list(exports.WINRATE_COLUMNS)
 
 
 def test_csv_has_the_columns_and_neutralises_formulas_like_write_csv(tmp_path):
     rows = [wr_row("=HYPERLINK(1)"), wr_row("it-2", win_rate=0.625)]
     data = winrates_view.to_csv(rows)
     parsed = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
-    assert list(parsed[0]) == list(judging.WINRATE_COLUMNS)
+    assert list(parsed[0]) == list(exports.WINRATE_COLUMNS)
     assert parsed[0]["candidate"] == "'=HYPERLINK(1)" and parsed[1]["win_rate"] == "0.625"
     # byte for byte what the CLI's export writes
-    path = judging.write_csv(rows, judging.WINRATE_COLUMNS, tmp_path, "w.csv")
+    path = exports.write_csv(rows, exports.WINRATE_COLUMNS, tmp_path, "w.csv")
     assert path.read_bytes() == data
 
 

@@ -9,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from workers import relay, stages
-from workers.cli import CliError, parse_params
+from sami_core import contract
+from services import jobs
+from workers import relay
+from workers.diag import runs_inline
+from cli.jobs import parse_params
+from cli.registry import CliError
 from workers.diag import count_executions, record_inline_execution, run_sleep
 
 
@@ -96,43 +100,43 @@ def test_redact_hides_secrets_from_the_environment_and_urls() -> None:
 
 
 def test_sleep_spec_validation() -> None:
-    assert stages.validate_spec("sleep", {"seconds": "2", "exit_code": 3}) == {"seconds": 2.0, "exit_code": 3}
-    with pytest.raises(stages.KindError, match="unknown job kind"):
-        stages.validate_spec("nap", {})
-    with pytest.raises(stages.KindError, match="unknown param"):
-        stages.validate_spec("sleep", {"secs": 1})
-    with pytest.raises(stages.KindError, match=">= 0"):
-        stages.validate_spec("sleep", {"seconds": -1})
-    with pytest.raises(stages.KindError, match="0..255"):
-        stages.validate_spec("sleep", {"exit_code": 256})
+    assert jobs.validate_job_spec("sleep", {"seconds": "2", "exit_code": 3}) == {"seconds": 2.0, "exit_code": 3}
+    with pytest.raises(contract.KindError, match="unknown job kind"):
+        jobs.validate_job_spec("nap", {})
+    with pytest.raises(contract.KindError, match="unknown param"):
+        jobs.validate_job_spec("sleep", {"secs": 1})
+    with pytest.raises(contract.KindError, match=">= 0"):
+        jobs.validate_job_spec("sleep", {"seconds": -1})
+    with pytest.raises(contract.KindError, match="0..255"):
+        jobs.validate_job_spec("sleep", {"exit_code": 256})
 
 
 
 def test_stage_specs_are_validated_with_their_schema() -> None:
-    spec = stages.validate_spec("train", {"data": {"path": "runs/gen"}, "training": {"lr": 1e-6}})
+    spec = jobs.validate_job_spec("train", {"data": {"path": "runs/gen"}, "training": {"lr": 1e-6}})
     assert spec["training"]["lr"] == 1e-6 and spec["training"]["grad_accum"] == 16  # defaults filled in
-    with pytest.raises(stages.KindError) as err:
-        stages.validate_spec("train", {"anything": 1})
+    with pytest.raises(contract.KindError) as err:
+        jobs.validate_job_spec("train", {"anything": 1})
     assert "data: required key is missing" in str(err.value) and "anything: unknown key" in str(err.value)
-    with pytest.raises(stages.KindError, match="generation.max_new_tokens"):
-        stages.validate_spec("sample", {"generation": {"max_new_tokens": "many"}})
-    with pytest.raises(stages.KindError, match="n_constitutions: must be >= 2"):
-        stages.validate_spec("generate", {"n_constitutions": 1})
+    with pytest.raises(contract.KindError, match="generation.max_new_tokens"):
+        jobs.validate_job_spec("sample", {"generation": {"max_new_tokens": "many"}})
+    with pytest.raises(contract.KindError, match="n_constitutions: must be >= 2"):
+        jobs.validate_job_spec("generate", {"n_constitutions": 1})
 
 
 def test_cpu_training_gets_one_openmp_thread_per_rank() -> None:
-    assert stages.stage_env("train", []) == {"OMP_NUM_THREADS": "1"}
-    assert stages.stage_env("train", ["0", "1"]) == {}
-    assert stages.stage_env("sample", []) == {}
+    assert contract.stage_env("train", []) == {"OMP_NUM_THREADS": "1"}
+    assert contract.stage_env("train", ["0", "1"]) == {}
+    assert contract.stage_env("sample", []) == {}
 
 
 def test_only_trivial_sleep_jobs_run_inline() -> None:
-    assert stages.runs_inline("sleep", {"seconds": 0, "exit_code": 0})
-    assert stages.runs_inline("sleep", {})
-    assert not stages.runs_inline("sleep", {"seconds": 0.1})
-    assert not stages.runs_inline("sleep", {"seconds": 0, "exit_code": 1})
-    assert not stages.runs_inline("sleep", {"seconds": 0, "grandchild": True})
-    assert not stages.runs_inline("generate", {})
+    assert runs_inline("sleep", {"seconds": 0, "exit_code": 0})
+    assert runs_inline("sleep", {})
+    assert not runs_inline("sleep", {"seconds": 0.1})
+    assert not runs_inline("sleep", {"seconds": 0, "exit_code": 1})
+    assert not runs_inline("sleep", {"seconds": 0, "grandchild": True})
+    assert not runs_inline("generate", {})
 
 
 def test_stage_command_lines(tmp_path: Path) -> None:
@@ -141,15 +145,15 @@ def test_stage_command_lines(tmp_path: Path) -> None:
     py = sys.executable
 
     def cmd(kind: str, devices: list[str]) -> list[str]:
-        return stages.build_command(kind, {}, spec_path=spec, run_dir=run, devices=devices)
+        return contract.build_command(kind, spec_path=spec, run_dir=run, devices=devices)
 
     assert cmd("generate", ["0"]) == [py, "-m", "sami_core", "generate", *io]
     assert cmd("judge", []) == [py, "-m", "sami_core", "judge", *io]
     assert cmd("train", ["2", "3"]) == [py, "-m", "torch.distributed.run", "--standalone",
                                          "--nproc_per_node=2", "-m", "sami_core", "train", *io]
-    assert cmd("train", [])[4] == f"--nproc_per_node={stages.CPU_TRAIN_PROCS}"  # CPU: gloo ranks
+    assert cmd("train", [])[4] == f"--nproc_per_node={contract.CPU_TRAIN_PROCS}"  # CPU: gloo ranks
     assert cmd("sleep", []) == [py, "-m", "workers.diag", "sleep", *io]
-    with pytest.raises(stages.KindError):
+    with pytest.raises(contract.KindError):
         cmd("nap", [])
 
 
@@ -195,7 +199,7 @@ def test_parse_params() -> None:
 
 def test_devices_come_from_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     from workers.daemon import detect_devices
-    from workers.launch import child_env
+    from sami_core.launch import child_env
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert detect_devices() == ["2", "3"]
@@ -208,11 +212,16 @@ def test_devices_come_from_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_a_stage_recorded_exit_is_read_back_by_the_worker(tmp_path):
-    from sami_core.rundir import EXIT_STATUS_FILE, record_exit
+    from sami_core.contract import EXIT_STATUS_FILE, read_exit_status, stage_exit_code
+    from sami_core.rundir import record_exit
 
-    assert EXIT_STATUS_FILE == relay.EXIT_STATUS_FILE
-    assert relay.read_exit(tmp_path) is None
+    assert read_exit_status(tmp_path) is None
     record_exit(tmp_path, 2, "DataError: data.path: no queries")
-    assert relay.read_exit(tmp_path) == {"code": 2, "reason": "DataError: data.path: no queries", "rank": 0}
+    assert read_exit_status(tmp_path) == {"code": 2, "reason": "DataError: data.path: no queries", "rank": 0}
+    # torchrun folds a rank's exit code 2 into 1: the record restores it; another code stays
+    assert stage_exit_code(1, tmp_path)[0] == 2
+    assert stage_exit_code(0, tmp_path) == (0, None)
+    record_exit(tmp_path, 1, "RuntimeError: boom")
+    assert stage_exit_code(1, tmp_path)[0] == 1
     (tmp_path / EXIT_STATUS_FILE).write_text("{not json")
-    assert relay.read_exit(tmp_path) is None
+    assert read_exit_status(tmp_path) is None

@@ -18,7 +18,8 @@ from db.engine import make_engine, transact
 from db.models import Constitution, Experiment, Job
 from db.testing import BACKENDS, new_database_url, postgres_unavailable_reason
 from sami_core.spec import EXAMPLES_DIR
-from workers import cli, submit
+from cli import main as cli
+from services import experiments as submit
 
 DEMO = EXAMPLES_DIR / "demo.yaml"
 TLDR = EXAMPLES_DIR / "tldr-mistral-7b.yaml"
@@ -323,7 +324,7 @@ def test_an_api_judge_without_its_key_here_is_submitted_with_a_note() -> None:
 
 def test_a_local_model_path_that_does_not_exist_is_refused_by_field(tmp_path):
     from sami_core.errors import SpecError
-    from workers.submit import prepare_data
+    from services.experiments import prepare_data
 
     data = yaml.safe_load(DEMO.read_text())
     data["model"] = {"path": str(tmp_path / "no-such-model")}

@@ -1,10 +1,10 @@
-"""`sami submit`: an experiment spec becomes a constitution version, an experiments row
-and a DAG of stage jobs, all in one transaction.
+"""Submitting an experiment (`sami submit`, the app's "Submit"): an experiment spec becomes
+a constitution version, an experiments row and a DAG of stage jobs, all in one transaction.
 
-Before anything is written (:func:`prepare`):
+The experiment is resolved once, before anything is written (:func:`prepare`):
 
-1. the spec file (YAML or JSON) is validated (sami_core.spec.validate_experiment:
-   ``field.path: reason`` lines);
+1. the spec (a YAML or JSON file, or the app's form) is validated once
+   (sami_core.spec.validate_experiment: ``field.path: reason`` pairs);
 2. the constitution (a file, a shipped ``demo:...`` one, or inline principles) is read
    and checked for N variants, then put *inline* into the experiment, so that its jobs
    never read a file that may change after submission;
@@ -14,8 +14,8 @@ Before anything is written (:func:`prepare`):
    (sami_core.spec.resolve_auto_judge: an API judge when a key variable is set, else the
    local demo judge); the resolved spec records the provider and model chosen, never a
    key, and a note in the result's warnings says which judge and why;
-5. the experiment is expanded into its jobs (sami_core.pipeline.expand), which
-   validates every stage spec.
+5. the resolved experiment is expanded into its jobs (sami_core.pipeline.expand), which
+   validates every stage spec; the plan is kept for a dry run.
 
 Then, in one transaction (:func:`submit`): each job's device need is checked against
 the registered workers (refused when no worker is big enough; only a warning when no
@@ -36,16 +36,16 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from db.experiments import constitution_version, create_experiment, enqueue_plan, worker_capacity
 from sami_core import constitutions
+from sami_core.contract import EXPERIMENT_KINDS
 from sami_core.errors import ConstitutionError, SpecError
 from sami_core.pipeline import JobPlan, expand
-from sami_core.spec import (ConstitutionSpec, ExperimentSpec, read_spec_file, resolve_experiment_judge,
-                            validate_experiment)
-
-STAGE_ORDER = ("generate", "train", "sample", "judge")
+from sami_core.spec import ConstitutionSpec, ExperimentSpec, read_spec_file, resolve_experiment_judge, validate_experiment
+from services.errors import ServiceError
 
 
-class SubmitError(ValueError):
+class SubmitError(ServiceError):
     """The experiment cannot be submitted as it is; the message names the field."""
 
 
@@ -59,6 +59,7 @@ class Prepared:
     principles: list[dict[str, str | None]]
     constitution_origin: str  # where the principles came from (a path, `demo:...`, inline)
     notes: list[str] = field(default_factory=list)  # what was decided for the submitter (the judge chosen)
+    plans: list[JobPlan] = field(default_factory=list)  # the jobs, under a placeholder run root (exp-NEW)
 
 
 @dataclass
@@ -132,9 +133,11 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
         if llm.provider in ("openai", "azure") and llm.api_key_env and not env.get(llm.api_key_env):
             notes.append(f"judge: ${llm.api_key_env} is not set here; the workers that run the judge jobs need it "
                          "in their environment")
-    exp = validate_experiment(exp.model_copy(update=update).model_dump(mode="json"), source=source)
-    expand(exp, runs_root(0, exp.name))  # every stage spec validates (raises SpecError)
-    return Prepared(exp, source, c_name, principles, origin, notes)
+    # Every value in `update` is already validated (built by a spec model, or a path
+    # string made absolute): the resolved experiment is not validated a second time.
+    exp = exp.model_copy(update=update)
+    plans = expand(exp, PREVIEW_ROOT_PREFIX + slug(exp.name))  # every stage spec validates (raises SpecError)
+    return Prepared(exp, source, c_name, principles, origin, notes, plans)
 
 
 # A model path written as a local one (not a hub id such as org/name).
@@ -160,6 +163,10 @@ def slug(name: str) -> str:
     return s[:40].rstrip("-") or "experiment"
 
 
+# Run directories shown before the experiment has an id (a dry run, the app's preview).
+PREVIEW_ROOT_PREFIX = "runs/exp-NEW-"
+
+
 def runs_root(experiment_id: int, name: str) -> str:
     """An experiment's run directories, relative to the workspace."""
     return f"runs/exp-{experiment_id:06d}-{slug(name)}"
@@ -168,7 +175,7 @@ def runs_root(experiment_id: int, name: str) -> str:
 def check_devices(plans: list[JobPlan], capacity: list[tuple[int, list[str] | None]]) -> list[str]:
     """Refuse (SubmitError naming ``devices.<kind>``) a job that needs more GPUs than any
     registered worker that runs its kind has; return warnings for what cannot be checked."""
-    needs = {k: max((p.devices for p in plans if p.kind == k), default=0) for k in STAGE_ORDER}
+    needs = {k: max((p.devices for p in plans if p.kind == k), default=0) for k in EXPERIMENT_KINDS}
     gpu_needs = {k: n for k, n in needs.items() if n > 0}
     if not capacity:
         what = ", ".join(f"{k} {n}" for k, n in gpu_needs.items())
@@ -200,10 +207,7 @@ def _job_rows(plans: list[JobPlan], ids: dict[str, int] | None) -> list[dict[str
 
 def dry_run(conn: Connection, prepared: Prepared) -> Submitted:
     """What :func:`submit` would enqueue (nothing is written)."""
-    from db.experiments import worker_capacity
-
-    exp = prepared.exp
-    plans = expand(exp, runs_root(0, exp.name).replace("exp-000000", "exp-NEW"))
+    exp, plans = prepared.exp, prepared.plans
     warnings = prepared.notes + check_devices(plans, worker_capacity(conn))
     return Submitted(None, exp.name, str(Path(plans[0].run_dir).parent),
                      {"name": prepared.constitution_name, "origin": prepared.constitution_origin},
@@ -212,17 +216,15 @@ def dry_run(conn: Connection, prepared: Prepared) -> Submitted:
 
 def submit(conn: Connection, prepared: Prepared) -> Submitted:
     """Enqueue a prepared experiment (the caller's transaction makes it all or nothing)."""
-    from db.experiments import constitution_version, create_experiment, enqueue_plan, worker_capacity
-
     exp = prepared.exp
-    warnings = prepared.notes + check_devices(expand(exp, runs_root(0, exp.name)), worker_capacity(conn))
+    warnings = prepared.notes + check_devices(prepared.plans, worker_capacity(conn))
     c_id, c_version, created = constitution_version(
         conn, prepared.constitution_name, prepared.principles, description=f"from {prepared.constitution_origin}")
     judge_notes = [n for n in prepared.notes if n.startswith("judge: provider auto")]
     exp_id = create_experiment(conn, exp.name, exp.model_dump(mode="json"),
                                description="; ".join([f"submitted from {prepared.source}"] + judge_notes))
     root = runs_root(exp_id, exp.name)
-    plans = expand(exp, root)
+    plans = expand(exp, root)  # the same jobs as prepared.plans, under the experiment's own run root
     ids = enqueue_plan(conn, [
         {"key": p.key, "kind": p.kind, "spec": p.spec, "depends_on": p.depends_on, "name": p.key,
          "experiment_id": exp_id, "constitution_id": c_id, "devices_required": p.devices,
@@ -232,22 +234,3 @@ def submit(conn: Connection, prepared: Prepared) -> Submitted:
     constitution = {"id": c_id, "name": prepared.constitution_name, "version": c_version, "created": created,
                     "origin": prepared.constitution_origin}
     return Submitted(exp_id, exp.name, root, constitution, _job_rows(plans, ids), warnings)
-
-
-def format_table(result: Submitted) -> str:
-    head = (f"experiment {result.experiment_id} ({result.name})" if not result.dry_run
-            else f"dry run: experiment {result.name!r} (nothing enqueued)")
-    c = result.constitution
-    lines = [
-        f"{head}: {len(result.jobs)} jobs, run directories in {result.runs_dir}",
-        f"constitution: {c['name']}" + (f" v{c['version']} (id {c['id']}, {'new' if c['created'] else 'reused'})"
-                                        if "id" in c else f" (from {c['origin']})"),
-    ]
-    header = ("ID", "KEY", "KIND", "GPUS", "DEPENDS ON", "LABEL")
-    table = [header] + [
-        ("-" if j["id"] is None else str(j["id"]), j["key"], j["kind"], str(j["devices"]),
-         ",".join(j["depends_on"]) or "-", j["label"]) for j in result.jobs
-    ]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
-    return "\n".join(lines)

@@ -1,5 +1,9 @@
 """Running a stage as a child process group, and killing its whole process tree.
 
+The one launcher of stages: the worker daemon runs every job through it, and
+`sami judge --now` (services.stages.run_now) runs its stage through it too. Standard
+library only (no torch), so every layer may import it.
+
 A stage starts in a new session (so in its own process group, pgid = its pid) with
 its stdout and stderr appended to ``RUN_DIR/stage.log`` and an environment marker
 ``SAMI_JOB_KEY=<database>:<job id>:<attempt>`` that its descendants inherit (torchrun's ranks,
@@ -27,7 +31,7 @@ from pathlib import Path
 
 JOB_KEY_ENV = "SAMI_JOB_KEY"
 _PR_SET_PDEATHSIG = 1
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent  # holds workers/, db/, sami_core/
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent  # holds sami_core/, db/, workers/
 
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
@@ -44,13 +48,14 @@ def job_key(database_url: str, job_id: int, attempt: int | None = None) -> str:
 
 
 def child_env(
-    job_key_value: str, devices: Sequence[str], base: Mapping[str, str] | None = None
+    job_key_value: str, devices: Sequence[str] | None, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The stage's environment: the worker's (API keys stay in the environment only),
-    plus the claimed GPUs, the job marker, unbuffered output and an import path that
-    finds this project even when it is not pip-installed."""
+    """The stage's environment: the caller's (API keys stay in the environment only),
+    plus the claimed GPUs (None: the caller's own, untouched), the job marker, unbuffered
+    output and an import path that finds this project even when it is not pip-installed."""
     env = dict(os.environ if base is None else base)
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)  # "" = no GPU for a CPU job
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)  # "" = no GPU for a CPU job
     env[JOB_KEY_ENV] = job_key_value
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
@@ -66,15 +71,16 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def start(
-    cmd: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_file: int | object
+    cmd: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_file: int | object | None
 ) -> subprocess.Popen:
-    """Start ``cmd`` as a new session / process group, output to ``log_file``."""
+    """Start ``cmd`` as a new session / process group, output to ``log_file`` (None: the
+    caller's own stdout and stderr, for a stage run in a terminal)."""
     parent = os.getpid()
     return subprocess.Popen(
         list(cmd),
         stdin=subprocess.DEVNULL,
         stdout=log_file,
-        stderr=subprocess.STDOUT,
+        stderr=None if log_file is None else subprocess.STDOUT,
         cwd=str(cwd),
         env=dict(env),
         start_new_session=True,

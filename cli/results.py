@@ -1,0 +1,166 @@
+"""``sami import-results``, ``sources``, ``judge``, ``winrates``, ``export``: response
+sources, judging them, and what comes out (tables and CSV)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from cli.registry import CliError, command, print_table, tx, workspace
+from services import exports, judging, results
+from services.errors import JudgingError
+
+# --- import-results, sources -----------------------------------------------------------------
+
+
+def _configure_import_results(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="*", type=Path, metavar="FILE|FOLDER",
+                   help="published results files (<checkpoint>-<model>-<constitution source>-constitution-"
+                        "temperature-<t>.json) or folders of them")
+    p.add_argument("--shipped", action="store_true",
+                   help="import the responses shipped in sami_core/data/sami_tldr/responses/")
+
+
+@command("import-results", "import published response files as response sources (idempotent)",
+         _configure_import_results)
+def cmd_import_results(args: argparse.Namespace) -> int:
+    files = (results.shipped_results() if args.shipped else []) + results.results_files(args.paths)
+    if not files:
+        raise CliError("name results files or folders, or pass --shipped")
+    for f in files:
+        info = tx(lambda c, f=f: results.import_results_file(c, f))
+        print(f"{info['source_id']:>4}  {info['source']}  ({info['n_responses']} responses, "
+              f"checkpoint {info['checkpoint']}, model {info['model']}, constitution "
+              f"{info['constitution_source']}, temperature {info['temperature']:g})")
+    return 0
+
+
+@command("sources", "list response sources (sampled, baseline, imported)",
+         lambda p: p.add_argument("--json", action="store_true"))
+def cmd_sources(args: argparse.Namespace) -> int:
+    rows = tx(results.list_sources, write=False)
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "constitution_label"} for r in rows], default=str, indent=1))
+        return 0
+    print_table([("id", "kind", "experiment", "responses", "constitution", "model", "label")] + [
+        (str(r["id"]), r["kind"], "-" if r["experiment_id"] is None else str(r["experiment_id"]),
+         str(r["n_responses"]), r["constitution_label"], r.get("model") or "-", r["label"]) for r in rows],
+        right=frozenset({0, 2, 3}))
+    return 0
+
+
+# --- judge ------------------------------------------------------------------------------------
+
+
+def _configure_judge(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--candidate", required=True, metavar="SRC",
+                   help="a response source (id, label or label#id; see `sami sources`) or a file/run directory")
+    p.add_argument("--baseline", required=True, metavar="SRC", help="the source it is compared with")
+    p.add_argument("--judge-model", default="gpt-4o", help="judge model (deployment on Azure; hub id/dir for hf)")
+    p.add_argument("--provider", choices=("openai", "azure", "hf", "auto"), default="openai",
+                   help="auto = OpenAI (--judge-model) when the key variable is set, Azure OpenAI when "
+                        "AZURE_OPENAI_API_KEY and AZURE_OPENAI_ENDPOINT are, else the local hf judge on the demo model")
+    p.add_argument("--base-url", help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    p.add_argument("--azure-endpoint", help="Azure: https://NAME.openai.azure.com")
+    p.add_argument("--api-version", help="Azure: the API version")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="NAME of the environment variable holding the key ('' = no key); never the key itself")
+    p.add_argument("--concurrency", type=int, default=16, help="requests in flight at once")
+    p.add_argument("--max-attempts", type=int, help="attempts per request (429, 5xx, timeouts; default 6)")
+    p.add_argument("--backoff", type=float, metavar="S", help="first retry wait in seconds (doubles; default 1)")
+    p.add_argument("--both-orders", action="store_true", help="judge every pair in both A/B orders")
+    p.add_argument("--limit", type=int, help="judge only the first N pairs")
+    p.add_argument("--temperature", type=float,
+                   help="compare only responses sampled at this temperature (both sides)")
+    p.add_argument("--experiment", type=int, help="resolve labels in this experiment first; the job belongs to it")
+    p.add_argument("--now", action="store_true", help="judge in this process (with progress) instead of queueing")
+    p.add_argument("--run-dir", help="run directory (default: runs/ in the workspace)")
+
+
+@command("judge", "judge a candidate's responses against a baseline's (queued, or --now)", _configure_judge)
+def cmd_judge(args: argparse.Namespace) -> int:
+    ws = workspace()
+    ws.create()
+    opts = judging.JudgeOptions(
+        candidate=args.candidate, baseline=args.baseline, provider=args.provider, model=args.judge_model,
+        base_url=args.base_url, azure_endpoint=args.azure_endpoint, api_version=args.api_version,
+        api_key_env=args.api_key_env or None, concurrency=args.concurrency, max_attempts=args.max_attempts,
+        backoff_initial_s=args.backoff, both_orders=args.both_orders, limit=args.limit,
+        temperature=args.temperature, experiment_id=args.experiment)
+    plan = judging.plan_judge(tx, ws, opts, os.environ)
+    for note in plan.notes:
+        print(f"sami: {note}", file=sys.stderr)
+    est = plan.estimate
+    print(f"judge: {est.pairs} pairs, {est.judgments} judgments: {est.cached} cached, "
+          f"{est.to_send} requests to send", flush=True)
+    if not args.now:
+        job_id = tx(lambda c: judging.queue_judge(c, plan, experiment_id=args.experiment, run_dir=args.run_dir))
+        print(f"queued judge job {job_id}")
+        return 0
+
+    def progress(p: dict[str, Any]) -> None:
+        if p.get("total"):
+            print(f"judge: {p.get('done')}/{p['total']} judgments", file=sys.stderr, flush=True)
+
+    run = judging.run_judge_now(tx, ws, plan, experiment_id=args.experiment, run_dir=args.run_dir,
+                                on_progress=progress)
+    out = run.outputs
+    print(f"judge: {out['n_judgments']} judgments ({out['requests_sent']} requests sent, "
+          f"{out['cached']} cached); {run.stored} stored in the database"
+          f"{'' if plan.stored else ' (a side is no response source there)'}; run directory {run.run_dir}")
+    return 0
+
+
+# --- winrates, export -----------------------------------------------------------------------
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _configure_winrates(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", type=int, help="only this experiment's judgments")
+    p.add_argument("--csv", help="also write the table to this CSV file (in the current directory)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+@command("winrates", "win rates of judged candidates against their baselines", _configure_winrates)
+def cmd_winrates(args: argparse.Namespace) -> int:
+    rows, cols = tx(lambda c: exports.export_rows(c, "winrates", experiment_id=args.experiment), write=False)
+    if args.csv:
+        print(f"wrote {exports.write_csv(rows, cols, Path.cwd(), args.csv)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print("\t".join(cols))
+    for r in rows:
+        print("\t".join(_fmt(r[c]) for c in cols))
+    return 0
+
+
+def _configure_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=exports.EXPORTS)
+    p.add_argument("--out", required=True, help="CSV file name, inside --out-dir")
+    p.add_argument("--out-dir", type=Path, default=None, help="folder to write into (default: current directory)")
+    p.add_argument("--experiment", type=int, help="only this experiment's rows")
+    p.add_argument("--source", help="only this response source (id, label or label#id)")
+
+
+@command("export", "export responses, judgments or win rates as CSV (UTF-8, formula-safe)", _configure_export)
+def cmd_export(args: argparse.Namespace) -> int:
+    folder = args.out_dir if args.out_dir is not None else Path.cwd()
+    try:
+        exports.safe_output_path(folder, args.out)  # refuse before reading anything
+    except ValueError as err:
+        raise JudgingError(str(err)) from None
+    rows, cols = tx(lambda c: exports.export_rows(c, args.what, experiment_id=args.experiment,
+                                                  source=args.source), write=False)
+    path = exports.write_csv(rows, cols, folder, args.out)
+    print(f"wrote {len(rows)} rows to {path}")
+    return 0
