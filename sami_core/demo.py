@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from sami_core.contract import METRICS_FILE, OUTPUTS_FILE
+
 
 def demo_specs(run_dir: Path, quick: bool = False) -> dict[str, dict]:
     data = {"source": "demo", "eval_size": 50, "train_size": 16 if quick else 48, "seed": 0}
@@ -75,7 +77,7 @@ def run_demo(run_dir: str | Path, nproc: int = 2, quick: bool = False) -> dict:
     rc = subprocess.call(cmd, env=env)
     if rc != 0:
         raise RuntimeError(f"training failed (exit code {rc}); see the output above and {run_dir / 'train'}")
-    train_out = json.loads((run_dir / "train" / "outputs.json").read_text())
+    train_out = json.loads((run_dir / "train" / OUTPUTS_FILE).read_text())
     final = train_out["final_checkpoint"]
 
     _say("[4/4] sample: base model and final checkpoint on held-out posts")
@@ -86,12 +88,12 @@ def run_demo(run_dir: str | Path, nproc: int = 2, quick: bool = False) -> dict:
     run_sample(validate_spec("sample", sample_base), run_dir / "sample-base")
     run_sample(validate_spec("sample", sample_final), run_dir / "sample-final")
 
-    metrics = [json.loads(x) for x in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(x) for x in (run_dir / "train" / METRICS_FILE).read_text().splitlines()]
     summary = {
         "run_dir": str(run_dir),
         "generated_data": str(run_dir / "generate" / "data.jsonl"),
         "kept_queries": gen_out["n_kept"],
-        "train_metrics": str(run_dir / "train" / "metrics.jsonl"),
+        "train_metrics": str(run_dir / "train" / METRICS_FILE),
         "checkpoints": [c["path"] for c in train_out["checkpoints"]],
         "first_loss": metrics[0]["loss"],
         "last_loss": metrics[-1]["loss"],

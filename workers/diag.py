@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sami_core.contract import METRICS_FILE, OUTPUTS_FILE, PROGRESS_FILE
+
 EXECUTIONS_FILE = "executions.log"
 PIDS_FILE = "pids.log"
 INLINE_EXECUTIONS_FILE = "inline-executions.log"  # in the workspace's runs/ folder
@@ -55,7 +57,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _progress(run_dir: Path, status: str, done: int, total: int, message: str) -> None:
-    _write_json(run_dir / "progress.json", {
+    _write_json(run_dir / PROGRESS_FILE, {
         "stage": "sleep", "status": status, "done": done, "total": total, "unit": "ticks",
         "message": message, "updated_at": time.time(),
     })
@@ -131,7 +133,7 @@ def run_sleep(
         nonlocal step
         if step < metrics:
             record = {"step": step, "loss": 1.0 / (step + 1), "matrix": [[0.0, -1.0], [-1.0, 0.0]]}
-            _append(run_dir / "metrics.jsonl", json.dumps(record) + "\n")
+            _append(run_dir / METRICS_FILE, json.dumps(record) + "\n")
             step += 1
 
     for i in range(ticks):
@@ -155,7 +157,7 @@ def run_sleep(
             ckpts.append({"step": k, "path": str(path.relative_to(run_dir)), "final": k == checkpoints})
         outputs["checkpoints"] = ckpts
     if outputs:
-        _write_json(run_dir / "outputs.json", outputs)
+        _write_json(run_dir / OUTPUTS_FILE, outputs)
     _progress(run_dir, "succeeded", max(ticks, 1), max(ticks, 1), "done")
     return 0
 
