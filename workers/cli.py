@@ -773,7 +773,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 # --- ui ---------------------------------------------------------------------------------------
 
 # The app's entry file (app/ is installed next to workers/; the CLI never imports it).
-APP_ENTRY = Path(__file__).resolve().parents[1] / "app" / "workbench.py"
+APP_ENTRY = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 MAX_UPLOAD_MB = 20  # as app.state.MAX_UPLOAD_MB and .streamlit/config.toml
 
 

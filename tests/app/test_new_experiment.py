@@ -11,7 +11,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from app import experiment_form as ef
+from app import new_experiment as ef
 from db.engine import transact
 from db.experiments import constitution_version
 from db.models import Constitution, Experiment, Job

@@ -18,7 +18,8 @@ FORBIDDEN = {
 # sami_core modules free of the ML stack, which the app and workers may import
 # (sami_core.judge.stage: numpy only at import time; the openai client and the HF judge load lazily)
 TORCH_FREE_CORE = {"sami_core.spec", "sami_core.pipeline", "sami_core.errors", "sami_core.constitutions",
-                   "sami_core.judge.stage", "sami_core.prompts", "sami_core.rundir", "sami_core.stats", "sami_core.results"}
+                   "sami_core.judge.stage", "sami_core.prompts", "sami_core.rundir", "sami_core.stats", "sami_core.results",
+                   "sami_core.data_files"}
 
 # Torch-free workers modules that the app shares with the CLI: submitting an experiment
 # (spec -> constitution version + job DAG) and judging's reads (win rate tables, exports).
