@@ -23,7 +23,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# `streamlit run app` puts app/ (not the project root) on sys.path.
+# `streamlit run app` puts app/ (not the project root) on sys.path. Its modules are
+# imported as app.<name> only (app/queue.py never stands for the standard library's
+# queue: Streamlit has imported that before this file runs).
 _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
