@@ -41,16 +41,6 @@ class SpecError(SamiError):
         self.errors: list[tuple[str, str]] = pairs
         self.source = source
 
-    def __reduce__(self):  # keeps ``errors`` across pickling (e.g. to another process)
-        return _rebuild_spec_error, (type(self), str(self), self.errors, self.source)
-
-
-def _rebuild_spec_error(cls: type, message: str, errors: list[tuple[str, str]], source: str | None) -> SpecError:
-    err = cls.__new__(cls)
-    Exception.__init__(err, message)
-    err.errors, err.source = [tuple(e) for e in errors], source
-    return err
-
 
 class ModelLoadError(SamiError):
     """A model or tokenizer could not be loaded (offline)."""

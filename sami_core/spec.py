@@ -2,8 +2,8 @@
 
 This module imports no torch/transformers so that the CLI, the workers and the app can
 validate specs without the ML stack. A spec file is YAML or JSON; unknown keys and wrong
-types are refused with every (field path, reason) pair at once
-(:class:`sami_core.errors.SpecError`: ``errors``, and ``field.path: reason`` lines in its message).
+types are refused with every problem at once: :class:`sami_core.errors.SpecError`
+carries them as (field path, reason) pairs and says them as ``field.path: reason`` lines.
 
 Paths may use two shorthands resolved by the stages (see :func:`resolve_shipped`):
 ``model.path: demo`` is the embedded demo model, and ``constitution.path: demo:opus/0``
