@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import streamlit as st
 from sqlalchemy.engine import Connection, Engine
 
+from app.formatting import parse_id
 from db.engine import open_database, transact
 from db.workspace import Workspace, redacted_url
 
@@ -91,8 +92,6 @@ def param(name: str, default: Any = None) -> Any:
 def preselect(name: str, key: str, choices: Collection[Any]) -> None:
     """Before the selectbox ``key`` is first drawn, select the id the URL's ``?name=ID``
     gives when it is one of ``choices`` (a deep link; later picks are the user's)."""
-    from app.queue_view import parse_id  # not at the top: every page's sidebar imports this module
-
     if key in st.session_state:
         return
     wanted = parse_id(param(name))

@@ -56,7 +56,7 @@ if str(ROOT) not in sys.path:
 
 import yaml  # noqa: E402
 
-ENTRY = ROOT / "app" / "workbench.py"
+ENTRY = ROOT / "app" / "streamlit_app.py"
 DEMO_SPEC = ROOT / "sami_core" / "examples" / "demo.yaml"
 
 ITERATIONS = 4

@@ -208,7 +208,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     def job() -> Any:
         return tx(lambda c: jobs.get_job(c, args.id), write=False)
 
-    path = jobs.log_path(workspace(), job())
+    row = job()
+    path = jobs.log_path(workspace(), row.id, row.kind, row.run_dir)
     offset = 0
     if path.exists() and args.lines is not None:
         lines = path.read_bytes().splitlines(keepends=True)

@@ -17,7 +17,7 @@ from services.workspace import build_demo_model
 
 # The app's entry file (app/ is installed next to cli/; the CLI never imports it):
 # `streamlit run app` finds the same file.
-APP_ENTRY = Path(__file__).resolve().parents[1] / "app" / "workbench.py"
+APP_ENTRY = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 MAX_UPLOAD_MB = 20  # as app.state.MAX_UPLOAD_MB and .streamlit/config.toml
 
 

@@ -1,12 +1,45 @@
 """Errors a user can act on. Each message names the field or file and says how to fix it."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+
 
 class SamiError(Exception):
     """Base class: an error whose message is meant for the user (no traceback needed)."""
 
 
 class SpecError(SamiError):
-    """A spec failed validation; the message lists `field.path: reason` lines."""
+    """A spec failed validation.
+
+    ``errors`` holds what is wrong as (field path, reason) pairs, in the order found
+    (path ``""``: no particular field); ``source`` names what was validated (a spec file,
+    ``form``), or None. Callers that show errors by field read ``errors``; the message
+    (``str(err)``) is for people:
+
+    * ``SpecError(errors=[("training.lr", "must be > 0"), ...], source="form")``:
+      ``form: invalid spec`` then one ``  training.lr: must be > 0`` line per pair
+      (``(top level)`` for the path ``""``);
+    * ``SpecError(reason, source=None, path="")``: the one sentence ``reason``, prefixed
+      by ``<source>: `` when a source is given; ``errors`` is ``[(path, reason)]``.
+    """
+
+    def __init__(self, reason: str | None = None, *, errors: Iterable[tuple[str, str]] = (),
+                 source: str | None = None, path: str = "") -> None:
+        pairs = [(str(p), str(r)) for p, r in errors]
+        if reason is not None and pairs:
+            raise TypeError("SpecError takes a reason or errors, not both")
+        if reason is None and not pairs:
+            raise TypeError("SpecError needs a reason or at least one (path, reason) pair")
+        if reason is not None:
+            pairs = [(path, reason)]
+            message = f"{source}: {reason}" if source is not None else reason
+        else:
+            message = f"{source if source is not None else 'spec'}: invalid spec\n" + "\n".join(
+                f"  {p or '(top level)'}: {r}" for p, r in pairs)
+        super().__init__(message)
+        self.errors: list[tuple[str, str]] = pairs
+        self.source = source
 
 
 class ModelLoadError(SamiError):

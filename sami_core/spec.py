@@ -2,7 +2,8 @@
 
 This module imports no torch/transformers so that the CLI, the workers and the app can
 validate specs without the ML stack. A spec file is YAML or JSON; unknown keys and wrong
-types are refused with ``field.path: reason`` lines (:class:`sami_core.errors.SpecError`).
+types are refused with every problem at once: :class:`sami_core.errors.SpecError`
+carries them as (field path, reason) pairs and says them as ``field.path: reason`` lines.
 
 Paths may use two shorthands resolved by the stages (see :func:`resolve_shipped`):
 ``model.path: demo`` is the embedded demo model, and ``constitution.path: demo:opus/0``
@@ -218,23 +219,23 @@ STAGE_SPECS: dict[str, type[StrictModel]] = {
 }
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = []
+def _field_errors(err: ValidationError) -> list[tuple[str, str]]:
+    """pydantic's errors as (field path, reason) pairs, in its order ("" = the spec as a whole)."""
+    pairs = []
     for e in err.errors():
         # Union tags ("<model>") are pydantic's bookkeeping, not keys of the spec.
         loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p.startswith("<")))
         if not loc and (m := re.match(r"(?:Value error, )?([\w.]+): (.*)", e["msg"], re.DOTALL)):
-            lines.append(f"  {m[1]}: {m[2]}")  # a cross-field check that names its own field
+            pairs.append((m[1], m[2]))  # a cross-field check that names its own field
             continue
-        loc = loc or "(top level)"
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling and where it is nested)"
         elif e["type"] == "missing":
             msg = "required key is missing"
         else:
             msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"  {loc}: {msg}")
-    return f"{source}: invalid spec\n" + "\n".join(lines)
+        pairs.append((loc, msg))
+    return pairs
 
 
 def validate_spec(kind: str, data: Any, source: str = "spec") -> StrictModel:
@@ -242,11 +243,11 @@ def validate_spec(kind: str, data: Any, source: str = "spec") -> StrictModel:
     if kind not in STAGE_SPECS:
         raise SpecError(f"unknown stage {kind!r}; known stages: {', '.join(sorted(STAGE_SPECS))}")
     if not isinstance(data, dict):
-        raise SpecError(f"{source}: a spec must be a mapping of keys to values, got {type(data).__name__}")
+        raise SpecError(f"a spec must be a mapping of keys to values, got {type(data).__name__}", source=source)
     try:
         return STAGE_SPECS[kind].model_validate(data)
     except ValidationError as err:
-        raise SpecError(_format_validation_error(err, source)) from None
+        raise SpecError(errors=_field_errors(err), source=source) from None
 
 
 def read_spec_file(path: str | Path) -> dict:
@@ -260,7 +261,7 @@ def read_spec_file(path: str | Path) -> dict:
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise SpecError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {err}") from None
+        raise SpecError(f"not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {err}", source=str(p)) from None
     return {} if data is None else data
 
 
@@ -274,14 +275,19 @@ def spec_fingerprint(spec: BaseModel) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
+def shipped_constitutions() -> list[str]:
+    """The constitutions shipped with the project, as ``demo:<writer>/<k>`` names."""
+    return sorted(f"demo:{q.parent.name}/{q.stem}" for q in (DATA_DIR / "constitutions").glob("*/*.json"))
+
+
 def resolve_shipped(path: str) -> str:
     """Resolve `demo:...` shorthands to shipped files; other paths are returned unchanged."""
     if path.startswith("demo:"):
         name = path.removeprefix("demo:")
         p = DATA_DIR / "constitutions" / f"{name}.json"
         if not p.is_file():
-            shipped = sorted(f"demo:{q.parent.name}/{q.stem}" for q in (DATA_DIR / "constitutions").glob("*/*.json"))
-            raise SpecError(f"constitution {path!r} is not shipped; shipped ones: {', '.join(shipped)}")
+            shipped = ", ".join(shipped_constitutions())
+            raise SpecError(f"constitution {path!r} is not shipped; shipped ones: {shipped}", path="constitution.path")
         return str(p)
     return path
 
@@ -373,11 +379,11 @@ class ExperimentSpec(StrictModel):
 
 def validate_experiment(data: Any, source: str = "experiment spec") -> ExperimentSpec:
     if not isinstance(data, dict):
-        raise SpecError(f"{source}: a spec must be a mapping of keys to values, got {type(data).__name__}")
+        raise SpecError(f"a spec must be a mapping of keys to values, got {type(data).__name__}", source=source)
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError(_format_validation_error(err, source)) from None
+        raise SpecError(errors=_field_errors(err), source=source) from None
 
 
 # ---------------------------------------------------------------------------------------

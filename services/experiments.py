@@ -46,7 +46,12 @@ from services.errors import ServiceError
 
 
 class SubmitError(ServiceError):
-    """The experiment cannot be submitted as it is; the message names the field."""
+    """The experiment cannot be submitted as it is; the message names the field, and
+    ``errors`` holds (field path, reason) pairs as :class:`SpecError`'s does."""
+
+    def __init__(self, message: str, errors: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [("", message)]
 
 
 @dataclass
@@ -79,7 +84,7 @@ class Submitted:
 
 
 def _field_error(source: str, path: str, reason: str) -> SpecError:
-    return SpecError(f"{source}: invalid spec\n  {path}: {reason}")
+    return SpecError(errors=[(path, reason)], source=source)
 
 
 def prepare(spec_path: str | Path, *, name: str | None = None) -> Prepared:
@@ -191,11 +196,10 @@ def check_devices(plans: list[JobPlan], capacity: list[tuple[int, list[str] | No
         largest = max(eligible)
         if need > largest:
             restricted = len(eligible) < len(capacity)
-            raise SubmitError(
-                f"devices.{kind}: {need} GPU{'s' if need != 1 else ''} needed but the largest registered worker"
-                f"{f' that runs {kind} jobs' if restricted else ''} has {largest}; lower devices.{kind} "
-                "or start a worker with more GPUs (`sami worker --devices ...`)"
-            )
+            reason = (f"{need} GPU{'s' if need != 1 else ''} needed but the largest registered worker"
+                      f"{f' that runs {kind} jobs' if restricted else ''} has {largest}; lower devices.{kind} "
+                      "or start a worker with more GPUs (`sami worker --devices ...`)")
+            raise SubmitError(f"devices.{kind}: {reason}", errors=[(f"devices.{kind}", reason)])
     return warnings
 
 

@@ -107,6 +107,7 @@ def get_job(conn: Connection, job_id: int) -> Row:
     return row
 
 
-def log_path(ws: Workspace, job: Row) -> Path:
-    """Where a job's stage writes its log (its run directory's stage.log)."""
-    return ws.resolve(job.run_dir or default_run_dir(job.id, job.kind)) / LOG_FILE
+def log_path(ws: Workspace, job_id: int, kind: str, run_dir: str | None) -> Path:
+    """Where a job's stage writes its log: its run directory's stage.log (the workspace's
+    default run directory when the job names none)."""
+    return ws.resolve(run_dir or default_run_dir(job_id, kind)) / LOG_FILE

@@ -1,5 +1,6 @@
 """The workbench's pages, in navigation order (a folder not named ``pages/``, so that
-Streamlit's automatic multipage mode stays off: ``app/workbench.py`` navigates)."""
+Streamlit's automatic multipage mode stays off: ``app/streamlit_app.py`` navigates).
+Each page's logic, without Streamlit, is in ``app/<page>.py``."""
 
 from __future__ import annotations
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import constitution_edit as ce
-from app import state
+from app import constitutions, state
 from db.experiments import constitution_version
 from db.reads import constitutions as reads
 from sami_core.errors import ConstitutionError
@@ -102,17 +101,17 @@ if flash:
     st.success(flash)
 
 # ---- editor -------------------------------------------------------------------------------
-name = st.text_input("Constitution name", key=K + "name", max_chars=ce.NAME_MAX + 50,
+name = st.text_input("Constitution name", key=K + "name", max_chars=constitutions.NAME_MAX + 50,
                      help="Saving under an existing name makes its next version.")
-draft = pd.DataFrame(st.session_state[K + "draft"], columns=list(ce.COLUMNS))
+draft = pd.DataFrame(st.session_state[K + "draft"], columns=list(constitutions.COLUMNS))
 edited = st.data_editor(
     draft, num_rows="dynamic", key=K + "editor", hide_index=True, width="stretch",
     column_config={"principle": st.column_config.TextColumn("principle", width="large", required=False),
                    "antithesis": st.column_config.TextColumn("antithesis", width="large")},
 )
 rows = edited.to_dict("records")
-result = ce.check(name, rows)
-blank = not name.strip() and not ce.clean_rows(rows)
+result = constitutions.check(name, rows)
+blank = not name.strip() and not constitutions.clean_rows(rows)
 if blank:
     st.caption("Name the constitution and write its principles (one row each), each with its antithesis.")
 for e in [] if blank else result.errors:
@@ -127,7 +126,7 @@ if st.button("Save as new version", key=K + "save", type="primary"):
         st.error("Nothing saved: fix the errors above first.")
     else:
         c_name = name.strip()
-        principles = ce.clean_rows(rows)
+        principles = constitutions.clean_rows(rows)
         base = f"edited from {selected['name']} v{selected['version']}" if selected else "written in the app"
         cid, ver, created = state.write(lambda conn: constitution_version(conn, c_name, principles, description=base))
         st.session_state[K + "flash"] = (f"Saved {c_name} as version {ver}." if created else
@@ -147,7 +146,7 @@ with imp:
                           type=["json"], key=K + "upload", max_upload_size=state.MAX_UPLOAD_MB)
     if up is not None and st.session_state.get(K + "uploaded") != up.file_id:
         try:
-            c_name, principles = ce.parse_upload(up.name, up.getvalue(), state.MAX_UPLOAD_MB)
+            c_name, principles = constitutions.parse_upload(up.name, up.getvalue(), state.MAX_UPLOAD_MB)
         except ConstitutionError as err:
             st.error(f"Not imported: {err}")
         else:
@@ -156,17 +155,18 @@ with imp:
             st.session_state[K + "flash"] = (f"Imported {len(principles)} principles from {up.name}: "
                                              "check them, then save as a new version.")
             st.rerun()
-    shipped = st.selectbox("Or start from a shipped constitution (the SAMI paper's)", ce.shipped(),
+    shipped = st.selectbox("Or start from a shipped constitution (the SAMI paper's)", constitutions.shipped(),
                            key=K + "shipped")
     if st.button("Load shipped constitution", key=K + "load_shipped"):
-        st.session_state[K + "load"] = (shipped.removeprefix("demo:").replace("/", "-"), ce.load_shipped(shipped))
+        st.session_state[K + "load"] = (shipped.removeprefix("demo:").replace("/", "-"),
+                                        constitutions.load_shipped(shipped))
         st.rerun()
 with exp:
     if selected:
         stem = f"{selected['name']}-v{selected['version']}".replace("/", "-")
-        st.download_button("Export (reference JSON)", ce.export_json(selected["principles"], "reference"),
+        st.download_button("Export (reference JSON)", constitutions.export_json(selected["principles"], "reference"),
                            file_name=f"{stem}.json", mime="application/json", key=K + "export_reference")
-        st.download_button("Export (native JSON)", ce.export_json(selected["principles"], "native"),
+        st.download_button("Export (native JSON)", constitutions.export_json(selected["principles"], "native"),
                            file_name=f"{stem}.native.json", mime="application/json", key=K + "export_native")
     else:
         st.caption("Pick a saved version to export it.")
@@ -176,19 +176,19 @@ st.subheader("Prompt preview")
 if result.constitution is None:
     st.caption("Fix the constitution to preview its prompts.")
 else:
-    posts = ce.sample_posts()
+    posts = constitutions.sample_posts()
     c1, c2, c3, c4 = st.columns(4)
     post_i = c1.selectbox("Sample post", range(len(posts)), key=K + "post",
                           format_func=lambda i: f"#{posts[i]['id']}: {posts[i]['post'][:50]}")
     task = c2.selectbox("Task", ["summarization", "dialogue"], key=K + "task")
-    n_max = max(2, min(ce.PREVIEW_MAX_N, result.constitution.max_variants))
+    n_max = max(2, min(constitutions.PREVIEW_MAX_N, result.constitution.max_variants))
     if st.session_state.get(K + "n", 2) > n_max:  # the constitution changed under the widget
         st.session_state[K + "n"] = n_max
     n = int(c3.number_input("N (variants)", min_value=2, max_value=n_max, value=2, step=1, key=K + "n"))
     fmt = c4.selectbox("Prompt format", ["plain", "chat"], key=K + "format",
                        help="plain: base models; chat: the model's chat template, shown here as its messages.")
     n = min(n, result.constitution.max_variants)
-    pv = ce.preview(result.constitution, posts[post_i]["post"], task=task, n=n, chat=fmt == "chat")
+    pv = constitutions.preview(result.constitution, posts[post_i]["post"], task=task, n=n, chat=fmt == "chat")
     gen_tab, train_tab = st.tabs(["Generation prompts", "Training sequences"])
     with gen_tab:
         st.caption("Per query, N variants (order shuffled, some principles flipped); the policy samples one "

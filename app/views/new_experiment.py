@@ -9,12 +9,13 @@ import copy
 import pandas as pd
 import streamlit as st
 
-from app import constitution_edit as ce
-from app import experiment_form as ef
-from app import state
-from app.text import md_escape
+from app import new_experiment, state
+from app.formatting import md_escape
 from db.reads import constitutions as creads
+from sami_core.data_files import FILE_TYPES, DataFileError, check_upload
+from sami_core.contract import EXPERIMENT_KINDS
 from sami_core.errors import SpecError
+from sami_core.spec import shipped_constitutions
 from services.experiments import SubmitError, submit
 
 K = "new_experiment."
@@ -23,29 +24,29 @@ UPLOAD_ERROR, FIELD_ERRORS, CONSTITUTION, JUDGING = (K + "upload_error", K + "fi
                                                       K + "judge.enabled")
 
 versions = state.load(creads.versions)
-choices = ef.constitution_choices(versions, ce.shipped())
+choices = new_experiment.constitution_choices(versions, shipped_constitutions())
 ss = st.session_state
-ss.setdefault(SPEC, copy.deepcopy(ef.INITIAL))
+ss.setdefault(SPEC, copy.deepcopy(new_experiment.INITIAL))
 ss.setdefault(FIELD_ERRORS, {})
 ss.setdefault(ERRORS, [])
 
 
-def _key(f: ef.Field) -> str:
+def _key(f: new_experiment.Field) -> str:
     return K + f.path
 
 
 def _push(spec: dict) -> None:
     """Show ``spec`` in every widget and in the YAML view (before they are drawn)."""
     ss[SPEC] = spec
-    values, _ = ef.widget_values(spec)
-    for f in ef.FIELDS:
+    values, _ = new_experiment.widget_values(spec)
+    for f in new_experiment.FIELDS:
         if f.path in values:
             ss[_key(f)] = values[f.path]
         else:
             ss.pop(_key(f), None)
-    ss[CONSTITUTION] = ef.constitution_label(spec.get("constitution"), versions)
+    ss[CONSTITUTION] = new_experiment.constitution_label(spec.get("constitution"), versions)
     ss[JUDGING] = bool(spec.get("judge"))
-    ss[YAML] = ef.to_yaml(spec)
+    ss[YAML] = new_experiment.to_yaml(spec)
     ss[YAML_ERROR] = None
     ss[FIELD_ERRORS] = {}
     ss[ERRORS] = []
@@ -54,20 +55,20 @@ def _push(spec: dict) -> None:
 
 def _changed(spec: dict) -> None:
     ss[SPEC] = spec
-    ss[YAML] = ef.to_yaml(spec)
+    ss[YAML] = new_experiment.to_yaml(spec)
     ss[YAML_ERROR] = None
     ss[ERRORS] = []
     ss[RESULT] = None
 
 
-def _on_field(f: ef.Field) -> None:
+def _on_field(f: new_experiment.Field) -> None:
     try:
-        value = ef.from_widget(f, ss[_key(f)])
+        value = new_experiment.from_widget(f, ss[_key(f)])
     except ValueError as err:
         ss[FIELD_ERRORS][f.path] = str(err)
         return
     ss[FIELD_ERRORS].pop(f.path, None)
-    _changed(ef.put(ss[SPEC], f, value))
+    _changed(new_experiment.put(ss[SPEC], f, value))
 
 
 def _on_constitution() -> None:
@@ -82,19 +83,19 @@ def _on_judging() -> None:
         spec = {**spec, "judge": ss.pop(K + "judge_off")}
     elif not ss[JUDGING] and spec.get("judge"):
         ss[K + "judge_off"] = spec["judge"]
-    spec = ef.set_judging(spec, ss[JUDGING])
+    spec = new_experiment.set_judging(spec, ss[JUDGING])
     _changed(spec)
-    values, _ = ef.widget_values(spec)
-    for f in ef.FIELDS:
+    values, _ = new_experiment.widget_values(spec)
+    for f in new_experiment.FIELDS:
         if f.section == "judge" and f.path in values:
             ss[_key(f)] = values[f.path]
 
 
 def _on_yaml() -> None:
     try:
-        spec = ef.from_yaml(ss[YAML])
+        spec = new_experiment.from_yaml(ss[YAML])
     except SpecError as err:
-        ss[YAML_ERROR] = str(err).removeprefix("yaml: ")
+        ss[YAML_ERROR] = err.errors[0][1]
         return
     text = ss[YAML]
     _push(spec)
@@ -103,24 +104,28 @@ def _on_yaml() -> None:
 
 
 def _on_demo() -> None:
-    _push(ef.demo_spec())
+    _push(new_experiment.demo_spec())
     ss[RESULT] = None
 
 
 def _on_submit() -> None:
+    """Every error at once: the form's own (values its widgets could not take, a refused
+    upload), then those of the spec the form shows (unless the YAML is invalid: then the
+    form shows the last valid spec, not what was typed)."""
     ss[RESULT] = None
     errors = list(ss[FIELD_ERRORS].items())
     if ss.get(YAML_ERROR):
         errors.append(("yaml", f"invalid YAML: {ss[YAML_ERROR]}"))
     if ss.get(UPLOAD_ERROR):
         errors.append(("data.path", f"the uploaded file was refused: {ss[UPLOAD_ERROR]}"))
-    if not errors:
-        prepared, errors = ef.prepare(ss[SPEC], state.MAX_UPLOAD_MB)
+    if not ss.get(YAML_ERROR):
+        prepared, spec_errors = new_experiment.prepare(ss[SPEC], state.MAX_UPLOAD_MB)
+        errors = new_experiment.merge_errors(errors, spec_errors)
     if not errors:
         try:
             ss[RESULT] = state.write(lambda conn: submit(conn, prepared)).as_dict()
         except (SubmitError, SpecError) as err:
-            errors = ef.parse_errors(str(err))
+            errors = list(err.errors)
     ss[ERRORS] = errors
 
 
@@ -129,18 +134,18 @@ shown: set[tuple[str, str]] = set()
 
 def _errors(*prefixes: str) -> None:
     for p, r in ss[ERRORS]:
-        if (p, r) not in shown and ef.is_under(p, *prefixes):
+        if (p, r) not in shown and new_experiment.is_under(p, *prefixes):
             shown.add((p, r))
             st.error(f"{p}: {r}")
 
 
 def widget(path: str, **kw) -> None:
     """The field's widget, its problems and errors right under it."""
-    f = ef.BY_PATH[path]
+    f = new_experiment.BY_PATH[path]
     key = _key(f)
     spec = ss[SPEC]
     try:
-        value = ef.to_widget(f, ef.get(spec, f))
+        value = new_experiment.to_widget(f, new_experiment.get(spec, f))
     except ValueError as err:
         ss.pop(key, None)
         st.caption(f"{f.label}: {err}")
@@ -178,7 +183,7 @@ with form:
 
     st.subheader("Model")
     widget("model.path")
-    why = ef.check_model_path(ef.get(ss[SPEC], ef.BY_PATH["model.path"]))
+    why = new_experiment.check_model_path(new_experiment.get(ss[SPEC], new_experiment.BY_PATH["model.path"]))
     if why and not any(p == "model.path" for p, _ in ss[ERRORS]):
         st.error(f"model.path: {why}")
     c1, c2 = st.columns(2)
@@ -190,7 +195,7 @@ with form:
 
     st.subheader("Data")
     widget("data.source")
-    source = ef.get(ss[SPEC], ef.BY_PATH["data.source"])
+    source = new_experiment.get(ss[SPEC], new_experiment.BY_PATH["data.source"])
     if source == "demo":
         st.caption("The 250 TL;DR posts shipped with the project (from the SAMI paper's data).")
     elif source == "hf":
@@ -204,24 +209,24 @@ with form:
         st.caption("Read offline from the Hugging Face cache of the node that runs the job.")
     elif source == "file":
         up = st.file_uploader(f"Upload queries (JSON, JSONL or CSV; at most {state.MAX_UPLOAD_MB} MB)",
-                              type=list(ef.UPLOAD_TYPES), key=K + "upload", max_upload_size=state.MAX_UPLOAD_MB)
+                              type=list(FILE_TYPES), key=K + "upload", max_upload_size=state.MAX_UPLOAD_MB)
         if up is None:
             ss[UPLOAD_ERROR] = None
             ss.pop(K + "uploaded", None)
         elif ss.get(K + "uploaded") != up.file_id:
             ss[K + "uploaded"] = up.file_id
-            field = ef.get(ss[SPEC], ef.BY_PATH["data.field"]) or "post"
+            field = new_experiment.get(ss[SPEC], new_experiment.BY_PATH["data.field"]) or "post"
             try:
                 content = up.getvalue()
-                n = ef.check_upload(up.name, content, field, state.MAX_UPLOAD_MB)
-            except ef.UploadError as err:
+                n = check_upload(up.name, content, field, state.MAX_UPLOAD_MB)
+            except DataFileError as err:
                 ss[UPLOAD_ERROR] = str(err)
             else:
-                path = ef.save_upload(state.workspace().home, up.name, content)
+                path = new_experiment.save_upload(state.workspace().home, up.name, content)
                 ss[UPLOAD_ERROR] = None
-                spec = ef.put(ss[SPEC], ef.BY_PATH["data.path"], str(path))
+                spec = new_experiment.put(ss[SPEC], new_experiment.BY_PATH["data.path"], str(path))
                 _changed(spec)
-                ss[_key(ef.BY_PATH["data.path"])] = str(path)
+                ss[_key(new_experiment.BY_PATH["data.path"])] = str(path)
                 ss[K + "upload_note"] = f"{n} queries from {up.name}, stored in the workspace as {path}"
         if ss.get(UPLOAD_ERROR):
             st.error(f"Upload refused: {ss[UPLOAD_ERROR]}")
@@ -238,7 +243,7 @@ with form:
     _errors("data")
 
     st.subheader("Constitution")
-    current = ef.constitution_label(ss[SPEC].get("constitution"), versions)
+    current = new_experiment.constitution_label(ss[SPEC].get("constitution"), versions)
     options = list(choices) + ([current] if current not in choices else [])
     if ss.get(CONSTITUTION) not in options:
         ss[CONSTITUTION] = current
@@ -276,7 +281,7 @@ with form:
     _errors("training")
     st.caption("Devices (GPUs per job; 0 = CPU)")
     c1, c2, c3, c4 = st.columns(4)
-    for col, kind in zip((c1, c2, c3, c4), ("generate", "train", "sample", "judge")):
+    for col, kind in zip((c1, c2, c3, c4), EXPERIMENT_KINDS, strict=True):
         with col:
             widget(f"devices.{kind}")
     _errors("devices")
@@ -307,14 +312,15 @@ with form:
 
 with yaml_col:
     if YAML not in ss:
-        ss[YAML] = ef.to_yaml(ss[SPEC])
+        ss[YAML] = new_experiment.to_yaml(ss[SPEC])
     st.text_area("Experiment spec (YAML)", key=YAML, height=900, on_change=_on_yaml,
                  help="Edit and click outside (or Ctrl+Enter) to apply it to the form.")
     if ss.get(YAML_ERROR):
         st.error(f"yaml: {ss[YAML_ERROR]}")
     _errors("yaml")
-    st.download_button("Download YAML", ef.to_yaml(ss[SPEC]), file_name=f"{ss[SPEC].get('name', 'experiment')}.yaml",
-                       mime="application/x-yaml", key=K + "download")
+    st.download_button("Download YAML", new_experiment.to_yaml(ss[SPEC]),
+                       file_name=f"{ss[SPEC].get('name', 'experiment')}.yaml", mime="application/x-yaml",
+                       key=K + "download")
 
 st.button("Submit experiment", key=K + "submit", type="primary", on_click=_on_submit)
 rest = [(p, r) for p, r in ss[ERRORS] if (p, r) not in shown]

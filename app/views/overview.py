@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import overview_view as ov
-from app import state
-from app.winrates_view import winrate_table
+from app import overview, state
+from app.winrates import winrate_table
 from db.reads import overview as reads
 from sami_core.errors import SpecError
 from services.experiments import SubmitError, prepare, submit
@@ -15,7 +14,7 @@ st.title("Overview")
 
 
 def _submit_demo() -> tuple[int, list[str]]:
-    prepared = prepare(ov.DEMO_SPEC)
+    prepared = prepare(overview.DEMO_SPEC)
     result = state.write(lambda conn: submit(conn, prepared))
     return result.experiment_id, result.warnings
 
@@ -23,7 +22,7 @@ def _submit_demo() -> tuple[int, list[str]]:
 left, right = st.columns([1, 3])
 with left:
     if st.button("Submit the demo experiment", key="overview.submit_demo", type="primary",
-                 help=f"Submits {ov.DEMO_SPEC.name}: the embedded demo model, one SAMI iteration, CPU only"):
+                 help=f"Submits {overview.DEMO_SPEC.name}: the embedded demo model, one SAMI iteration, CPU only"):
         try:
             st.session_state["overview.submitted"] = _submit_demo()
             st.session_state.pop("overview.submit_error", None)
@@ -57,9 +56,9 @@ def _live() -> None:
         winrates = {}
         for e in experiments:
             if e["baselines"] and e["counts"].get("succeeded"):  # judge jobs may have stored judgments
-                winrates[e["id"]] = ov.latest_winrate(state.load(winrate_table, e["id"]), e["baselines"])
+                winrates[e["id"]] = overview.latest_winrate(state.load(winrate_table, e["id"]), e["baselines"])
         st.dataframe(
-            ov.experiments_frame(experiments, winrates), hide_index=True, key="overview.experiments",
+            overview.experiments_frame(experiments, winrates), hide_index=True, key="overview.experiments",
             column_config={"created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm")},
         )
         st.caption("Latest win rate: the latest judged iteration against the first baseline, at the lowest "
@@ -74,13 +73,13 @@ def _live() -> None:
         st.info("No worker has registered yet: queued jobs wait. Start one on a machine that sees this "
                 "workspace's database: `sami worker` (add `--devices 0,1` for GPUs).")
     else:
-        st.dataframe(ov.workers_frame(workers), hide_index=True, key="overview.workers")
+        st.dataframe(overview.workers_frame(workers), hide_index=True, key="overview.workers")
 
     st.subheader("Recent failures")
     if not failures:
         st.caption("No job has failed.")
     else:
-        st.dataframe(ov.failures_frame(failures), hide_index=True, key="overview.failures",
+        st.dataframe(overview.failures_frame(failures), hide_index=True, key="overview.failures",
                      column_config={"finished": st.column_config.DatetimeColumn("finished", format="YYYY-MM-DD HH:mm")})
         for f in failures[:5]:
             # The error holds the stage's last log lines: untrusted text, shown as text

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import queue_view as qv
-from app import state
-from app.text import md_escape
-from db import queue
+from app import formatting, queue, state
+from app.formatting import md_escape
 from db.reads import jobs as reads
+from services import jobs
+from services.errors import ServiceError
 
 LIVE_EVERY_S = 2  # seconds between refreshes of the live parts (only they rerun)
 
@@ -31,7 +31,7 @@ def _from_link(name: str, key: str, valid: set[int]) -> str | None:
     raw = state.param(name)
     if raw is None:
         return None
-    value = qv.parse_id(raw)
+    value = formatting.parse_id(raw)
     if value is None or value not in valid:
         st.query_params.pop(name, None)
         return raw
@@ -56,7 +56,7 @@ names = {e["id"]: e["name"] for e in experiments}
 
 if state.param("job") is not None and state.param("experiment") is None:
     # ?job=ID alone: show that job's experiment, so that the job is in the list.
-    job_link = qv.parse_id(state.param("job"))
+    job_link = formatting.parse_id(state.param("job"))
     linked = state.load(reads.job_detail, job_link) if job_link is not None else None
     if linked is not None and linked["experiment_id"] is not None:
         st.query_params["experiment"] = str(linked["experiment_id"])
@@ -80,10 +80,10 @@ def _live_table(experiment_id: int | None) -> None:
         st.info("No jobs here yet. Submit an experiment (Overview or New experiment page, or `sami submit`); "
                 "a worker (`sami worker`) runs them.")
         return
-    st.caption(f"{qv.status_summary(rows)}. Updated every {LIVE_EVERY_S} s; workers run the jobs, so closing "
+    st.caption(f"{queue.status_summary(rows)}. Updated every {LIVE_EVERY_S} s; workers run the jobs, so closing "
                "this page changes nothing.")
     st.dataframe(
-        qv.jobs_frame(rows), hide_index=True, key="queue.table",
+        queue.jobs_frame(rows), hide_index=True, key="queue.table",
         column_config={
             "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
             "progress_text": st.column_config.TextColumn("done"),
@@ -95,8 +95,8 @@ def _live_table(experiment_id: int | None) -> None:
     if experiment_id is not None:
         graph = state.load(reads.experiment_graph, experiment_id)
         with st.expander("Job graph", expanded=True):
-            st.graphviz_chart(qv.dag_dot(graph["nodes"], graph["edges"]))
-            st.caption(f"Colors: {qv.legend()}. Arrows point from a job to the jobs that wait for it.")
+            st.graphviz_chart(queue.dag_dot(graph["nodes"], graph["edges"]))
+            st.caption(f"Colors: {queue.legend()}. Arrows point from a job to the jobs that wait for it.")
 
 
 _live_table(experiment_id)
@@ -123,8 +123,8 @@ def _note(kind: str, text: str) -> None:
 # Buttons act in callbacks, before the page reruns: everything below shows the new state.
 def _cancel(job_id: int) -> None:
     try:
-        result, blocked = state.write(lambda c: (queue.cancel(c, job_id), reads.blocked_by(c, job_id)))
-    except queue.QueueError as err:
+        result, blocked = state.write(lambda c: (jobs.cancel(c, job_id), reads.blocked_by(c, job_id)))
+    except ServiceError as err:
         return _note("error", str(err))
     if result == "cancelled":
         _note("success", f"Job {job_id} cancelled"
@@ -137,10 +137,10 @@ def _cancel(job_id: int) -> None:
 
 def _retry(job_id: int) -> None:
     try:
-        unblocked, now = state.write(lambda c: (queue.retry(c, job_id), reads.job_detail(c, job_id)["status"]))
-    except queue.QueueError as err:
+        row, unblocked = state.write(lambda c: jobs.retry(c, job_id))
+    except ServiceError as err:
         return _note("error", str(err))
-    _note("success", f"Job {job_id} is {now}"
+    _note("success", f"Job {job_id} is {row.status}"
           + (f"; unblocked {', '.join(map(str, unblocked))}" if unblocked else "") + ".")
 
 
@@ -161,36 +161,36 @@ def _live_job(job_id: int) -> None:
     if job is None:
         st.error(f"Job {job_id} no longer exists.")
         return
-    status = qv.display_status(job["status"], job["cancel_requested_at"])
+    status = formatting.display_status(job["status"], job["cancel_requested_at"])
     cols = st.columns(5)
     cols[0].metric("Status", status)
     cols[1].metric("Attempt", f"{job['attempts']}/{job['max_attempts']}")
     cols[2].metric("GPUs", job["devices_required"])
-    cols[3].metric("ETA", qv.format_duration(qv.eta_s(job, qv.now())))
+    cols[3].metric("ETA", formatting.format_duration(queue.eta_s(job, formatting.now())))
     cols[4].metric("Worker", md_escape(job["worker"] or "-"))  # a metric's value is markdown
-    frac = qv.progress_fraction(job["progress_done"], job["progress_total"])
+    frac = queue.progress_fraction(job["progress_done"], job["progress_total"])
     if frac is not None:
         st.progress(frac)
-    if progress := qv.progress_text(job):
+    if progress := queue.progress_text(job):
         st.text(progress[:500])  # the stage's own message: shown as text
     st.caption(f"kind {job['kind']}; experiment {job['experiment_id'] or '-'}; depends on "
                f"{', '.join(map(str, job['depends_on'])) or 'nothing'}; needed by "
                f"{', '.join(map(str, job['dependants'])) or 'nothing'}")
     if job.get("constitution_name"):
-        st.text(f"constitution: {qv.constitution_label(job)}")  # a user-given name: shown as text
+        st.text(f"constitution: {queue.constitution_label(job)}")  # a user-given name: shown as text
     if job["error"]:
         st.markdown("**Error**")
         st.code(job["error"], language=None)  # the stage's last log lines: untrusted, shown as text
     st.markdown("**Run directory**")
-    path = qv.log_path(state.workspace(), job)
+    path = queue.log_path(state.workspace(), job)
     st.code(str(path.parent), language=None)
     with st.expander("Spec"):
         st.json(job["spec"] or {}, expanded=True)
     if job["outputs"]:
         with st.expander("Outputs"):
             st.json(job["outputs"], expanded=True)
-    st.markdown(f"**Log** (last {qv.LOG_TAIL_LINES} lines of {qv.LOG_NAME})")
-    tail = qv.log_tail(path)
+    st.markdown(f"**Log** (last {queue.LOG_TAIL_LINES} lines of {queue.LOG_NAME})")
+    tail = queue.log_tail(path)
     if tail is None:
         st.caption(f"No log yet ({md_escape(path)}).")
     else:

@@ -4,9 +4,8 @@ at a time (paginated in SQL). Model outputs and judge text are untrusted: st.tex
 
 import streamlit as st
 
-from app import responses_view as view
-from app import state
-from app.text import md_escape
+from app import responses, state
+from app.formatting import md_escape
 from db import ingest
 from db.reads import responses as reads
 
@@ -25,14 +24,14 @@ def _first_page() -> None:
 
 
 # ?left=ID&right=ID pick the sources; else the default pair.
-for side, default in zip(("left", "right"), view.default_pair(sources)):
+for side, default in zip(("left", "right"), responses.default_pair(sources)):
     state.preselect(side, f"responses.{side}", by_id)
     st.session_state.setdefault(f"responses.{side}", default)
 
 c1, c2 = st.columns(2)
-left = c1.selectbox("Left source", ids, key="responses.left", format_func=lambda i: view.source_label(by_id[i]),
+left = c1.selectbox("Left source", ids, key="responses.left", format_func=lambda i: responses.source_label(by_id[i]),
                     on_change=_first_page)
-right = c2.selectbox("Right source", ids, key="responses.right", format_func=lambda i: view.source_label(by_id[i]),
+right = c2.selectbox("Right source", ids, key="responses.right", format_func=lambda i: responses.source_label(by_id[i]),
                      on_change=_first_page)
 if left == right:
     st.caption("Both sides show the same source: pick another one on the right to compare.")
@@ -48,21 +47,21 @@ f1, f2, f3 = st.columns([1, 2, 1])
 temperature = f1.selectbox("Temperature", [None, *temps], key="responses.temperature", on_change=_first_page,
                            format_func=lambda t: "all" if t is None else f"{t:g}")
 search = f2.text_input("Search (query or either response)", key="responses.search", on_change=_first_page)
-verdict_label = f3.selectbox("Verdict", list(view.VERDICT_FILTERS), key="responses.verdict", on_change=_first_page,
+verdict_label = f3.selectbox("Verdict", list(responses.VERDICT_FILTERS), key="responses.verdict", on_change=_first_page,
                              help="The judge's verdict on the pair, from its side: the candidate is the response "
                                   "judged against the baseline (each verdict line below says which side it is).")
-verdict = view.VERDICT_FILTERS[verdict_label]
+verdict = responses.VERDICT_FILTERS[verdict_label]
 
 counts = state.load(reads.verdict_counts, left, right)
 if counts:
     st.caption("Judgments between these sources: " + ", ".join(
-        f"{view.VERDICT_TEXT.get(v, v)}: {n}" for v, n in sorted(counts.items())))
+        f"{responses.VERDICT_TEXT.get(v, v)}: {n}" for v, n in sorted(counts.items())))
 else:
     st.caption("No judgments between these two sources.")
 
 total = state.load(reads.count_pairs, left, right, temperature=temperature, search=search or None, verdict=verdict)
 p1, p2, p3, p4, p5 = st.columns([1, 1, 0.6, 0.6, 3], vertical_alignment="bottom")
-page_size = p1.selectbox("Per page", view.PAGE_SIZES, index=1, key="responses.page_size", on_change=_first_page)
+page_size = p1.selectbox("Per page", responses.PAGE_SIZES, index=1, key="responses.page_size", on_change=_first_page)
 n_pages = max(1, -(-total // page_size))
 st.session_state["responses.page"] = min(max(1, int(st.session_state.get("responses.page", 1))), n_pages)
 
@@ -104,13 +103,13 @@ for p in pairs:
             both = p["right_constitution_id"] == p["left_constitution_id"]
             title = f"Constitution: {md_escape(c['name'])} v{c['version']}" + ("" if both else f" ({side})")
             with st.expander(title):
-                st.text(view.principles_text(c["principles"]))
+                st.text(responses.principles_text(c["principles"]))
         cols = st.columns(2)
         for col, side, name in zip(cols, ("left", "right"), names):
             with col:
-                st.caption(f"{md_escape(name)} · {view.lengths(p[f'{side}_text'], p[f'{side}_tokens'])}")
+                st.caption(f"{md_escape(name)} · {responses.lengths(p[f'{side}_text'], p[f'{side}_tokens'])}")
                 st.text(p[f"{side}_text"])
         for j in judged.get(frozenset((p["left_id"], p["right_id"])), []):
-            st.text(view.verdict_line(j, p["left_id"], names))
+            st.text(responses.verdict_line(j, p["left_id"], names))
             if j.get("rationale"):
                 st.text(j["rationale"])

@@ -4,8 +4,7 @@ log-prob matrix of one iteration at a chosen step."""
 
 import streamlit as st
 
-from app import charts, state
-from app import training_view as view
+from app import charts, state, training
 from db.reads import training as reads
 
 st.title("Training")
@@ -27,11 +26,11 @@ experiment_id = st.selectbox("Experiment", choices, key="training.experiment",
 jobs = outside if experiment_id is None else state.load(reads.train_jobs, experiment_id)
 by_id = {j["id"]: j for j in jobs}
 picked = st.multiselect("Iterations", list(by_id), default=list(by_id), key=f"training.jobs.{experiment_id}",
-                        format_func=lambda i: f"{view.job_label(by_id[i])} (job #{i}, {by_id[i]['status']})")
+                        format_func=lambda i: f"{training.job_label(by_id[i])} (job #{i}, {by_id[i]['status']})")
 picked_jobs = [by_id[i] for i in by_id if i in picked]
 
-rows = state.load(reads.scalar_metrics, tuple(j["id"] for j in picked_jobs), view.PLOTTED)
-frame = view.metrics_frame(rows, picked_jobs)
+rows = state.load(reads.scalar_metrics, tuple(j["id"] for j in picked_jobs), training.PLOTTED)
+frame = training.metrics_frame(rows, picked_jobs)
 if frame.empty:
     st.info("No metrics logged yet for these iterations: they appear once a train job has run its first step.")
     st.stop()
@@ -59,11 +58,12 @@ if not with_matrix:
     st.info("No log-prob matrix logged for these iterations.")
     st.stop()
 job_id = st.selectbox("Iteration", [j["id"] for j in with_matrix], key="training.matrix_job",
-                      format_func=lambda i: view.job_label(by_id[i]))
+                      format_func=lambda i: training.job_label(by_id[i]))
 steps = state.load(reads.matrix_steps, job_id)
 step = steps[0] if len(steps) == 1 else st.select_slider("Step", steps, value=steps[-1],
                                                            key=f"training.matrix_step.{job_id}")
 matrix = state.load(reads.matrix_at, job_id, step)
 if matrix:
-    st.plotly_chart(charts.logprob_heatmap(view.matrix_frame(matrix), f"{view.job_label(by_id[job_id])}, step {step}"),
+    st.plotly_chart(charts.logprob_heatmap(training.matrix_frame(matrix),
+                                           f"{training.job_label(by_id[job_id])}, step {step}"),
                     key="training.heatmap")

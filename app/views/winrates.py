@@ -4,8 +4,7 @@ shown); the chart's PNG through its modebar camera button."""
 
 import streamlit as st
 
-from app import charts, state
-from app import winrates_view as view
+from app import charts, state, winrates
 from db.reads import winrates as reads
 
 st.title("Win rates")
@@ -18,34 +17,35 @@ state.preselect("experiment", "winrates.experiment", exp_ids)
 c1, c2, c3, c4 = st.columns(4)
 experiment_id = c1.selectbox("Experiment", exp_ids, key="winrates.experiment",
                              format_func=lambda i: "All experiments and imports" if i is None else f"{i}: {names[i]}")
-rows = state.load(view.winrate_table, experiment_id)
+rows = state.load(winrates.winrate_table, experiment_id)
 
 if not rows:
     st.info("No judgments yet. Judge jobs of an experiment (or `sami judge` on imported results) fill this page.")
     st.stop()
 
-baseline = c2.selectbox("Baseline", [view.ALL, *view.options(rows, "baseline")], key="winrates.baseline")
-temperature = c3.selectbox("Temperature", [view.ALL, *view.options(rows, "temperature")], key="winrates.temperature")
-judge_model = c4.selectbox("Judge model", [view.ALL, *view.options(rows, "judge_model")], key="winrates.judge_model")
+ALL = winrates.ALL
+baseline = c2.selectbox("Baseline", [ALL, *winrates.options(rows, "baseline")], key="winrates.baseline")
+temperature = c3.selectbox("Temperature", [ALL, *winrates.options(rows, "temperature")], key="winrates.temperature")
+judge_model = c4.selectbox("Judge model", [ALL, *winrates.options(rows, "judge_model")], key="winrates.judge_model")
 length_controlled = st.toggle("Length-controlled", key="winrates.lc",
                               help="Win rate predicted at equal lengths (logistic fit of the verdict on the "
                                    "length difference); it has no interval bars.")
 
-shown = view.shown_rows(rows, state.load(reads.source_order), baseline=baseline, temperature=temperature,
+shown = winrates.shown_rows(rows, state.load(reads.source_order), baseline=baseline, temperature=temperature,
                         judge_model=judge_model)
 if not shown:
     st.info("No win rates match these filters.")
     st.stop()
 
-frame = view.chart_frame(shown)
+frame = winrates.chart_frame(shown)
 st.plotly_chart(charts.winrate_figure(frame, length_controlled=length_controlled), key="winrates.chart",
                 config={"toImageButtonOptions": {"format": "png", "filename": "winrates"}})
 st.caption("PNG of the chart: use the camera icon in the chart's toolbar. Win rate = (wins + ties/2) / decided "
            "judgments; bars: 95% Wilson interval; invalid answers and errors are counted apart.")
 st.plotly_chart(charts.length_figure(frame), key="winrates.lengths")
 
-table = view.table_frame(shown)
+table = winrates.table_frame(shown)
 st.dataframe(table, hide_index=True, key="winrates.table")
-st.download_button("Download CSV", view.to_csv(shown), file_name="winrates.csv", mime="text/csv",
+st.download_button("Download CSV", winrates.to_csv(shown), file_name="winrates.csv", mime="text/csv",
                    key="winrates.download", on_click="ignore")
 st.caption(f"{len(shown)} rows; the CSV holds exactly these rows and columns (as `sami export winrates`).")

@@ -21,7 +21,7 @@ from db.engine import open_database
 from db.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[2]
-ENTRY = ROOT / "app" / "workbench.py"
+ENTRY = ROOT / "app" / "streamlit_app.py"
 
 
 @dataclass

@@ -9,7 +9,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from app import constitution_edit as ce
+from app import constitutions as ce
 from db.engine import transact
 from db.models import Constitution
 from sami_core.spec import DATA_DIR

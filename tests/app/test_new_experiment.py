@@ -11,7 +11,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from app import experiment_form as ef
+from app import new_experiment as ef
 from db.engine import transact
 from db.experiments import constitution_version
 from db.models import Constitution, Experiment, Job
@@ -237,3 +237,30 @@ def test_a_temperature_that_is_not_a_number_is_refused(open_page, workspace):
     assert _errors(at) == ["sampling.temperatures: 'hot' is not a number (write e.g. 0.0, 1.0)"]
     _refused(_submit(at), workspace, "sampling.temperatures", "'hot' is not a number")
     assert sum("'hot'" in e for e in _errors(at)) == 1  # shown once, next to the field
+
+
+def test_every_error_shows_at_once_each_next_to_its_field(open_page, workspace):
+    at = open_page("new_experiment")
+    at.text_area(key=K + "yaml").input(yaml.safe_dump({**ef.INITIAL, "n_constitutions": 1,
+                                                      "training": {"lr": -1.0}})).run()
+    _submit(at)
+    errors = _errors(at)
+    n = [i for i, e in enumerate(errors) if e.startswith("n_constitutions: must be >= 2")]
+    lr = [i for i, e in enumerate(errors) if e.startswith("training.lr: must be > 0")]
+    assert len(n) == 1 and len(lr) == 1, errors
+    # in the form's order (SAMI above Training), above the summary that nothing was submitted
+    assert n[0] < lr[0] < errors.index("Nothing was submitted: fix the fields marked above.")
+    _refused(at, workspace, "n_constitutions", "must be >= 2")
+
+
+def test_the_forms_own_checks_and_the_specs_errors_show_together(open_page, workspace, tmp_path: Path):
+    at = open_page("new_experiment")
+    at.text_area(key=K + "yaml").input(yaml.safe_dump({**ef.INITIAL, "training": {"lr": -1.0}})).run()
+    at.text_input(key=K + "model.path").input(str(tmp_path / "no-such-model")).run()
+    at.text_input(key=K + "sampling.temperatures").input("0.0, hot").run()
+    _submit(at)
+    errors = _errors(at)
+    for field, reason in (("model.path", "does not exist"), ("training.lr", "must be > 0"),
+                          ("sampling.temperatures", "'hot' is not a number")):
+        assert sum(e.startswith(f"{field}: ") and reason in e for e in errors) == 1, errors
+    _refused(at, workspace, "training.lr", "must be > 0")

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from sqlalchemy import func, select
 
-from app.overview_view import DEMO_SPEC
+from app.overview import DEMO_SPEC
 from db import ingest, queue
 from db.engine import transact
 from db.models import Experiment, Job, job_dependencies

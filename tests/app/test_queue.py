@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from app.overview_view import DEMO_SPEC
+from app.overview import DEMO_SPEC
 from db import queue
 from db.engine import transact
 from services import experiments as submit

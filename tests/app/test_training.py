@@ -10,7 +10,7 @@ import math
 
 import yaml
 
-from app.overview_view import DEMO_SPEC
+from app.overview import DEMO_SPEC
 from db import ingest
 from db.engine import transact
 from services import experiments as submit

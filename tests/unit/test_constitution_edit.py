@@ -1,4 +1,4 @@
-"""app.constitution_edit: editor rows, validation (sami_core's rules), import/export of
+"""app.constitutions (the Constitutions page's logic): editor rows, validation (sami_core's rules), import/export of
 the reference format, and the prompt preview."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from app import constitution_edit as ce
+from app import constitutions as ce
 from sami_core import constitutions as core
 from sami_core.errors import ConstitutionError
 from sami_core.prompts import plain_prompt

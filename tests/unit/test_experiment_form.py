@@ -1,14 +1,14 @@
-"""app.experiment_form: spec <-> form widgets <-> YAML round trips (and `sami submit`
-accepting the YAML), upload and model path checks, errors mapped to fields."""
+"""app.new_experiment (the New experiment page's logic): spec <-> form widgets <-> YAML
+round trips (and `sami submit` accepting the YAML), model path checks, and every error
+of a spec as (field path, reason) pairs."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from app import experiment_form as ef
+from app import new_experiment as ef
 from sami_core.errors import SpecError
 from sami_core.spec import EXAMPLES_DIR, read_spec_file
 from services import experiments as submit
@@ -109,26 +109,6 @@ def test_model_path_checks(tmp_path: Path):
     assert "neither" in ef.check_model_path("not a model id!")
 
 
-def test_upload_checks():
-    ok_jsonl = b'{"post": "a"}\n{"post": "b"}\n'
-    assert ef.check_upload("q.jsonl", ok_jsonl, "post", 1) == 2
-    assert ef.check_upload("q.json", json.dumps([{"post": "a"}]).encode(), "post", 1) == 1
-    assert ef.check_upload("q.json", ok_jsonl, "post", 1) == 2  # JSON lines in a .json file
-    assert ef.check_upload("q.csv", b"id,post\n1,hello\n2,world\n", "post", 1) == 2
-    with pytest.raises(ef.UploadError, match="not a JSON, JSONL or CSV"):
-        ef.check_upload("q.txt", b"hello", "post", 1)
-    with pytest.raises(ef.UploadError, match="no field 'post'.*fields are: text"):
-        ef.check_upload("q.jsonl", b'{"text": "a"}\n', "post", 1)
-    with pytest.raises(ef.UploadError, match="row 2 has no text"):
-        ef.check_upload("q.csv", b"post\nhello\n\"\"\n", "post", 1)
-    with pytest.raises(ef.UploadError, match="over the 1 MB"):
-        ef.check_upload("q.jsonl", ok_jsonl * 200_000, "post", 1)
-    with pytest.raises(ef.UploadError, match="line 2 is not valid JSON"):
-        ef.check_upload("q.jsonl", b'{"post": "a"}\n{nope\n', "post", 1)
-    with pytest.raises(ef.UploadError, match="empty"):
-        ef.check_upload("q.csv", b"", "post", 1)
-
-
 def test_uploads_are_stored_once_by_content(tmp_path: Path):
     a = ef.save_upload(tmp_path, "../../evil name.jsonl", b'{"post": "a"}\n')
     b = ef.save_upload(tmp_path, "../../evil name.jsonl", b'{"post": "a"}\n')
@@ -136,15 +116,22 @@ def test_uploads_are_stored_once_by_content(tmp_path: Path):
     assert a.read_bytes() == b'{"post": "a"}\n'
 
 
-def test_spec_errors_map_to_fields():
-    msg = ("form: invalid spec\n  n_constitutions: must be >= 2: SAMI contrasts\n  data: source 'hf' needs `dataset`\n"
-           "  judge.baselines.0: 'x' is neither 'base' nor ...\n  typo_key: unknown key (check its spelling)")
-    errors = ef.parse_errors(msg)
-    assert ("n_constitutions", "must be >= 2: SAMI contrasts") in errors
-    assert ef.errors_at(errors, "data") == ["data: source 'hf' needs `dataset`"]
-    assert ef.errors_at(errors, "judge") == ["judge.baselines.0: 'x' is neither 'base' nor ..."]
-    assert ef.errors_at(errors, "typo_key") == ["typo_key: unknown key (check its spelling)"]
-    assert ef.parse_errors("devices.train: 8 GPUs needed") == [("devices.train", "8 GPUs needed")]
+def test_prepare_reports_every_error_at_once_by_field():
+    spec = {**ef.INITIAL, "n_constitutions": 1, "training": {"lr": -1.0}, "model": {"path": "/no/such/model/dir"}}
+    prepared, errors = ef.prepare(spec, 1)
+    assert prepared is None
+    # the app's own check first, then the spec's errors in the schema's order; model.path once
+    assert [p for p, _ in errors] == ["model.path", "n_constitutions", "training.lr"], errors
+    assert "does not exist" in errors[0][1] and "must be >= 2" in errors[1][1] and "must be > 0" in errors[2][1]
+
+
+def test_merge_errors_skips_fields_already_refused():
+    first = [("data.path", "the uploaded file was refused: ..."), ("sampling.temperatures", "'hot' is not a number")]
+    more = [("data", "source 'file' needs `path`"), ("sampling.temperatures", "give at least one"),
+            ("training.lr", "must be > 0"), ("", "a spec-wide problem"), ("data_x", "unknown key")]
+    assert ef.merge_errors(first, more) == first + [("training.lr", "must be > 0"), ("", "a spec-wide problem"),
+                                                    ("data_x", "unknown key")]
+    assert ef.merge_errors([], more) == more
 
 
 @pytest.mark.parametrize("change, field, reason", [

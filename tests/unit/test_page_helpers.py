@@ -1,12 +1,12 @@
 """The Streamlit-free helpers of the Training, Responses and Win rates pages
-(app/training_view.py, app/responses_view.py, app/winrates_view.py)."""
+(app/training.py, app/responses.py, app/winrates.py)."""
 
 from __future__ import annotations
 
 import csv
 import io
 
-from app import responses_view, training_view, winrates_view
+from app import responses, training, winrates
 from services import exports, judging, results
 
 
@@ -24,31 +24,31 @@ def test_checkpoints_order_by_iteration_and_step_then_by_numbers_in_labels():
                {"label": "it2", "experiment_id": 1, "iteration": 2, "step": 8}]
     rows = [wr_row("it2", exp=1), wr_row("late", exp=1), wr_row("early", exp=1),
             wr_row("iteration-10-x"), wr_row("iteration-2-x"), wr_row("instruct")]
-    got = [r["candidate"] for r in winrates_view.shown_rows(rows, sources)]
+    got = [r["candidate"] for r in winrates.shown_rows(rows, sources)]
     assert got == ["early", "late", "it2", "instruct", "iteration-2-x", "iteration-10-x"]
 
 
 def test_filters_keep_matching_rows_only():
     rows = [wr_row("a", "base"), wr_row("a", "instruct"), wr_row("b", "base", temperature=1.0)]
-    assert [r["baseline"] for r in winrates_view.shown_rows(rows, [], baseline="instruct")] == ["instruct"]
-    assert [r["candidate"] for r in winrates_view.shown_rows(rows, [], temperature=1.0)] == ["b"]
-    assert winrates_view.shown_rows(rows, [], judge_model="other") == []
-    assert winrates_view.options(rows, "baseline") == ["base", "instruct"]
+    assert [r["baseline"] for r in winrates.shown_rows(rows, [], baseline="instruct")] == ["instruct"]
+    assert [r["candidate"] for r in winrates.shown_rows(rows, [], temperature=1.0)] == ["b"]
+    assert winrates.shown_rows(rows, [], judge_model="other") == []
+    assert winrates.options(rows, "baseline") == ["base", "instruct"]
 
 
 def test_chart_frame_prefixes_experiments_only_when_several():
-    one = winrates_view.chart_frame([wr_row("it-1", exp=3), wr_row("it-2", exp=3)])
+    one = winrates.chart_frame([wr_row("it-1", exp=3), wr_row("it-2", exp=3)])
     assert list(one["checkpoint"]) == ["it-1", "it-2"]
-    two = winrates_view.chart_frame([wr_row("it-1", exp=3), wr_row("it-1", exp=4), wr_row("imported")])
+    two = winrates.chart_frame([wr_row("it-1", exp=3), wr_row("it-1", exp=4), wr_row("imported")])
     assert list(two["checkpoint"]) == ["e3/it-1", "e4/it-1", "imported"]
-    ids = winrates_view.table_frame([wr_row("a", exp=3), wr_row("b")])["experiment_id"]
+    ids = winrates.table_frame([wr_row("a", exp=3), wr_row("b")])["experiment_id"]
     assert str(ids.dtype) == "Int64" and ids[0] == 3 and ids.isna()[1]
-    assert list(winrates_view.table_frame([]).columns) == list(exports.WINRATE_COLUMNS)
+    assert list(winrates.table_frame([]).columns) == list(exports.WINRATE_COLUMNS)
 
 
 def test_csv_has_the_columns_and_neutralises_formulas_like_write_csv(tmp_path):
     rows = [wr_row("=HYPERLINK(1)"), wr_row("it-2", win_rate=0.625)]
-    data = winrates_view.to_csv(rows)
+    data = winrates.to_csv(rows)
     parsed = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
     assert list(parsed[0]) == list(exports.WINRATE_COLUMNS)
     assert parsed[0]["candidate"] == "'=HYPERLINK(1)" and parsed[1]["win_rate"] == "0.625"
@@ -60,17 +60,17 @@ def test_csv_has_the_columns_and_neutralises_formulas_like_write_csv(tmp_path):
 def test_responses_helpers():
     sources = [{"id": 1, "label": "base", "kind": "baseline"}, {"id": 2, "label": "ck1", "kind": "checkpoint"},
                {"id": 3, "label": "ck2", "kind": "checkpoint"}, {"id": 4, "label": "f", "kind": "import"}]
-    assert responses_view.default_pair(sources) == (3, 1)
-    assert responses_view.default_pair(sources[3:]) == (4, 4)
+    assert responses.default_pair(sources) == (3, 1)
+    assert responses.default_pair(sources[3:]) == (4, 4)
     imports = [{"id": 5, "label": "a", "kind": "import"}, {"id": 6, "label": "b", "kind": "import"}]
-    assert responses_view.default_pair(imports) == (6, 5)
-    assert responses_view.default_pair([]) == (None, None)
-    assert responses_view.lengths("Hello, world again", None) == "~4 tokens · 3 words"
-    assert responses_view.lengths("Hello world", 7) == "7 tokens · 2 words"
-    assert responses_view.principles_text([{"principle": "a"}, {"principle": "b"}]) == "1. a\n2. b"
+    assert responses.default_pair(imports) == (6, 5)
+    assert responses.default_pair([]) == (None, None)
+    assert responses.lengths("Hello, world again", None) == "~4 tokens · 3 words"
+    assert responses.lengths("Hello world", 7) == "7 tokens · 2 words"
+    assert responses.principles_text([{"principle": "a"}, {"principle": "b"}]) == "1. a\n2. b"
     j = {"candidate_id": 9, "judge_model": "m", "verdict": "baseline", "candidate_position": "B"}
-    assert responses_view.verdict_line(j, 8, ("L", "R")) == "m: baseline won (candidate = right: R, shown second)"
-    assert responses_view.VERDICT_FILTERS["not judged"] == "none"
+    assert responses.verdict_line(j, 8, ("L", "R")) == "m: baseline won (candidate = right: R, shown second)"
+    assert responses.VERDICT_FILTERS["not judged"] == "none"
 
 
 def test_training_helpers():
@@ -78,10 +78,10 @@ def test_training_helpers():
     rows = [{"job_id": 5, "step": 1, "name": "loss", "value": 1.0},
             {"job_id": 7, "step": 1, "name": "loss", "value": 2.0},
             {"job_id": 9, "step": 1, "name": "loss", "value": 3.0}]
-    df = training_view.metrics_frame(rows, jobs)
+    df = training.metrics_frame(rows, jobs)
     assert list(df["iteration"]) == ["iteration 2", "iteration 1", "by hand"]  # the jobs' order
-    assert training_view.metrics_frame([], jobs).empty
-    m = training_view.matrix_frame([[1, 2], [3, 4]])
+    assert training.metrics_frame([], jobs).empty
+    m = training.matrix_frame([[1, 2], [3, 4]])
     assert list(m.index) == ["c_1", "c_2"] and list(m.columns) == ["y_1", "y_2"] and m.iloc[1, 0] == 3.0
-    assert set(training_view.PLOTTED) >= {"loss", "mi_lower_bound", "row_accuracy", "col_accuracy", "kl", "lr",
+    assert set(training.PLOTTED) >= {"loss", "mi_lower_bound", "row_accuracy", "col_accuracy", "kl", "lr",
                                           "grad_norm"}

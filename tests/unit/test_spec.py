@@ -1,7 +1,9 @@
+import pickle
+
 import pytest
 
 from sami_core.errors import SpecError
-from sami_core.spec import load_spec, resolve_shipped, spec_fingerprint, validate_spec
+from sami_core.spec import load_spec, resolve_shipped, spec_fingerprint, validate_experiment, validate_spec
 
 
 def test_defaults_validate():
@@ -65,3 +67,70 @@ def test_shipped_shorthand():
     assert resolve_shipped("my/file.json") == "my/file.json"
     with pytest.raises(SpecError, match="shipped ones: demo:mistral/0"):
         resolve_shipped("demo:nope/9")
+
+
+# ---- SpecError: (field path, reason) pairs, and the message people read ----------------------
+
+
+def test_a_spec_with_several_errors_carries_every_pair_in_order():
+    with pytest.raises(SpecError) as info:
+        validate_experiment({"n_constitutions": 1, "training": {"lr": -1.0}, "typo": 1}, source="form")
+    err = info.value
+    assert err.source == "form"
+    assert err.errors == [
+        ("n_constitutions", "must be >= 2: SAMI contrasts at least two constitutions per query"),
+        ("training.lr", "must be > 0 (e.g. 5e-7 for RMSprop on a 7B model)"),
+        ("typo", "unknown key (check its spelling and where it is nested)"),
+    ]
+    # the message is the text it always was (the CLI prints it)
+    assert str(err) == (
+        "form: invalid spec\n"
+        "  n_constitutions: must be >= 2: SAMI contrasts at least two constitutions per query\n"
+        "  training.lr: must be > 0 (e.g. 5e-7 for RMSprop on a 7B model)\n"
+        "  typo: unknown key (check its spelling and where it is nested)")
+
+
+def test_a_cross_field_check_carries_the_field_it_names_and_a_spec_wide_one_the_path_nothing():
+    with pytest.raises(SpecError) as info:
+        validate_experiment({"judge": {"baselines": ["x"]}}, source="form")
+    [(path, reason)] = info.value.errors
+    assert path == "judge.baselines.0" and reason.startswith("'x' is neither 'base' nor 'iteration-K'")
+    assert str(info.value) == f"form: invalid spec\n  judge.baselines.0: {reason}"
+    with pytest.raises(SpecError) as info:
+        validate_spec("judge", {"candidate": {"path": "a"}, "baseline": {"path": "a"}})
+    assert info.value.errors == [("", "candidate and baseline are the same responses; judge two different sources")]
+    assert str(info.value) == ("spec: invalid spec\n"
+                               "  (top level): candidate and baseline are the same responses; judge two different sources")
+
+
+def test_one_sentence_errors_carry_one_pair_and_keep_their_text(tmp_path):
+    with pytest.raises(SpecError) as info:
+        validate_spec("generate", [1], source="g.yaml")
+    assert str(info.value) == "g.yaml: a spec must be a mapping of keys to values, got list"
+    assert info.value.errors == [("", "a spec must be a mapping of keys to values, got list")]
+    with pytest.raises(SpecError) as info:
+        validate_spec("fly", {})
+    assert info.value.errors == [("", str(info.value))] and str(info.value).startswith("unknown stage 'fly'")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1,\n")
+    with pytest.raises(SpecError) as info:
+        load_spec("generate", bad)
+    assert str(info.value).startswith(f"{bad}: not valid YAML: ") and info.value.source == str(bad)
+    assert info.value.errors[0][0] == "" and info.value.errors[0][1].startswith("not valid YAML: ")
+    with pytest.raises(SpecError) as info:
+        resolve_shipped("demo:nope/9")
+    assert info.value.errors == [("constitution.path", str(info.value))]
+
+
+def test_spec_error_constructors_and_pickling():
+    err = SpecError(errors=[("training.lr", "must be > 0"), ("", "whole spec")], source="form")
+    assert str(err) == "form: invalid spec\n  training.lr: must be > 0\n  (top level): whole spec"
+    assert str(SpecError(errors=[("a", "b")])) == "spec: invalid spec\n  a: b"
+    assert str(SpecError("no such file", source="x.yaml")) == "x.yaml: no such file"
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is SpecError and str(again) == str(err) and again.errors == err.errors
+    assert again.source == "form"
+    with pytest.raises(TypeError):
+        SpecError()
+    with pytest.raises(TypeError):
+        SpecError("both", errors=[("a", "b")])

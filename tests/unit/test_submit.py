@@ -332,3 +332,20 @@ def test_a_local_model_path_that_does_not_exist_is_refused_by_field(tmp_path):
         prepare_data(data, source="x.yaml")
     data["model"] = {"path": str(tmp_path)}  # an existing directory is accepted as given
     assert prepare_data(data, source="x.yaml").exp.model.path == str(tmp_path)
+
+
+def test_submit_errors_carry_their_field_as_spec_errors_do(tmp_path):
+    from sami_core.errors import SpecError
+    from sami_core.pipeline import expand
+    from sami_core.spec import validate_experiment
+
+    exp = validate_experiment({"devices": {"train": 2}})
+    with pytest.raises(submit.SubmitError) as info:
+        submit.check_devices(expand(exp, "runs/x"), [(1, None)])
+    reason = ("2 GPUs needed but the largest registered worker has 1; lower devices.train or start a worker with "
+              "more GPUs (`sami worker --devices ...`)")
+    assert info.value.errors == [("devices.train", reason)] and str(info.value) == f"devices.train: {reason}"
+    with pytest.raises(SpecError) as info:
+        submit.prepare_data({"data": {"source": "file", "path": str(tmp_path / "no.jsonl")}}, source="form")
+    assert info.value.errors == [("data.path", f"file {str(tmp_path / 'no.jsonl')!r} does not exist")]
+    assert str(info.value) == f"form: invalid spec\n  data.path: file {str(tmp_path / 'no.jsonl')!r} does not exist"

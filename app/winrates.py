@@ -1,6 +1,7 @@
-"""What the Win rates page shows, as functions without Streamlit: the win-rate table (the
-same rows as ``sami winrates`` / ``sami export winrates``: services.exports.winrates over
-db.ingest.judgment_rows), filtered, ordered by checkpoint, and its CSV."""
+"""What the Win rates page (app/views/winrates.py) shows, as functions without
+Streamlit: the win-rate table (the same rows as ``sami winrates`` / ``sami export
+winrates``: services.exports.winrates over db.ingest.judgment_rows), filtered, ordered by
+checkpoint, and its CSV."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""What the Responses page shows, as functions without Streamlit: source labels, the
-default pair of sources, response lengths, verdict labels, a constitution as text."""
+"""What the Responses page (app/views/responses.py) shows, as functions without
+Streamlit: source labels, the default pair of sources, response lengths, verdict
+labels, a constitution as text."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The Constitutions page's logic: editor rows <-> principles, validation messages,
-import/export of constitution files, and the prompt preview.
+"""The Constitutions page's logic (app/views/constitutions.py): editor rows <->
+principles, validation messages, import/export of constitution files, and the prompt
+preview.
 
 Validation reuses :meth:`sami_core.constitutions.Constitution.validate`: principles
 without an antithesis are allowed (they are never flipped), but a constitution must
@@ -19,7 +20,7 @@ from typing import Any
 from sami_core import constitutions as core
 from sami_core.errors import ConstitutionError
 from sami_core.prompts import TASKS, chat_messages, plain_prompt
-from sami_core.spec import DATA_DIR
+from sami_core.spec import DATA_DIR, shipped_constitutions
 
 COLUMNS = ("principle", "antithesis")
 NAME_MAX = 200  # constitutions.name is a String(200)
@@ -123,9 +124,8 @@ def export_json(principles: Sequence[Mapping[str, Any]], fmt: str = "reference")
     return json.dumps(data, indent=4, ensure_ascii=False) + "\n"
 
 
-def shipped() -> list[str]:
-    """The shipped constitutions as ``demo:<writer>/<k>`` names."""
-    return sorted(f"demo:{p.parent.name}/{p.stem}" for p in SHIPPED_DIR.glob("*/*.json"))
+# The shipped constitutions as ``demo:<writer>/<k>`` names.
+shipped = shipped_constitutions
 
 
 def load_shipped(name: str) -> list[dict[str, str | None]]:

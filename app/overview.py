@@ -1,5 +1,6 @@
-"""What the Overview page shows, as pure functions (no Streamlit): an experiment's state
-from its jobs, its latest win rate, and the workers and failures tables."""
+"""What the Overview page (app/views/overview.py) shows, as pure functions (no
+Streamlit): an experiment's state from its jobs, its latest win rate, and the workers
+and failures tables."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from app.queue_view import age_s, format_duration
+from app.formatting import age_s, format_duration
 from db.reads.overview import SILENT_AFTER_S
 from sami_core.spec import EXAMPLES_DIR
 

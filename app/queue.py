@@ -1,5 +1,5 @@
-"""What the Queue page shows, as pure functions (no Streamlit): the jobs table, ETAs and
-ages, the DAG as a Graphviz DOT string, and a job's log tail.
+"""What the Queue page (app/views/queue.py) shows, as pure functions (no Streamlit): the
+jobs table, ETAs and progress, the DAG as a Graphviz DOT string, and a job's log tail.
 
 A job's log is ``RUN_DIR/stage.log`` (as `sami logs` reads it), RUN_DIR relative to the
 workspace unless absolute.
@@ -11,13 +11,15 @@ import os
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from db.workspace import Workspace, default_run_dir
+from app.formatting import age_s, display_status, format_duration
+from db.workspace import Workspace
+from sami_core.contract import LOG_FILE
+from services import jobs
 
-LOG_NAME = "stage.log"
+LOG_NAME = LOG_FILE
 LOG_TAIL_LINES = 200
 # The tail is read from at most this many bytes at the end of the log (a log may be huge).
 LOG_TAIL_BYTES = 256 * 1024
@@ -39,29 +41,6 @@ COLOR_NAMES = {"queued": "grey", "running": "blue", "cancelling": "light orange"
 
 TABLE_COLUMNS = ("id", "name", "kind", "experiment", "status", "progress", "progress_text", "eta", "devices", "attempt",
                  "worker", "constitution", "depends_on", "age", "updated")
-
-
-def display_status(status: str, cancel_requested_at: Any = None) -> str:
-    """A running job whose cancellation was requested shows as ``cancelling`` (as in `sami jobs`)."""
-    return "cancelling" if status == "running" and cancel_requested_at is not None else status
-
-
-def format_duration(seconds: float | None) -> str:
-    """``45s``, ``12m 5s``, ``3h 20m``, ``2d 4h``; ``-`` for None."""
-    if seconds is None or seconds != seconds:
-        return "-"
-    s = max(0, int(round(seconds)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
-
-
-def age_s(ts: datetime | None, now: datetime) -> float | None:
-    return None if ts is None else (now - ts).total_seconds()
 
 
 def eta_s(row: dict, now: datetime) -> float | None:
@@ -168,7 +147,7 @@ def dag_dot(nodes: Sequence[dict], edges: Iterable[tuple[int, int]]) -> str:
 
 def log_path(ws: Workspace, job: dict) -> Path:
     """Where `sami logs` finds a job's log: RUN_DIR/stage.log."""
-    return ws.resolve(job.get("run_dir") or default_run_dir(job["id"], job["kind"])) / LOG_NAME
+    return jobs.log_path(ws, job["id"], job["kind"], job.get("run_dir"))
 
 
 def log_tail(path: str | os.PathLike, lines: int = LOG_TAIL_LINES, max_bytes: int = LOG_TAIL_BYTES) -> str | None:
@@ -186,16 +165,3 @@ def log_tail(path: str | os.PathLike, lines: int = LOG_TAIL_LINES, max_bytes: in
     if size > max_bytes and text_lines:
         text_lines = text_lines[1:]  # the first one is cut
     return "\n".join(text_lines[-lines:]) if lines > 0 else ""
-
-
-def parse_id(value: Any) -> int | None:
-    """A query parameter as a positive job/experiment id, else None."""
-    try:
-        n = int(str(value).strip())
-    except (TypeError, ValueError):
-        return None
-    return n if n > 0 else None
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)

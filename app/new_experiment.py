@@ -1,7 +1,7 @@
-"""The New experiment page's logic: an experiment spec dict <-> form widgets <-> YAML,
-checks the spec schema cannot make (a local model directory exists, an uploaded data
-file is JSON/JSONL/CSV, small enough and has the query field), and errors mapped to
-the fields they name.
+"""The New experiment page's logic (app/views/new_experiment.py): an experiment spec
+dict <-> form widgets <-> YAML, checks the spec schema cannot make (a local model
+directory exists, a data file has the query field: sami_core.data_files), and every
+error as a (field path, reason) pair, the page showing each next to its field.
 
 The spec dict is the single truth: a form widget writes its one value into it (only
 when that value changed), the YAML view shows it with ``yaml.safe_dump`` (exactly a
@@ -13,10 +13,7 @@ spec the same.
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
-import io
-import json
 import re
 import typing
 from collections.abc import Mapping, Sequence
@@ -27,11 +24,11 @@ from typing import Any
 import yaml
 
 from sami_core import spec as spec_mod
+from sami_core.data_files import check_data_file
 from sami_core.errors import SpecError
 
 EXAMPLES_DIR = spec_mod.EXAMPLES_DIR
 DEMO_YAML = EXAMPLES_DIR / "demo.yaml"
-UPLOAD_TYPES = ("json", "jsonl", "csv")
 # What the page starts with: the embedded demo model on the shipped posts, on CPU.
 INITIAL: dict[str, Any] = {"name": "experiment", "model": {"path": "demo"}, "data": {"source": "demo"},
                            "constitution": {"path": "demo:opus/0"}, "n_constitutions": 2, "iterations": 1,
@@ -262,10 +259,10 @@ def from_yaml(text: str) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
-        raise SpecError(f"yaml: invalid YAML{where}: {problem}") from None
+        raise SpecError(f"invalid YAML{where}: {problem}", source="yaml") from None
     if not isinstance(data, dict):
-        raise SpecError(f"yaml: an experiment spec is a mapping of keys to values, got "
-                        f"{'nothing' if data is None else type(data).__name__}")
+        raise SpecError("an experiment spec is a mapping of keys to values, got "
+                        f"{'nothing' if data is None else type(data).__name__}", source="yaml")
     return data
 
 
@@ -342,87 +339,6 @@ def check_model_path(path: Any) -> str | None:
     return None
 
 
-class UploadError(ValueError):
-    """An uploaded data file is refused (the message says why)."""
-
-
-def read_records(filename: str, content: bytes) -> list[dict[str, Any]]:
-    """Rows of a JSON (a list of objects, or JSON lines), JSONL or CSV file."""
-    ext = Path(filename).suffix.lower().lstrip(".")
-    if ext not in UPLOAD_TYPES:
-        raise UploadError(f"{filename}: not a JSON, JSONL or CSV file (by its extension)")
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UploadError(f"{filename}: not UTF-8 text") from None
-    if not text.strip():
-        raise UploadError(f"{filename}: the file is empty")
-    if ext == "csv":
-        try:
-            rows = list(csv.DictReader(io.StringIO(text)))
-        except csv.Error as err:
-            raise UploadError(f"{filename}: not valid CSV: {err}") from None
-        if not rows:
-            raise UploadError(f"{filename}: a header but no rows")
-        return rows
-    rows: Any = None
-    if ext == "json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError:
-            rows = None  # maybe JSON lines in a .json file
-    if rows is None:
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise UploadError(f"{filename}: line {i} is not valid JSON: {err.msg}") from None
-    if isinstance(rows, dict):
-        raise UploadError(f"{filename}: give a list of objects (one per query), or one JSON object per line")
-    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-        raise UploadError(f"{filename}: give at least one row, each a JSON object (one per query)")
-    return rows
-
-
-def check_records(filename: str, rows: Sequence[Mapping[str, Any]], field: str) -> None:
-    """Every row has a non-empty text in ``field``."""
-    if not any(field in r for r in rows):
-        cols = sorted({k for r in rows[:100] for k in r})
-        raise UploadError(f"{filename}: no field {field!r} (the query text); its fields are: {', '.join(cols)}. "
-                          "Set the query field, or upload a file that has it")
-    for i, r in enumerate(rows, 1):
-        if not isinstance(r.get(field), str) or not r[field].strip():
-            raise UploadError(f"{filename}: row {i} has no text in {field!r}")
-
-
-def check_upload(filename: str, content: bytes, field: str, max_mb: float) -> int:
-    """Refuse (UploadError) a file that is too big, of another type, or lacks the query
-    field; else the number of queries."""
-    if len(content) > max_mb * 1024 * 1024:
-        raise UploadError(f"{filename}: {len(content) / 2**20:.1f} MB is over the {max_mb} MB upload limit")
-    rows = read_records(filename, content)
-    check_records(filename, rows, field)
-    return len(rows)
-
-
-def check_data_file(path: str, field: str, max_mb: float) -> str | None:
-    """The same checks on a data file named in the spec (source: file); None when fine."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        return f"file {path!r} does not exist"
-    if p.suffix.lower().lstrip(".") not in UPLOAD_TYPES:
-        return None  # e.g. Parquet: the stage reads it; nothing to check here
-    if p.stat().st_size > max_mb * 1024 * 1024:
-        return None  # too big to check here; the generate stage checks the field
-    try:
-        check_records(p.name, read_records(p.name, p.read_bytes()), field)
-    except UploadError as err:
-        return str(err)
-    return None
-
-
 def save_upload(home: Path, filename: str, content: bytes) -> Path:
     """Store an upload under ``<workspace>/uploads/`` (named by its content hash, so the
     same file is stored once and a later upload never changes what a job reads)."""
@@ -437,29 +353,17 @@ def save_upload(home: Path, filename: str, content: bytes) -> Path:
 
 
 # ---- errors ----------------------------------------------------------------------------------
-_ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w-]*(?:\.[\w<>-]+)*|\(top level\)): (.+)$")
-
-
-def parse_errors(message: str) -> list[tuple[str, str]]:
-    """``field.path: reason`` lines of a SpecError/SubmitError -> [(path, reason)]; lines
-    naming no field get the path ''."""
-    out = []
-    for line in str(message).splitlines():
-        if not line.strip() or line.rstrip().endswith(": invalid spec"):
-            continue
-        m = _ERROR_LINE.match(line)
-        out.append((m[1], m[2]) if m else ("", line.strip()))
-    return out
-
-
 def is_under(path: str, *prefixes: str) -> bool:
     """Whether ``path`` is one of ``prefixes`` or lies under one (``data.path`` under ``data``)."""
     return any(path == x or path.startswith(x + ".") for x in prefixes)
 
 
-def errors_at(errors: Sequence[tuple[str, str]], *prefixes: str) -> list[str]:
-    """The errors whose path is one of ``prefixes`` or lies under one, as 'path: reason'."""
-    return [f"{p}: {r}" for p, r in errors if is_under(p, *prefixes)]
+def merge_errors(first: Sequence[tuple[str, str]], more: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``first``, then the errors of ``more`` about fields ``first`` does not already
+    refuse (the same field, one above it or one under it: ``data`` after ``data.path``)."""
+    refused = [p for p, _ in first if p]
+    return list(first) + [(p, r) for p, r in more
+                          if not p or not any(is_under(p, x) or is_under(x, p) for x in refused)]
 
 
 def check_spec(spec: Mapping[str, Any], max_mb: float) -> list[tuple[str, str]]:
@@ -485,15 +389,15 @@ def check_spec(spec: Mapping[str, Any], max_mb: float) -> list[tuple[str, str]]:
 
 
 def prepare(spec: Mapping[str, Any], max_mb: float):
-    """Everything checked before anything is written: the app's checks, then
+    """Everything checked before anything is written: the app's checks and
     services.experiments.prepare_data (what `sami submit` does). Returns (prepared or None,
-    [(path, reason)])."""
+    [(path, reason)]): every error found, the app's first; a field the app's checks
+    already refused is not reported twice (:func:`merge_errors`)."""
     from services.experiments import prepare_data
 
     errors = check_spec(spec, max_mb)
-    if errors:
-        return None, errors
     try:
-        return prepare_data(copy.deepcopy(dict(spec)), source="form"), []
+        prepared = prepare_data(copy.deepcopy(dict(spec)), source="form")
     except SpecError as err:
-        return None, parse_errors(str(err))
+        return None, merge_errors(errors, err.errors)
+    return (None, errors) if errors else (prepared, [])

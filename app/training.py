@@ -1,5 +1,5 @@
-"""What the Training page shows, as functions without Streamlit: train jobs' labels and
-their metrics as DataFrames for app.charts."""
+"""What the Training page (app/views/training.py) shows, as functions without
+Streamlit: train jobs' labels and their metrics as DataFrames for app.charts."""
 
 from __future__ import annotations
 
