@@ -47,7 +47,7 @@ def test_the_demo_note_appears_once_an_experiment_trains_the_demo_model(open_pag
 def _one_session(port: int, timeout: float) -> list:
     """The ForwardMsgs of one browser session's first run, over Streamlit's websocket
     (what a browser tab receives), until the script finished."""
-    ws_client = pytest.importorskip("websockets.sync.client")
+    from websockets.sync import client as ws_client  # a dependency of streamlit
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
