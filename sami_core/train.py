@@ -273,6 +273,9 @@ class SamiTrainer:
     def _from_pretrained(self, path: str, dtype: torch.dtype, mspec: ModelSpec):
         from transformers import AutoModelForCausalLM
 
+        # Every rank says where its weights come from (the tests check that under FSDP
+        # only rank 0 reads them): the only place the recipe reads weight files is here.
+        _log(f"rank {self.rank}: reading the weights of {path}")
         try:
             return AutoModelForCausalLM.from_pretrained(
                 path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=mspec.trust_remote_code
@@ -292,6 +295,8 @@ class SamiTrainer:
         except Exception as err:
             raise ModelLoadError(f"model.path: cannot read the config of {path!r} offline "
                                  f"({type(err).__name__}: {err})") from None
+        if not self.is_main:
+            _log(f"rank {self.rank}: building the model on the meta device; its shards come from rank 0")
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa",
                                                     trust_remote_code=mspec.trust_remote_code)
