@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from sami_core.contract import CHECKPOINTS_DIR, DATA_FILE, FINAL_CHECKPOINT, METRICS_FILE, OUTPUTS_FILE
 from sami_core.errors import DataError, ModelLoadError, TrainingDiverged
 from sami_core.logprobs import MatrixBatch, logprob_matrix
 from sami_core.loss import kl_to_reference, sami_loss
@@ -40,7 +41,7 @@ from sami_core.spec import ModelSpec, TrainingSpec, TrainSpec
 from sami_core.stages import resolve_model_path
 
 STATE_DIR = "state"
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = CHECKPOINTS_DIR
 
 
 # ---------------------------------------------------------------------------------------
@@ -57,7 +58,7 @@ def read_training_data(path: str | Path) -> list[dict]:
     """Rows of a generate stage's data.jsonl (or a directory holding one)."""
     p = Path(path)
     if p.is_dir():
-        p = p / "data.jsonl"
+        p = p / DATA_FILE
     if not p.is_file():
         raise DataError(f"data.path: {str(p)!r} does not exist; point it at a finished generate run directory")
     rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -273,6 +274,9 @@ class SamiTrainer:
     def _from_pretrained(self, path: str, dtype: torch.dtype, mspec: ModelSpec):
         from transformers import AutoModelForCausalLM
 
+        # Every rank says where its weights come from (the tests check that under FSDP
+        # only rank 0 reads them): the only place the recipe reads weight files is here.
+        _log(f"rank {self.rank}: reading the weights of {path}")
         try:
             return AutoModelForCausalLM.from_pretrained(
                 path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=mspec.trust_remote_code
@@ -292,6 +296,8 @@ class SamiTrainer:
         except Exception as err:
             raise ModelLoadError(f"model.path: cannot read the config of {path!r} offline "
                                  f"({type(err).__name__}: {err})") from None
+        if not self.is_main:
+            _log(f"rank {self.rank}: building the model on the meta device; its shards come from rank 0")
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa",
                                                     trust_remote_code=mspec.trust_remote_code)
@@ -324,7 +330,7 @@ class SamiTrainer:
             torch.set_rng_state(torch.load(rng, weights_only=False))
         if self.is_main:  # drop metrics of steps after the state; they are recomputed
             kept = [m for m in self.rd.read_metrics() if m.get("step", 0) <= self.step]
-            atomic_write_text(self.rd / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
+            atomic_write_text(self.rd / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in kept))
             _log(f"resuming from {last.name}")
 
     def save(self, final: bool) -> None:
@@ -351,7 +357,7 @@ class SamiTrainer:
             shutil.rmtree(ckpt, ignore_errors=True)
             os.replace(tmp, ckpt)
             if final:  # a stable name for the next iteration: checkpoints/final -> step-<N>
-                link = ckpt.with_name("final")
+                link = ckpt.with_name(FINAL_CHECKPOINT)
                 tmp_link = ckpt.with_name(".tmp-final")
                 tmp_link.unlink(missing_ok=True)
                 tmp_link.symlink_to(name, target_is_directory=True)
@@ -476,7 +482,7 @@ class SamiTrainer:
 
 
 def run_train(spec: TrainSpec, run_dir: str | Path) -> dict:
-    done = RunDir(run_dir).outputs() if (Path(run_dir) / "outputs.json").exists() else None
+    done = RunDir(run_dir).outputs() if (Path(run_dir) / OUTPUTS_FILE).exists() else None
     trainer = SamiTrainer(spec, run_dir)
     try:
         trainer.setup()

@@ -1,8 +1,20 @@
-"""The real distributed path: torchrun, 2 processes, FSDP2 with gloo on CPU.
+"""The real distributed path: torchrun, 2 processes, FSDP2 with gloo on CPU, on the demo model.
 
-One run is killed with SIGKILL after its first resumable state and restarted on its run
-directory: it must end at the configured step, with every step's metrics once, the
-recomputed step matching the killed run's record of it, and loadable HF checkpoints.
+- Kill and resume (`test_fsdp_train_kill_resume_matches_an_uninterrupted_run`): an
+  uninterrupted reference run, and a run killed with SIGKILL (torchrun and every rank)
+  once it has a resumable state and before its last step (asserted), then restarted on
+  its run directory. The restarted run ends at the configured step with every step's
+  metrics once; every step, the recomputed ones included, matches the reference's loss,
+  lr (warmup + cosine, so a scheduler that did not resume would show), grad norm and N×N
+  matrix, and the final HF checkpoint's tensors match the reference's: model, optimizer,
+  scheduler and data order resume exactly. Tolerances are allclose-style, not bitwise.
+  The checkpoints load with `from_pretrained`, and a finished directory is left as is.
+- Only rank 0 reads the weights (`test_fsdp_ranks_start_from_the_same_weights_as_one_process`):
+  each rank logs whether it read the weight files or built the model on the meta device;
+  rank 1 never reads them, and the first step's loss, grad norm and matrix (taken before
+  any update) equal a single process's on the same queries.
+- A non-finite loss exits 2 (`TrainingDiverged`) naming the last good checkpoint and saves
+  nothing after it; that the weights are unchanged is checked in tests/unit/test_train_recipe.py.
 """
 
 from __future__ import annotations
@@ -15,41 +27,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
-from sami_core.data import load_queries
-from sami_core.prompts import build_prompt
 from sami_core.rundir import RunDir
-from sami_core.spec import DataSpec
+from tests.training_data import make_training_data
 
 pytestmark = pytest.mark.integration
 
-
-def make_training_data(path: Path, n_queries: int = 12, n: int = 2) -> Path:
-    """A generate-stage-shaped data.jsonl from shipped posts (responses: post snippets)."""
-    posts = load_queries(DataSpec())
-    rows = []
-    for k in range(n_queries):
-        q = posts[k]
-        cons = [f"1. Summaries should be {'brief' if i == 0 else 'long'} (variant {i})." for i in range(n)]
-        rows.append({
-            "query_id": q.id, "query": q.text[:300],
-            "prompts": [build_prompt("summarization", c, q.text[:300]) for c in cons],
-            "constitutions": cons, "flips": [[i > 0] for i in range(n)],
-            "responses": [posts[50 + k * n + i].text[: 40 + 10 * i] for i in range(n)],
-        })
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+MAX_STEPS = 6
 
 
 def train_spec(tmp: Path, model: str, data: Path, **training) -> Path:
     spec = {"model": {"path": model, "prompt_format": "plain"}, "data": {"path": str(data)},
-            "training": {"optimizer": "adamw", "lr": 1e-3, "grad_accum": 1, "queries_per_microbatch": 1,
-                         "max_steps": 6, "save_every": 2, "seed": 0, **training}}
+            "training": {"optimizer": "adamw", "lr": 1e-3, "warmup_steps": 2, "lr_schedule": "cosine",
+                         "grad_accum": 1, "queries_per_microbatch": 1, "max_steps": MAX_STEPS, "save_every": 2,
+                         "seed": 0, **training}}
     p = tmp / f"train-{len(list(tmp.glob('train-*.yaml')))}.yaml"
     p.write_text(yaml.safe_dump(spec))
     return p
@@ -108,81 +105,109 @@ def metrics(run_dir: Path) -> list[dict]:
     return RunDir(run_dir).read_metrics()
 
 
-def test_fsdp_train_kill_resume(tmp_path: Path, demo_model_dir: Path):
-    data = make_training_data(tmp_path / "gen")
-    spec = train_spec(tmp_path, str(demo_model_dir), data)
-    run_dir = tmp_path / "run"
-
-    # 1. Start, wait for the resumable state at step 2 and the metrics of step 3, then kill -9.
-    proc = torchrun(spec, run_dir)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        done_states = list((run_dir / "state").glob("step-000002/COMPLETE"))
-        if done_states and any(m["step"] == 3 for m in metrics(run_dir)):
-            break
-        if proc.poll() is not None:
-            pytest.fail(f"training ended early:\n{proc.stdout.read()}")
-        time.sleep(0.2)
-    else:
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    """Wait for a torchrun run to succeed; its merged stdout and stderr."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
         kill_tree(proc)
-        pytest.fail("training did not reach step 3 in time")
-    kill_tree(proc)
-    before_kill = {m["step"]: m for m in metrics(run_dir)}
-    assert not (run_dir / "outputs.json").exists()
-    # On a busy machine training may pass step 4 before the kill lands: resume from the
-    # newest complete state, whichever it is.
-    states = sorted(p.parent for p in (run_dir / "state").glob("step-*/COMPLETE"))
-    resume_step = int(states[-1].name.removeprefix("step-"))
-    assert resume_step in (2, 4)
+        raise
+    assert proc.returncode == 0, out[-4000:]
+    return out
 
-    # 2. Restart on the same run directory: it resumes from step 2 and ends at step 6.
-    proc = torchrun(spec, run_dir)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
+
+def complete_states(run_dir: Path) -> list[int]:
+    return sorted(int(p.parent.name.removeprefix("step-")) for p in (run_dir / "state").glob("step-*/COMPLETE"))
+
+
+def final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoints" / "final" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> SimpleNamespace:
+    """One uninterrupted 2-rank run of MAX_STEPS steps on 12 queries, with its log."""
+    tmp = tmp_path_factory.mktemp("train")
+    data = make_training_data(tmp / "gen")
+    spec = train_spec(tmp, str(demo_model_dir), data)
+    run_dir = tmp / "reference"
+    log = finish(torchrun(spec, run_dir))
+    return SimpleNamespace(tmp=tmp, data=data, spec=spec, run_dir=run_dir, log=log)
+
+
+def test_fsdp_train_kill_resume_matches_an_uninterrupted_run(reference: SimpleNamespace, demo_model_dir: Path):
+    ref = metrics(reference.run_dir)
+    assert [m["step"] for m in ref] == list(range(1, MAX_STEPS + 1))
+    assert len({m["lr"] for m in ref}) >= 4  # the schedule moves: a lost scheduler would show
+
+    # 1. Start the same spec on another directory; kill -9 it once a resumable state exists.
+    run_dir = reference.tmp / "killed"
+    proc = torchrun(reference.spec, run_dir)
+    deadline = time.monotonic() + 600
+    while not complete_states(run_dir):
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before it could be killed:\n{proc.stdout.read()[-4000:]}")
+        if time.monotonic() > deadline:
+            kill_tree(proc)
+            pytest.fail("no resumable state in time")
+        time.sleep(0.02)
+    kill_tree(proc)
+    resume_step = complete_states(run_dir)[-1]
+    killed_at = max(m["step"] for m in metrics(run_dir))
+    # the kill landed before the last step: the restart has steps to recompute
+    assert resume_step < MAX_STEPS and killed_at < MAX_STEPS, (resume_step, killed_at)
+    assert not (run_dir / "outputs.json").exists() and not (run_dir / "checkpoints" / "final").exists()
+
+    # 2. Restart on the same directory: it resumes from the newest state and ends at MAX_STEPS.
+    out = finish(torchrun(reference.spec, run_dir))
     assert f"resuming from step-{resume_step:06d}" in out
     ms = metrics(run_dir)
-    assert [m["step"] for m in ms] == [1, 2, 3, 4, 5, 6]
-    # the first recomputed step matches the killed run's record of it (exact resume of
-    # model + optimizer); the kill waited for step 3's record, so step 3 is always there
-    # when resuming from 2, and step 5 may be there when resuming from 4
-    redo = resume_step + 1
-    assert redo in before_kill or resume_step == 4
-    if redo in before_kill:
-        assert ms[redo - 1]["loss"] == pytest.approx(before_kill[redo]["loss"], abs=1e-5)
-    assert ms[2]["loss"] == pytest.approx(before_kill[3]["loss"], abs=1e-5)
-    for m in ms:
-        assert math.isfinite(m["loss"]) and m["lr"] > 0 and m["tokens_per_s"] > 0
-        assert len(m["matrix"]) == 2 and len(m["matrix"][0]) == 2
+    assert [m["step"] for m in ms] == list(range(1, MAX_STEPS + 1))
+
+    # 3. Every step equals the uninterrupted run's, the recomputed ones (> resume_step) included.
+    for m, r in zip(ms, ref):
+        step = m["step"]
+        for key in ("loss", "row_loss", "col_loss", "total_loss", "mi_lower_bound", "grad_norm"):
+            assert m[key] == pytest.approx(r[key], rel=1e-5, abs=1e-6), (step, key)
+        assert m["lr"] == pytest.approx(r["lr"], rel=1e-9), step
+        # the matrix is stored rounded to 5 decimals: allow one rounding step either way
+        assert torch.allclose(torch.tensor(m["matrix"]), torch.tensor(r["matrix"]), rtol=0, atol=2e-5), step
         assert m["mi_lower_bound"] == pytest.approx(math.log(2) - m["loss"], abs=1e-4)
+        assert len(m["matrix"]) == 2 and len(m["matrix"][0]) == 2 and m["tokens_per_s"] > 0
+    # ... and so do the final weights (model + optimizer state carried through the kill)
+    final, ref_final = final_tensors(run_dir), final_tensors(reference.run_dir)
+    assert final.keys() == ref_final.keys()
+    differ = [k for k in final if not torch.allclose(final[k], ref_final[k], rtol=1e-5, atol=1e-6)]
+    assert differ == []
+
     outputs = json.loads((run_dir / "outputs.json").read_text())
     assert [c["step"] for c in outputs["checkpoints"]] == [2, 4, 6]
     assert outputs["checkpoints"][-1]["final"] and outputs["world_size"] == 2
     progress = json.loads((run_dir / "progress.json").read_text())
-    assert (progress["status"], progress["done"], progress["total"]) == ("succeeded", 6, 6)
+    assert (progress["status"], progress["done"], progress["total"]) == ("succeeded", MAX_STEPS, MAX_STEPS)
     # only the newest resumable state is kept
-    assert [p.name for p in (run_dir / "state").glob("step-*")] == ["step-000006"]
+    assert [p.name for p in (run_dir / "state").glob("step-*")] == [f"step-{MAX_STEPS:06d}"]
 
-    # 3. Checkpoints load with from_pretrained, and training changed the weights.
+    # 4. Checkpoints load with from_pretrained, and training changed the weights.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    final = AutoModelForCausalLM.from_pretrained(outputs["final_checkpoint"])
+    trained = AutoModelForCausalLM.from_pretrained(outputs["final_checkpoint"])
     base = AutoModelForCausalLM.from_pretrained(demo_model_dir)
     AutoTokenizer.from_pretrained(outputs["final_checkpoint"])
-    fsd, bsd = final.state_dict(), base.state_dict()
+    fsd, bsd = trained.state_dict(), base.state_dict()
     assert fsd.keys() == bsd.keys()
-    changed = [k for k in fsd if not torch.equal(fsd[k], bsd[k])]
+    changed = [k for k in fsd if not torch.allclose(fsd[k], bsd[k], rtol=0, atol=1e-6)]
     assert len(changed) >= len(fsd) - 1  # every tensor moved (allow a tied alias)
 
-    # 4. Running again on the finished directory does nothing and succeeds.
-    proc = torchrun(spec, run_dir)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0 and "already complete" in out
+    # 5. Running again on the finished directory does nothing and succeeds.
+    out = finish(torchrun(reference.spec, run_dir))
+    assert "already complete" in out
 
 
 def test_non_finite_loss_stops_and_names_last_checkpoint(tmp_path: Path, demo_model_dir: Path):
     data = make_training_data(tmp_path / "gen", n_queries=4)
-    spec = train_spec(tmp_path, str(demo_model_dir), data, optimizer="rmsprop", lr=1e12,
-                      clip_grad_norm=None, save_every=1, max_steps=4)
+    spec = train_spec(tmp_path, str(demo_model_dir), data, optimizer="rmsprop", lr=1e12, warmup_steps=0,
+                      lr_schedule="constant", clip_grad_norm=None, save_every=1, max_steps=4)
     run_dir = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "sami_core", "train", "--spec", str(spec), "--run-dir", str(run_dir)],
                        capture_output=True, text=True, timeout=300)
@@ -191,23 +216,30 @@ def test_non_finite_loss_stops_and_names_last_checkpoint(tmp_path: Path, demo_mo
     assert "step-000001" in r.stderr
     prog = json.loads((run_dir / "progress.json").read_text())
     assert prog["status"] == "failed" and "TrainingDiverged" in prog["message"]
+    # nothing was saved after the last good step
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000001"]
+    assert complete_states(run_dir) == [1]
 
 
-def test_fsdp_ranks_start_from_the_same_weights_as_one_process(tmp_path: Path, demo_model_dir: Path):
+def test_fsdp_ranks_start_from_the_same_weights_as_one_process(reference: SimpleNamespace, demo_model_dir: Path):
     """Under FSDP only rank 0 reads the weights (the others build on the meta device and
-    receive their shards by broadcast): the first step's loss and N×N matrix, taken
-    before any update, equal a single process's on the same queries."""
-    data = make_training_data(tmp_path / "data", n_queries=4)
-    fsdp = tmp_path / "fsdp"
-    proc = torchrun(train_spec(tmp_path, str(demo_model_dir), data, max_steps=1, save_every=1), fsdp)
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-3000:]
-    single = tmp_path / "single"
-    spec = train_spec(tmp_path, str(demo_model_dir), data, max_steps=1, save_every=1, grad_accum=2)
+    receive their shards by broadcast): the ranks' own log lines say so, and the first
+    step's loss, grad norm and N×N matrix, taken before any update, equal a single
+    process's on the same queries (grad_accum 2 in one process = 2 ranks × 1)."""
+    log = reference.log
+    assert "fsdp=True" in log
+    assert "rank 0: reading the weights of" in log
+    assert "rank 1: building the model on the meta device" in log
+    assert "rank 1: reading the weights" not in log  # rank 1 never opened the weight files
+
+    single = reference.tmp / "single"
+    spec = train_spec(reference.tmp, str(demo_model_dir), reference.data, max_steps=1, save_every=1, grad_accum=2)
     res = subprocess.run([sys.executable, "-m", "sami_core", "train", "--spec", str(spec), "--run-dir", str(single)],
                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    (a,), (b,) = metrics(fsdp), metrics(single)
-    assert "fsdp=True" in out
+    assert "rank 0: reading the weights of" in res.stderr
+    a, (b,) = metrics(reference.run_dir)[0], metrics(single)
+    assert a["step"] == b["step"] == 1 and a["lr"] == pytest.approx(b["lr"], rel=1e-9)
     assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
-    assert torch.allclose(torch.tensor(a["matrix"]), torch.tensor(b["matrix"]), atol=1e-4)
+    assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    assert torch.allclose(torch.tensor(a["matrix"]), torch.tensor(b["matrix"]), rtol=0, atol=1e-4)
