@@ -37,7 +37,9 @@ CPU_TRAIN_PROCS = 2
 EXIT_BAD_INPUT = 2
 EXIT_TRANSIENT = 75
 
-_SLEEP_KEYS = {"seconds", "exit_code", "grandchild", "ignore_sigterm", "checkpoints", "metrics", "fail_attempts"}
+_SLEEP_KEYS = {"seconds", "exit_code", "grandchild", "ignore_sigterm", "checkpoints", "metrics", "fail_attempts",
+               "log_ticks", "no_outputs"}
+_SLEEP_SWITCHES = ("grandchild", "ignore_sigterm", "log_ticks", "no_outputs")
 
 
 class KindError(ValueError):
@@ -48,7 +50,7 @@ def validate_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Check a job's spec before it is enqueued; return it (normalised).
 
     ``sleep``: seconds (>= 0), exit_code (0-255), and test switches grandchild,
-    ignore_sigterm (booleans), checkpoints, metrics, fail_attempts (counts; see
+    ignore_sigterm, log_ticks, no_outputs (booleans), checkpoints, metrics, fail_attempts (counts; see
     workers.diag). Stage kinds: their schema in sami_core.spec (unknown keys and wrong
     types refused with ``field.path: reason``); returned with the defaults filled in,
     so the job's spec is exactly what the stage will run."""
@@ -74,7 +76,7 @@ def validate_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
         raise KindError("sleep: seconds must be >= 0")
     if not 0 <= out["exit_code"] <= 255:
         raise KindError("sleep: exit_code must be in 0..255")
-    for k in ("grandchild", "ignore_sigterm"):
+    for k in _SLEEP_SWITCHES:
         if k in spec and not isinstance(spec[k], bool):
             raise KindError(f"sleep: {k} must be true or false")
     return out
