@@ -21,9 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# Logit gap (nats) within which two next tokens count as tied. float32 differences
-# between batchings are ~1e-5 here; a wrong mask or wrong positions moves logits by far more.
+# Logit gap within which two next tokens count as tied. float32 differences between
+# batchings are ~1e-5 here; a wrong mask or wrong positions moves logits by far more. A
+# model in 16-bit weights (bfloat16 on CUDA) rounds far more coarsely: there the gap is
+# widened to ULPS of its dtype at the logits' scale.
 NEAR_TIE = 1e-3
+ULPS = 8
 
 
 @dataclass
@@ -49,7 +52,12 @@ def replay_greedy(model: Any, tokenizer: Any, prompt: str, text: str, n_tokens: 
 
         eos_ids = _eos_ids(model, tokenizer)
     prompt_ids = _encode(tokenizer, prompt)
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    device = param.device
+    if param.dtype != torch.float32:
+        with torch.no_grad():
+            scale = model(input_ids=torch.tensor([prompt_ids], device=device)).logits[0, -1].float().abs().max()
+        tol = max(tol, ULPS * torch.finfo(param.dtype).eps * float(scale))
     cache: dict[tuple[int, ...], torch.Tensor] = {}
 
     def near_best(generated: tuple[int, ...]) -> list[int]:
@@ -70,7 +78,7 @@ def replay_greedy(model: Any, tokenizer: Any, prompt: str, text: str, n_tokens: 
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1:].float()  # (n_tokens + 1, V)
         best = logits.max(dim=-1).values
-        picked = logits[torch.arange(n_tokens), torch.tensor(canonical)]
+        picked = logits[torch.arange(n_tokens, device=device), torch.tensor(canonical, device=device)]
         stop_ok = n_tokens == max_new_tokens or bool((logits[-1, eos_ids] >= best[-1] - tol).any())
         if bool((picked >= best[:-1] - tol).all()) and stop_ok:
             runner_up = logits[:-1].topk(2, dim=-1).values

@@ -66,7 +66,8 @@ def judged_logprobs(raw: str) -> dict[str, float]:
 def check_choices(model_dir: Path, tmp_path: Path) -> list[str]:
     """Judge PAIRS in both orders with HFJudge on `model_dir`; every choice is the likelier
     letter as computed by LetterScorer. Returns the choices."""
-    spec = LLMSpec(provider="hf", model=str(model_dir), api_key_env=None)
+    # float32 wherever it runs (on CUDA "auto" would be bfloat16, far coarser than ATOL)
+    spec = LLMSpec(provider="hf", model=str(model_dir), api_key_env=None, dtype="float32")
     judge = HFJudge(spec)
     settings = JudgeSettings("hf", spec.model, order="both")
     report = judge_pairs(pairs=PAIRS, client_factory=lambda: judge,
