@@ -25,7 +25,8 @@ from sami_core.spec import STAGE_SPECS, validate_spec
 from services.errors import ServiceError
 
 SLEEP_KEYS = frozenset({"seconds", "exit_code", "grandchild", "ignore_sigterm", "checkpoints", "metrics",
-                        "fail_attempts"})
+                        "fail_attempts", "log_ticks", "no_outputs"})
+_SLEEP_SWITCHES = ("grandchild", "ignore_sigterm", "log_ticks", "no_outputs")  # booleans
 
 __all__ = ["KindError", "SLEEP_KEYS", "validate_job_spec", "enqueue_job", "list_jobs", "cancel", "retry",
            "log_path"]
@@ -59,7 +60,7 @@ def validate_job_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
         raise KindError("sleep: seconds must be >= 0")
     if not 0 <= out["exit_code"] <= 255:
         raise KindError("sleep: exit_code must be in 0..255")
-    for k in ("grandchild", "ignore_sigterm"):
+    for k in _SLEEP_SWITCHES:
         if k in spec and not isinstance(spec[k], bool):
             raise KindError(f"sleep: {k} must be true or false")
     return out

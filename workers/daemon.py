@@ -354,8 +354,9 @@ class Worker:
         except relay.OutputsError as err:
             self._finish_failure(job, f"stage succeeded but its outputs are unusable: {err}", exit_code=0)
             return
-        if outputs is None and job.kind in contract.STAGE_KINDS:
-            # Every stage writes outputs.json last; exiting 0 without it means it did not run.
+        if outputs is None:
+            # Every stage (the diagnostic `sleep` too) writes outputs.json last; exiting 0
+            # without it means it did not finish. (Inline `sleep 0` jobs never get here.)
             self._finish_failure(job, f"stage exited 0 but wrote no {contract.OUTPUTS_FILE}: it did not finish "
                                       "(see stage.log)", exit_code=0)
             return

@@ -4,7 +4,7 @@
     python -m workers.diag sleep --seconds 5 --exit-code 0 --run-dir RUN_DIR
 
 It follows the stage contract (sami_core.contract): progress.json, metrics.jsonl,
-outputs.json, exit code. It also appends one line per execution to
+outputs.json (written last, on success), exit code. It also appends one line per execution to
 ``RUN_DIR/executions.log`` (proof of how many times a job ran, and on which GPUs) and the pids of its
 processes to ``RUN_DIR/pids.log``. (A `sleep 0` job runs inside the worker instead:
 see :func:`record_inline_execution`.) Test switches: ``grandchild`` starts a process
@@ -12,7 +12,9 @@ that leaves the stage's process group (a tree that a process-group kill would mi
 ``ignore_sigterm`` makes the stage and that grandchild ignore SIGTERM (so only SIGKILL
 stops them); ``checkpoints`` N writes N fake checkpoints into outputs.json;
 ``metrics`` N logs N records; ``fail_attempts`` N applies ``exit_code`` only to the
-first N executions in the run dir (a stage that succeeds when resumed).
+first N executions in the run dir (a stage that succeeds when resumed); ``log_ticks``
+prints a line per tick to the stage's log (``sleep: tick K/N``, flushed); ``no_outputs``
+exits 0 without writing outputs.json (a stage that did not finish, as the worker sees it).
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ def run_sleep(
     checkpoints: int = 0,
     metrics: int = 0,
     fail_attempts: int | None = None,
+    log_ticks: bool = False,
+    no_outputs: bool = False,
 ) -> int:
     """Sleep ``seconds`` in ticks of 0.1 s reporting progress; return ``exit_code``
     (only on the first ``fail_attempts`` executions in this run dir, if given)."""
@@ -139,6 +143,8 @@ def run_sleep(
     for i in range(ticks):
         _progress(run_dir, "running", i, ticks, f"sleeping {seconds:g} s")
         log_metric()
+        if log_ticks:
+            print(f"sleep: tick {i + 1}/{ticks}", flush=True)
         time.sleep(0.1)
     while step < metrics:
         log_metric()
@@ -148,7 +154,7 @@ def run_sleep(
         print(f"sleep: failing on purpose with exit code {exit_code}", file=sys.stderr, flush=True)
         _progress(run_dir, "failed", ticks, max(ticks, 1), f"exit code {exit_code}")
         return exit_code
-    outputs: dict[str, Any] = {}
+    outputs: dict[str, Any] = {"ticks": ticks}
     if checkpoints:
         ckpts = []
         for k in range(1, checkpoints + 1):
@@ -156,7 +162,7 @@ def run_sleep(
             path.mkdir(parents=True, exist_ok=True)
             ckpts.append({"step": k, "path": str(path.relative_to(run_dir)), "final": k == checkpoints})
         outputs["checkpoints"] = ckpts
-    if outputs:
+    if not no_outputs:
         _write_json(run_dir / OUTPUTS_FILE, outputs)
     _progress(run_dir, "succeeded", max(ticks, 1), max(ticks, 1), "done")
     return 0
@@ -181,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         grandchild=bool(params.get("grandchild")), ignore_sigterm=bool(params.get("ignore_sigterm")),
         checkpoints=int(params.get("checkpoints", 0)), metrics=int(params.get("metrics", 0)),
         fail_attempts=None if params.get("fail_attempts") is None else int(params["fail_attempts"]),
+        log_ticks=bool(params.get("log_ticks")), no_outputs=bool(params.get("no_outputs")),
     )
 
 

@@ -118,10 +118,40 @@ def test_latest_win_rate_of_an_experiment(open_page, workspace):
 
 
 def test_an_experiment_with_a_model_baseline_renders(open_page, workspace):
+    """A model baseline (label `instruct`, listed first) gets its sample and judge jobs, and
+    the latest win rate is the one against it: the spec's first baseline, although `base`
+    comes first by name and wins more often."""
     data = yaml.safe_load(Path(DEMO_SPEC).read_text())
     data["judge"]["baselines"] = [{"model": "demo", "label": "instruct"}, "base"]
     prepared = submit.prepare_data(data, source="exp.yaml")
     exp_id = transact(workspace.engine, lambda c: submit.submit(c, prepared)).experiment_id
+    plans = expand(prepared.exp, "runs")
+    assert {"sample-instruct", "judge-1-vs-instruct", "judge-1-vs-base"} <= {p.key for p in plans}
+
+    def seed(c) -> None:
+        jobs = {r.name: r.id for r in queue.list_jobs(c, experiment_id=exp_id)}
+        sides = {}
+        for label, key, kind in (("base", "sample-base", "baseline"), ("instruct", "sample-instruct", "baseline"),
+                                 ("iteration-1", "sample-1", "checkpoint")):
+            src = ingest.upsert_response_source(c, jobs[key], kind=kind, label=label, experiment_id=exp_id,
+                                                temperatures=[0.0])
+            ingest.upsert_responses(c, src, [{"query_id": str(q), "temperature": 0.0, "text": f"{label} {q}"}
+                                             for q in range(4)])
+            sides[label] = {r["query_id"]: r["id"] for r in ingest.source_responses(c, src)}
+        for baseline, verdicts in (("base", ["candidate"] * 3 + ["baseline"]),
+                                   ("instruct", ["candidate"] + ["baseline"] * 3)):
+            ingest.upsert_judgments(c, [{
+                "job_id": jobs[f"judge-1-vs-{baseline}"], "candidate_id": sides["iteration-1"][str(q)],
+                "baseline_id": sides[baseline][str(q)], "constitution_id": None, "candidate_position": "A",
+                "judge_model": "demo", "verdict": v, "rationale": "r", "raw_text": "r",
+                "cache_key": f"{baseline}{q}"} for q, v in enumerate(verdicts)])
+        w = queue.register_worker(c, name="n:1", host="n", pid=1, devices=[], kinds=None)
+        first = queue.claim(c, w, devices=0, lease_seconds=60)
+        queue.succeed(c, first.id, w)
+
+    transact(workspace.engine, seed)
     at = open_page("overview")
     (exp,) = _frame(at, "latest win rate").to_dict("records")
-    assert exp_id and exp["iterations"] == data.get("iterations", 1)
+    assert (exp["id"], exp["jobs"], exp["succeeded"]) == (exp_id, len(plans), 1)
+    assert exp["iterations"] == data.get("iterations", 1)
+    assert exp["latest win rate"] == "iteration-1 vs instruct: 0.25 (n=4, T=0)"

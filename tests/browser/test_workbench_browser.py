@@ -288,7 +288,10 @@ def _compare(page: StreamlitPage, bench: Workbench, left: dict, right: dict):  #
 
 
 def test_refreshing_queue_leaves_running_job_alone(workbench: Workbench, browser, screenshot) -> None:  # noqa: ANN001
-    job_id = _write(workbench, lambda c: queue.enqueue(c, "sleep", {"seconds": 20}, name="browser-refresh",
+    # Long enough to be still running after three refreshes of a page on a loaded machine
+    # (each one waits for the page to settle); a job that ended meanwhile would fail the checks.
+    seconds = 60
+    job_id = _write(workbench, lambda c: queue.enqueue(c, "sleep", {"seconds": seconds}, name="browser-refresh",
                                                          max_attempts=1))
     page = StreamlitPage(browser, workbench.url)
     page.open("queue", expect="Queue")
@@ -306,7 +309,7 @@ def test_refreshing_queue_leaves_running_job_alone(workbench: Workbench, browser
     # Leaving the page (its session closes) changes nothing either.
     browser.get("about:blank")
     page.until(lambda: _read(workbench, lambda c: queue.get_job(c, job_id)).status in TERMINAL,
-               f"job {job_id} to finish", timeout=120)
+               f"job {job_id} to finish", timeout=seconds + 120)
     job = _read(workbench, lambda c: queue.get_job(c, job_id))
     assert (job.status, job.attempts) == ("succeeded", 1), (job.status, job.attempts, job.error)
     page.open("queue", expect="succeeded")

@@ -26,9 +26,19 @@ from sami_core.launch import is_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Short timings so that the fault tests run in seconds.
-FAST_WORKER = ["--devices", "", "--poll-interval", "0.1", "--tick-interval", "0.5", "--lease-seconds", "3",
-               "--kill-grace", "2", "--log-level", "DEBUG"]
+# Short timings so that the fault tests run in seconds; tests derive their limits from them.
+POLL_S = 0.1  # idle: between claims
+TICK_S = 0.5  # running: between heartbeats (a cancel is seen at the next one)
+LEASE_S = 3.0  # a job whose worker missed heartbeats this long is requeued
+KILL_GRACE_S = 2.0  # SIGTERM -> SIGKILL
+FAST_WORKER = ["--devices", "", "--poll-interval", str(POLL_S), "--tick-interval", str(TICK_S),
+               "--lease-seconds", str(LEASE_S), "--kill-grace", str(KILL_GRACE_S), "--log-level", "DEBUG"]
+# What a loaded machine (2 cores shared with training ranks and other test runs) may add
+# to the configured timings before something counts as late: interpreter start-ups
+# (`sami cancel`, a new worker), scheduling, a busy database. Wide on purpose: a limit
+# built from it still fails when the thing never happens (the jobs it waits on run for
+# minutes, or forever).
+SLACK_S = 30.0
 
 
 class Sami:

@@ -98,7 +98,20 @@ def test_progress_and_metrics(tmp_path: Path):
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 2, "lo')  # a line cut by a crash
     assert rd.read_metrics() == [{"step": 1, "loss": 0.7}]
-    assert not RunDir(tmp_path, is_writer=False).progress("x", 1, 1, "s") and True
+
+    # A non-writer (a rank other than 0 under torchrun) changes nothing in the run directory.
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"progress.json", "metrics.jsonl"}
+    other_rank = RunDir(tmp_path, is_writer=False)
+    other_rank.progress("train", 9, 10, "steps", "loss 0.1", status="succeeded")
+    other_rank.append_metrics({"step": 9, "loss": 0.1})
+    other_rank.write_outputs({"steps": 9})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # ... and the same calls through a writer do change it (the check above can fail).
+    rd.append_metrics({"step": 9, "loss": 0.1})
+    rd.progress("train", 9, 10, "steps", "loss 0.1")
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after["metrics.jsonl"] != before["metrics.jsonl"] and after["progress.json"] != before["progress.json"]
 
 
 def test_jsonl_writer_drops_partial_line(tmp_path: Path):

@@ -15,6 +15,7 @@ from sami_core.generation import (
     generate_texts,
     load_model_and_tokenizer,
 )
+from tests.greedy import assert_greedy
 
 
 @pytest.fixture(scope="module")
@@ -51,29 +52,34 @@ def test_results_in_prompt_order_with_progress(model_tok, prompts):
     assert list(generate_texts(model, tok, [], GenerationConfig())) == []
 
 
-def test_greedy_batched_equals_one_at_a_time(model_tok, prompts):
+def test_greedy_batched_and_one_at_a_time_are_both_greedy(model_tok, prompts):
+    """Left-padded batches decode as each prompt alone would: every token of both runs is
+    the most likely next token of its own unpadded prompt (tests/greedy.py replays them
+    with full forward passes). Their texts may differ only where two logits are tied to
+    within rounding: padding changes the kernels' shapes, so the last bits may differ."""
+    model, tok = model_tok
     batched = run(model_tok, prompts, temperature=0, max_new_tokens=16, batch_size=5)
     single = run(model_tok, prompts, temperature=0, max_new_tokens=16, batch_size=1)
-    assert batched == single
+    assert [i for i, _, _ in batched] == [i for i, _, _ in single] == list(range(len(prompts)))
+    for out in (batched, single):
+        assert_greedy(model, tok, prompts, [(text, n) for _, text, n in out], max_new_tokens=16)
 
 
 def test_temperature_zero_is_greedy(model_tok, prompts):
-    """The same tokens as an argmax loop over full forward passes (no cache, no padding)."""
-    import torch
-
+    """Each token is the argmax of a full forward pass (no cache, no padding), up to a
+    near-tie; the seed plays no part (the same batch layout in one process: the same texts)."""
     model, tok = model_tok
-    ids = tok(prompts[1], return_tensors="pt")["input_ids"]  # (1, T)
-    new = []
-    with torch.no_grad():
-        for _ in range(12):
-            nxt = int(model(input_ids=ids).logits[0, -1].argmax())
-            if nxt == tok.eos_token_id:
-                break
-            new.append(nxt)
-            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
-    expected = (1, tok.decode(new, skip_special_tokens=True), len(new))
-    for seed in (0, 1):  # the seed does not matter when greedy
-        assert run(model_tok, prompts, temperature=0, max_new_tokens=12, seed=seed)[1] == expected
+    out = run(model_tok, prompts, temperature=0, max_new_tokens=12, seed=0)
+    assert_greedy(model, tok, prompts, [(text, n) for _, text, n in out], max_new_tokens=12)
+    assert run(model_tok, prompts, temperature=0, max_new_tokens=12, seed=1) == out
+
+
+def test_the_greedy_check_rejects_sampled_text(model_tok, prompts):
+    """tests/greedy.py can fail: samples at temperature 1 are not greedy completions."""
+    model, tok = model_tok
+    sampled = run(model_tok, prompts, temperature=1.0, max_new_tokens=12, batch_size=5, seed=7)
+    with pytest.raises(AssertionError, match="not a greedy completion"):
+        assert_greedy(model, tok, prompts, [(text, n) for _, text, n in sampled], max_new_tokens=12)
 
 
 def test_sampling_reproducible_for_a_seed(model_tok, prompts):
