@@ -45,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workers.daemon import Worker, WorkerConfig, detect_devices
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-"):  # e.g. `python -m workers submit spec.yaml`
+        parser.exit(2, f"sami worker: error: {argv[0]!r} is no worker option: this is the worker daemon; "
+                       f"the command line is `sami {argv[0]} ...` (or `python -m cli {argv[0]} ...`)\n")
     args = parser.parse_args(argv)
     if args.lease_seconds <= 0 or args.tick_interval <= 0:
         parser.exit(2, "sami worker: error: --lease-seconds and --tick-interval must be > 0\n")
