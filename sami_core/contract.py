@@ -40,7 +40,7 @@ STAGE_KINDS = ("write_constitution", "generate", "train", "sample", "judge", "ev
 DIAG_KINDS = ("sleep",)  # the queue's diagnostic kind (workers.diag)
 KNOWN_KINDS = STAGE_KINDS + DIAG_KINDS
 # The order in which an experiment's stage kinds run (what a submit checks devices for).
-EXPERIMENT_KINDS = ("generate", "train", "sample", "judge")
+EXPERIMENT_KINDS = ("generate", "train", "sample", "judge", "evaluate")
 CPU_TRAIN_PROCS = 2  # training ranks on a CPU-only caller (gloo)
 
 # --- exit codes -------------------------------------------------------------------------------

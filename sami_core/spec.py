@@ -425,6 +425,25 @@ class DevicesSpec(StrictModel):
     train: int = Field(1, ge=0, description="GPUs per train job = torchrun processes (CPU-only workers run 2 with gloo).")
     sample: int = Field(1, ge=0, description="GPUs per sample job.")
     judge: int = Field(0, ge=0, description="GPUs per judge job (0 for an API judge; 1 for a local hf judge on GPU).")
+    evaluate: int = Field(1, ge=0, description="GPUs per evaluate job (held-out MI).")
+
+
+class EvaluationSpec(StrictModel):
+    """An experiment's held-out MI: an `evaluate` job for the base model (`evaluate-base`)
+    and for each iteration's checkpoint (`evaluate-t`, after train-t), all on the same eval
+    queries and constitution variants, scored as training scores (N, reduction, EOS)."""
+
+    limit: int | None = Field(None, ge=1, description="Eval queries (default: all held out, data.eval_size).")
+    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature of the responses; 0 = greedy.")
+    max_new_tokens: int = Field(128, ge=1, description="Longest response.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    score_batch_size: int = Field(4, ge=1, description="Queries per scoring forward pass.")
+    variant_seed: int = Field(0, description="Seed of the eval queries' constitution variants (the same in every job).")
+    score_with_base: bool = Field(
+        True, description="evaluate-t also scores its responses with the base model (figures under label `base`)."
+    )
+    n_boot: int = Field(2000, ge=1, description="Bootstrap resamples of the queries for the 95% intervals.")
+    seed: int = Field(0, description="Seeds the sampling and the bootstrap.")
 
 
 class ExperimentSpec(StrictModel):
@@ -447,6 +466,10 @@ class ExperimentSpec(StrictModel):
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     devices: DevicesSpec = Field(default_factory=DevicesSpec)
     max_attempts: int = Field(3, ge=1, description="Attempts per job (transient failures, lost workers).")
+    evaluation: EvaluationSpec | None = Field(
+        None, description="Held-out MI per iteration and for the base model (jobs `evaluate-base`, `evaluate-t`); "
+                          "null = none."
+    )
     judge: "ExperimentJudgeSpec | None" = Field(
         None, description="Judge each iteration's samples against baselines (a `judge-t` job per iteration; "
                           "`judge-t-vs-B` with several): the base model, an earlier iteration, or another model "
