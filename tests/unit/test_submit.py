@@ -351,3 +351,20 @@ def test_submit_errors_carry_their_field_as_spec_errors_do(tmp_path):
         submit.prepare_data({"data": {"source": "file", "path": str(tmp_path / "no.jsonl")}}, source="form")
     assert info.value.errors == [("data.path", f"file {str(tmp_path / 'no.jsonl')!r} does not exist")]
     assert str(info.value) == f"form: invalid spec\n  data.path: file {str(tmp_path / 'no.jsonl')!r} does not exist"
+
+
+def test_device_checks_cover_only_the_kinds_an_experiment_runs() -> None:
+    from sami_core.pipeline import expand
+    from sami_core.spec import validate_experiment
+
+    workers = [(0, ["generate", "train", "sample", "judge"])]  # a worker from before evaluate jobs existed
+    plain = validate_experiment({"devices": {"generate": 0, "train": 0, "sample": 0}})
+    assert submit.check_devices(expand(plain, "runs/x"), workers) == []
+    evaluated = validate_experiment({"devices": {"generate": 0, "train": 0, "sample": 0, "evaluate": 0},
+                                     "evaluation": {}})
+    assert submit.check_devices(expand(evaluated, "runs/x"), workers) == [
+        "devices.evaluate: no registered worker runs evaluate jobs (see `sami workers`)"]
+    with pytest.raises(submit.SubmitError) as info:
+        submit.check_devices(expand(validate_experiment({"evaluation": {}, "devices": {"evaluate": 2}}), "runs/x"),
+                             [(1, None)])
+    assert [field for field, _ in info.value.errors] == ["devices.evaluate"]
