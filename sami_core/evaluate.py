@@ -20,7 +20,8 @@ Read in order:
 
        {"key": [query_id, label], "query_id": ..., "model": label, "matrix": [[...], ...]}
 
-   row i = constitution i, column j = the response sampled under constitution j. With no
+   row i = constitution i, column j = the response sampled under constitution j (columns
+   of identical responses are set to their mean: :func:`merge_identical_responses`). With no
    ``score_models`` that is one line per query; each scoring model adds its own line per
    query, told apart by ``model`` (its label). A rerun skips lines already written.
 4. **Summary.** :func:`sami_core.stats.mi_summary` per scoring model: the InfoNCE lower
@@ -129,6 +130,7 @@ def run_evaluate(spec: EvaluateSpec, run_dir: str | Path) -> dict:
         for start in range(0, len(pending), spec.score_batch_size):
             chunk = pending[start : start + spec.score_batch_size]
             for e, matrix in zip(chunk, score_matrices(model, chunk, spec, tokenizer)):
+                matrix = merge_identical_responses(matrix, e.response_ids)
                 mi.write({"key": [e.query_id, label], "query_id": e.query_id, "model": label, "matrix": matrix})
             n_done += len(chunk)
             rd.progress(STAGE, n_done, total, "matrices", f"scoring with {label}")
@@ -187,6 +189,26 @@ def _load_scorer(mspec: ModelSpec, where: str, tokenizer, example):
         raise ValueError(f"{where}.path: {mspec.path!r} tokenizes differently from the evaluated model; "
                          "a scoring model must share its tokenizer")
     return model.eval()
+
+
+def merge_identical_responses(matrix: list[list[float]], response_ids: list[list[int]]) -> list[list[float]]:
+    """``matrix`` with the columns of identical responses replaced by their mean.
+
+    When y_j and y_k are the same tokens, L[i, j] and L[i, k] are the same number,
+    log p(y | x, c_i); computed at different places of a batch they may still differ in
+    the last bits (more so in 16-bit), which would turn an exact tie (no information:
+    chance accuracy) into an arbitrary winner. Rows are left as computed."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for j, ids in enumerate(response_ids):
+        groups.setdefault(tuple(ids), []).append(j)
+    out = [list(row) for row in matrix]
+    for cols in groups.values():
+        if len(cols) > 1:
+            for row in out:
+                mean = sum(row[j] for j in cols) / len(cols)
+                for j in cols:
+                    row[j] = mean
+    return out
 
 
 def score_matrices(model, examples, spec: EvaluateSpec, tokenizer) -> list[list[list[float]]]:
