@@ -46,6 +46,10 @@ def demo_specs(run_dir: Path, quick: bool = False) -> dict[str, dict]:
     return {"generate": generate, "train": train, "sample": sample, "evaluate": evaluate, "model": model}
 
 
+def _nats(x: float) -> float:
+    return round(x, 4) + 0.0  # + 0.0: no "-0.0"
+
+
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
@@ -116,10 +120,9 @@ def run_demo(run_dir: str | Path, nproc: int = 2, quick: bool = False) -> dict:
         "seconds": round(time.time() - t_start, 1),
     }
     for name, out in evals.items():  # last: the held-out figures, in nats, with their 95% intervals
-        summary[f"mi_lower_bound_{name}_ci"] = [round(out["mi_lower_bound_ci_low"], 4),
-                                                round(out["mi_lower_bound_ci_high"], 4)]
+        summary[f"mi_lower_bound_{name}_ci"] = [_nats(out["mi_lower_bound_ci_low"]), _nats(out["mi_lower_bound_ci_high"])]
     for name, out in evals.items():
-        summary[f"mi_lower_bound_{name}"] = round(out["mi_lower_bound"], 4)
+        summary[f"mi_lower_bound_{name}"] = _nats(out["mi_lower_bound"])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _say("\nDemo finished (the demo model's texts are not meaningful; it shows the mechanics).")
     for k, v in summary.items():

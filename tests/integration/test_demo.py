@@ -27,6 +27,7 @@ def test_the_demo_ends_with_the_held_out_mi_of_base_and_final(tmp_path: Path, de
     for name, printed in (("base", base), ("final", final)):
         out = json.loads((run / f"evaluate-{name}" / "outputs.json").read_text())
         assert float(printed[1]) == summary[f"mi_lower_bound_{name}"] == round(out["mi_lower_bound"], 4)
+        assert not printed[1].startswith("-0.0") or float(printed[1]) != 0
         lo, hi = summary[f"mi_lower_bound_{name}_ci"]
         assert lo <= summary[f"mi_lower_bound_{name}"] <= hi
         assert out["n_queries"] == 8 and out["label"] == name and out["temperature"] == 0.0
