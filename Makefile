@@ -53,6 +53,7 @@ bench: install
 	$(PY) benchmarks/generation.py
 	$(PY) benchmarks/queue.py
 	$(PY) benchmarks/judge.py
+	$(PY) benchmarks/evaluate.py
 	$(PY) benchmarks/app.py
 
 clean:

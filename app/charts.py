@@ -154,3 +154,29 @@ def length_figure(df: pd.DataFrame) -> go.Figure:
                       yaxis_title="words", margin={"t": 110, "b": 40}, height=440)
     _category_axis(fig, order)
     return fig
+
+
+def mi_figure(df: pd.DataFrame) -> go.Figure:
+    """Held-out MI lower bound (nats) per checkpoint (x: ``checkpoint``, in the frame's row
+    order), one trace per ``series`` (each checkpoint's own scoring, and e.g. the base
+    model scoring the same responses), with bootstrap 95% interval bars. A dashed line
+    marks 0 (responses that carry no trace of their constitution)."""
+    fig = go.Figure()
+    order = list(dict.fromkeys(df["checkpoint"])) if not df.empty else []
+    for name in dict.fromkeys(df["series"]) if not df.empty else []:
+        part = df[df["series"] == name]
+        y = part["mi_lower_bound"].astype(float)
+        fig.add_trace(go.Scatter(
+            x=part["checkpoint"].tolist(), y=y.tolist(), mode="lines+markers", name=name,
+            customdata=part[["n_queries", "row_accuracy", "col_accuracy"]].to_numpy().tolist(),
+            hovertemplate="%{x}: %{y:.3f} nats (n=%{customdata[0]}, row acc %{customdata[1]:.2f}, "
+                          "col acc %{customdata[2]:.2f})<extra>" + name + "</extra>",
+            error_y={"type": "data", "symmetric": False,
+                     "array": (part["mi_lower_bound_ci_high"].astype(float) - y).tolist(),
+                     "arrayminus": (y - part["mi_lower_bound_ci_low"].astype(float)).tolist()}))
+    fig.add_hline(y=0.0, line_dash="dash", line_color="grey")
+    fig.update_layout(title=_title("Held-out MI lower bound per checkpoint (nats, 95% interval)"),
+                      xaxis_title="checkpoint", yaxis_title="log N - loss (nats)", legend_title_text="",
+                      margin={"t": 110, "b": 40}, height=450)
+    _category_axis(fig, order)
+    return fig

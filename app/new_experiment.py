@@ -32,7 +32,7 @@ DEMO_YAML = EXAMPLES_DIR / "demo.yaml"
 # What the page starts with: the embedded demo model on the shipped posts, on CPU.
 INITIAL: dict[str, Any] = {"name": "experiment", "model": {"path": "demo"}, "data": {"source": "demo"},
                            "constitution": {"path": "demo:opus/0"}, "n_constitutions": 2, "iterations": 1,
-                           "devices": {"generate": 0, "train": 0, "sample": 0, "judge": 0}}
+                           "devices": {"generate": 0, "train": 0, "sample": 0, "judge": 0, "evaluate": 0}}
 
 
 def _defaults() -> dict[str, Any]:
@@ -103,6 +103,7 @@ FIELDS: tuple[Field, ...] = (
     _f("devices.train", "GPUs per train job", "int"),
     _f("devices.sample", "GPUs per sample job", "int"),
     _f("devices.judge", "GPUs per judge job", "int"),
+    _f("devices.evaluate", "GPUs per evaluate job", "int"),
     _f("sampling.temperatures", "Sampling temperatures (comma separated)", "floats"),
     _f("sampling.limit", "Eval queries to sample (empty = all held out)", "opt_int"),
     _f("judge.judge.provider", "Judge provider", "select", _literal_options(_judge_llm_model(), "provider")),

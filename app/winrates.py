@@ -1,7 +1,8 @@
 """What the Win rates page (app/views/winrates.py) shows, as functions without
 Streamlit: the win-rate table (the same rows as ``sami winrates`` / ``sami export
 winrates``: services.exports.winrates over db.ingest.judgment_rows), filtered, ordered by
-checkpoint, and its CSV."""
+checkpoint, and its CSV; beside it the held-out MI of evaluate jobs (the rows of ``sami
+export mi``), per checkpoint and scoring model."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from db import ingest
 from sami_core.results import csv_safe
-from services.exports import WINRATE_COLUMNS, winrates
+from services.exports import MI_COLUMNS, WINRATE_COLUMNS, winrates
 
 COLUMNS = WINRATE_COLUMNS
 ALL = "All"
@@ -98,3 +99,26 @@ def to_csv(rows: Sequence[dict], columns: Sequence[str] = COLUMNS) -> bytes:
     for r in rows:
         w.writerow([csv_safe(r.get(c)) for c in columns])
     return buf.getvalue().encode("utf-8")
+
+
+# ---- held-out MI ------------------------------------------------------------------------------
+def mi_table(conn: Connection, experiment_id: int | None = None) -> list[dict[str, Any]]:
+    """The stored held-out MI (db.ingest.mi_rows: one row per evaluate job and scoring
+    model) of one experiment, or of all."""
+    return ingest.mi_rows(conn, experiment_id=experiment_id)
+
+
+def mi_chart_frame(rows: Sequence[dict]) -> pd.DataFrame:
+    """The rows as app.charts.mi_figure takes them, ordered by experiment, iteration (the
+    base model, iteration 0, first) and label: :data:`MI_COLUMNS` plus ``checkpoint`` (the
+    label that sampled the responses, prefixed by its experiment when the rows span
+    several) and ``series`` (``scored by <scorer>``, or ``own`` when a model scored its own
+    responses)."""
+    ordered = sorted(rows, key=lambda r: (r.get("experiment_id") is None, r.get("experiment_id") or 0,
+                                          -1 if r.get("iteration") is None else r["iteration"],
+                                          _natural(str(r.get("label"))), str(r.get("scorer"))))
+    df = pd.DataFrame([{c: r.get(c) for c in MI_COLUMNS} for r in ordered], columns=list(MI_COLUMNS))
+    several = df["experiment_id"].nunique(dropna=False) > 1
+    df["checkpoint"] = [f"e{e}/{lab}" if several else str(lab) for e, lab in zip(df["experiment_id"], df["label"])]
+    df["series"] = ["own" if sc == lab else f"scored by {sc}" for sc, lab in zip(df["scorer"], df["label"])]
+    return df

@@ -10,7 +10,7 @@
     sami import-results FILE|FOLDER... | --shipped;  sami sources
     sami judge --candidate SRC --baseline SRC [--judge-model M] [--now] ...
     sami winrates [--experiment ID] [--csv FILE]
-    sami export responses|judgments|winrates --out FILE.csv [--out-dir DIR]
+    sami export responses|judgments|winrates|mi --out FILE.csv [--out-dir DIR]
     sami ui [--port P] [--host 127.0.0.1] [--with-worker]
 
 Every command finds the workspace at ``$SAMI_HOME`` (default ``./.sami``) and the

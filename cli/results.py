@@ -149,10 +149,11 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="CSV file name, inside --out-dir")
     p.add_argument("--out-dir", type=Path, default=None, help="folder to write into (default: current directory)")
     p.add_argument("--experiment", type=int, help="only this experiment's rows")
-    p.add_argument("--source", help="only this response source (id, label or label#id)")
+    p.add_argument("--source", help="only this response source (id, label or label#id; not for mi)")
 
 
-@command("export", "export responses, judgments or win rates as CSV (UTF-8, formula-safe)", _configure_export)
+@command("export", "export responses, judgments, win rates or held-out MI as CSV (UTF-8, formula-safe)",
+         _configure_export)
 def cmd_export(args: argparse.Namespace) -> int:
     folder = args.out_dir if args.out_dir is not None else Path.cwd()
     try:

@@ -20,7 +20,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from db.models import Checkpoint, Constitution, Job, Judgment, Metric, Response, ResponseSource, utcnow
+from db.models import Checkpoint, Constitution, Job, Judgment, Metric, MIResult, Response, ResponseSource, utcnow
 
 
 
@@ -80,6 +80,43 @@ def upsert_metrics(
             }
     _upsert(conn, metrics, list(rows.values()), ["job_id", "name", "step"])
     return len(rows)
+
+
+MI_FIELDS = ("n_queries", "n_constitutions", "mi_lower_bound", "mi_lower_bound_ci_low", "mi_lower_bound_ci_high",
+             "row_accuracy", "row_accuracy_ci_low", "row_accuracy_ci_high", "col_accuracy", "col_accuracy_ci_low",
+             "col_accuracy_ci_high", "loss")
+
+
+def upsert_mi_results(conn: Connection, job_id: int, label: str, by_scorer: Mapping[str, Mapping[str, Any]], *,
+                      experiment_id: int | None = None, iteration: int | None = None,
+                      temperature: float | None = None) -> int:
+    """Store an evaluate job's figures, one row per scoring model (``by_scorer``: scorer
+    label -> {model, and every name of :data:`MI_FIELDS`}), keyed (job, scorer); return
+    the rows written. Raises ValueError naming a missing or non-finite figure."""
+    rows = []
+    for scorer, figures in by_scorer.items():
+        row = {"job_id": job_id, "experiment_id": experiment_id, "iteration": iteration, "label": label[:200],
+               "scorer": str(scorer)[:200], "model": figures.get("model"), "temperature": temperature,
+               "created_at": utcnow()}
+        for name in MI_FIELDS:
+            v = figures.get(name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ValueError(f"by_model.{scorer}.{name}: expected a finite number, got {v!r}")
+            row[name] = v
+        rows.append(row)
+    _upsert(conn, MIResult.__table__, rows, ["job_id", "scorer"])
+    return len(rows)
+
+
+def mi_rows(conn: Connection, *, experiment_id: int | None = None) -> list[dict]:
+    """Stored held-out MI figures (every column of mi_results but created_at), ordered by
+    experiment, iteration (base first), job and scorer."""
+    t = MIResult.__table__
+    stmt = select(*[c for c in t.c if c.name != "created_at"])
+    if experiment_id is not None:
+        stmt = stmt.where(t.c.experiment_id == experiment_id)
+    stmt = stmt.order_by(t.c.experiment_id, t.c.iteration, t.c.job_id, t.c.scorer)
+    return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
 def set_metrics_offset(conn: Connection, job_id: int, offset: int) -> None:

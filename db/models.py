@@ -305,3 +305,34 @@ class Metric(Base):
     value: Mapped[float | None] = mapped_column(Float)
     value_json: Mapped[Any | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class MIResult(Base):
+    """Held-out mutual information of one evaluate job, per scoring model: the InfoNCE
+    lower bound and row/column accuracy over the eval queries, each with its bootstrap
+    95% interval (RUN_DIR/outputs.json of the job; its matrices stay in mi.jsonl)."""
+
+    __tablename__ = "mi_results"
+    __table_args__ = (UniqueConstraint("job_id", "scorer"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id"), index=True)
+    iteration: Mapped[int | None] = mapped_column(Integer)  # 0 = the base model
+    label: Mapped[str] = mapped_column(String(200))  # what sampled the responses, e.g. iteration-2
+    scorer: Mapped[str] = mapped_column(String(200))  # what scored them (label itself, or e.g. base)
+    model: Mapped[str | None] = mapped_column(Text)  # the scoring model's path or id
+    n_queries: Mapped[int] = mapped_column(Integer)
+    n_constitutions: Mapped[int] = mapped_column(Integer)
+    temperature: Mapped[float | None] = mapped_column(Float)
+    mi_lower_bound: Mapped[float] = mapped_column(Float)
+    mi_lower_bound_ci_low: Mapped[float] = mapped_column(Float)
+    mi_lower_bound_ci_high: Mapped[float] = mapped_column(Float)
+    row_accuracy: Mapped[float] = mapped_column(Float)
+    row_accuracy_ci_low: Mapped[float] = mapped_column(Float)
+    row_accuracy_ci_high: Mapped[float] = mapped_column(Float)
+    col_accuracy: Mapped[float] = mapped_column(Float)
+    col_accuracy_ci_low: Mapped[float] = mapped_column(Float)
+    col_accuracy_ci_high: Mapped[float] = mapped_column(Float)
+    loss: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -5,6 +5,7 @@
     python -m sami_core train    --spec FILE --run-dir DIR   (also under torchrun)
     python -m sami_core sample   --spec FILE --run-dir DIR
     python -m sami_core judge    --spec FILE --run-dir DIR
+    python -m sami_core evaluate --spec FILE --run-dir DIR   (held-out MI)
     python -m sami_core write_constitution --spec FILE --run-dir DIR
     python -m sami_core validate KIND FILE
     python -m sami_core demo     --run-dir DIR
@@ -40,6 +41,10 @@ def _run_stage(kind: str, spec_path: str, run_dir: str) -> int:
             from sami_core.judge.stage import run_judge
 
             run_judge(spec, run_dir)
+        elif kind == "evaluate":
+            from sami_core.evaluate import run_evaluate
+
+            run_evaluate(spec, run_dir)
         elif kind == "write_constitution":
             from sami_core.judge.stage import run_write_constitution
 

@@ -36,11 +36,11 @@ from sami_core.errors import SamiError
 
 # --- kinds ------------------------------------------------------------------------------------
 
-STAGE_KINDS = ("write_constitution", "generate", "train", "sample", "judge")
+STAGE_KINDS = ("write_constitution", "generate", "train", "sample", "judge", "evaluate")
 DIAG_KINDS = ("sleep",)  # the queue's diagnostic kind (workers.diag)
 KNOWN_KINDS = STAGE_KINDS + DIAG_KINDS
 # The order in which an experiment's stage kinds run (what a submit checks devices for).
-EXPERIMENT_KINDS = ("generate", "train", "sample", "judge")
+EXPERIMENT_KINDS = ("generate", "train", "sample", "judge", "evaluate")
 CPU_TRAIN_PROCS = 2  # training ranks on a CPU-only caller (gloo)
 
 # --- exit codes -------------------------------------------------------------------------------
@@ -63,6 +63,7 @@ GENERATIONS_FILE = "generations.jsonl"  # generate: every sampled response, kept
 DATA_FILE = "data.jsonl"  # generate: the training data (kept queries)
 RESPONSES_FILE = "responses.jsonl"  # sample: one record per (query, temperature)
 JUDGMENTS_FILE = "judgments.jsonl"  # judge: one record per judgment
+MI_FILE = "mi.jsonl"  # evaluate: one N×N log-prob matrix per (query, scoring model)
 WINRATES_FILE = "winrates.json"  # judge: the run's own win-rate table
 CONSTITUTION_FILE = "constitution.json"  # write_constitution: the drafted principles
 CHECKPOINTS_DIR = "checkpoints"  # train: Hugging Face checkpoints (step-XXXXXX, final)

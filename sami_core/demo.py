@@ -2,7 +2,9 @@
 
 generate (demo model, shipped posts, a shipped constitution, N = 2)
   -> train (torchrun, 2 processes, FSDP2 with gloo on CPU)
-  -> sample the base model and the final checkpoint on held-out posts.
+  -> sample the base model and the final checkpoint on held-out posts
+  -> evaluate: the held-out MI lower bound of the base model and of the final checkpoint
+     (printed last: ``mi_lower_bound_base`` and ``mi_lower_bound_final``, with intervals).
 
 The demo model is tiny and trained for seconds: its texts are not meaningful. The demo
 shows the mechanics end to end; point the same specs at a real model for real results.
@@ -37,7 +39,15 @@ def demo_specs(run_dir: Path, quick: bool = False) -> dict[str, dict]:
     sample_gen = {**gen, "temperature": 0.0}
     sample = {"data": data, "constitution": constitution, "task": "summarization", "split": "eval",
               "limit": 8 if quick else 16, "temperatures": [0.0], "generation": sample_gen}
-    return {"generate": generate, "train": train, "sample": sample, "model": model}
+    evaluate = {"data": data, "constitution": constitution, "task": "summarization", "split": "eval",
+                "limit": 8 if quick else 16, "n_constitutions": 2,
+                "generation": {"temperature": 0.0, "max_new_tokens": gen["max_new_tokens"], "batch_size": 16},
+                "n_boot": 1000}
+    return {"generate": generate, "train": train, "sample": sample, "evaluate": evaluate, "model": model}
+
+
+def _nats(x: float) -> float:
+    return round(x, 4) + 0.0  # + 0.0: no "-0.0"
 
 
 def _say(msg: str) -> None:
@@ -47,6 +57,7 @@ def _say(msg: str) -> None:
 def run_demo(run_dir: str | Path, nproc: int = 2, quick: bool = False) -> dict:
     from sami_core.demo_model import build_demo_model, default_demo_model_dir
     from sami_core.spec import validate_spec
+    from sami_core.evaluate import run_evaluate
     from sami_core.stages import run_generate, run_sample
 
     t_start = time.time()
@@ -54,10 +65,10 @@ def run_demo(run_dir: str | Path, nproc: int = 2, quick: bool = False) -> dict:
     (run_dir / "specs").mkdir(parents=True, exist_ok=True)
     model_dir = default_demo_model_dir()
     if not (model_dir / "config.json").exists():
-        _say(f"[1/4] building the demo model at {model_dir}")
+        _say(f"[1/5] building the demo model at {model_dir}")
         build_demo_model(model_dir)
     else:
-        _say(f"[1/4] demo model: {model_dir}")
+        _say(f"[1/5] demo model: {model_dir}")
     specs = demo_specs(run_dir, quick)
 
     def write_spec(name: str, spec: dict) -> Path:
@@ -65,11 +76,11 @@ def run_demo(run_dir: str | Path, nproc: int = 2, quick: bool = False) -> dict:
         p.write_text(yaml.safe_dump(spec, sort_keys=False))
         return p
 
-    _say("[2/4] generate: N=2 responses per training post")
+    _say("[2/5] generate: N=2 responses per training post")
     gen_out = run_generate(validate_spec("generate", specs["generate"]), run_dir / "generate")
     write_spec("generate", specs["generate"])
 
-    _say(f"[3/4] train: torchrun --nproc_per_node={nproc} (FSDP2, gloo on CPU)")
+    _say(f"[3/5] train: torchrun --nproc_per_node={nproc} (FSDP2, gloo on CPU)")
     train_spec = write_spec("train", specs["train"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -80,13 +91,20 @@ def run_demo(run_dir: str | Path, nproc: int = 2, quick: bool = False) -> dict:
     train_out = json.loads((run_dir / "train" / OUTPUTS_FILE).read_text())
     final = train_out["final_checkpoint"]
 
-    _say("[4/4] sample: base model and final checkpoint on held-out posts")
+    _say("[4/5] sample: base model and final checkpoint on held-out posts")
     sample_base = {**specs["sample"], "model": specs["model"]}
     sample_final = {**specs["sample"], "model": {**specs["model"], "path": final}}
     write_spec("sample-base", sample_base)
     write_spec("sample-final", sample_final)
     run_sample(validate_spec("sample", sample_base), run_dir / "sample-base")
     run_sample(validate_spec("sample", sample_final), run_dir / "sample-final")
+
+    _say("[5/5] evaluate: held-out MI of the base model and of the final checkpoint")
+    evals = {}
+    for name, model_spec in (("base", specs["model"]), ("final", {**specs["model"], "path": final})):
+        spec = {**specs["evaluate"], "model": model_spec, "label": name}
+        write_spec(f"evaluate-{name}", spec)
+        evals[name] = run_evaluate(validate_spec("evaluate", spec), run_dir / f"evaluate-{name}")
 
     metrics = [json.loads(x) for x in (run_dir / "train" / METRICS_FILE).read_text().splitlines()]
     summary = {
@@ -101,10 +119,14 @@ def run_demo(run_dir: str | Path, nproc: int = 2, quick: bool = False) -> dict:
         "samples_final": str(run_dir / "sample-final" / "responses.jsonl"),
         "seconds": round(time.time() - t_start, 1),
     }
+    for name, out in evals.items():  # last: the held-out figures, in nats, with their 95% intervals
+        summary[f"mi_lower_bound_{name}_ci"] = [_nats(out["mi_lower_bound_ci_low"]), _nats(out["mi_lower_bound_ci_high"])]
+    for name, out in evals.items():
+        summary[f"mi_lower_bound_{name}"] = _nats(out["mi_lower_bound"])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _say("\nDemo finished (the demo model's texts are not meaningful; it shows the mechanics).")
     for k, v in summary.items():
-        if isinstance(v, list):
+        if k == "checkpoints":
             _say(f"  {k}:")
             for x in v:
                 _say(f"    {x}")

@@ -6,6 +6,9 @@
     generate-1 -> train-1 -> sample-1
     generate-2 -> train-2 -> sample-2   (generate-2 uses train-1's final checkpoint)
     ...
+    evaluate-base, evaluate-t (after train-t)   with an `evaluation` section: held-out MI
+        of the base model and of each iteration's checkpoint (which the base model
+        scores too)
     judge-1 (after sample-1 and sample-base), ...   with a `judge` section: each
         iteration's samples against each baseline's (judge-t, or judge-t-vs-B when
         there are several baselines; B = base, iteration-K or a model baseline's label)
@@ -30,7 +33,7 @@ from sami_core.spec import ExperimentSpec, resolve_experiment_judge, validate_sp
 @dataclass
 class JobPlan:
     key: str  # unique within the experiment, e.g. "train-2"
-    kind: str  # generate | train | sample | judge
+    kind: str  # generate | train | sample | judge | evaluate
     spec: dict  # the stage spec (validated, defaults filled in)
     run_dir: str
     depends_on: list[str] = field(default_factory=list)
@@ -65,6 +68,8 @@ def expand(exp: ExperimentSpec, runs_root: str | Path) -> list[JobPlan]:
     jobs = [sample_job("sample-base", base, [], 0, "base")]
     for b in exp.judge.model_baselines() if exp.judge is not None else []:
         jobs.append(sample_job(sample_key(b.label), b.model.model_dump(mode="json"), [], 0, b.label))
+    if exp.evaluation is not None:
+        jobs.append(evaluate_job(exp, root, "evaluate-base", base, "base", [], 0))
     policy, prev_train = base, None
     for t in range(1, exp.iterations + 1):
         gen_key, train_key = f"generate-{t}", f"train-{t}"
@@ -83,10 +88,34 @@ def expand(exp: ExperimentSpec, runs_root: str | Path) -> list[JobPlan]:
                             [gen_key], exp.devices.train, t, f"iteration-{t}"))
         policy = {**base, "path": final_checkpoint(root / train_key)}
         jobs.append(sample_job(f"sample-{t}", policy, [train_key], t, f"iteration-{t}"))
+        if exp.evaluation is not None:
+            jobs.append(evaluate_job(exp, root, f"evaluate-{t}", policy, f"iteration-{t}", [train_key], t))
         prev_train = train_key
     if exp.judge is not None:
         jobs += judge_jobs(exp, root)
     return jobs
+
+
+def evaluate_job(exp: ExperimentSpec, root: Path, key: str, model: dict, label: str, deps: list[str],
+                 iteration: int) -> JobPlan:
+    """Held-out MI of ``model`` (named ``label``): every evaluate job of an experiment uses
+    the same eval queries and constitution variants, and scores as training does; an
+    iteration's job also scores its responses with the base model."""
+    ev = exp.evaluation
+    spec = {"model": model, "label": label, "data": exp.data.model_dump(mode="json"),
+            "constitution": exp.constitution.model_dump(mode="json", exclude_none=True), "task": exp.task,
+            "filters": exp.filters.model_dump(mode="json"), "split": "eval", "limit": ev.limit,
+            "n_constitutions": exp.n_constitutions, "shuffle_principles": exp.shuffle_principles,
+            "variant_seed": ev.variant_seed,
+            "generation": {"temperature": ev.temperature, "max_new_tokens": ev.max_new_tokens,
+                           "batch_size": ev.batch_size, "seed": ev.seed, "backend": exp.generation.backend},
+            "reduction": exp.training.reduction, "append_eos": exp.training.append_eos,
+            "logprob_impl": exp.training.logprob_impl, "score_batch_size": ev.score_batch_size,
+            "score_models": [{"model": exp.model.model_dump(mode="json"), "label": "base"}]
+            if ev.score_with_base and label != "base" else [],
+            "n_boot": ev.n_boot, "seed": ev.seed}
+    return JobPlan(key, "evaluate", _checked("evaluate", spec, key), str(root / key), deps,
+                   exp.devices.evaluate, iteration, label)
 
 
 def _iteration_of(label: str) -> int | None:

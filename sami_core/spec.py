@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from sami_core.errors import SpecError
 
@@ -212,10 +212,120 @@ class SampleSpec(StrictModel):
         return v
 
 
+_SCORER_LABEL = r"[A-Za-z][A-Za-z0-9._-]{0,63}"
+
+
+class EvalGenerationSpec(GenerationSpec):
+    """Sampling of an evaluation's responses: greedy unless a temperature is given."""
+
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy (the default).")
+
+
+class ScoreModelSpec(StrictModel):
+    """Another model that scores the same responses (e.g. the base model beside a checkpoint)."""
+
+    model: ModelSpec = Field(
+        ..., description="The scoring model: a hub id or directory as a string (`demo` = the demo model), or a "
+                         "full model entry {path, dtype, trust_remote_code}. It must share the evaluated model's "
+                         "tokenizer: prompts and responses are tokenized once.",
+    )
+    label: str | None = Field(
+        None, description="Its name in mi.jsonl and outputs.json (letters, digits, '.', '_', '-'); "
+                          "default: the last part of the model path.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _entry(cls, v: Any) -> Any:
+        return {"model": v} if isinstance(v, str) else v  # a bare model path
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_path(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str | None, info: ValidationInfo) -> str | None:
+        model = info.data.get("model")
+        if v is None and model is None:
+            return v  # the missing model is reported
+        label = v if v is not None else model.path.rstrip("/").rsplit("/", 1)[-1]
+        if not re.fullmatch(_SCORER_LABEL, label):
+            raise ValueError(f"{label!r} is not a usable label"
+                             f"{' (made from the model path)' if v is None else ''}; give `label` with letters, "
+                             "digits, '.', '_' or '-', starting with a letter (at most 64)")
+        return label
+
+
+class EvaluateSpec(StrictModel):
+    """Stage `evaluate`: held-out mutual information between constitutions and responses.
+
+    Per eval query: the N constitution variants exactly as `generate` makes them (same
+    `variant_seed`, `shuffle_principles`), one response sampled per variant, and the N×N
+    matrix L[i, j] = log p(y_j | x, c_i) scored with the training code; reported: the
+    InfoNCE lower bound log N - loss, row and column accuracy, each with a bootstrap 95%
+    interval over queries."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The model (or checkpoint) that samples and scores.")
+    label: str = Field("model",
+                       description="The model's name in mi.jsonl and outputs.json (e.g. `iteration-2`, `base`).")
+    data: DataSpec = Field(default_factory=DataSpec)
+    constitution: ConstitutionSpec = Field(default_factory=lambda: ConstitutionSpec(path="demo:opus/0"))
+    task: Literal["summarization", "dialogue"] = "summarization"
+    split: Literal["eval", "train"] = Field("eval", description="Query split: the held-out queries the sample stage uses.")
+    limit: int | None = Field(None, ge=1, description="Use only the first K queries of the split.")
+    n_constitutions: int = Field(2, description="N: constitution variants (and responses) per query, as in training.")
+    shuffle_principles: bool = Field(True, description="Shuffle principle order per query (seeded), as generate does.")
+    variant_seed: int = Field(0, description="Seed for choosing variants and principle order (generate's).")
+    generation: EvalGenerationSpec = Field(
+        default_factory=EvalGenerationSpec,
+        description="Sampling of the responses; temperature 0 (the default) = greedy.",
+    )
+    filters: FilterSpec = Field(default_factory=FilterSpec, description="Only stop_sequences apply: responses are cut "
+                                "at them; no query is dropped (an evaluation scores every query).")
+    max_prompt_tokens: int | None = Field(None, ge=8, description="Prompt budget; default = model max length - max_new_tokens.")
+    reduction: Literal["mean", "sum"] = Field("mean", description="Token log-probs per response: mean (as training) or sum.")
+    append_eos: bool = Field(True, description="Score the EOS token after each response (as training).")
+    logprob_impl: Literal["auto", "prefix", "naive"] = Field(
+        "auto", description="auto = the prefix-shared matrix where the model supports it, else the naive N² one.")
+    score_batch_size: int = Field(4, ge=1, description="Queries per scoring forward pass.")
+    score_models: list[ScoreModelSpec] = Field(
+        default_factory=list,
+        description="Other models that score the same responses (e.g. [{model: demo, label: base}]); "
+                    "their figures are reported beside the model's.",
+    )
+    n_boot: int = Field(2000, ge=1, description="Bootstrap resamples of the queries for the 95% intervals.")
+    seed: int = Field(0, description="Seed of the bootstrap.")
+
+    @field_validator("n_constitutions")
+    @classmethod
+    def _n(cls, v: int) -> int:
+        return GenerateSpec._n(v)
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if not re.fullmatch(_SCORER_LABEL, v):
+            raise ValueError(f"{v!r}: use letters, digits, '.', '_' or '-', starting with a letter (at most 64)")
+        return v
+
+    @model_validator(mode="after")
+    def _labels(self) -> "EvaluateSpec":
+        seen = {self.label: "label"}
+        for k, s in enumerate(self.score_models):
+            if s.label in seen:
+                raise ValueError(f"score_models.{k}.label: {s.label!r} is already {seen[s.label]}; "
+                                 "each scoring model needs its own label")
+            seen[s.label] = f"score_models.{k}.label"
+        return self
+
+
 STAGE_SPECS: dict[str, type[StrictModel]] = {
     "generate": GenerateSpec,
     "train": TrainSpec,
     "sample": SampleSpec,
+    "evaluate": EvaluateSpec,
 }
 
 
@@ -315,6 +425,25 @@ class DevicesSpec(StrictModel):
     train: int = Field(1, ge=0, description="GPUs per train job = torchrun processes (CPU-only workers run 2 with gloo).")
     sample: int = Field(1, ge=0, description="GPUs per sample job.")
     judge: int = Field(0, ge=0, description="GPUs per judge job (0 for an API judge; 1 for a local hf judge on GPU).")
+    evaluate: int = Field(1, ge=0, description="GPUs per evaluate job (held-out MI).")
+
+
+class EvaluationSpec(StrictModel):
+    """An experiment's held-out MI: an `evaluate` job for the base model (`evaluate-base`)
+    and for each iteration's checkpoint (`evaluate-t`, after train-t), all on the same eval
+    queries and constitution variants, scored as training scores (N, reduction, EOS)."""
+
+    limit: int | None = Field(None, ge=1, description="Eval queries (default: all held out, data.eval_size).")
+    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature of the responses; 0 = greedy.")
+    max_new_tokens: int = Field(128, ge=1, description="Longest response.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    score_batch_size: int = Field(4, ge=1, description="Queries per scoring forward pass.")
+    variant_seed: int = Field(0, description="Seed of the eval queries' constitution variants (the same in every job).")
+    score_with_base: bool = Field(
+        True, description="evaluate-t also scores its responses with the base model (figures under label `base`)."
+    )
+    n_boot: int = Field(2000, ge=1, description="Bootstrap resamples of the queries for the 95% intervals.")
+    seed: int = Field(0, description="Seeds the sampling and the bootstrap.")
 
 
 class ExperimentSpec(StrictModel):
@@ -337,6 +466,10 @@ class ExperimentSpec(StrictModel):
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     devices: DevicesSpec = Field(default_factory=DevicesSpec)
     max_attempts: int = Field(3, ge=1, description="Attempts per job (transient failures, lost workers).")
+    evaluation: EvaluationSpec | None = Field(
+        None, description="Held-out MI per iteration and for the base model (jobs `evaluate-base`, `evaluate-t`); "
+                          "null = none."
+    )
     judge: "ExperimentJudgeSpec | None" = Field(
         None, description="Judge each iteration's samples against baselines (a `judge-t` job per iteration; "
                           "`judge-t-vs-B` with several): the base model, an earlier iteration, or another model "

@@ -92,6 +92,13 @@ def _seeded_rng(*parts) -> random.Random:
     return random.Random(int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:16], 16))
 
 
+def query_variants(constitution: constitutions.Constitution, n: int, variant_seed: int, query_id: str,
+                   shuffle: bool) -> list[constitutions.Variant]:
+    """The N constitution variants of one query: the positive one first, then flips, in a
+    principle order seeded by (variant_seed, query id). Generate and evaluate both use it."""
+    return constitution.sample_variants(n, _seeded_rng(variant_seed, query_id), shuffle=shuffle)
+
+
 def _run_generation(model, tokenizer, prompts: list[str], gen: GenerationSpec, temperature: float,
                     on_item, rd: RunDir, stage: str, done0: int, total: int, seed_offset: int = 0,
                     start_index: int = 0):
@@ -129,9 +136,7 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
 
     items = []  # (query, i, variant, prompt)
     for q in queries:
-        variants = constitution.sample_variants(
-            n, _seeded_rng(spec.variant_seed, q.id), shuffle=spec.shuffle_principles
-        )
+        variants = query_variants(constitution, n, spec.variant_seed, q.id, spec.shuffle_principles)
         for i, v in enumerate(variants):
             items.append((q, i, v, build(v.text, q.text)))
     writer = JsonlWriter(rd / GENERATIONS_FILE, key="key")

@@ -226,3 +226,85 @@ def winrate_table(judgments: Iterable[dict], ci: str = "wilson", group_by: Seque
         rows.append({**dict(zip(group_by, key)), **summarize(js, ci=ci, seed=seed),
                      "flip_rate": fr, "n_flip_pairs": nfp})
     return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Held-out mutual information (stage `evaluate`): figures of N×N log-prob matrices.
+# ---------------------------------------------------------------------------------------
+MI_FIGURES = ("mi_lower_bound", "row_accuracy", "col_accuracy", "loss")
+
+
+def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    m = np.max(x, axis=axis, keepdims=True)
+    return np.squeeze(m, axis=axis) + np.log(np.sum(np.exp(x - m), axis=axis))
+
+
+def _diag_accuracy(x: np.ndarray, tie_tol: float) -> np.ndarray:
+    """Per query: mean over rows i of [x[i, i] is a row maximum] / (number of row maxima).
+
+    x (Q, N, N). Values within ``tie_tol`` of the row maximum count as maxima, so a tie
+    gets the credit of a random tie-break: a constant matrix scores 1/N (chance)."""
+    n = x.shape[-1]
+    is_max = x >= x.max(axis=-1, keepdims=True) - tie_tol  # (Q, N, N)
+    hits = is_max[:, np.arange(n), np.arange(n)]  # (Q, N): the diagonal is a maximum
+    return (hits / is_max.sum(axis=-1)).mean(axis=-1)  # (Q,)
+
+
+def mi_per_query(matrices: np.ndarray | Sequence, tie_tol: float = 1e-6) -> dict[str, np.ndarray]:
+    """Per-query figures of log-prob matrices L (Q, N, N), L[q, i, j] = log p(y_j | x_q, c_i).
+
+    For query q, with the diagonal as labels (as the training loss, sami_core.loss):
+
+        row_loss = -1/N Σ_i (L[i, i] - logsumexp_j L[i, j])   # which response belongs to c_i
+        col_loss = -1/N Σ_j (L[j, j] - logsumexp_i L[i, j])   # which constitution produced y_j
+        loss     = (row_loss + col_loss) / 2
+        mi_lower_bound = log N - loss                          # InfoNCE bound, nats
+
+    row_accuracy / col_accuracy: the fraction of rows (columns) whose maximum is on the
+    diagonal, a tie (within ``tie_tol`` nats) counting 1/k for k tied maxima. Returns
+    arrays of shape (Q,) keyed by :data:`MI_FIGURES`.
+    """
+    x = np.asarray(matrices, dtype=np.float64)
+    if x.ndim != 3 or x.shape[1] != x.shape[2] or x.shape[1] < 2:
+        raise ValueError(f"matrices must have shape (Q, N, N) with N >= 2; got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("matrices hold a non-finite log-prob")
+    n = x.shape[-1]
+    diag = np.diagonal(x, axis1=1, axis2=2)  # (Q, N)
+    row_loss = -(diag - _logsumexp(x, axis=2)).mean(axis=1)  # (Q,)
+    col_loss = -(diag - _logsumexp(x, axis=1)).mean(axis=1)  # (Q,)
+    loss = (row_loss + col_loss) / 2
+    return {
+        "mi_lower_bound": math.log(n) - loss,
+        "row_accuracy": _diag_accuracy(x, tie_tol),
+        "col_accuracy": _diag_accuracy(np.swapaxes(x, 1, 2), tie_tol),
+        "loss": loss,
+    }
+
+
+def mi_summary(matrices: np.ndarray | Sequence, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+               tie_tol: float = 1e-6) -> dict[str, Any]:
+    """Means over queries of :func:`mi_per_query`'s figures, each with a percentile
+    bootstrap interval over queries (one set of ``n_boot`` resamples, seeded, shared by
+    every figure).
+
+    Returns {n_queries, n_constitutions, chance_accuracy (1/N), and per figure F:
+    F, F_ci_low, F_ci_high}. One query gives a zero-width interval.
+    """
+    per = mi_per_query(matrices, tie_tol=tie_tol)
+    q = len(per["loss"])
+    n = np.asarray(matrices).shape[-1]
+    if q == 0:
+        raise ValueError("matrices: no queries to summarise")
+    if n_boot < 1:
+        raise ValueError("n_boot must be >= 1")
+    idx = np.random.default_rng(seed).integers(0, q, size=(n_boot, q))  # (n_boot, Q) resampled queries
+    alpha = (1 - level) / 2
+    out: dict[str, Any] = {"n_queries": q, "n_constitutions": int(n), "chance_accuracy": 1.0 / n}
+    for name in MI_FIGURES:
+        v = per[name]
+        lo, hi = np.quantile(v[idx].mean(axis=1), [alpha, 1 - alpha])
+        out[name] = float(v.mean())
+        out[f"{name}_ci_low"] = float(lo)
+        out[f"{name}_ci_high"] = float(hi)
+    return out

@@ -180,7 +180,8 @@ def runs_root(experiment_id: int, name: str) -> str:
 def check_devices(plans: list[JobPlan], capacity: list[tuple[int, list[str] | None]]) -> list[str]:
     """Refuse (SubmitError naming ``devices.<kind>``) a job that needs more GPUs than any
     registered worker that runs its kind has; return warnings for what cannot be checked."""
-    needs = {k: max((p.devices for p in plans if p.kind == k), default=0) for k in EXPERIMENT_KINDS}
+    needs = {k: max(p.devices for p in plans if p.kind == k) for k in EXPERIMENT_KINDS
+             if any(p.kind == k for p in plans)}  # only the kinds this experiment runs
     gpu_needs = {k: n for k, n in needs.items() if n > 0}
     if not capacity:
         what = ", ".join(f"{k} {n}" for k, n in gpu_needs.items())

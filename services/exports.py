@@ -16,7 +16,7 @@ from sami_core.results import csv_safe, safe_output_path
 from sami_core.stats import count_tokens_approx, count_words, winrate_table
 from services.errors import JudgingError
 
-EXPORTS = ("responses", "judgments", "winrates")
+EXPORTS = ("responses", "judgments", "winrates", "mi")
 
 WINRATE_COLUMNS = ("experiment_id", "candidate", "baseline", "judge_model", "temperature", "n", "wins", "losses",
                    "ties", "invalid", "errors", "win_rate", "ci_low", "ci_high", "lc_win_rate", "mean_len_candidate",
@@ -25,6 +25,13 @@ RESPONSE_COLUMNS = ("source_id", "source", "kind", "query_id", "temperature", "s
                     "n_tokens")
 JUDGMENT_COLUMNS = ("id", "job_id", "experiment_id", "candidate", "baseline", "judge_model", "query_id",
                     "temperature", "order", "verdict", "rationale", "candidate_text", "baseline_text", "cache_key")
+
+# Held-out MI (evaluate jobs): one row per (job, scoring model). `label` sampled the
+# responses, `scorer` scored them (the label itself, or e.g. the base model).
+MI_COLUMNS = ("experiment_id", "job_id", "iteration", "label", "scorer", "model", "n_queries", "n_constitutions",
+              "temperature", "mi_lower_bound", "mi_lower_bound_ci_low", "mi_lower_bound_ci_high", "row_accuracy",
+              "row_accuracy_ci_low", "row_accuracy_ci_high", "col_accuracy", "col_accuracy_ci_low",
+              "col_accuracy_ci_high", "loss")
 
 
 def stats_records(rows: Sequence[dict]) -> list[dict]:
@@ -68,9 +75,15 @@ def write_csv(rows: Iterable[dict], columns: Sequence[str], folder: str | Path, 
 def export_rows(conn: Connection, what: str, *, experiment_id: int | None = None,
                 source: str | None = None) -> tuple[list[dict], Sequence[str]]:
     """The rows and columns of one export (``what`` in :data:`EXPORTS`), optionally of one
-    experiment and one response source (id, label or label#id)."""
+    experiment and one response source (id, label or label#id; not for ``mi``, the held-out
+    MI of evaluate jobs)."""
     if what not in EXPORTS:
         raise JudgingError(f"unknown export {what!r}; one of: {', '.join(EXPORTS)}")
+    if what == "mi":
+        if source:
+            raise JudgingError("--source: the mi export is per evaluate job, not per response source; "
+                               "use --experiment")
+        return ingest.mi_rows(conn, experiment_id=experiment_id), MI_COLUMNS
     source_id = None
     if source:
         src = ingest.find_source(conn, source, experiment_id=experiment_id)

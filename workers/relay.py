@@ -298,3 +298,20 @@ def _judgments(conn: Connection, job: Row, outputs: dict, run_dir: Path, workspa
                                 experiment_id=job.experiment_id)
     except (ValueError, KeyError) as err:
         raise OutputsError(f"judgments: {err}") from None
+
+
+@output_handler("evaluate")
+def _mi_results(conn: Connection, job: Row, outputs: dict, run_dir: Path, workspace: Workspace) -> None:
+    """One mi_results row per scoring model of the evaluate job (outputs.json's ``by_model``)."""
+    by_model, label = outputs.get("by_model"), outputs.get("label")
+    if not isinstance(label, str) or not isinstance(by_model, dict) or not by_model or not all(
+            isinstance(v, dict) for v in by_model.values()):
+        raise OutputsError('outputs.json: "label" must name the model and "by_model" map each scoring model '
+                           "to its figures")
+    temperature = outputs.get("temperature")
+    try:
+        ingest.upsert_mi_results(conn, job.id, label, by_model, experiment_id=job.experiment_id,
+                                 iteration=_job_field(job, "iteration"),
+                                 temperature=temperature if isinstance(temperature, (int, float)) else None)
+    except ValueError as err:
+        raise OutputsError(f"outputs.json: {err}") from None

@@ -280,8 +280,7 @@ with form:
         widget("training.grad_accum")
     _errors("training")
     st.caption("Devices (GPUs per job; 0 = CPU)")
-    c1, c2, c3, c4 = st.columns(4)
-    for col, kind in zip((c1, c2, c3, c4), EXPERIMENT_KINDS, strict=True):
+    for col, kind in zip(st.columns(len(EXPERIMENT_KINDS)), EXPERIMENT_KINDS, strict=True):
         with col:
             widget(f"devices.{kind}")
     _errors("devices")

@@ -106,9 +106,10 @@ def test_cancel_a_queued_job_blocks_its_dependants(open_page, workspace):
     at.button(key="queue.cancel").click().run()
     assert not at.exception
     assert _status(workspace.engine, ids["train-1"]) == "cancelled"
-    assert {_status(workspace.engine, ids[k]) for k in ("sample-1", "judge-1")} == {"blocked"}
+    assert {_status(workspace.engine, ids[k]) for k in ("sample-1", "evaluate-1", "judge-1")} == {"blocked"}
     (msg,) = [s.value for s in at.success]
-    assert msg == f"Job {ids['train-1']} cancelled; blocked its dependants {ids['sample-1']}, {ids['judge-1']}."
+    assert msg == (f"Job {ids['train-1']} cancelled; blocked its dependants {ids['sample-1']}, {ids['evaluate-1']}, "
+                   f"{ids['judge-1']}.")
     assert _table(at).set_index("id").loc[ids["train-1"], "status"] == "cancelled"
     # Cancelling again changes nothing and says so.
     at.button(key="queue.cancel").click().run()

@@ -135,7 +135,64 @@ def test_length_controlled_toggle_changes_the_plotted_values(open_page, workspac
 def test_empty_state_without_judgments(open_page):
     at = open_page("winrates")
     assert any("No judgments yet" in i.value for i in at.info)
-    assert not at.get("download_button")
+    assert any("No held-out MI yet" in i.value for i in at.info)
+    assert not at.get("download_button") and not at.get("plotly_chart")
+
+
+def seed_mi(engine) -> int:  # noqa: ANN001
+    """An experiment's evaluate jobs: evaluate-base, then iterations 2 and 1 (stored out of
+    order), each iteration's responses also scored by the base model."""
+    from db import queue
+
+    def figures(bound: float) -> dict:
+        out = {"model": "m", "n_queries": 16, "n_constitutions": 2, "loss": 0.69 - bound}
+        for name, v in (("mi_lower_bound", bound), ("row_accuracy", 0.5 + bound), ("col_accuracy", 0.5)):
+            out.update({name: v, f"{name}_ci_low": v - 0.05, f"{name}_ci_high": v + 0.1})
+        return out
+
+    def run(c):  # noqa: ANN001, ANN202
+        exp = create_experiment(c, "mi", {})
+        for it, own, base in ((0, 0.0, None), (2, 0.3, 0.02), (1, 0.1, 0.01)):
+            label = "base" if it == 0 else f"iteration-{it}"
+            job = queue.enqueue(c, "evaluate", {}, name=f"evaluate-{it or 'base'}", experiment_id=exp, iteration=it)
+            by = {label: figures(own), **({"base": figures(base)} if base is not None else {})}
+            ingest.upsert_mi_results(c, job, label, by, experiment_id=exp, iteration=it, temperature=0.0)
+        return exp
+
+    return transact(engine, run)
+
+
+def test_held_out_mi_per_checkpoint_with_intervals_without_judgments(open_page, workspace):
+    import json
+
+    exp = seed_mi(workspace.engine)
+    at = open_page("winrates", experiment=str(exp))
+    assert not at.exception
+    assert any("No judgments yet" in i.value for i in at.info)
+    (chart,) = at.get("plotly_chart")
+    spec = json.loads(chart.proto.spec)
+    assert "MI lower bound" in spec["layout"]["title"]["text"]
+    traces = {t["name"]: t for t in spec["data"]}
+    assert set(traces) == {"own", "scored by base"}
+    own, by_base = traces["own"], traces["scored by base"]
+    assert own["x"] == ["base", "iteration-1", "iteration-2"] and own["y"] == pytest.approx([0.0, 0.1, 0.3])
+    assert own["error_y"]["array"] == pytest.approx([0.1] * 3) and own["error_y"]["arrayminus"] == pytest.approx([0.05] * 3)
+    assert by_base["x"] == ["iteration-1", "iteration-2"] and by_base["y"] == pytest.approx([0.01, 0.02])
+    table = at.dataframe[0].value
+    assert list(table.columns) == list(exports.MI_COLUMNS) and len(table) == 5
+    assert list(table["label"]) == ["base", "iteration-1", "iteration-1", "iteration-2", "iteration-2"]
+
+
+def test_held_out_mi_is_shown_below_the_win_rates(open_page, workspace):
+    import json
+
+    seed(workspace.engine)
+    seed_mi(workspace.engine)
+    at = open_page("winrates")
+    charts = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert len(charts) == 3 and "Win rate" in charts[0] and "MI lower bound" in charts[2]
+    assert list(at.dataframe[0].value.columns) == list(exports.WINRATE_COLUMNS)
+    assert list(at.dataframe[1].value.columns) == list(exports.MI_COLUMNS)
 
 
 def test_a_deep_link_picks_the_experiment_and_a_bad_one_is_ignored(open_page, workspace):

@@ -1,5 +1,5 @@
 """Experiments through the queue with real stages: `sami submit` + `sami worker` run the
-demo experiment end to end; a worker killed with SIGKILL mid-training loses nothing
+demo experiment end to end (its held-out MI stored per evaluate job); a worker killed with SIGKILL mid-training loses nothing
 (another worker resumes from the last checkpoint); cancelling a training job kills
 torchrun and its ranks. Real processes, real torchrun (2 CPU ranks with gloo), SQLite."""
 
@@ -14,7 +14,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from db.models import Checkpoint, Job, Judgment, Metric, Response, ResponseSource
+from db.models import Checkpoint, Job, Judgment, Metric, MIResult, Response, ResponseSource
 from sami_core.spec import EXAMPLES_DIR
 from tests.integration.conftest import KILL_GRACE_S, SLACK_S, TICK_S, Sami
 from tests.integration.test_train_torchrun import make_training_data
@@ -53,7 +53,7 @@ def test_the_demo_experiment_runs_end_to_end(sami_sqlite: Sami, demo_model_dir: 
         select(Job.__table__).where(Job.experiment_id == exp_id)).all())}
     assert {name: j.status for name, j in jobs.items()} == {
         "sample-base": "succeeded", "generate-1": "succeeded", "train-1": "succeeded", "sample-1": "succeeded",
-        "judge-1": "succeeded"}
+        "judge-1": "succeeded", "evaluate-base": "succeeded", "evaluate-1": "succeeded"}
     assert jobs["generate-1"].outputs["n_kept"] + jobs["generate-1"].outputs["n_dropped"] == 24
 
     spec = yaml.safe_load((EXAMPLES_DIR / "demo.yaml").read_text())
@@ -84,6 +84,24 @@ def test_the_demo_experiment_runs_end_to_end(sami_sqlite: Sami, demo_model_dir: 
     assert {(r["candidate"], r["baseline"], r["judge_model"]) for r in table} == {("iteration-1", "base", "demo")}
     assert sum(r["n"] + r["invalid"] + r["errors"] for r in table) == per_source
     assert {r["temperature"] for r in table} == set(spec["sampling"]["temperatures"])
+
+    # evaluate-base and evaluate-1: held-out MI in the database, per scoring model (iteration 1's
+    # responses are scored by the base model too), as the jobs' outputs say, and as `sami export mi`
+    mi = sami.tx(lambda c: c.execute(select(MIResult.__table__).where(MIResult.experiment_id == exp_id)
+                                     .order_by(MIResult.iteration, MIResult.scorer)).all())
+    assert [(r.job_id, r.iteration, r.label, r.scorer) for r in mi] == [
+        (jobs["evaluate-base"].id, 0, "base", "base"), (jobs["evaluate-1"].id, 1, "iteration-1", "base"),
+        (jobs["evaluate-1"].id, 1, "iteration-1", "iteration-1")]
+    for r in mi:
+        figures = jobs["evaluate-1" if r.iteration else "evaluate-base"].outputs["by_model"][r.scorer]
+        assert (r.n_queries, r.n_constitutions) == (spec["evaluation"]["limit"], 2)
+        assert r.mi_lower_bound == pytest.approx(figures["mi_lower_bound"])
+        assert r.mi_lower_bound_ci_low <= r.mi_lower_bound <= r.mi_lower_bound_ci_high
+        assert 0 <= r.row_accuracy <= 1 and 0 <= r.col_accuracy <= 1
+    mi_lines = (sami.run_dir(jobs["evaluate-1"].id) / "mi.jsonl").read_text().splitlines()
+    assert len(mi_lines) == 2 * spec["evaluation"]["limit"]
+    sami.cli("export", "mi", "--out", "mi.csv", "--experiment", str(exp_id))
+    assert len((sami.home / "mi.csv").read_text().splitlines()) == 1 + 3
 
 
 def test_a_worker_killed_mid_training_is_replaced_and_training_resumes(

@@ -34,3 +34,17 @@ def test_generation_benchmark_quick(demo_model_dir: Path):
     lines = proc.stdout.strip().splitlines()
     assert re.fullmatch(r"batched_speedup_b16: \d+\.\d\d", lines[-1]), lines[-1]
     assert str(demo_model_dir) in lines[0]
+
+
+def test_evaluate_benchmark_quick(demo_model_dir: Path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "evaluate.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r"speedup_vs_naive: \d+\.\d\d", lines[-1]), lines[-1]
+    assert lines[-2].startswith("max |L_prefix - L_naive|:") and lines[-2].endswith("(OK at tolerance 1e-4)")
+    assert str(demo_model_dir) in lines[0] and "queries: 8, N = 2" in lines[1]
+    timed = [line for line in lines if re.match(r"\s*(prefix|naive): +\d+\.\d+ s for 8 queries", line)]
+    assert len(timed) == 2 and all("MI lower bound" in line for line in timed)

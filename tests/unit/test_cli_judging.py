@@ -90,3 +90,41 @@ def test_judge_provider_auto_is_resolved_when_the_job_is_queued(
     judges = [(r.spec["judge"]["provider"], r.spec["judge"]["model"], r.spec["judge"]["api_key_env"]) for r in rows]
     assert judges == [("hf", "demo", None), ("openai", "gpt-4o", "OPENAI_API_KEY")]
     assert PLANTED_KEY not in json.dumps([r.spec for r in rows]) + out.out + out.err
+
+
+def test_export_mi_writes_the_stored_figures_per_scoring_model(engine, tmp_path: Path,  # noqa: ANN001
+                                                               capsys: pytest.CaptureFixture) -> None:
+    from db.experiments import create_experiment
+
+    def figures(bound: float) -> dict:
+        out = {"model": "demo", "n_queries": 16, "n_constitutions": 2, "loss": 0.69 - bound}
+        for name, v in (("mi_lower_bound", bound), ("row_accuracy", 0.75), ("col_accuracy", 0.5)):
+            out.update({name: v, f"{name}_ci_low": v - 0.1, f"{name}_ci_high": v + 0.1})
+        return out
+
+    def seed(c):  # noqa: ANN001, ANN202
+        exps = [create_experiment(c, name, {}) for name in ("a", "b")]
+        for exp in exps:
+            job = queue.enqueue(c, "evaluate", {}, name="evaluate-1", experiment_id=exp, iteration=1)
+            ingest.upsert_mi_results(c, job, "iteration-1", {"iteration-1": figures(0.25), "base": figures(0.0)},
+                                     experiment_id=exp, iteration=1, temperature=0.0)
+        return exps
+
+    exp_a, _ = transact(engine, seed)
+    assert cli.main(["export", "mi", "--out", "mi.csv", "--out-dir", str(tmp_path), "--experiment", str(exp_a)]) == 0
+    assert "wrote 2 rows" in capsys.readouterr().out
+    import csv
+
+    with open(tmp_path / "mi.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == exports.MI_COLUMNS
+    assert [(r["experiment_id"], r["label"], r["scorer"]) for r in rows] == [
+        (str(exp_a), "iteration-1", "base"), (str(exp_a), "iteration-1", "iteration-1")]
+    assert float(rows[1]["mi_lower_bound"]) == pytest.approx(0.25)
+    assert float(rows[1]["mi_lower_bound_ci_low"]) == pytest.approx(0.15)
+    assert cli.main(["export", "mi", "--out", "all.csv", "--out-dir", str(tmp_path)]) == 0
+    assert "wrote 4 rows" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["export", "mi", "--out", "x.csv", "--out-dir", str(tmp_path), "--source", "base"])
+    assert exit_.value.code != 0 and "--source: the mi export is per evaluate job" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()

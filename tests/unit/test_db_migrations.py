@@ -146,3 +146,29 @@ def test_upgrade_from_0003_keeps_judgments_and_allows_error_verdicts(url: str) -
     assert transact(engine, lambda c: c.execute(text("SELECT constitution_source FROM response_sources"))
                     .scalar_one(), write=False) == "opus"
     engine.dispose()
+
+
+def test_upgrade_from_0004_keeps_jobs_and_adds_mi_results(url: str) -> None:
+    """0005: a database at 0004 keeps its jobs and gains the mi_results table, whose rows
+    are unique per (job, scoring model) and go with their job."""
+    engine = make_engine(url)
+    upgrade(engine, "0004")
+    assert "mi_results" not in inspect(engine).get_table_names()
+    engine.dispose()
+    engine = open_database(url)
+    assert current_revision(engine) == HEAD
+    job_id = transact(engine, lambda c: queue.enqueue(c, "sleep", {"seconds": 1}))
+    ts = "'2026-01-01 00:00:00'"
+    figures = ", ".join(f"{f}{s}" for f in ("mi_lower_bound", "row_accuracy", "col_accuracy")
+                        for s in ("", "_ci_low", "_ci_high"))
+    insert = (f"INSERT INTO mi_results (job_id, label, scorer, n_queries, n_constitutions, {figures}, loss, "
+              f"created_at) VALUES ({job_id}, 'iteration-1', '{{scorer}}', 8, 2, {', '.join(['0.1'] * 9)}, 0.6, {ts})")
+    with engine.begin() as conn:
+        conn.execute(text(insert.format(scorer="iteration-1")))
+        conn.execute(text(insert.format(scorer="base")))
+    with pytest.raises(Exception, match="(?i)unique"), engine.begin() as conn:
+        conn.execute(text(insert.format(scorer="base")))
+    rows = transact(engine, lambda c: c.execute(text("SELECT scorer FROM mi_results ORDER BY id")).scalars().all(),
+                    write=False)
+    assert rows == ["iteration-1", "base"]
+    engine.dispose()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from db import queue
+from db import ingest, queue
 from db.experiments import constitution_version, create_experiment
 from db.engine import transact
 from db.models import Checkpoint, Response, ResponseSource
@@ -165,3 +165,51 @@ def test_a_model_baseline_is_a_baseline_source_and_names_its_win_rates(engine, t
     (row,) = exports.winrates(transact(engine, lambda c: ingest.judgment_rows(c, experiment_id=exp_id)))
     assert (row["candidate"], row["baseline"], row["n"], row["wins"], row["losses"]) == (
         "iteration-1", "instruct", 3, 2, 1)
+
+
+def mi_figures(bound: float, model: str) -> dict:
+    out = {"model": model, "n_queries": 16, "n_constitutions": 2, "chance_accuracy": 0.5, "loss": 0.69 - bound}
+    for name, v in (("mi_lower_bound", bound), ("row_accuracy", 0.75), ("col_accuracy", 0.5)):
+        out.update({name: v, f"{name}_ci_low": v - 0.1, f"{name}_ci_high": v + 0.1})
+    return out
+
+
+def test_evaluate_stores_one_mi_row_per_scoring_model(engine, tmp_path: Path) -> None:  # noqa: ANN001
+    ws = Workspace(tmp_path / "ws")
+    exp_id = transact(engine, lambda c: create_experiment(c, "demo", {}))
+    job = claimed(engine, "evaluate", {}, experiment_id=exp_id, iteration=2, label="iteration-2",
+                  run_dir="runs/e/evaluate-2")
+    run_dir = ws.resolve(job.run_dir)
+    outputs = {"label": "iteration-2", "temperature": 0.0, "mi": "mi.jsonl", **mi_figures(0.2, "ckpt"),
+               "by_model": {"iteration-2": mi_figures(0.2, "ckpt"), "base": mi_figures(-0.01, "demo")}}
+    for _ in range(2):  # re-ingesting overwrites
+        transact(engine, lambda c: relay.ingest_outputs(c, job, outputs, run_dir, ws))
+    other = transact(engine, lambda c: create_experiment(c, "other", {}))
+    rows = transact(engine, lambda c: ingest.mi_rows(c, experiment_id=exp_id), write=False)
+    assert transact(engine, lambda c: ingest.mi_rows(c, experiment_id=other), write=False) == []
+    assert [(r["label"], r["scorer"], r["model"], r["iteration"], r["job_id"]) for r in rows] == [
+        ("iteration-2", "base", "demo", 2, job.id), ("iteration-2", "iteration-2", "ckpt", 2, job.id)]
+    by = {r["scorer"]: r for r in rows}
+    assert by["iteration-2"]["mi_lower_bound"] == pytest.approx(0.2)
+    assert (by["base"]["mi_lower_bound_ci_low"], by["base"]["mi_lower_bound_ci_high"]) == pytest.approx((-0.11, 0.09))
+    assert (by["base"]["n_queries"], by["base"]["n_constitutions"], by["base"]["temperature"]) == (16, 2, 0.0)
+    assert by["base"]["row_accuracy_ci_high"] == pytest.approx(0.85) and by["base"]["loss"] == pytest.approx(0.70)
+
+    outputs["by_model"]["base"] = mi_figures(0.05, "demo")
+    transact(engine, lambda c: relay.ingest_outputs(c, job, outputs, run_dir, ws))
+    rows = transact(engine, lambda c: ingest.mi_rows(c), write=False)
+    assert len(rows) == 2 and {r["scorer"]: r["mi_lower_bound"] for r in rows}["base"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("outputs, match", [
+    ({"label": "x"}, '"by_model"'),
+    ({"label": "x", "by_model": {}}, '"by_model"'),
+    ({"label": "x", "by_model": {"x": {"n_queries": 3}}}, "by_model.x.n_constitutions: expected a finite number"),
+    ({"label": "x", "by_model": {"x": {**mi_figures(0.1, "m"), "mi_lower_bound": float("nan")}}},
+     "by_model.x.mi_lower_bound"),
+])
+def test_bad_evaluate_outputs_are_refused(engine, tmp_path: Path, outputs: dict, match: str) -> None:  # noqa: ANN001
+    ws = Workspace(tmp_path / "ws")
+    job = claimed(engine, "evaluate", {}, run_dir="runs/e/evaluate-1")
+    with pytest.raises(relay.OutputsError, match=match):
+        transact(engine, lambda c: relay.ingest_outputs(c, job, outputs, ws.resolve(job.run_dir), ws))

@@ -130,3 +130,30 @@ def test_auto_is_not_a_stage_provider_and_takes_no_endpoint() -> None:
         validate_spec("judge", {"judge": {"provider": "auto"}, "candidate": {"path": "a"}, "baseline": {"path": "b"}})
     with pytest.raises(SpecError, match="judge.judge: `base_url` is for provider 'openai'"):
         validate_experiment({"judge": {"judge": {"provider": "auto", "base_url": "http://localhost:8000/v1"}}})
+
+
+def test_an_evaluation_section_adds_evaluate_base_and_one_evaluate_job_per_iteration() -> None:
+    spec = {"name": "x", "iterations": 2, "n_constitutions": 2, "model": {"path": "org/base", "prompt_format": "plain"},
+            "training": {"reduction": "sum", "append_eos": False},
+            "evaluation": {"limit": 12, "max_new_tokens": 20, "variant_seed": 5}, "devices": {"evaluate": 0}}
+    plans = {p.key: p for p in expand(validate_experiment(spec), "runs/e")}
+    assert list(plans) == ["sample-base", "evaluate-base", "generate-1", "train-1", "sample-1", "evaluate-1",
+                           "generate-2", "train-2", "sample-2", "evaluate-2"]
+    base, e1, e2 = plans["evaluate-base"], plans["evaluate-1"], plans["evaluate-2"]
+    assert (base.kind, base.depends_on, base.iteration, base.label, base.devices) == ("evaluate", [], 0, "base", 0)
+    assert (e2.depends_on, e2.iteration, e2.label) == (["train-2"], 2, "iteration-2")
+    assert base.spec["model"]["path"] == "org/base" and base.spec["score_models"] == []
+    assert e2.spec["model"]["path"] == "runs/e/train-2/checkpoints/final"
+    assert e2.spec["label"] == "iteration-2" and e2.spec["score_models"] == [
+        {"model": {"path": "org/base", "dtype": "auto", "prompt_format": "plain", "trust_remote_code": False},
+         "label": "base"}]
+    # every evaluation: the same queries, variants, sampling, and the training's scoring
+    same = lambda p: {k: v for k, v in p.spec.items() if k not in ("model", "label", "score_models")}  # noqa: E731
+    assert same(base) == same(e1) == same(e2)
+    assert (base.spec["split"], base.spec["limit"], base.spec["variant_seed"]) == ("eval", 12, 5)
+    assert (base.spec["reduction"], base.spec["append_eos"]) == ("sum", False)
+    assert base.spec["generation"]["temperature"] == 0.0 and base.spec["generation"]["max_new_tokens"] == 20
+    off = {**spec, "evaluation": {"score_with_base": False}}
+    assert [p for p in expand(validate_experiment(off), "r") if p.key == "evaluate-1"][0].spec["score_models"] == []
+    del spec["evaluation"]
+    assert not [p for p in expand(validate_experiment(spec), "r") if p.kind == "evaluate"]

@@ -27,6 +27,13 @@ def test_defaults_validate():
         ("sample", {"temperatures": []}, "temperatures: give at least one temperature"),
         ("generate", {"constitution": {"principles": []}}, "constitution: Value error"),
         ("generate", {"data": {"source": "hf"}}, "needs `dataset`"),
+        ("evaluate", {"n_constitutions": 1}, "n_constitutions: must be >= 2"),
+        ("evaluate", {"label": "a b"}, "label: 'a b': use letters"),
+        ("evaluate", {"score_models": [{"label": "x"}]}, "score_models.0.model: required key is missing"),
+        ("evaluate", {"label": "models", "score_models": ["/models/"]}, "score_models.0.label: 'models' is already label"),
+        ("evaluate", {"score_models": ["a/base", "b/base"]}, "score_models.1.label: 'base' is already score_models.0.label"),
+        ("evaluate", {"score_models": ["/x/."]}, "score_models.0.label: '.' is not a usable label"),
+        ("evaluate", {"generation": {"temperature": -1}}, "generation.temperature: Input should be greater"),
     ],
 )
 def test_bad_specs_name_the_field(kind, data, expected):
@@ -134,3 +141,11 @@ def test_spec_error_constructors_and_pickling():
         SpecError()
     with pytest.raises(TypeError):
         SpecError("both", errors=[("a", "b")])
+
+
+def test_evaluate_defaults_greedy_and_bare_scorer_paths():
+    e = validate_spec("evaluate", {"generation": {"max_new_tokens": 8}, "score_models": ["org/base-model"]})
+    assert e.generation.temperature == 0.0 and e.generation.max_new_tokens == 8  # greedy unless asked
+    assert (e.split, e.n_constitutions, e.reduction, e.label) == ("eval", 2, "mean", "model")
+    assert e.score_models[0].model.path == "org/base-model" and e.score_models[0].label == "base-model"
+    assert validate_spec("evaluate", {"generation": {"temperature": 0.7}}).generation.temperature == 0.7

@@ -87,7 +87,8 @@ def demo_spec(**changes: Any) -> dict:
 def test_the_example_specs_validate_and_expand() -> None:
     demo = submit.prepare(DEMO)
     plans = submit.expand(demo.exp, "runs/x")
-    assert [p.key for p in plans] == ["sample-base", "generate-1", "train-1", "sample-1", "judge-1"]
+    assert [p.key for p in plans] == ["sample-base", "evaluate-base", "generate-1", "train-1", "sample-1", "evaluate-1",
+                                      "judge-1"]
     assert {p.devices for p in plans} == {0}
     assert demo.constitution_name == "demo:opus/0" and len(demo.principles) == 2
     tldr = submit.prepare(TLDR)
@@ -114,14 +115,15 @@ def test_submit_the_demo_creates_its_jobs_in_one_go(ws: Workspace, capsys: pytes
     rows = ws.tx(lambda c: queue.list_jobs(c, experiment_id=exp_id))
     edges = ws.tx(lambda c: queue.dependencies(c, [r.id for r in rows]))
     by_name = {r.name: r for r in rows}
-    assert set(by_name) == {"sample-base", "generate-1", "train-1", "sample-1", "judge-1"}
+    assert set(by_name) == {"sample-base", "evaluate-base", "generate-1", "train-1", "sample-1", "evaluate-1", "judge-1"}
     names = {r.id: r.name for r in rows}
     deps = {r.name: sorted(names[d] for d in edges[r.id]) for r in rows}
-    assert deps == {"sample-base": [], "generate-1": [], "train-1": ["generate-1"], "sample-1": ["train-1"],
-                    "judge-1": ["sample-1", "sample-base"]}
+    assert deps == {"sample-base": [], "evaluate-base": [], "generate-1": [], "train-1": ["generate-1"],
+                    "sample-1": ["train-1"], "evaluate-1": ["train-1"], "judge-1": ["sample-1", "sample-base"]}
     assert {(r.name, r.iteration, r.label) for r in rows} == {
-        ("sample-base", 0, "base"), ("generate-1", 1, "iteration-1 data"), ("train-1", 1, "iteration-1"),
-        ("sample-1", 1, "iteration-1"), ("judge-1", 1, "iteration-1 vs base")}
+        ("sample-base", 0, "base"), ("evaluate-base", 0, "base"), ("generate-1", 1, "iteration-1 data"),
+        ("train-1", 1, "iteration-1"), ("sample-1", 1, "iteration-1"), ("evaluate-1", 1, "iteration-1"),
+        ("judge-1", 1, "iteration-1 vs base")}
     assert {r.status for r in rows} == {"queued"}
     assert {(r.devices_required, r.max_attempts) for r in rows} == {(0, 2)}
     assert all(r.run_dir == f"{result['runs_dir']}/{r.name}" for r in rows)
@@ -203,7 +205,7 @@ def test_more_devices_than_any_worker_has_is_refused(ws: Workspace, capsys: pyte
     # Within what the workers have: accepted, without a warning.
     spec = ws.spec_file(demo_spec(devices={"generate": 1, "train": 2, "sample": 1}))
     rc, out, err = ws.sami(capsys, "submit", str(spec))
-    assert rc == 0 and "experiment 1 (demo): 5 jobs" in out
+    assert rc == 0 and "experiment 1 (demo): 7 jobs" in out
     assert err.splitlines() == [  # no device warning; only which judge `provider: auto` chose
         "sami: warning: judge: provider auto -> the local hf judge on the demo model, because OPENAI_API_KEY is not "
         "set: its verdicts show the mechanics only and mean nothing; set OPENAI_API_KEY (or AZURE_OPENAI_API_KEY "
@@ -223,10 +225,10 @@ def test_jobs_check_exits_non_zero_unless_all_succeeded(ws: Workspace, capsys: p
     assert rc == 2 and "no experiment has been submitted yet" in err
     assert ws.sami(capsys, "submit", str(DEMO))[0] == 0
     rc, out, err = ws.sami(capsys, "jobs", "--experiment", "latest", "--check")
-    assert rc == 1 and "not done: 5 job(s): 5 queued" in err and "sample-base" in out
+    assert rc == 1 and "not done: 7 job(s): 7 queued" in err and "sample-base" in out
     ws.tx(lambda c: c.execute(Job.__table__.update().values(status="succeeded")))
     rc, out, err = ws.sami(capsys, "jobs", "--experiment", "1", "--check", "--json")
-    assert rc == 0 and "ok: 5 job(s): 5 succeeded" in err and len(json.loads(out)) == 5
+    assert rc == 0 and "ok: 7 job(s): 7 succeeded" in err and len(json.loads(out)) == 7
 
 
 def test_enqueue_validates_stage_specs(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
@@ -301,8 +303,8 @@ def test_an_instruct_model_baseline_is_enqueued_as_a_sample_job(
     assert rc == 0, err
     result = json.loads(out)
     jobs = {j["key"]: j for j in result["jobs"]}
-    assert list(jobs) == ["sample-base", "sample-instruct", "generate-1", "train-1", "sample-1", "judge-1-vs-base",
-                          "judge-1-vs-instruct"]
+    assert list(jobs) == ["sample-base", "sample-instruct", "evaluate-base", "generate-1", "train-1", "sample-1",
+                          "evaluate-1", "judge-1-vs-base", "judge-1-vs-instruct"]
     assert jobs["judge-1-vs-instruct"]["depends_on"] == ["sample-1", "sample-instruct"]
     assert (jobs["sample-instruct"]["label"], jobs["sample-instruct"]["iteration"]) == ("instruct", 0)
     rows = {r.name: r for r in ws.tx(lambda c: queue.list_jobs(c, experiment_id=result["experiment_id"]))}
@@ -349,3 +351,20 @@ def test_submit_errors_carry_their_field_as_spec_errors_do(tmp_path):
         submit.prepare_data({"data": {"source": "file", "path": str(tmp_path / "no.jsonl")}}, source="form")
     assert info.value.errors == [("data.path", f"file {str(tmp_path / 'no.jsonl')!r} does not exist")]
     assert str(info.value) == f"form: invalid spec\n  data.path: file {str(tmp_path / 'no.jsonl')!r} does not exist"
+
+
+def test_device_checks_cover_only_the_kinds_an_experiment_runs() -> None:
+    from sami_core.pipeline import expand
+    from sami_core.spec import validate_experiment
+
+    workers = [(0, ["generate", "train", "sample", "judge"])]  # a worker from before evaluate jobs existed
+    plain = validate_experiment({"devices": {"generate": 0, "train": 0, "sample": 0}})
+    assert submit.check_devices(expand(plain, "runs/x"), workers) == []
+    evaluated = validate_experiment({"devices": {"generate": 0, "train": 0, "sample": 0, "evaluate": 0},
+                                     "evaluation": {}})
+    assert submit.check_devices(expand(evaluated, "runs/x"), workers) == [
+        "devices.evaluate: no registered worker runs evaluate jobs (see `sami workers`)"]
+    with pytest.raises(submit.SubmitError) as info:
+        submit.check_devices(expand(validate_experiment({"evaluation": {}, "devices": {"evaluate": 2}}), "runs/x"),
+                             [(1, None)])
+    assert [field for field, _ in info.value.errors] == ["devices.evaluate"]
