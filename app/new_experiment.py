@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from sami_core import experiment_spec
 from sami_core import spec as spec_mod
 from sami_core.data_files import check_data_file
 from sami_core.errors import SpecError
@@ -36,8 +37,8 @@ INITIAL: dict[str, Any] = {"name": "experiment", "model": {"path": "demo"}, "dat
 
 
 def _defaults() -> dict[str, Any]:
-    d = spec_mod.ExperimentSpec().model_dump(mode="json")
-    d["judge"] = spec_mod.ExperimentJudgeSpec().model_dump(mode="json")
+    d = experiment_spec.ExperimentSpec().model_dump(mode="json")
+    d["judge"] = experiment_spec.ExperimentJudgeSpec().model_dump(mode="json")
     return d
 
 
@@ -51,7 +52,7 @@ def _literal_options(model: type, name: str) -> list[str]:
 
 
 def _judge_llm_model() -> type:
-    return spec_mod.ExperimentJudgeSpec.model_fields["judge"].annotation
+    return experiment_spec.ExperimentJudgeSpec.model_fields["judge"].annotation
 
 
 # ---- fields ----------------------------------------------------------------------------------
@@ -90,10 +91,10 @@ FIELDS: tuple[Field, ...] = (
     _f("data.field", "Query field", "text", help="The column holding the query text."),
     _f("data.eval_size", "Held-out eval queries", "int"),
     _f("data.train_size", "Training queries (empty = all the rest)", "opt_int"),
-    _f("task", "Task", "select", _literal_options(spec_mod.ExperimentSpec, "task")),
+    _f("task", "Task", "select", _literal_options(experiment_spec.ExperimentSpec, "task")),
     _f("n_constitutions", "N (constitution variants per query)", "int"),
     _f("iterations", "Iterations", "int"),
-    _f("train_from", "Each iteration trains from", "select", _literal_options(spec_mod.ExperimentSpec, "train_from")),
+    _f("train_from", "Each iteration trains from", "select", _literal_options(experiment_spec.ExperimentSpec, "train_from")),
     _f("training.lr", "Learning rate", "float"),
     _f("training.optimizer", "Optimizer", "select", _literal_options(spec_mod.TrainingSpec, "optimizer")),
     _f("training.grad_accum", "Gradient accumulation", "int"),

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sami_core.contract import CHECKPOINTS_DIR, FINAL_CHECKPOINT
-from sami_core.spec import ExperimentSpec, resolve_experiment_judge, validate_spec
+from sami_core.experiment_spec import ExperimentSpec, resolve_experiment_judge
+from sami_core.spec import validate_spec
 
 
 @dataclass

@@ -4,14 +4,14 @@ a constitution version, an experiments row and a DAG of stage jobs, all in one t
 The experiment is resolved once, before anything is written (:func:`prepare`):
 
 1. the spec (a YAML or JSON file, or the app's form) is validated once
-   (sami_core.spec.validate_experiment: ``field.path: reason`` pairs);
+   (sami_core.experiment_spec.validate_experiment: ``field.path: reason`` pairs);
 2. the constitution (a file, a shipped ``demo:...`` one, or inline principles) is read
    and checked for N variants, then put *inline* into the experiment, so that its jobs
    never read a file that may change after submission;
 3. local paths that are relative to where `sami submit` runs (a ``data.path`` file,
    a ``model.path`` directory) are made absolute: stages run in the workspace;
 4. a judge with ``provider: auto`` is resolved against this process's environment
-   (sami_core.spec.resolve_auto_judge: an API judge when a key variable is set, else the
+   (sami_core.experiment_spec.resolve_auto_judge: an API judge when a key variable is set, else the
    local demo judge); the resolved spec records the provider and model chosen, never a
    key, and a note in the result's warnings says which judge and why;
 5. the resolved experiment is expanded into its jobs (sami_core.pipeline.expand), which
@@ -41,7 +41,8 @@ from sami_core import constitutions
 from sami_core.contract import EXPERIMENT_KINDS
 from sami_core.errors import ConstitutionError, SpecError
 from sami_core.pipeline import JobPlan, expand
-from sami_core.spec import ConstitutionSpec, ExperimentSpec, read_spec_file, resolve_experiment_judge, validate_experiment
+from sami_core.experiment_spec import ExperimentSpec, resolve_experiment_judge, validate_experiment
+from sami_core.spec import ConstitutionSpec, read_spec_file
 from services.errors import ServiceError
 
 

@@ -24,7 +24,8 @@ from db.workspace import Workspace
 from sami_core.contract import JUDGMENTS_FILE, OUTPUTS_FILE, RESPONSES_FILE
 from sami_core.judge.cache import RequestEstimate
 from sami_core.judge.stage import estimate_judge_job
-from sami_core.spec import ExperimentLLMSpec, JudgeSpec, resolve_auto_judge
+from sami_core.experiment_spec import ExperimentLLMSpec, resolve_auto_judge
+from sami_core.spec import JudgeSpec
 from services import results, stages
 from services.errors import JudgingError
 from services.jobs import validate_job_spec

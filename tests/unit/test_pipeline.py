@@ -8,7 +8,7 @@ import pytest
 
 from sami_core.errors import SpecError
 from sami_core.pipeline import expand, sample_key
-from sami_core.spec import AUTO_JUDGE_MODEL, resolve_auto_judge, resolve_experiment_judge, validate_experiment
+from sami_core.experiment_spec import AUTO_JUDGE_MODEL, resolve_auto_judge, resolve_experiment_judge, validate_experiment
 
 INSTRUCT = "mistralai/Mistral-7B-Instruct-v0.2"
 

@@ -3,7 +3,8 @@ import pickle
 import pytest
 
 from sami_core.errors import SpecError
-from sami_core.spec import load_spec, resolve_shipped, spec_fingerprint, validate_experiment, validate_spec
+from sami_core.experiment_spec import validate_experiment
+from sami_core.spec import load_spec, resolve_shipped, spec_fingerprint, validate_spec
 
 
 def test_defaults_validate():

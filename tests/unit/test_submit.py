@@ -339,7 +339,7 @@ def test_a_local_model_path_that_does_not_exist_is_refused_by_field(tmp_path):
 def test_submit_errors_carry_their_field_as_spec_errors_do(tmp_path):
     from sami_core.errors import SpecError
     from sami_core.pipeline import expand
-    from sami_core.spec import validate_experiment
+    from sami_core.experiment_spec import validate_experiment
 
     exp = validate_experiment({"devices": {"train": 2}})
     with pytest.raises(submit.SubmitError) as info:
@@ -355,7 +355,7 @@ def test_submit_errors_carry_their_field_as_spec_errors_do(tmp_path):
 
 def test_device_checks_cover_only_the_kinds_an_experiment_runs() -> None:
     from sami_core.pipeline import expand
-    from sami_core.spec import validate_experiment
+    from sami_core.experiment_spec import validate_experiment
 
     workers = [(0, ["generate", "train", "sample", "judge"])]  # a worker from before evaluate jobs existed
     plain = validate_experiment({"devices": {"generate": 0, "train": 0, "sample": 0}})
