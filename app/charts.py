@@ -17,9 +17,9 @@ import plotly.graph_objects as go
 
 # The training metrics the page plots: (title, metric names in metrics.jsonl, y axis).
 TRAINING_PANELS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("Loss", ("loss",), "symmetric InfoNCE loss (nats)"),
-    ("MI lower bound", ("mi_lower_bound",), "log N - loss (nats)"),
-    ("Row / column accuracy", ("row_accuracy", "col_accuracy"), "accuracy"),
+    ("Loss", ("loss", "eval_loss"), "symmetric InfoNCE loss (nats); eval_ = held-out queries"),
+    ("MI lower bound", ("mi_lower_bound", "eval_mi_lower_bound"), "log N - loss (nats)"),
+    ("Row / column accuracy", ("row_accuracy", "col_accuracy", "eval_row_accuracy"), "accuracy"),
     ("KL to the reference", ("kl",), "KL (nats)"),
     ("Learning rate", ("lr",), "lr"),
 )
@@ -61,12 +61,13 @@ def training_figure(df: pd.DataFrame, names: Sequence[str], title: str, y_title:
     fig = go.Figure()
     if not df.empty:
         sub = df[df["name"].isin(list(names))]
+        present = set(sub["name"])  # a metric with no values (no held-out evaluation) adds no trace
         for iteration in dict.fromkeys(sub["iteration"]):
             for k, name in enumerate(names):
                 part = sub[(sub["iteration"] == iteration) & (sub["name"] == name)].sort_values("step")
                 if part.empty:
                     continue
-                label = str(iteration) if len(names) == 1 else f"{iteration} · {name}"
+                label = str(iteration) if len(present) == 1 else f"{iteration} · {name}"
                 fig.add_trace(go.Scatter(x=part["step"].tolist(), y=part["value"].tolist(), mode="lines+markers",
                                          name=label, line={"dash": _DASH[k % len(_DASH)]}))
     fig.update_layout(title=title, xaxis_title="step", yaxis_title=y_title, legend_title_text="iteration",

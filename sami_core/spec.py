@@ -169,6 +169,12 @@ class TrainingSpec(StrictModel):
     fsdp: Literal["auto", "yes", "no"] = Field("auto", description="auto = FSDP2 when world size > 1.")
     seed: int = 0
     append_eos: bool = Field(True, description="Score the EOS token after each response.")
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "Hold out this fraction of the generated queries (at least one), scored without gradients: "
+        "eval_loss, eval_mi_lower_bound, eval_row_accuracy, eval_col_accuracy in metrics.jsonl. 0 = no evaluation."))
+    eval_every: int | None = Field(None, ge=1, description=(
+        "Score the held-out queries every K optimizer steps (and after the last); default: after the last only."))
+    eval_before_training: bool = Field(False, description="Also score them before the first step (logged as step 0).")
 
     @field_validator("lr")
     @classmethod
@@ -176,6 +182,13 @@ class TrainingSpec(StrictModel):
         if not v > 0:
             raise ValueError("must be > 0 (e.g. 5e-7 for RMSprop on a 7B model)")
         return v
+
+    @model_validator(mode="after")
+    def _eval_needs_a_slice(self) -> "TrainingSpec":
+        if self.eval_fraction == 0 and (self.eval_every is not None or self.eval_before_training):
+            raise ValueError("eval_fraction: set it > 0 (e.g. 0.1) to hold out queries for eval_every / "
+                             "eval_before_training")
+        return self
 
 
 class TrainSpec(StrictModel):

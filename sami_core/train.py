@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from contextlib import nullcontext
 import os
 import shutil
@@ -87,6 +88,19 @@ def tokenize_rows(rows: list[dict], tokenizer, append_eos: bool) -> list[Example
             response_ids.append(ids)
         out.append(Example(r["query_id"], prompt_ids, response_ids))
     return out
+
+
+def split_held_out(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """(training, held-out) examples: ``fraction`` of them (at least one when > 0), drawn
+    with ``seed``; both keep the file's order. Refuses a split that leaves nothing to train on."""
+    if fraction <= 0:
+        return examples, []
+    n_eval = max(1, round(fraction * len(examples)))
+    if n_eval >= len(examples):
+        raise DataError(f"training.eval_fraction: {fraction} of {len(examples)} queries leaves none to train on; "
+                        "lower it or generate more data")
+    held = set(random.Random(f"held-out-{seed}").sample(range(len(examples)), n_eval))
+    return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
 
 
 def example_order(n_examples: int, seed: int, start: int, count: int) -> list[int]:
@@ -200,7 +214,8 @@ class SamiTrainer:
             raise ModelLoadError(f"model.path: cannot load a tokenizer from {model_path!r} offline: {err}") from None
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.tokenizer.eos_token_id or 0)
         rows = read_training_data(self.spec.data.path)
-        self.examples = tokenize_rows(rows, self.tokenizer, self.cfg.append_eos)
+        self.examples, self.eval_examples = split_held_out(
+            tokenize_rows(rows, self.tokenizer, self.cfg.append_eos), self.cfg.eval_fraction, self.cfg.seed)
         self.n = len(self.examples[0].prompt_ids)
         per_step = self.world_size * self.cfg.grad_accum * self.cfg.queries_per_microbatch
         self.queries_per_step = per_step
@@ -218,7 +233,7 @@ class SamiTrainer:
             self._resume()
         if self.is_main:
             _log(f"world={self.world_size} device={self.device} fsdp={self.use_fsdp} bf16={self.bf16} "
-                 f"queries={len(self.examples)} N={self.n} steps={self.max_steps} "
+                 f"queries={len(self.examples)} held-out={len(self.eval_examples)} N={self.n} steps={self.max_steps} "
                  f"({per_step} queries/step){' resumed at step ' + str(self.step) if self.step else ''}")
 
     def _load_model(self, mspec: ModelSpec, trainable: bool):
@@ -405,6 +420,40 @@ class SamiTrainer:
             out.append(MatrixBatch([e.prompt_ids for e in exs], [e.response_ids for e in exs]))
         return out
 
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """The SAMI loss and its metrics on the held-out queries, without gradients, as
+        ``eval_<metric>`` (means over queries). Every rank scores its share, one query per
+        forward; under FSDP every rank must run as many forwards as the others, so a rank
+        with fewer queries repeats one with weight 0."""
+        per_rank = math.ceil(len(self.eval_examples) / self.world_size)
+        mine = self.eval_examples[self.rank * per_rank:(self.rank + 1) * per_rank]
+        sums: dict[str, float] = {}
+        count = 0.0
+        for k in range(per_rank):
+            ex, weight = (mine[k], 1.0) if k < len(mine) else (self.eval_examples[0], 0.0)
+            _, metrics, _ = batch_loss(self.model, MatrixBatch([ex.prompt_ids], [ex.response_ids]), self.cfg,
+                                       self.pad_id)
+            for name, value in metrics.items():
+                if name in ("loss", "mi_lower_bound", "row_accuracy", "col_accuracy"):
+                    sums[name] = sums.get(name, 0.0) + weight * value
+            count += weight
+        if self.distributed:
+            keys = sorted(sums)
+            t = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t)
+            sums, count = dict(zip(keys, t[:-1].tolist())), float(t[-1])
+        return {f"eval_{k}": v / count for k, v in sums.items()}
+
+    def _evaluates_at(self, step: int) -> bool:
+        """Whether the held-out queries are scored after optimizer step ``step`` (0 = before the first)."""
+        if not self.eval_examples:
+            return False
+        if step == 0:
+            return self.cfg.eval_before_training
+        every = self.cfg.eval_every
+        return step == self.max_steps or (every is not None and step % every == 0)
+
     def _reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
         if not self.distributed:
             return values
@@ -420,6 +469,12 @@ class SamiTrainer:
         cfg = self.cfg
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (self.bf16 and not self.use_fsdp) else None
         self.rd.progress("train", self.step, self.max_steps, "steps", "training")
+        if self.step == 0 and self._evaluates_at(0):
+            before = self.evaluate()
+            self.rd.append_metrics({"step": 0, **before, "time": time.time()})
+            if self.is_main:
+                _log(f"step 0 (before training) eval_loss {before['eval_loss']:.4f} "
+                     f"eval_mi {before['eval_mi_lower_bound']:.4f}")
         while self.step < self.max_steps:
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
@@ -454,7 +509,8 @@ class SamiTrainer:
                 dist.all_reduce(matrix)
                 matrix = matrix.cpu() / self.world_size
             dt = time.perf_counter() - t0
-            record = {"step": self.step, **{k: v for k, v in reduced.items() if k != "tokens"},
+            held_out = self.evaluate() if self._evaluates_at(self.step) else {}
+            record = {"step": self.step, **{k: v for k, v in reduced.items() if k != "tokens"}, **held_out,
                       "lr": lr, "grad_norm": grad_norm, "tokens_per_s": reduced["tokens"] * self.world_size / dt,
                       "step_time_s": dt, "matrix": [[round(x, 5) for x in row] for row in matrix.tolist()],
                       "time": time.time()}

@@ -243,3 +243,31 @@ def test_fsdp_ranks_start_from_the_same_weights_as_one_process(reference: Simple
     assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     assert torch.allclose(torch.tensor(a["matrix"]), torch.tensor(b["matrix"]), rtol=0, atol=1e-4)
+
+
+def test_fsdp_evaluation_during_training_equals_one_process_scoring(tmp_path: Path, demo_model_dir: Path):
+    """Two FSDP ranks share an odd number of held-out queries (one rank scores a padding
+    query with weight 0 so that both run as many forwards): the logged held-out loss
+    equals one process scoring the final checkpoint on the same queries."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sami_core.logprobs import MatrixBatch
+    from sami_core.spec import TrainingSpec
+    from sami_core.train import batch_loss, read_training_data, split_held_out, tokenize_rows
+
+    data = make_training_data(tmp_path / "gen", n_queries=10)
+    spec = train_spec(tmp_path, str(demo_model_dir), data, max_steps=2, eval_fraction=0.3, eval_every=1)
+    run_dir = tmp_path / "run"
+    finish(torchrun(spec, run_dir))
+    logged = {r["step"]: r for r in metrics(run_dir)}
+    assert all("eval_loss" in logged[s] for s in (1, 2))
+    final = run_dir / "checkpoints" / "final"
+    tok = AutoTokenizer.from_pretrained(final)
+    model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
+    cfg = TrainingSpec(eval_fraction=0.3, seed=0, lr=1e-3)
+    _, held = split_held_out(tokenize_rows(read_training_data(data), tok, cfg.append_eos), 0.3, 0)
+    assert len(held) == 3  # odd: the two ranks' shares differ
+    with torch.no_grad():
+        losses = [batch_loss(model, MatrixBatch([e.prompt_ids], [e.response_ids]), cfg, tok.pad_token_id)[1]["loss"]
+                  for e in held]
+    assert logged[2]["eval_loss"] == pytest.approx(sum(losses) / 3, rel=1e-4, abs=1e-5)

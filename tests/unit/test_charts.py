@@ -30,6 +30,16 @@ def test_training_figure_with_two_metrics_names_each_trace_and_skips_missing_one
     assert len(charts.training_figure(empty, ("loss",), "Loss").data) == 0
 
 
+def test_training_figure_adds_held_out_lines_only_where_they_were_logged():
+    fig = charts.training_figure(metrics_df(), ("loss", "eval_loss"), "Loss")
+    assert [t.name for t in fig.data] == ["iteration 1", "iteration 2"]  # no held-out evaluation: as before
+    held_out = pd.DataFrame([("iteration 1", s, "eval_loss", 0.69 - 0.05 * s) for s in (0, 3)],
+                            columns=["iteration", "step", "name", "value"])
+    fig = charts.training_figure(pd.concat([metrics_df(), held_out]), ("loss", "eval_loss"), "Loss")
+    assert [t.name for t in fig.data] == ["iteration 1 · loss", "iteration 1 · eval_loss", "iteration 2 · loss"]
+    assert list(fig.data[1].x) == [0, 3] and fig.data[1].line.dash == "dash"
+
+
 def test_logprob_heatmap_keeps_rows_as_constitutions_and_writes_values():
     m = pd.DataFrame([[-1.0, -2.5], [-3.0, -0.5]], index=["c_1", "c_2"], columns=["y_1", "y_2"])
     fig = charts.logprob_heatmap(m, "step 4")
