@@ -107,6 +107,8 @@ FIELDS: tuple[Field, ...] = (
     _f("devices.evaluate", "GPUs per evaluate job", "int"),
     _f("sampling.temperatures", "Sampling temperatures (comma separated)", "floats"),
     _f("sampling.limit", "Eval queries to sample (empty = all held out)", "opt_int"),
+    _f("sampling.antithesis", "Also sample under the antithesis", "bool",
+       help="each model is also sampled with every principle flipped: sources `iteration-t (antithesis)`"),
     _f("judge.judge.provider", "Judge provider", "select", _literal_options(_judge_llm_model(), "provider")),
     _f("judge.judge.model", "Judge model", "text"),
     _f("judge.judge.base_url", "Judge base URL (OpenAI-compatible; empty = OpenAI's)", "opt_text"),

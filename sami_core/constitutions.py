@@ -107,6 +107,23 @@ class Constitution:
         flips = (False,) * len(self.principles)
         return Variant(flips, order, self.render(flips, order))
 
+    def antithesis(self) -> Variant:
+        """Every principle that has an antithesis flipped to it, in order (the opposite
+        constitution; a principle without one stays as it is)."""
+        if not self.n_flippable:
+            raise ConstitutionError("no principle has an antithesis: write one to sample under the antithesis")
+        order = tuple(range(len(self.principles)))
+        flips = tuple(p.antithesis is not None for p in self.principles)
+        return Variant(flips, order, self.render(flips, order))
+
+    def swapped(self) -> "Constitution":
+        """The antithesis constitution as a constitution of its own: each principle and its
+        antithesis swapped (stored as its own version for the responses sampled under it)."""
+        self.antithesis()  # at least one principle flips
+        return Constitution(tuple(Principle(p.antithesis, p.principle) if p.antithesis is not None else p
+                                  for p in self.principles),
+                            f"{self.name} (antithesis)" if self.name else "antithesis")
+
     def sample_variants(
         self, n: int, rng: random.Random, *, shuffle: bool = True, include_positive: bool = True
     ) -> list[Variant]:

@@ -27,6 +27,9 @@ class SamplingSpec(StrictModel):
     batch_size: int = Field(16, ge=1)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 0
+    antithesis: bool = Field(False, description=(
+        "Also sample the base model and every checkpoint under the antithesis constitution (every "
+        "principle flipped): sources `base (antithesis)`, `iteration-t (antithesis)`."))
 
     @field_validator("temperatures")
     @classmethod

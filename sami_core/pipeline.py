@@ -41,6 +41,7 @@ class JobPlan:
     devices: int = 0
     iteration: int = 0  # 0 = baseline
     label: str = ""  # a human name for what the job produces (response sources use it)
+    antithesis: bool = False  # sampled under the antithesis constitution (stored as its own version)
 
 
 def final_checkpoint(train_run_dir: str | Path) -> str:
@@ -66,7 +67,17 @@ def expand(exp: ExperimentSpec, runs_root: str | Path) -> list[JobPlan]:
         return JobPlan(key, "sample", _checked("sample", spec, key), str(root / key), deps,
                        exp.devices.sample, iteration, label)
 
+    def antithesis_job(key: str, model: dict, deps: list[str], iteration: int, label: str) -> JobPlan:
+        """The same sampling under the antithesis constitution (sampling.antithesis)."""
+        spec = {**common, "model": model, "split": "eval", "limit": s.limit, "temperatures": s.temperatures,
+                "generation": sample_gen, "constitution_variant": "antithesis"}
+        k = f"{key}-antithesis"
+        return JobPlan(k, "sample", _checked("sample", spec, k), str(root / k), deps, exp.devices.sample,
+                       iteration, f"{label} (antithesis)", antithesis=True)
+
     jobs = [sample_job("sample-base", base, [], 0, "base")]
+    if s.antithesis:
+        jobs.append(antithesis_job("sample-base", base, [], 0, "base"))
     for b in exp.judge.model_baselines() if exp.judge is not None else []:
         jobs.append(sample_job(sample_key(b.label), b.model.model_dump(mode="json"), [], 0, b.label))
     if exp.evaluation is not None:
@@ -89,6 +100,8 @@ def expand(exp: ExperimentSpec, runs_root: str | Path) -> list[JobPlan]:
                             [gen_key], exp.devices.train, t, f"iteration-{t}"))
         policy = {**base, "path": final_checkpoint(root / train_key)}
         jobs.append(sample_job(f"sample-{t}", policy, [train_key], t, f"iteration-{t}"))
+        if s.antithesis:
+            jobs.append(antithesis_job(f"sample-{t}", policy, [train_key], t, f"iteration-{t}"))
         if exp.evaluation is not None:
             jobs.append(evaluate_job(exp, root, f"evaluate-{t}", policy, f"iteration-{t}", [train_key], t))
         prev_train = train_key

@@ -213,6 +213,9 @@ class SampleSpec(StrictModel):
     generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec(temperature=0.0))
     filters: FilterSpec = Field(default_factory=FilterSpec)
     max_prompt_tokens: int | None = Field(None, ge=8)
+    constitution_variant: Literal["positive", "antithesis"] = Field("positive", description=(
+        "Sample under the constitution as written, or under its antithesis (every principle flipped), "
+        "to see whether a model follows the principles in both directions."))
 
     @field_validator("temperatures")
     @classmethod

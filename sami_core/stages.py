@@ -16,7 +16,7 @@ from pathlib import Path
 from sami_core import constitutions
 from sami_core.contract import DATA_FILE, GENERATIONS_FILE, RESPONSES_FILE
 from sami_core.data import load_split
-from sami_core.errors import ModelLoadError
+from sami_core.errors import ModelLoadError, SpecError
 from sami_core.prompts import PromptBuilder, is_valid, keep_query, postprocess, use_chat_format
 from sami_core.rundir import JsonlWriter, RunDir
 from sami_core.spec import GenerateSpec, GenerationSpec, ModelSpec, SampleSpec
@@ -198,10 +198,14 @@ def run_sample(spec: SampleSpec, run_dir: str | Path) -> dict:
     if (done := rd.open_or_done("sample", spec)) is not None:
         return done
     constitution = constitutions.from_spec(spec.constitution).validate(1)
+    try:
+        variant = constitution.antithesis() if spec.constitution_variant == "antithesis" else constitution.positive()
+    except constitutions.ConstitutionError as err:
+        raise SpecError(str(err), path="constitution_variant") from None
     queries = load_split(spec.data, spec.split)[: spec.limit]
     model, tokenizer = load_for_generation(spec.model, choose_backend(spec.generation))
     build = prompt_builder(spec, model, tokenizer)
-    text = constitution.positive().text
+    text = variant.text
     prompts = [build(text, q.text) for q in queries]
     writer = JsonlWriter(rd / RESPONSES_FILE, key="key")
     done = writer.done_keys()

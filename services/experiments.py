@@ -226,6 +226,13 @@ def submit(conn: Connection, prepared: Prepared) -> Submitted:
     warnings = prepared.notes + check_devices(prepared.plans, worker_capacity(conn))
     c_id, c_version, created = constitution_version(
         conn, prepared.constitution_name, prepared.principles, description=f"from {prepared.constitution_origin}")
+    anti_id = c_id
+    if any(p.antithesis for p in prepared.plans):  # responses sampled under the antithesis: a version of their own
+        anti_id, _, _ = constitution_version(
+            conn, f"{prepared.constitution_name} (antithesis)"[:200],
+            [{"principle": p["antithesis"], "antithesis": p["principle"]} if p["antithesis"] else p
+             for p in prepared.principles],
+            description=f"the antithesis of {prepared.constitution_name} v{c_version}")
     judge_notes = [n for n in prepared.notes if n.startswith("judge: provider auto")]
     exp_id = create_experiment(conn, exp.name, exp.model_dump(mode="json"),
                                description="; ".join([f"submitted from {prepared.source}"] + judge_notes))
@@ -233,7 +240,7 @@ def submit(conn: Connection, prepared: Prepared) -> Submitted:
     plans = expand(exp, root)  # the same jobs as prepared.plans, under the experiment's own run root
     ids = enqueue_plan(conn, [
         {"key": p.key, "kind": p.kind, "spec": p.spec, "depends_on": p.depends_on, "name": p.key,
-         "experiment_id": exp_id, "constitution_id": c_id, "devices_required": p.devices,
+         "experiment_id": exp_id, "constitution_id": anti_id if p.antithesis else c_id, "devices_required": p.devices,
          "max_attempts": exp.max_attempts, "run_dir": p.run_dir, "iteration": p.iteration, "label": p.label}
         for p in plans
     ])

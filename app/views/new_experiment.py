@@ -163,6 +163,8 @@ def widget(path: str, **kw) -> None:
     elif f.kind == "select":
         options = list(f.options) + ([ss[key]] if ss[key] not in f.options else [])
         st.selectbox(f.label, options, **common)
+    elif f.kind == "bool":
+        st.checkbox(f.label, **common)
     if f.path in ss[FIELD_ERRORS] and (f.path, ss[FIELD_ERRORS][f.path]) not in ss[ERRORS]:
         st.error(f"{f.path}: {ss[FIELD_ERRORS][f.path]}")
     _errors(path)
@@ -291,6 +293,7 @@ with form:
         widget("sampling.temperatures")
     with c2:
         widget("sampling.limit")
+    widget("sampling.antithesis")
     _errors("sampling")
 
     st.subheader("Judge")

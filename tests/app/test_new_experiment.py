@@ -264,3 +264,16 @@ def test_the_forms_own_checks_and_the_specs_errors_show_together(open_page, work
                           ("sampling.temperatures", "'hot' is not a number")):
         assert sum(e.startswith(f"{field}: ") and reason in e for e in errors) == 1, errors
     _refused(at, workspace, "training.lr", "must be > 0")
+
+
+def test_sampling_under_the_antithesis_is_a_checkbox_that_adds_its_jobs(open_page, workspace):
+    at = open_page("new_experiment")
+    at.button(key=K + "demo").click().run()
+    box = at.checkbox(key=K + "sampling.antithesis")
+    assert box.value is False and yaml.safe_load(_yaml(at))["sampling"].get("antithesis") in (None, False)
+    box.check().run()
+    assert yaml.safe_load(_yaml(at))["sampling"]["antithesis"] is True
+    _submit(at)
+    assert not at.exception and not _errors(at)
+    jobs = transact(workspace.engine, lambda c: c.execute(select(Job.name, Job.label)).all(), write=False)
+    assert ("sample-1-antithesis", "iteration-1 (antithesis)") in {(j.name, j.label) for j in jobs}
