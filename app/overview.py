@@ -65,10 +65,34 @@ def winrate_text(row: dict | None) -> str:
     return f"{row['candidate']} vs {row['baseline']}: {rate} (n={row.get('n') or 0}{temp})"
 
 
-def experiments_frame(rows: Sequence[dict], winrates: dict[int, dict | None], now: datetime | None = None
-                      ) -> pd.DataFrame:
+def latest_mi(mi_rows: Sequence[dict]) -> tuple[dict, dict | None] | None:
+    """An experiment's held-out MI to show (db.ingest.mi_rows): the latest evaluated
+    model scored by itself, and the base model's own figures (None when the base was not
+    evaluated); None when nothing was evaluated."""
+    own = [r for r in mi_rows if r.get("scorer") == r.get("label")]
+    if not own:
+        return None
+    latest = max(own, key=lambda r: (r.get("iteration") or 0, r.get("job_id") or 0))
+    base = next((r for r in own if r.get("iteration") == 0), None)
+    return latest, (base if base is not latest else None)
+
+
+def mi_text(pair: tuple[dict, dict | None] | None) -> str:
+    """``iteration-2: 0.21 [0.12, 0.30] (base 0.02)``: the held-out MI lower bound in nats
+    with its 95% interval; ``-`` when nothing was evaluated."""
+    if pair is None:
+        return "-"
+    latest, base = pair
+    text = (f"{latest['label']}: {latest['mi_lower_bound']:.2f} "
+            f"[{latest['mi_lower_bound_ci_low']:.2f}, {latest['mi_lower_bound_ci_high']:.2f}]")
+    return text + (f" (base {base['mi_lower_bound']:.2f})" if base is not None else "")
+
+
+def experiments_frame(rows: Sequence[dict], winrates: dict[int, dict | None], now: datetime | None = None,
+                      mi: dict[int, tuple[dict, dict | None] | None] | None = None) -> pd.DataFrame:
     """db.reads.overview.experiment_rows -> the experiments table (``winrates``:
-    experiment id -> :func:`latest_winrate`'s row)."""
+    experiment id -> :func:`latest_winrate`'s row; ``mi``: experiment id -> :func:`latest_mi`)."""
+    mi = mi or {}
     now = now or datetime.now(timezone.utc)
     out = []
     for r in rows:
@@ -78,11 +102,12 @@ def experiments_frame(rows: Sequence[dict], winrates: dict[int, dict | None], no
             "jobs": sum(c.values()), "running": c.get("running", 0), "queued": c.get("queued", 0),
             "succeeded": c.get("succeeded", 0), "failed": c.get("failed", 0), "blocked": c.get("blocked", 0),
             "cancelled": c.get("cancelled", 0), "iterations": r.get("iterations"),
-            "latest win rate": winrate_text(winrates.get(r["id"])),
+            "latest win rate": winrate_text(winrates.get(r["id"])), "held-out MI (nats)": mi_text(mi.get(r["id"])),
             "created": r["created_at"], "age": format_duration(age_s(r["created_at"], now)),
         })
     return pd.DataFrame(out, columns=["id", "name", "state", "jobs", "running", "queued", "succeeded", "failed",
-                                      "blocked", "cancelled", "iterations", "latest win rate", "created", "age"])
+                                      "blocked", "cancelled", "iterations", "latest win rate", "held-out MI (nats)", "created",
+                                      "age"])
 
 
 def worker_state(row: dict, now: datetime) -> str:

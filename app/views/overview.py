@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import overview, state
-from app.winrates import winrate_table
+from app.winrates import mi_table, winrate_table
 from db.reads import overview as reads
 from sami_core.errors import SpecError
 from services.experiments import SubmitError, prepare, submit
@@ -53,16 +53,20 @@ def _live() -> None:
                 "To look at published responses without running anything, import them with "
                 "`sami import-results --shipped` and open Responses or Win rates.")
     else:
-        winrates = {}
+        winrates, mi = {}, {}
         for e in experiments:
             if e["baselines"] and e["counts"].get("succeeded"):  # judge jobs may have stored judgments
                 winrates[e["id"]] = overview.latest_winrate(state.load(winrate_table, e["id"]), e["baselines"])
+            if e["counts"].get("succeeded"):  # evaluate jobs may have stored held-out MI
+                mi[e["id"]] = overview.latest_mi(state.load(mi_table, e["id"]))
         st.dataframe(
-            overview.experiments_frame(experiments, winrates), hide_index=True, key="overview.experiments",
+            overview.experiments_frame(experiments, winrates, mi=mi), hide_index=True, key="overview.experiments",
             column_config={"created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm")},
         )
         st.caption("Latest win rate: the latest judged iteration against the first baseline, at the lowest "
-                   "temperature (all of them on the Win rates page).")
+                   "temperature (all of them on the Win rates page). Held-out MI: the InfoNCE lower bound of the "
+                   "latest evaluated model on the eval queries, with its 95% bootstrap interval, and the base "
+                   "model's.")
         links = st.columns(min(len(experiments), 5))
         for col, e in zip(links, experiments[:5]):
             col.page_link("views/queue.py", label=f"Experiment {e['id']} jobs", icon=":material/list:",

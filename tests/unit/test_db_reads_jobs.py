@@ -163,3 +163,21 @@ def test_log_tail_reads_the_last_lines(tmp_path):
     assert len(tail.splitlines()) < 10
     path.write_bytes(b"ok\n\xff\xfe bad bytes\n")
     assert qv.log_tail(path).splitlines()[0] == "ok"
+
+
+def test_latest_mi_is_the_latest_model_scored_by_itself_beside_the_base():
+    def row(label: str, scorer: str, iteration: int, job: int, mi: float) -> dict:
+        return {"label": label, "scorer": scorer, "iteration": iteration, "job_id": job, "mi_lower_bound": mi,
+                "mi_lower_bound_ci_low": mi - 0.05, "mi_lower_bound_ci_high": mi + 0.05}
+
+    rows = [row("base", "base", 0, 1, 0.01), row("iteration-1", "iteration-1", 1, 5, 0.10),
+            row("iteration-2", "base", 2, 9, 0.50),  # scored by the base model: not the model's own figure
+            row("iteration-2", "iteration-2", 2, 9, 0.21)]
+    latest, base = ov.latest_mi(rows)
+    assert (latest["label"], latest["mi_lower_bound"], base["label"]) == ("iteration-2", 0.21, "base")
+    assert ov.mi_text((latest, base)) == "iteration-2: 0.21 [0.16, 0.26] (base 0.01)"
+    assert ov.mi_text(ov.latest_mi(rows[:1])) == "base: 0.01 [-0.04, 0.06]"  # only the base evaluated so far
+    assert ov.latest_mi([]) is None and ov.mi_text(None) == "-"
+    frame = ov.experiments_frame([{"id": 3, "name": "e", "counts": {"succeeded": 2}, "iterations": 2,
+                                   "created_at": T0}], {}, now=T0, mi={3: (latest, base)})
+    assert frame.loc[0, "held-out MI (nats)"] == "iteration-2: 0.21 [0.16, 0.26] (base 0.01)"
