@@ -46,7 +46,7 @@ from sami_core.prompts import postprocess
 from sami_core.rundir import JsonlWriter, RunDir
 from sami_core.spec import EvaluateSpec, ModelSpec
 from sami_core.stages import (_run_generation, choose_backend, load_for_generation, prompt_builder,
-                              query_variants, resolve_model_path)
+                              resolve_model_path, variant_items)
 
 STAGE = "evaluate"
 
@@ -73,10 +73,7 @@ def run_evaluate(spec: EvaluateSpec, run_dir: str | Path) -> dict:
     backend = choose_backend(spec.generation)
     model, tokenizer = load_for_generation(spec.model, backend)
     build = prompt_builder(spec, model, tokenizer)
-    items = []  # (query, i, variant, prompt), in query order then variant order
-    for q in queries:
-        for i, v in enumerate(query_variants(constitution, n, spec.variant_seed, q.id, spec.shuffle_principles)):
-            items.append((q, i, v, build(v.text, q.text)))
+    items = variant_items(queries, constitution, n, spec.variant_seed, spec.shuffle_principles, build)
 
     # 2. sampling -------------------------------------------------------------------------
     gens = JsonlWriter(rd / GENERATIONS_FILE, key="key")

@@ -92,6 +92,13 @@ def _seeded_rng(*parts) -> random.Random:
     return random.Random(int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:16], 16))
 
 
+def variant_items(queries, constitution, n: int, variant_seed: int, shuffle: bool, build) -> list[tuple]:
+    """(query, i, variant, prompt) for each query's N variants (:func:`query_variants`), in
+    query order then variant order: what generate and evaluate sample."""
+    return [(q, i, v, build(v.text, q.text)) for q in queries
+            for i, v in enumerate(query_variants(constitution, n, variant_seed, q.id, shuffle))]
+
+
 def query_variants(constitution: constitutions.Constitution, n: int, variant_seed: int, query_id: str,
                    shuffle: bool) -> list[constitutions.Variant]:
     """The N constitution variants of one query: the positive one first, then flips, in a
@@ -134,11 +141,7 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
     build = prompt_builder(spec, model, tokenizer)
     n = spec.n_constitutions
 
-    items = []  # (query, i, variant, prompt)
-    for q in queries:
-        variants = query_variants(constitution, n, spec.variant_seed, q.id, spec.shuffle_principles)
-        for i, v in enumerate(variants):
-            items.append((q, i, v, build(v.text, q.text)))
+    items = variant_items(queries, constitution, n, spec.variant_seed, spec.shuffle_principles, build)
     writer = JsonlWriter(rd / GENERATIONS_FILE, key="key")
     done = writer.done_keys()
     todo = [it for it in items if (it[0].id, it[1]) not in done]
