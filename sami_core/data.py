@@ -1,19 +1,30 @@
 """Queries: from the shipped demo set, a Hugging Face dataset, or a local file.
 
 Everything goes through `datasets`, offline: a hub dataset must already be in the local
-cache. The train/eval split is deterministic: queries are ordered by a seeded hash of
-their id, the first `eval_size` are held out, so the eval set does not change when the
-training set is capped.
+cache. Rows are read in order; the query text is ``data.field`` (a dotted path into
+struct/dict columns, e.g. ``info.post``), optionally passed through ``data.extract`` (the
+first human turn of a dialogue) and ``data.template`` (``"POST: {query}"``). Empty texts are
+skipped; a row whose ``data.id_field`` repeats an earlier id is collapsed into it (the first
+kept, the count reported). ``data.start``/``data.max_queries`` keep a window of distinct
+queries in data order.
+
+The train/eval split is deterministic. Without ``data.eval_split``, the window's queries
+are ordered by a seeded hash of their id and the first ``eval_size`` are held out, so the
+eval set does not change when the training set is capped (``train_size``). With it, the
+training queries are the window (capped by ``train_size``) and the eval queries are the
+first ``eval_size`` distinct queries of the other split.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sami_core.errors import DataError
-from sami_core.spec import DATA_DIR, DataSpec
+from sami_core.spec import DATA_DIR, DataSpec, template_fields
 
 DEMO_POSTS = DATA_DIR / "posts.jsonl"
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -25,16 +36,36 @@ class Query:
     text: str
 
 
-def _load_dataset(spec: DataSpec):
+class QueryList(list):
+    """Queries, plus what reading them found: ``n_rows`` rows read, ``n_duplicates`` of them
+    collapsed into an earlier row with the same id, ``n_empty`` skipped for an empty text."""
+
+    n_rows: int = 0
+    n_duplicates: int = 0
+    n_empty: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {"n_rows": self.n_rows, "n_duplicates": self.n_duplicates, "n_empty": self.n_empty}
+
+
+# ---- loading ------------------------------------------------------------------------------
+def _file_for(spec: DataSpec, split: str) -> Path:
+    p = Path(spec.path.replace("{split}", split)).expanduser()
+    if not p.is_file():
+        which = f" (split {split!r})" if "{split}" in spec.path else ""
+        raise DataError(f"data.path: file {str(p)!r}{which} does not exist")
+    return p
+
+
+def _load_dataset(spec: DataSpec, split: str | None = None):
     import datasets
 
     datasets.disable_progress_bars()
+    split = split or spec.split
     if spec.source == "demo":
         return datasets.load_dataset("json", data_files=str(DEMO_POSTS), split="train")
     if spec.source == "file":
-        p = Path(spec.path)
-        if not p.is_file():
-            raise DataError(f"data.path: file {str(p)!r} does not exist")
+        p = _file_for(spec, split)
         builder = _FILE_BUILDERS.get(p.suffix.lower())
         if builder is None:
             raise DataError(f"data.path: {p.name} is not JSON, JSONL, CSV or Parquet (by its extension)")
@@ -43,36 +74,157 @@ def _load_dataset(spec: DataSpec):
         except Exception as err:  # datasets raises many types for malformed files
             raise DataError(f"data.path: could not read {p} as {builder}: {err}") from None
     try:
-        return datasets.load_dataset(spec.dataset, spec.config, split=spec.split)
+        return datasets.load_dataset(spec.dataset, spec.config, split=split)
     except Exception as err:
         raise DataError(
-            f"data.dataset: could not load {spec.dataset!r} (config {spec.config!r}, split {spec.split!r}) "
+            f"data.dataset: could not load {spec.dataset!r} (config {spec.config!r}, split {split!r}) "
             f"offline: {err}. Download it once where the hub is reachable (it is then read from the "
             "local cache), or export it to a local file and use source: file"
         ) from None
 
 
-def load_queries(spec: DataSpec) -> list[Query]:
-    ds = _load_dataset(spec)
-    cols = list(ds.column_names)
-    if spec.field not in cols:
-        raise DataError(f"data.field: the data has no field {spec.field!r}; its fields are: {', '.join(cols)}")
-    if spec.id_field is not None and spec.id_field not in cols:
-        raise DataError(f"data.id_field: the data has no field {spec.id_field!r}; its fields are: {', '.join(cols)}")
-    ids = ds[spec.id_field] if spec.id_field else (ds["id"] if spec.source == "demo" else range(len(ds)))
-    out = []
-    seen = set()
-    for qid, text in zip(ids, ds[spec.field]):
+# ---- field paths --------------------------------------------------------------------------
+def _kind(feature: Any) -> str:
+    dtype = getattr(feature, "dtype", None)
+    if isinstance(feature, (list, tuple)) or type(feature).__name__ in ("Sequence", "LargeList", "List"):
+        return "a list"
+    return f"{dtype} values" if isinstance(dtype, str) else type(feature).__name__
+
+
+def _resolve(features: Any, path: str, what: str) -> list[str]:
+    """The keys of ``path`` (a column name, or a dotted path into struct columns); DataError
+    naming ``what`` and listing the fields at the level where the path breaks."""
+    if path in features:  # a column whose name has dots (CSV headers) is taken whole
+        keys = [path]
+    else:
+        keys = path.split(".")
+    cur, done = features, []
+    for key in keys:
+        if not isinstance(cur, dict):
+            raise DataError(f"{what}: no field {path!r}; {'.'.join(done)!r} holds {_kind(cur)}, not named fields")
+        if key not in cur:
+            fields = ", ".join(cur)
+            if not done:
+                raise DataError(f"{what}: the data has no field {path!r}; its fields are: {fields}")
+            raise DataError(f"{what}: no field {path!r}; fields under {'.'.join(done)!r}: {fields}")
+        cur = cur[key]
+        done.append(key)
+    if isinstance(cur, dict):
+        raise DataError(f"{what}: {path!r} is a struct, not a value; name one of its fields: "
+                        + ", ".join(f"{path}.{k}" for k in cur))
+    return keys
+
+
+def _column(ds, keys: list[str], cache: dict) -> list:
+    if keys[0] not in cache:
+        cache[keys[0]] = ds[keys[0]]
+    values = cache[keys[0]]
+    for key in keys[1:]:
+        values = [v.get(key) if isinstance(v, dict) else None for v in values]
+    return values
+
+
+def _placeholder_keys(features: Any, name: str, field_keys: list[str]) -> list[str]:
+    """A template placeholder: a path from the row, else a sibling of the query field."""
+    try:
+        return _resolve(features, name, "data.template")
+    except DataError as err:
+        if len(field_keys) < 2:
+            raise DataError(f"data.template: placeholder {{{name}}}: {str(err).split(': ', 1)[1]}") from None
+        parent = ".".join(field_keys[:-1])
+        try:
+            return _resolve(features, f"{parent}.{name}", "data.template")
+        except DataError as err2:
+            raise DataError(f"data.template: placeholder {{{name}}} names no field ({str(err).split(': ', 1)[1]}; "
+                            f"{str(err2).split(': ', 1)[1]})") from None
+
+
+# ---- extraction ---------------------------------------------------------------------------
+_TURN = re.compile(r"(?:^|\n)\s*(Human|Assistant):")
+
+
+def first_human_turn(dialogue: str) -> str | None:
+    """The first `Human:` turn of a `\\n\\nHuman: …\\n\\nAssistant: …` dialogue; None if it has none."""
+    turns = list(_TURN.finditer(dialogue))
+    for i, m in enumerate(turns):
+        if m.group(1) == "Human":
+            end = turns[i + 1].start() if i + 1 < len(turns) else len(dialogue)
+            return dialogue[m.end():end].strip()
+    return None
+
+
+EXTRACTORS = {"first_human_turn": first_human_turn}
+
+
+# ---- queries ------------------------------------------------------------------------------
+def load_queries(spec: DataSpec, split: str | None = None, *, start: int | None = None,
+                 limit: int | None = -1) -> QueryList:
+    """Distinct queries of ``split`` (default ``data.split``) in data order, from ``start``
+    (default ``data.start``), at most ``limit`` (default ``data.max_queries``; None: all)."""
+    split = split or spec.split
+    start = spec.start if start is None else start
+    limit = spec.max_queries if limit == -1 else limit
+    ds = _load_dataset(spec, split)
+    features = ds.features
+    field_keys = _resolve(features, spec.field, "data.field")
+    id_field = spec.id_field or ("id" if spec.source == "demo" else None)
+    id_keys = _resolve(features, id_field, "data.id_field") if id_field else None
+    placeholders = {}
+    for name in template_fields(spec.template) if spec.template else []:
+        if name != "query" and name not in placeholders:
+            placeholders[name] = _placeholder_keys(features, name, field_keys)
+    cache: dict = {}
+    texts = _column(ds, field_keys, cache)
+    if id_keys:
+        ids = _column(ds, id_keys, cache)
+    else:
+        prefix = f"{split}:" if spec.eval_split and split == spec.eval_split else ""
+        ids = [f"{prefix}{i}" for i in range(len(ds))]
+    extra = {name: _column(ds, keys, cache) for name, keys in placeholders.items()}
+    extract = EXTRACTORS[spec.extract] if spec.extract else None
+    want = None if limit is None else start + limit
+
+    out = QueryList()
+    seen: set[str] = set()
+    n_distinct = 0
+    for row, (qid, text) in enumerate(zip(ids, texts)):
+        if want is not None and n_distinct >= want:
+            break
+        out.n_rows += 1
+        if text is not None and extract is not None:
+            text = extract(str(text))
         if text is None or not str(text).strip():
+            out.n_empty += 1
             continue
+        if qid is None:
+            raise DataError(f"data.id_field: row {row} has no {id_field!r}")
         qid = str(qid)
         if qid in seen:
-            raise DataError(f"data.id_field: id {qid!r} appears twice; ids must be unique")
+            out.n_duplicates += 1
+            continue
         seen.add(qid)
-        out.append(Query(qid, str(text)))
+        n_distinct += 1
+        if n_distinct <= start:
+            continue
+        text = str(text)
+        if spec.template:
+            values = {name: "" if v[row] is None else str(v[row]) for name, v in extra.items()}
+            text = render_template(spec.template, {**values, "query": text})
+        out.append(Query(qid, text))
     if not out:
-        raise DataError(f"data: no non-empty {spec.field!r} values found")
+        if n_distinct and n_distinct <= start:
+            raise DataError(f"data.start: {start} skips all {n_distinct} distinct queries of split {split!r}")
+        how = f" with a {spec.extract!r} (no 'Human:' turn found)" if spec.extract else ""
+        raise DataError(f"data.field: no non-empty {spec.field!r} values{how} in split {split!r}")
     return out
+
+
+def render_template(template: str, values: dict[str, str]) -> str:
+    """``template`` with each placeholder replaced by ``values[name]`` (dotted names are keys,
+    not attribute lookups as in str.format)."""
+    import string
+
+    return "".join(lit + ("" if name is None else values[name]) for lit, name, _f, _c in string.Formatter().parse(template))
 
 
 def split_queries(queries: list[Query], spec: DataSpec) -> tuple[list[Query], list[Query]]:
@@ -93,6 +245,22 @@ def split_queries(queries: list[Query], spec: DataSpec) -> tuple[list[Query], li
     return train_q, eval_q
 
 
-def load_split(spec: DataSpec, split: str) -> list[Query]:
-    train_q, eval_q = split_queries(load_queries(spec), spec)
-    return train_q if split == "train" else eval_q
+def load_split(spec: DataSpec, split: str) -> QueryList:
+    """The training (``split == "train"``) or eval queries of a data spec, with the counts of
+    the rows read for them (:class:`QueryList`)."""
+    if spec.eval_split is not None:
+        if split == "train":
+            qs = load_queries(spec)
+            picked = qs[: spec.train_size] if spec.train_size is not None else list(qs)
+        else:
+            if spec.eval_size == 0:
+                return QueryList()
+            qs = load_queries(spec, spec.eval_split, start=0, limit=spec.eval_size)
+            picked = list(qs)
+    else:
+        qs = load_queries(spec)
+        train_q, eval_q = split_queries(qs, spec)
+        picked = train_q if split == "train" else eval_q
+    out = QueryList(picked)
+    out.n_rows, out.n_duplicates, out.n_empty = qs.n_rows, qs.n_duplicates, qs.n_empty
+    return out
