@@ -123,8 +123,13 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
     update: dict[str, Any] = {"constitution": ConstitutionSpec.model_validate({"name": c_name, "principles": principles})}
     if exp.data.source == "file" and exp.data.path:
         p = Path(exp.data.path).expanduser()
-        if not p.is_file():
-            raise _field_error(source, "data.path", f"file {exp.data.path!r} does not exist")
+        splits = [exp.data.split] + ([exp.data.eval_split] if exp.data.eval_split else [])
+        for split in splits if "{split}" in exp.data.path else [None]:
+            f = Path(str(p).replace("{split}", split)) if split else p
+            if not f.is_file():
+                which = f" (split {split!r})" if split else ""
+                raise _field_error(source, "data.path", f"file {str(f) if split else exp.data.path!r}{which} "
+                                   "does not exist")
         update["data"] = exp.data.model_copy(update={"path": str(p.resolve())})
     update["model"] = _absolute_model(exp.model, source, "model.path")
     notes = []
