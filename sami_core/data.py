@@ -28,6 +28,7 @@ from sami_core.spec import DATA_DIR, DataSpec, template_fields
 
 DEMO_POSTS = DATA_DIR / "posts.jsonl"
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+_BATCH_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,9 @@ def _resolve(features: Any, path: str, what: str) -> list[str]:
     return keys
 
 
-def _column(ds, keys: list[str], cache: dict) -> list:
-    if keys[0] not in cache:
-        cache[keys[0]] = ds[keys[0]]
-    values = cache[keys[0]]
+def _values(batch: dict, keys: list[str]) -> list:
+    """One batch's values at a path: a column, then keys into its nested dicts."""
+    values = batch[keys[0]]
     for key in keys[1:]:
         values = [v.get(key) if isinstance(v, dict) else None for v in values]
     return values
@@ -173,44 +173,47 @@ def load_queries(spec: DataSpec, split: str | None = None, *, start: int | None 
     for name in template_fields(spec.template) if spec.template else []:
         if name != "query" and name not in placeholders:
             placeholders[name] = _placeholder_keys(features, name, field_keys)
-    cache: dict = {}
-    texts = _column(ds, field_keys, cache)
-    if id_keys:
-        ids = _column(ds, id_keys, cache)
-    else:
-        prefix = f"{split}:" if spec.eval_split and split == spec.eval_split else ""
-        ids = [f"{prefix}{i}" for i in range(len(ds))]
-    extra = {name: _column(ds, keys, cache) for name, keys in placeholders.items()}
     extract = EXTRACTORS[spec.extract] if spec.extract else None
     want = None if limit is None else start + limit
+    prefix = f"{split}:" if spec.eval_split and split == spec.eval_split else ""
+    tops = list(dict.fromkeys(k[0] for k in [field_keys, *([id_keys] if id_keys else []), *placeholders.values()]))
 
     out = QueryList()
     seen: set[str] = set()
     n_distinct = 0
-    for row, (qid, text) in enumerate(zip(ids, texts)):
+    row = -1
+    # In batches, so that a window of the first K distinct queries reads only the rows it needs.
+    for batch in ds.select_columns(tops).iter(batch_size=_BATCH_ROWS):
+        texts = _values(batch, field_keys)
+        ids = _values(batch, id_keys) if id_keys else [f"{prefix}{row + 1 + i}" for i in range(len(texts))]
+        extra = {name: _values(batch, keys) for name, keys in placeholders.items()}
+        for i, (qid, text) in enumerate(zip(ids, texts)):
+            row += 1
+            if want is not None and n_distinct >= want:
+                break
+            out.n_rows += 1
+            if text is not None and extract is not None:
+                text = extract(str(text))
+            if text is None or not str(text).strip():
+                out.n_empty += 1
+                continue
+            if qid is None:
+                raise DataError(f"data.id_field: row {row} has no {id_field!r}")
+            qid = str(qid)
+            if qid in seen:
+                out.n_duplicates += 1
+                continue
+            seen.add(qid)
+            n_distinct += 1
+            if n_distinct <= start:
+                continue
+            text = str(text)
+            if spec.template:
+                values = {name: "" if v[i] is None else str(v[i]) for name, v in extra.items()}
+                text = render_template(spec.template, {**values, "query": text})
+            out.append(Query(qid, text))
         if want is not None and n_distinct >= want:
             break
-        out.n_rows += 1
-        if text is not None and extract is not None:
-            text = extract(str(text))
-        if text is None or not str(text).strip():
-            out.n_empty += 1
-            continue
-        if qid is None:
-            raise DataError(f"data.id_field: row {row} has no {id_field!r}")
-        qid = str(qid)
-        if qid in seen:
-            out.n_duplicates += 1
-            continue
-        seen.add(qid)
-        n_distinct += 1
-        if n_distinct <= start:
-            continue
-        text = str(text)
-        if spec.template:
-            values = {name: "" if v[row] is None else str(v[row]) for name, v in extra.items()}
-            text = render_template(spec.template, {**values, "query": text})
-        out.append(Query(qid, text))
     if not out:
         if n_distinct and n_distinct <= start:
             raise DataError(f"data.start: {start} skips all {n_distinct} distinct queries of split {split!r}")
@@ -224,7 +227,8 @@ def render_template(template: str, values: dict[str, str]) -> str:
     not attribute lookups as in str.format)."""
     import string
 
-    return "".join(lit + ("" if name is None else values[name]) for lit, name, _f, _c in string.Formatter().parse(template))
+    parts = string.Formatter().parse(template)
+    return "".join(lit + ("" if name is None else values[name]) for lit, name, _f, _c in parts)
 
 
 def split_queries(queries: list[Query], spec: DataSpec) -> tuple[list[Query], list[Query]]:

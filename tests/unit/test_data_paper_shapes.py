@@ -52,7 +52,18 @@ def test_nested_fields_duplicates_range_and_template(tldr_dir: Path):
     win = load_queries(_tldr(tldr_dir, start=2, max_queries=4, template="POST: {query}"))
     assert [q.id for q in win] == ["t002", "t003", "t004", "t005"]
     assert win[0].text == "POST: train post 2 about my cat"
-    assert win.n_duplicates < qs.n_duplicates
+    assert win.n_duplicates < qs.n_duplicates and win.n_rows < qs.n_rows
+
+
+def test_reading_in_batches_gives_the_same_queries(tldr_dir: Path, monkeypatch):
+    import sami_core.data as data
+
+    spec = _tldr(tldr_dir, start=1, max_queries=7, template="{title}: {query}")
+    whole = load_queries(spec)
+    monkeypatch.setattr(data, "_BATCH_ROWS", 5)  # batches that split a post's repeated rows
+    assert load_queries(spec) == whole and load_queries(spec).n_duplicates == whole.n_duplicates
+    by_row = DataSpec(source="file", path=str(tldr_dir / "train.parquet"), field="info.post")  # ids: row index
+    assert [q.id for q in load_queries(by_row)][:4] == ["0", "1", "2", "3"] and len(load_queries(by_row)) == 36
 
     # other fields: a sibling of the query field ({title}) or a path from the row ({info.subreddit})
     t = load_queries(_tldr(tldr_dir, max_queries=1, template="SUBREDDIT: r/{info.subreddit}\nTITLE: {title}\n"
