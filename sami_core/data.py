@@ -21,10 +21,10 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sami_core.errors import DataError
-from sami_core.spec import DATA_DIR, DataSpec, template_fields
+from sami_core.data_paths import resolve_spec
+from sami_core.spec import DATA_DIR, DataSpec
 
 DEMO_POSTS = DATA_DIR / "posts.jsonl"
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -84,59 +84,12 @@ def _load_dataset(spec: DataSpec, split: str | None = None):
         ) from None
 
 
-# ---- field paths --------------------------------------------------------------------------
-def _kind(feature: Any) -> str:
-    dtype = getattr(feature, "dtype", None)
-    if isinstance(feature, (list, tuple)) or type(feature).__name__ in ("Sequence", "LargeList", "List"):
-        return "a list"
-    return f"{dtype} values" if isinstance(dtype, str) else type(feature).__name__
-
-
-def _resolve(features: Any, path: str, what: str) -> list[str]:
-    """The keys of ``path`` (a column name, or a dotted path into struct columns); DataError
-    naming ``what`` and listing the fields at the level where the path breaks."""
-    if path in features:  # a column whose name has dots (CSV headers) is taken whole
-        keys = [path]
-    else:
-        keys = path.split(".")
-    cur, done = features, []
-    for key in keys:
-        if not isinstance(cur, dict):
-            raise DataError(f"{what}: no field {path!r}; {'.'.join(done)!r} holds {_kind(cur)}, not named fields")
-        if key not in cur:
-            fields = ", ".join(cur)
-            if not done:
-                raise DataError(f"{what}: the data has no field {path!r}; its fields are: {fields}")
-            raise DataError(f"{what}: no field {path!r}; fields under {'.'.join(done)!r}: {fields}")
-        cur = cur[key]
-        done.append(key)
-    if isinstance(cur, dict):
-        raise DataError(f"{what}: {path!r} is a struct, not a value; name one of its fields: "
-                        + ", ".join(f"{path}.{k}" for k in cur))
-    return keys
-
-
 def _values(batch: dict, keys: list[str]) -> list:
     """One batch's values at a path: a column, then keys into its nested dicts."""
     values = batch[keys[0]]
     for key in keys[1:]:
         values = [v.get(key) if isinstance(v, dict) else None for v in values]
     return values
-
-
-def _placeholder_keys(features: Any, name: str, field_keys: list[str]) -> list[str]:
-    """A template placeholder: a path from the row, else a sibling of the query field."""
-    try:
-        return _resolve(features, name, "data.template")
-    except DataError as err:
-        if len(field_keys) < 2:
-            raise DataError(f"data.template: placeholder {{{name}}}: {str(err).split(': ', 1)[1]}") from None
-        parent = ".".join(field_keys[:-1])
-        try:
-            return _resolve(features, f"{parent}.{name}", "data.template")
-        except DataError as err2:
-            raise DataError(f"data.template: placeholder {{{name}}} names no field ({str(err).split(': ', 1)[1]}; "
-                            f"{str(err2).split(': ', 1)[1]})") from None
 
 
 # ---- extraction ---------------------------------------------------------------------------
@@ -165,14 +118,8 @@ def load_queries(spec: DataSpec, split: str | None = None, *, start: int | None 
     start = spec.start if start is None else start
     limit = spec.max_queries if limit == -1 else limit
     ds = _load_dataset(spec, split)
-    features = ds.features
-    field_keys = _resolve(features, spec.field, "data.field")
+    field_keys, id_keys, placeholders = resolve_spec(ds.features, spec)
     id_field = spec.id_field or ("id" if spec.source == "demo" else None)
-    id_keys = _resolve(features, id_field, "data.id_field") if id_field else None
-    placeholders = {}
-    for name in template_fields(spec.template) if spec.template else []:
-        if name != "query" and name not in placeholders:
-            placeholders[name] = _placeholder_keys(features, name, field_keys)
     extract = EXTRACTORS[spec.extract] if spec.extract else None
     want = None if limit is None else start + limit
     prefix = f"{split}:" if spec.eval_split and split == spec.eval_split else ""

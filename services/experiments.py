@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection
 from db.experiments import constitution_version, create_experiment, enqueue_plan, worker_capacity
 from sami_core import constitutions
 from sami_core.contract import EXPERIMENT_KINDS
+from sami_core.data_paths import check_file_spec
 from sami_core.errors import ConstitutionError, SpecError
 from sami_core.pipeline import JobPlan, expand
 from sami_core.experiment_spec import ExperimentSpec, resolve_experiment_judge, validate_experiment
@@ -130,6 +131,8 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
                 which = f" (split {split!r})" if split else ""
                 raise _field_error(source, "data.path", f"file {str(f) if split else exp.data.path!r}{which} "
                                    "does not exist")
+        if bad := check_file_spec(exp.data, splits):  # a field, id field or placeholder the file lacks
+            raise _field_error(source, *bad)
         update["data"] = exp.data.model_copy(update={"path": str(p.resolve())})
     update["model"] = _absolute_model(exp.model, source, "model.path")
     notes = []

@@ -148,3 +148,16 @@ def test_hh_rlhf_first_human_turn(tmp_path: Path):
     bad.write_text(json.dumps({"chosen": "x", "rejected": "no dialogue here"}) + "\n")
     with pytest.raises(DataError, match=r"data.field: no non-empty 'rejected' values with a 'first_human_turn'"):
         load_queries(DataSpec(source="file", path=str(bad), field="rejected", extract="first_human_turn"))
+
+
+def test_paths_checked_on_a_parquet_schema_without_reading_rows(tldr_dir: Path):
+    from sami_core.data_paths import check_file_spec
+
+    spec = _tldr(tldr_dir, eval_split="validation", template="{title}: {query}")
+    assert check_file_spec(spec, ["train", "validation"]) is None
+    where, why = check_file_spec(spec.model_copy(update={"field": "info.pst"}), ["train"])
+    assert where == "data.field" and "fields under 'info': id, post, title, subreddit, site, article" in why
+    where, why = check_file_spec(spec.model_copy(update={"field": "summaries.text"}), ["train"])
+    assert where == "data.field" and "'summaries' holds a list" in why
+    where, _ = check_file_spec(spec.model_copy(update={"template": "{titel}"}), ["train"])
+    assert where == "data.template"

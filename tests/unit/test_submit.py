@@ -230,6 +230,13 @@ def test_one_file_per_split_is_checked_and_kept(ws: Workspace, capsys: pytest.Ca
             "id_field": "info.id", "eval_split": "validation", "template": "POST: {query}"}
     rc, out, err = ws.sami(capsys, "submit", str(ws.spec_file(demo_spec(data=data))), "--dry-run", "--json")
     assert rc == 0, err
+    # a field, id field or template placeholder the file lacks is refused at submit, listing what is there
+    for change, expected in (({"field": "info.pst"}, "data.field: tldr-train.jsonl: no field 'info.pst'; "
+                                                     "fields under 'info': id, post"),
+                             ({"template": "{titel}: {query}"}, "data.template: tldr-train.jsonl: placeholder "
+                                                                "{titel} names no field")):
+        rc, out, err = ws.sami(capsys, "submit", str(ws.spec_file(demo_spec(data={**data, **change}))), "--dry-run")
+        assert rc == 2 and expected in err, err
     (ws.home / "tldr-validation.jsonl").unlink()
     rc, out, err = ws.sami(capsys, "submit", str(ws.spec_file(demo_spec(data=data))), "--dry-run")
     assert rc == 2 and "data.path:" in err and "(split 'validation') does not exist" in err
