@@ -75,10 +75,11 @@ def _load_dataset(spec: DataSpec, split: str | None = None):
         except Exception as err:  # datasets raises many types for malformed files
             raise DataError(f"data.path: could not read {p} as {builder}: {err}") from None
     try:
-        return datasets.load_dataset(spec.dataset, spec.config, split=split)
+        return datasets.load_dataset(spec.dataset, spec.config, split=split, data_dir=spec.data_dir)
     except Exception as err:
         raise DataError(
-            f"data.dataset: could not load {spec.dataset!r} (config {spec.config!r}, split {split!r}) "
+            f"data.dataset: could not load {spec.dataset!r} (config {spec.config!r}, split {split!r}"
+            f"{f', data_dir {spec.data_dir!r}' if spec.data_dir else ''}) "
             f"offline: {err}. Download it once where the hub is reachable (it is then read from the "
             "local cache), or export it to a local file and use source: file"
         ) from None

@@ -98,6 +98,9 @@ class DataSpec(StrictModel):
     )
     dataset: str | None = Field(None, description="Hub dataset id (source: hf).")
     config: str | None = Field(None, description="Hub dataset config name (source: hf).")
+    data_dir: str | None = Field(
+        None, description="A folder of the hub dataset's repository (source: hf), e.g. harmless-base of Anthropic/hh-rlhf."
+    )
     split: str = Field("train", description="Split to read queries from (source: hf; source: file with {split} in path).")
     path: str | None = Field(
         None, description="Local file (source: file); `{split}` in it is replaced by `split` or `eval_split`."
@@ -149,6 +152,8 @@ class DataSpec(StrictModel):
             raise ValueError("source 'hf' needs `dataset` (a hub dataset id)")
         if self.source == "file" and not self.path:
             raise ValueError("source 'file' needs `path` (a JSON/JSONL/CSV/Parquet file)")
+        if self.data_dir is not None and self.source != "hf":
+            raise ValueError("data_dir: a folder of a hub dataset; only with source 'hf'")
         if self.eval_split is not None:
             if self.source == "demo":
                 raise ValueError("eval_split: the demo set has one split; use source hf or file")

@@ -117,6 +117,9 @@ def test_spec_validation_names_the_field():
     assert errors({"start": -1})[0][0] == "data.start"
     assert "{split}" in errors({"source": "file", "path": "x.parquet", "eval_split": "validation"})[0][1]
     assert "demo" in errors({"eval_split": "validation"})[0][1]
+    assert "only with source 'hf'" in errors({"data_dir": "harmless-base"})[0][1]
+    with pytest.raises(DataError, match="data_dir 'harmless-base'.*offline"):
+        load_queries(DataSpec(source="hf", dataset="no-such-org/no-such-dataset-xyz", data_dir="harmless-base"))
     assert validate_spec("generate", {"data": {"template": "TITLE: {info.title} {{x}} POST: {query}"}})
 
 
