@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.exc import DBAPIError
 
-from cli import experiments, jobs, results, worker  # noqa: F401 (each registers its commands)
+from cli import experiments, jobs, results, training_data, worker  # noqa: F401 (each registers its commands)
 from cli import workspace as workspace_commands  # noqa: F401
 from cli.jobs import parse_params  # noqa: F401 (part of the command line's interface)
 from cli.registry import COMMANDS, CliError, workspace
@@ -42,7 +42,7 @@ from sami_core.errors import SamiError
 
 # The order `sami --help` lists them in.
 ORDER = ("init", "submit", "enqueue", "jobs", "cancel", "retry", "logs", "worker", "workers", "import-results",
-         "sources", "judge", "winrates", "export", "ui")
+         "sources", "judge", "winrates", "export", "import-training-data", "ui")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,14 +66,30 @@ def read_records(filename: str, content: bytes) -> list[dict[str, Any]]:
     return rows
 
 
+_MISSING = object()
+
+
+def _get(row: Mapping[str, Any], field: str) -> Any:
+    """``row[field]``, or a dotted path (``info.post``) into nested objects; _MISSING if absent."""
+    if field in row:
+        return row[field]
+    cur: Any = row
+    for key in field.split("."):
+        if not isinstance(cur, Mapping) or key not in cur:
+            return _MISSING
+        cur = cur[key]
+    return cur
+
+
 def check_records(filename: str, rows: Sequence[Mapping[str, Any]], field: str) -> None:
-    """Every row has a non-empty text in ``field``."""
-    if not any(field in r for r in rows):
+    """Every row has a non-empty text in ``field`` (a column, or a dotted path into nested objects)."""
+    if not any(_get(r, field) is not _MISSING for r in rows):
         cols = sorted({k for r in rows[:100] for k in r})
         raise DataFileError(f"{filename}: no field {field!r} (the query text); its fields are: {', '.join(cols)}. "
                             "Set the query field, or upload a file that has it")
     for i, r in enumerate(rows, 1):
-        if not isinstance(r.get(field), str) or not r[field].strip():
+        value = _get(r, field)
+        if not isinstance(value, str) or not value.strip():
             raise DataFileError(f"{filename}: row {i} has no text in {field!r}")
 
 
@@ -91,6 +107,8 @@ def check_data_file(path: str, field: str, max_mb: float) -> str | None:
     """The same checks on a data file named in a spec (source: file); None when fine or
     when it cannot be checked here (another type, too big: the generate stage checks it),
     else why it is refused."""
+    if "{split}" in path:
+        return None  # one file per split: the stage reads (and checks) each
     p = Path(path).expanduser()
     if not p.is_file():
         return f"file {path!r} does not exist"

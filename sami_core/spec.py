@@ -54,19 +54,97 @@ class ModelSpec(StrictModel):
         return v
 
 
+_PATH_RE = re.compile(r"[^\s.{}\[\]]+(\.[^\s.{}\[\]]+)*")
+EXTRACTORS = ("first_human_turn",)
+
+
+def template_fields(template: str) -> list[str]:
+    """The placeholder names of a query template, in order; ValueError when malformed."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(f"{err} (write {{{{ and }}}} for literal braces)") from None
+    names = []
+    for _literal, name, fmt, conv in parsed:
+        if name is None:
+            continue
+        if name == "" or name.isdigit():
+            raise ValueError("a placeholder must name a field: {query} (the query text) or a field path such as "
+                             "{title} or {info.title}")
+        if fmt or conv:
+            raise ValueError(f"placeholder {{{name}}}: conversions and format specs (! and :) are not supported")
+        if not _PATH_RE.fullmatch(name):
+            raise ValueError(f"placeholder {{{name}}} is not a field name or dotted field path")
+        names.append(name)
+    return names
+
+
 class DataSpec(StrictModel):
+    """Where queries come from and which become training and eval queries.
+
+    Rows are read in order; ``field`` (a dotted path into struct/dict columns) holds the text,
+    optionally passed through ``extract`` and then ``template``; empty texts are skipped; rows
+    whose ``id_field`` repeats an earlier id are collapsed (the first kept, the count reported).
+    ``start``/``max_queries`` then keep a window of distinct queries in data order. Without
+    ``eval_split`` the window is split by a seeded hash (``eval_size`` held out, the rest for
+    training, capped by ``train_size``); with it, training queries are the window (capped by
+    ``train_size``) and eval queries are the first ``eval_size`` distinct queries of ``eval_split``.
+    """
+
     source: Literal["demo", "hf", "file"] = Field(
         "demo", description="demo = the shipped 250 TL;DR posts; hf = a hub dataset; file = local JSON/JSONL/CSV/Parquet."
     )
     dataset: str | None = Field(None, description="Hub dataset id (source: hf).")
     config: str | None = Field(None, description="Hub dataset config name (source: hf).")
-    split: str = Field("train", description="Dataset split to read (source: hf).")
-    path: str | None = Field(None, description="Local file (source: file).")
-    field: str = Field("post", description="Column holding the query text.")
-    id_field: str | None = Field(None, description="Column holding a stable query id (default: row index).")
+    data_dir: str | None = Field(
+        None, description="A folder of the hub dataset's repository (source: hf), e.g. harmless-base of Anthropic/hh-rlhf."
+    )
+    split: str = Field("train", description="Split to read queries from (source: hf; source: file with {split} in path).")
+    path: str | None = Field(
+        None, description="Local file (source: file); `{split}` in it is replaced by `split` or `eval_split`."
+    )
+    field: str = Field("post", description="Field holding the query text; a dotted path into nested fields (info.post).")
+    id_field: str | None = Field(
+        None, description="Field (dotted path) holding a stable query id; repeated ids are collapsed, the first "
+        "kept (default: row index; the demo set's `id`)."
+    )
+    extract: Literal["first_human_turn"] | None = Field(
+        None, description="first_human_turn: the query is the first `Human:` turn of a `\\n\\nHuman: … "
+        "\\n\\nAssistant: …` dialogue in `field` (HH-RLHF)."
+    )
+    template: str | None = Field(
+        None, description="Query text from a template: {query} is the (extracted) field, other placeholders are "
+        "field paths from the row ({info.title}) or siblings of `field` ({title}). E.g. 'POST: {query}'."
+    )
+    start: int = Field(0, ge=0, description="Skip this many distinct queries (in data order) first.")
+    max_queries: int | None = Field(
+        None, ge=1, description="Keep at most this many distinct queries after `start` (before the train/eval split)."
+    )
+    eval_split: str | None = Field(
+        None, description="Eval queries from this split (its first eval_size distinct queries) instead of a "
+        "hashed hold-out of `split`."
+    )
     eval_size: int = Field(50, ge=0, description="Held-out queries for sampling/evaluation.")
     train_size: int | None = Field(None, ge=1, description="Cap on training queries (default: all the rest).")
     seed: int = Field(0, description="Seed of the deterministic train/eval split.")
+
+    @field_validator("field", "id_field")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and not _PATH_RE.fullmatch(v):
+            raise ValueError(f"{v!r} is not a field name or dotted field path (e.g. post, info.post)")
+        return v
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is not None:
+            if not v.strip():
+                raise ValueError("is empty: give a template with {query}, e.g. 'POST: {query}', or leave it out")
+            template_fields(v)
+        return v
 
     @model_validator(mode="after")
     def _source_fields(self) -> "DataSpec":
@@ -74,6 +152,17 @@ class DataSpec(StrictModel):
             raise ValueError("source 'hf' needs `dataset` (a hub dataset id)")
         if self.source == "file" and not self.path:
             raise ValueError("source 'file' needs `path` (a JSON/JSONL/CSV/Parquet file)")
+        if self.data_dir is not None and self.source != "hf":
+            raise ValueError("data_dir: a folder of a hub dataset; only with source 'hf'")
+        if self.eval_split is not None:
+            if self.source == "demo":
+                raise ValueError("eval_split: the demo set has one split; use source hf or file")
+            if self.source == "file" and "{split}" not in (self.path or ""):
+                raise ValueError("eval_split: with source 'file', `path` must contain {split} (e.g. "
+                                 "data/{split}.parquet) so that each split names its own file")
+            if self.eval_split == self.split:
+                raise ValueError(f"eval_split: {self.eval_split!r} is also `split`; name another split, or leave "
+                                 "eval_split out for a hashed hold-out")
         return self
 
 

@@ -129,6 +129,12 @@ def _run_generation(model, tokenizer, prompts: list[str], gen: GenerationSpec, t
             rd.progress(stage, done, total, "responses")
 
 
+def _log_data(stage: str, queries) -> None:
+    if queries.n_duplicates or queries.n_empty:
+        _log(f"{stage}: {len(queries)} queries from {queries.n_rows} rows read; {queries.n_duplicates} rows collapsed "
+             f"into an earlier row with the same id, {queries.n_empty} skipped for an empty text")
+
+
 def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
     """Sample N responses per training query, each under its own constitution variant."""
     rd = RunDir(run_dir)
@@ -136,6 +142,7 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
         return done
     constitution = constitutions.from_spec(spec.constitution).validate(spec.n_constitutions)
     queries = load_split(spec.data, "train")
+    _log_data("generate", queries)
     t0 = time.time()
     model, tokenizer = load_for_generation(spec.model, choose_backend(spec.generation))
     build = prompt_builder(spec, model, tokenizer)
@@ -183,7 +190,8 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
 
     atomic_write_text(rd / DATA_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     outputs = {"data": DATA_FILE, "n_queries": len(queries), "n_kept": kept, "n_dropped": dropped,
-               "truncated_queries": build.truncations, "n_constitutions": n, "seconds": round(time.time() - t0, 1)}
+               "truncated_queries": build.truncations, "n_duplicate_rows": queries.n_duplicates,
+               "n_constitutions": n, "seconds": round(time.time() - t0, 1)}
     rd.progress("generate", len(items), len(items), "responses", f"kept {kept}/{len(queries)} queries", "succeeded")
     rd.write_outputs(outputs)
     _log(f"generate: kept {kept} of {len(queries)} queries ({dropped} dropped by filters) -> {rd / 'data.jsonl'}")
@@ -205,7 +213,9 @@ def run_sample(spec: SampleSpec, run_dir: str | Path) -> dict:
         variant = constitution.antithesis() if spec.constitution_variant == "antithesis" else constitution.positive()
     except constitutions.ConstitutionError as err:
         raise SpecError(str(err), path="constitution_variant") from None
-    queries = load_split(spec.data, spec.split)[: spec.limit]
+    loaded = load_split(spec.data, spec.split)
+    _log_data("sample", loaded)
+    queries = loaded[: spec.limit]
     model, tokenizer = load_for_generation(spec.model, choose_backend(spec.generation))
     build = prompt_builder(spec, model, tokenizer)
     text = variant.text
@@ -230,7 +240,8 @@ def run_sample(spec: SampleSpec, run_dir: str | Path) -> dict:
                         "sample", n_done, total, seed_offset=ti, start_index=todo[0] if todo else 0)
         n_done += len(todo)
     outputs = {"responses": RESPONSES_FILE, "n": total, "model": model_path,
-               "temperatures": spec.temperatures, "truncated_queries": build.truncations}
+               "temperatures": spec.temperatures, "truncated_queries": build.truncations,
+               "n_duplicate_rows": loaded.n_duplicates}
     rd.progress("sample", total, total, "responses", "done", "succeeded")
     rd.write_outputs(outputs)
     _log(f"sample: {total} responses -> {rd / 'responses.jsonl'}")

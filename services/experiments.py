@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection
 from db.experiments import constitution_version, create_experiment, enqueue_plan, worker_capacity
 from sami_core import constitutions
 from sami_core.contract import EXPERIMENT_KINDS
+from sami_core.data_paths import check_file_spec
 from sami_core.errors import ConstitutionError, SpecError
 from sami_core.pipeline import JobPlan, expand
 from sami_core.experiment_spec import ExperimentSpec, resolve_experiment_judge, validate_experiment
@@ -123,8 +124,15 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
     update: dict[str, Any] = {"constitution": ConstitutionSpec.model_validate({"name": c_name, "principles": principles})}
     if exp.data.source == "file" and exp.data.path:
         p = Path(exp.data.path).expanduser()
-        if not p.is_file():
-            raise _field_error(source, "data.path", f"file {exp.data.path!r} does not exist")
+        splits = [exp.data.split] + ([exp.data.eval_split] if exp.data.eval_split else [])
+        for split in splits if "{split}" in exp.data.path else [None]:
+            f = Path(str(p).replace("{split}", split)) if split else p
+            if not f.is_file():
+                which = f" (split {split!r})" if split else ""
+                raise _field_error(source, "data.path", f"file {str(f) if split else exp.data.path!r}{which} "
+                                   "does not exist")
+        if bad := check_file_spec(exp.data, splits):  # a field, id field or placeholder the file lacks
+            raise _field_error(source, *bad)
         update["data"] = exp.data.model_copy(update={"path": str(p.resolve())})
     update["model"] = _absolute_model(exp.model, source, "model.path")
     notes = []

@@ -53,3 +53,12 @@ def test_data_file_checks(tmp_path: Path):
     assert "does not exist" in check_data_file(str(tmp_path / "missing.jsonl"), "post", 1)
     assert check_data_file(str(tmp_path / "q.parquet"), "post", 1) is None  # the stage reads it
     assert check_data_file(str(bad), "post", 1e-9) is None  # too big to check here: the stage checks it
+
+
+def test_nested_field_paths_and_split_files(tmp_path: Path):
+    p = tmp_path / "tldr.jsonl"
+    p.write_text(json.dumps({"info": {"id": "a", "post": "my post"}, "choice": 0}) + "\n")
+    assert check_data_file(str(p), "info.post", 1) is None
+    assert "no field 'info.pst'" in check_data_file(str(p), "info.pst", 1)
+    assert "no field 'info.id.x'" in check_data_file(str(p), "info.id.x", 1)
+    assert check_data_file(str(tmp_path / "{split}.jsonl"), "post", 1) is None  # the stage reads each split

@@ -179,6 +179,9 @@ BAD_SPECS = [
     ("N beyond the constitution", demo_spec(n_constitutions=8), ["constitution.path:", "8 variants requested"]),
     ("iterations < 1", demo_spec(iterations=0), ["iterations: must be >= 1"]),
     ("missing data file", demo_spec(data={"source": "file", "path": "nope.jsonl"}), ["data.path:", "does not exist"]),
+    ("missing split file", demo_spec(data={"source": "file", "path": "nope/{split}.jsonl", "eval_split": "validation"}),
+     ["data.path:", "train.jsonl", "(split 'train') does not exist"]),
+    ("bad template", demo_spec(data={"template": "POST: {}"}), ["data.template:", "must name a field"]),
 ]
 
 
@@ -218,6 +221,25 @@ def test_dry_run_and_name_override(ws: Workspace, capsys: pytest.CaptureFixture)
     assert (ws.count(Job), ws.count(Experiment), ws.count(Constitution)) == (0, 0, 0)
     rc, out, err = ws.sami(capsys, "submit", str(DEMO), "--name", "My Run #1")
     assert rc == 0 and "run directories in runs/exp-000001-my-run-1" in out
+
+
+def test_one_file_per_split_is_checked_and_kept(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
+    for split in ("train", "validation"):
+        (ws.home / f"tldr-{split}.jsonl").write_text('{"info": {"id": "a", "post": "my post"}}\n')
+    data = {"source": "file", "path": str(ws.home / "tldr-{split}.jsonl"), "field": "info.post",
+            "id_field": "info.id", "eval_split": "validation", "template": "POST: {query}"}
+    rc, out, err = ws.sami(capsys, "submit", str(ws.spec_file(demo_spec(data=data))), "--dry-run", "--json")
+    assert rc == 0, err
+    # a field, id field or template placeholder the file lacks is refused at submit, listing what is there
+    for change, expected in (({"field": "info.pst"}, "data.field: tldr-train.jsonl: no field 'info.pst'; "
+                                                     "fields under 'info': id, post"),
+                             ({"template": "{titel}: {query}"}, "data.template: tldr-train.jsonl: placeholder "
+                                                                "{titel} names no field")):
+        rc, out, err = ws.sami(capsys, "submit", str(ws.spec_file(demo_spec(data={**data, **change}))), "--dry-run")
+        assert rc == 2 and expected in err, err
+    (ws.home / "tldr-validation.jsonl").unlink()
+    rc, out, err = ws.sami(capsys, "submit", str(ws.spec_file(demo_spec(data=data))), "--dry-run")
+    assert rc == 2 and "data.path:" in err and "(split 'validation') does not exist" in err
 
 
 def test_jobs_check_exits_non_zero_unless_all_succeeded(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
