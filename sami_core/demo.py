@@ -25,6 +25,9 @@ import yaml
 from sami_core.contract import METRICS_FILE, OUTPUTS_FILE
 
 
+DEMO_MAX_PROMPT_TOKENS = 200
+
+
 def demo_specs(run_dir: Path, quick: bool = False) -> dict[str, dict]:
     data = {"source": "demo", "eval_size": 50, "train_size": 16 if quick else 48, "seed": 0}
     constitution = {"path": "demo:opus/0"}
@@ -33,7 +36,7 @@ def demo_specs(run_dir: Path, quick: bool = False) -> dict[str, dict]:
     generate = {"model": model, "data": data, "constitution": constitution, "task": "summarization",
                 "n_constitutions": 2, "generation": gen, "filters": {"min_chars": 1}}
     train = {"model": model, "data": {"path": str(run_dir / "generate")},
-             "training": {"optimizer": "rmsprop", "lr": 2e-5, "grad_accum": 2, "queries_per_microbatch": 1,
+             "training": {"optimizer": "rmsprop", "lr": 1e-4, "grad_accum": 2, "queries_per_microbatch": 1,
                           "epochs": 1.0, "save_every": 2 if quick else 4, "warmup_steps": 1, "seed": 0,
                           "activation_checkpointing": True}}
     sample_gen = {**gen, "temperature": 0.0}
@@ -43,6 +46,10 @@ def demo_specs(run_dir: Path, quick: bool = False) -> dict[str, dict]:
                 "limit": 8 if quick else 16, "n_constitutions": 2,
                 "generation": {"temperature": 0.0, "max_new_tokens": gen["max_new_tokens"], "batch_size": 16},
                 "n_boot": 1000}
+    # Posts cut to fit 200 prompt tokens: the demo model was pretrained on posts of up to 300
+    # characters, so that it reads the constitution close to the summary.
+    for stage in (generate, sample, evaluate):
+        stage["max_prompt_tokens"] = DEMO_MAX_PROMPT_TOKENS
     return {"generate": generate, "train": train, "sample": sample, "evaluate": evaluate, "model": model}
 
 

@@ -9,20 +9,31 @@ downloaded:
   ``<s>`` to plain text, pads on the left and has a small chat template (SYSTEM/USER/
   ASSISTANT turns, an assistant turn ends with ``</s>``);
 - the model is a 1.26M-parameter `LlamaForCausalLM` (hidden 128, 4 layers, 4 heads,
-  2 kv heads, tied embeddings, float32), pretrained for 120 steps (about 110k tokens)
-  with next-token prediction on posts (cut to 500 characters) followed by a summary and
-  ``</s>``. The summaries are the first sentences of the shipped mistral-7b responses to
-  the same post; the documents come in three formats: ``POST: ...\n\nTL;DR: ...``, the
-  plain summarization prompt of `sami_core.prompts`, and its chat form.
+  2 kv heads, tied embeddings, float32), pretrained for 400 steps of 4 documents (peak
+  lr 3e-3) with next-token prediction on the summaries (the prompt tokens are not
+  trained on). A document is a post cut to a random length of up to 300 characters in
+  one of three formats: ``POST: ...\n\nTL;DR: ...`` (no constitution), or the plain
+  summarization prompt of `sami_core.prompts` or its chat form, with a random variant
+  (flips and principle order) of one of the shipped constitutions. The constitution
+  decides the kind of summary: when its concision principle is kept ("brief, to the
+  point"), the summary is the first sentence of a shipped mistral-7b summary of the post;
+  when it is flipped ("lengthy, meandering"), two sentences with filler words
+  ("basically", "you know,", "to be honest,", ...) before about a third of the words.
 
-**Its texts are not meaningful.** It has seen 250 posts for some seconds of CPU time
-(pretraining loss about 8.3 -> 5.7 nats): it samples strings of frequent words from the
-posts, greedy decoding repeats a word, and it often, not always, ends with ``</s>``. It
-exists to show the mechanics end to end (generation, the log-prob matrix, SAMI
-training, sampling, judging) on any machine, offline, in half a minute, and as a test
-fixture.
+**What it has learnt is little.** Its texts are not meaningful ("The post is about a
+person who is struggling with a girl."). It conditions on the constitution only weakly:
+on held-out posts (prompts cut to 200 tokens, as the demo does) the log-prob of a concise
+vs a filler summary shifts with the principle (by 0.1-0.3 nats per token, the two
+directions summed), but its
+greedy summaries under the two variants are nearly the same (the demo's held-out MI
+lower bound of the base model is about 0.03 nats). That is what SAMI then amplifies:
+``make demo`` (N = 2, 12 steps on its own samples) takes the bound to about 0.58 nats,
+with concise one-liners under the principle and filler words under its antithesis.
+It exists to show the method end to end on any machine, offline, in minutes, and as a
+test fixture; the posts are never longer than 300 characters in pretraining, so longer
+prompts condition less.
 
-The build takes about 20-30 s and runs on one CPU thread (`BUILD_THREADS`): a model this
+The build takes about 1-3 minutes and runs on one CPU thread (`BUILD_THREADS`): a model this
 small gains little from more, and on a 2-core machine that is busy with other work two
 threads were 2-7x slower than one. It is deterministic for a seed (the BPE trainer, the
 weight initialisation and the data order are seeded; 1 and 2 threads gave the same
@@ -49,11 +60,11 @@ from typing import Callable, Sequence
 from sami_core.errors import SamiError
 from sami_core.prompts import chat_messages, plain_prompt
 
-DEMO_MODEL_VERSION = 1
+DEMO_MODEL_VERSION = 2
 MARKER_FILE = "sami_demo_model.json"
 MARKER_FORMAT = "sami-demo-model"
 DEFAULT_SEED = 0
-DEFAULT_PRETRAIN_STEPS = 120
+DEFAULT_PRETRAIN_STEPS = 400
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "sami_tldr"
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -72,12 +83,21 @@ ARCHITECTURE = dict(
 )
 # Pretraining recipe: small batches of whole documents, AdamW, warmup then cosine decay.
 BATCH_SIZE = 4
-PEAK_LR = 2e-2  # high, but stable at this size; it buys most of the loss drop in few steps
+PEAK_LR = 3e-3  # 2e-2 drops the loss fastest at first but leaves a model that ignores the constitution
 WARMUP_STEPS = 10
 EVAL_DOCS = 8  # loss before and after pretraining is measured on these (fixed) documents
 # Posts are cut to this many characters in pretraining: shorter documents give more
 # optimizer steps and more summary endings per second of CPU.
-POST_CHARS = 500
+POST_CHARS = 300
+# Conditioning on the constitution: in the prompt formats with a constitution the summary
+# follows its concision principle (or antithesis) with probability FOLLOW_P.
+FORMAT_WEIGHTS = (0.2, 0.4, 0.4)  # tldr, plain, chat
+FOLLOW_P = 1.0
+PROMPT_LOSS = False  # False: next-token loss on the summaries only
+LONG_STYLE = "filler"  # or "extract": the post's opening sentences
+FILLER_RATE = 0.35
+SHORT_POST_P = 1.0  # this share of the documents cut their post to a random length
+LONG_CHARS = 200  # a long-winded summary: the post's opening sentences up to about this
 BUILD_THREADS = 1  # torch CPU threads during the build (restored afterwards); see the docstring
 
 # SYSTEM/USER/ASSISTANT turns; an assistant turn ends with </s> so the model learns to stop
@@ -132,13 +152,13 @@ def read_marker(path: str | Path) -> dict | None:
 
 
 # ---- the training corpus ----------------------------------------------------------------
-def _load_sources() -> tuple[list[str], list[str], list[list[str]]]:
-    """posts, constitution texts, and per post the shipped summaries (one per response file)."""
+def _load_sources() -> tuple[list[str], list, list[list[str]]]:
+    """posts, the shipped constitutions (parsed), and per post the shipped summaries."""
+    from sami_core.constitutions import from_reference
+
     posts = [json.loads(line)["post"] for line in (DATA_DIR / "posts.jsonl").read_text().splitlines() if line]
-    constitutions = []
-    for f in sorted((DATA_DIR / "constitutions").glob("*/*.json")):
-        c = json.loads(f.read_text())
-        constitutions += [c["positive"], c["negative"]]
+    constitutions = [from_reference(json.loads(f.read_text()), f.stem)
+                     for f in sorted((DATA_DIR / "constitutions").glob("*/*.json"))]
     summaries: list[list[str]] = [[] for _ in posts]
     for f in sorted((DATA_DIR / "responses").glob("*.json")):
         responses = json.loads(f.read_text())["response"]
@@ -150,6 +170,19 @@ def _load_sources() -> tuple[list[str], list[str], list[list[str]]]:
     return posts, constitutions, summaries
 
 
+def _constitution_texts(constitutions) -> list[str]:
+    """Every rendering of the shipped constitutions the model may see (for the tokenizer)."""
+    out = []
+    for c in constitutions:
+        flippable = [i for i, p in enumerate(c.principles) if p.antithesis is not None]
+        for mask in range(2 ** len(flippable)):
+            flips = [False] * len(c.principles)
+            for bit, idx in enumerate(flippable):
+                flips[idx] = bool(mask >> bit & 1)
+            out.append(c.render(flips))
+    return out
+
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -158,21 +191,84 @@ def _tldr(summary: str, n_sentences: int) -> str:
     return " ".join(_SENTENCE_END.split(summary)[:n_sentences])
 
 
-def _document(rng: random.Random, tokenizer, post: str, constitutions: list[str], summaries: list[str]) -> list[int]:
-    """One pretraining document as token ids: a prompt, a summary, then </s>."""
-    if len(post) > POST_CHARS:
-        post = post[:POST_CHARS].rsplit(" ", 1)[0] + " ..."
-    summary = _tldr(rng.choice(summaries), rng.choice((1, 1, 2)))
-    constitution = rng.choice(constitutions)
-    fmt = rng.choices(("tldr", "plain", "chat"), weights=(0.4, 0.3, 0.3))[0]
+def _short_post(post: str, chars: int | None = None) -> str:
+    chars = POST_CHARS if chars is None else chars
+    if len(post) > chars:
+        post = (post[:chars].rsplit(" ", 1)[0] + " ...").strip()
+    return post
+
+
+def _concise_variant(rng: random.Random, constitution) -> tuple[str, bool]:
+    """A random variant of a shipped constitution (random flips, random principle order) and
+    whether it asks for concise summaries (False: its concision principle is flipped)."""
+    flips = [p.antithesis is not None and rng.random() < 0.5 for p in constitution.principles]
+    order = list(range(len(flips)))
+    rng.shuffle(order)
+    concise = not any(f and "concise" in (p.identifier or "") for f, p in zip(flips, constitution.principles))
+    return constitution.render(flips, order), concise
+
+
+def _long_summary(post: str) -> str:
+    """A long-winded summary: the post's opening sentences, verbatim, up to LONG_CHARS."""
+    out = ""
+    for sentence in _SENTENCE_END.split(" ".join(post.split())):
+        if out and len(out) + len(sentence) > LONG_CHARS:
+            break
+        out = f"{out} {sentence}".strip()
+    return out[: LONG_CHARS + 100]
+
+
+class _Doc(list):
+    """A document's token ids; `prompt_len` of them are the prompt (not trained on when
+    PROMPT_LOSS is False)."""
+
+    prompt_len = 0
+
+
+_FILLERS = ("basically", "really", "actually", "you know,", "like,", "so", "kind of", "in a way,",
+            "to be honest,", "more or less")
+
+
+def _wordy(rng: random.Random, text: str) -> str:
+    """`text` with filler words inserted before about FILLER_RATE of its words."""
+    words = []
+    for w in text.split():
+        if rng.random() < FILLER_RATE:
+            words.append(rng.choice(_FILLERS))
+        words.append(w)
+    return " ".join(words)
+
+
+def _document(rng: random.Random, tokenizer, post: str, constitutions: list, summaries: list[str]) -> _Doc:
+    """One pretraining document as token ids: a prompt, a summary, then </s>.
+
+    In the prompt formats that carry a constitution, its concision principle weakly sets the
+    summary's kind: under "brief" the summary is usually (FOLLOW_P) one sentence of a shipped
+    summary, under its antithesis ("lengthy, meandering") usually the post's opening sentences.
+    """
+    summary = _tldr(rng.choice(summaries), 1)
+    fmt = rng.choices(("tldr", "plain", "chat"), weights=FORMAT_WEIGHTS)[0]
+    constitution, concise = _concise_variant(rng, rng.choice(constitutions))
+    if fmt != "tldr":
+        short = concise if rng.random() < FOLLOW_P else not concise
+        if not short:
+            summary = _long_summary(post) if LONG_STYLE == "extract" else _wordy(rng, _tldr(rng.choice(summaries), 2))
+    # Some posts are cut short, so that the constitution sits close to the summary: the
+    # model learns to read it there first, and then farther back.
+    post = _short_post(post, rng.randint(0, POST_CHARS) if rng.random() < SHORT_POST_P else POST_CHARS)
     if fmt == "chat":
         messages = chat_messages("summarization", constitution, post) + [{"role": "assistant", "content": summary}]
         text = tokenizer.apply_chat_template(messages, tokenize=False)  # has <s> and </s>
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = _Doc(tokenizer(text, add_special_tokens=False)["input_ids"])
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        ids.prompt_len = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     else:
         prompt = f"POST: {post}\n\nTL;DR:" if fmt == "tldr" else plain_prompt("summarization", constitution, post)
-        ids = tokenizer(f"{prompt} {summary}")["input_ids"] + [tokenizer.eos_token_id]
-    return ids[:MODEL_MAX_LENGTH]
+        ids = _Doc(tokenizer(f"{prompt} {summary}")["input_ids"] + [tokenizer.eos_token_id])
+        ids.prompt_len = len(tokenizer(prompt)["input_ids"])
+    out = _Doc(ids[:MODEL_MAX_LENGTH])
+    out.prompt_len = min(ids.prompt_len, len(out) - 1)
+    return out
 
 
 def _batches(rng: random.Random, docs: list[list[int]], batch_size: int) -> list[list[list[int]]]:
@@ -199,6 +295,9 @@ def _collate(batch: list[list[int]], pad_id: int):
         ids[b, : len(d)] = torch.tensor(d)
         mask[b, : len(d)] = 1
     labels = ids.masked_fill(mask == 0, -100)
+    if not PROMPT_LOSS:
+        for b, d in enumerate(batch):
+            labels[b, : getattr(d, "prompt_len", 0)] = -100
     return ids, mask, labels
 
 
@@ -385,9 +484,10 @@ def build_demo_model(
         corpus = _load_sources()
         posts, constitutions, summaries = corpus
         # Everything the model will read: so prompts of the workbench tokenize compactly.
-        texts = posts + constitutions + [s for ss in summaries for s in ss]
-        texts += [plain_prompt("summarization", c, "") for c in constitutions]
-        texts += [m["content"] for c in constitutions for m in chat_messages("summarization", c, "")]
+        rendered = _constitution_texts(constitutions)
+        texts = posts + rendered + [s for ss in summaries for s in ss]
+        texts += [plain_prompt("summarization", c, "") for c in rendered]
+        texts += [m["content"] for c in rendered for m in chat_messages("summarization", c, "")]
         texts += [f"POST: {p}\n\nTL;DR: {ss[0]}" for p, ss in zip(posts, summaries)]
         tokenizer = build_tokenizer(texts)
 
@@ -421,7 +521,7 @@ def build_demo_model(
             "build_seconds": round(time.perf_counter() - started, 2),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
-            "note": "a tiny model pretrained for seconds on the shipped TL;DR posts; its texts are not meaningful",
+            "note": "a tiny model pretrained for minutes on the shipped TL;DR posts; its texts are not meaningful; it conditions weakly on the concision principle",
         }
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")  # last: marks it complete
         _install(tmp, out_dir)

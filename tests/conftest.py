@@ -21,7 +21,7 @@ def demo_model_dir() -> Path:
     """The offline demo model, built once into `default_demo_model_dir()`.
 
     A complete one already there (from an earlier run) is reused, so only the first
-    session on a checkout pays for the build (about half a minute on 2 cores).
+    session on a checkout pays for the build (1-3 minutes on 2 cores).
     """
     from sami_core.demo_model import ensure_demo_model
 
