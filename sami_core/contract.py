@@ -66,7 +66,7 @@ JUDGMENTS_FILE = "judgments.jsonl"  # judge: one record per judgment
 MI_FILE = "mi.jsonl"  # evaluate: one N×N log-prob matrix per (query, scoring model)
 WINRATES_FILE = "winrates.json"  # judge: the run's own win-rate table
 CONSTITUTION_FILE = "constitution.json"  # write_constitution: the drafted principles
-CHECKPOINTS_DIR = "checkpoints"  # train: Hugging Face checkpoints (step-XXXXXX, final)
+CHECKPOINTS_DIR = "checkpoints"  # train: Hugging Face checkpoints (step-000032, ..., final)
 FINAL_CHECKPOINT = "final"  # train: checkpoints/final links to the last one
 # Files the caller writes into a run directory before the stage starts; a fresh run
 # directory may already hold them.
