@@ -46,8 +46,10 @@ def format_table(result: Submitted) -> str:
                                         if c.get("id") is not None else f" (from {c['origin']})"),
     ]
     for m in c.get("members", []):  # a set: one constitution drawn per query
-        lines.append(f"  member: {m['name']}" + (f" v{m['version']} (id {m['id']}, {'new' if m['created'] else 'reused'})"
-                                                 if m.get("id") is not None else f" (from {m['origin']})"))
+        stored = m.get("id") is not None
+        lines.append(f"  member: {m['name']}" + (f" v{m['version']} (id {m['id']}, "
+                                                 f"{'new' if m['created'] else 'reused'})" if stored
+                                                 else f" (from {m['origin']})"))
     header = ("ID", "KEY", "KIND", "GPUS", "DEPENDS ON", "LABEL")
     table = [header] + [
         ("-" if j["id"] is None else str(j["id"]), j["key"], j["kind"], str(j["devices"]),

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
+from db import ingest
 from db.engine import transact
 from db.experiments import set_members
 from db.models import Job, Response
@@ -50,6 +51,30 @@ def test_the_draw_is_seeded_stable_and_covers_the_set() -> None:
         {"name": c.name, "principles": c.to_native()} for c in folder.members]))
     assert [inline.draw(q).name for q in ids] == draws
     assert inline.draw("7").positive().text == folder.draw("7").positive().text
+
+
+def test_generate_and_evaluate_build_each_querys_variants_from_its_draw() -> None:
+    """Both stages take their items from variant_items: the drawn constitution, then its N variants."""
+    from types import SimpleNamespace
+
+    from sami_core.stages import query_variants, variant_items
+
+    cset = constitutions.load_set("demo:opus", seed=4)
+    queries = [SimpleNamespace(id=str(i), text=f"post {i}") for i in range(12)]
+    items = variant_items(queries, cset, 2, 7, True, lambda c, q: f"{c}|{q}")
+    assert len(items) == 24 and len({it[4].name for it in items}) > 1
+    for q, i, v, prompt, drawn in items:
+        assert drawn is cset.draw(q.id) and v == query_variants(drawn, 2, 7, q.id, True)[i]
+        assert prompt == f"{v.text}|{q.text}"
+
+
+def test_the_new_experiment_form_offers_the_shipped_folders_as_sets() -> None:
+    from app import new_experiment
+
+    choices = new_experiment.constitution_choices([], ["demo:opus/0"], ["demo:mistral", "demo:opus"])
+    label = new_experiment.constitution_label({"paths": "demo:opus"}, [])
+    assert choices[label] == {"paths": "demo:opus"} and "set" in label
+    assert new_experiment.constitution_label({"paths": ["demo:opus/0", "x.json"]}, []).startswith("set of 2")
 
 
 def test_set_spec_errors_name_the_field(tmp_path: Path) -> None:
@@ -134,7 +159,8 @@ def test_a_judge_pair_carries_and_shows_the_drawn_constitution(tmp_path: Path) -
         assert not any(c.principles[0].principle in t.prompt for c in cset.members if c is not drawn)
 
 
-def test_submit_stores_each_member_and_ingest_ties_responses_to_the_drawn_one(engine, tmp_path: Path) -> None:  # noqa: ANN001
+def test_submit_stores_each_member_and_ingest_ties_each_response_to_its_draw(
+        engine, tmp_path: Path) -> None:  # noqa: ANN001
     spec = copy.deepcopy(DEMO) | {"constitution": {"paths": "demo:opus", "seed": 1},
                                   "sampling": {**DEMO["sampling"], "antithesis": True}}
     prepared = experiments.prepare_data(spec, env={})
@@ -154,6 +180,9 @@ def test_submit_stores_each_member_and_ingest_ties_responses_to_the_drawn_one(en
     assert member["n_experiments"] == 1 and member["n_jobs"] == len(jobs) - sum(k.endswith("antithesis") for k in jobs)
     assert used[0]["experiment_id"] == done.experiment_id
     assert labels[jobs["train-1"].id].startswith("set of 6: demo:opus/0 v1")
+    from cli.experiments import format_table
+
+    assert "constitution: demo:opus (from demo:opus)\n  member: demo:opus/0 v1 (id" in format_table(done)
     # The same set submitted again reuses the versions.
     again = transact(engine, lambda c: experiments.submit(c, prepared))
     assert [m["id"] for m in again.constitution["members"]] == [m["id"] for m in done.constitution["members"]]
@@ -180,7 +209,9 @@ def test_submit_stores_each_member_and_ingest_ties_responses_to_the_drawn_one(en
     with engine.connect() as c:
         by_name = {m["name"]: m["id"] for m in set_members(c, [job.id])[job.id]}
         stored = {r.query_id: r.constitution_id for r in c.execute(select(Response.query_id, Response.constitution_id))}
+        [source] = ingest.list_sources(c)
     assert stored == {q: by_name[n] for q, n in names.items()} and len(set(stored.values())) > 1
+    assert ingest.source_constitution(source).startswith("set of 6: demo:opus/0")  # the sources table
     lines[0]["constitution_name"] = "elsewhere"
     (run_dir / "responses.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     with pytest.raises(OutputsError, match="names constitution 'elsewhere', which is not one of the job's set"):
