@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+                      field_validator, model_serializer, model_validator)
 
 from sami_core.errors import SpecError
 
@@ -225,6 +225,16 @@ class ConstitutionSpec(StrictModel):
     @property
     def is_set(self) -> bool:
         return self.paths is not None or self.members is not None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict:
+        """Without a set, dumped as before sets existed: the spec fingerprints of run
+        directories made by earlier versions still match, so their runs resume."""
+        data = handler(self)
+        if not self.is_set:
+            for key in ("paths", "members", "seed"):
+                data.pop(key, None)
+        return data
 
 
 class GenerationSpec(StrictModel):
