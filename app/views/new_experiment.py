@@ -257,6 +257,9 @@ with form:
     if isinstance(c, dict) and isinstance(c.get("principles"), list):
         st.dataframe(pd.DataFrame(c["principles"], columns=["principle", "antithesis"]), hide_index=True,
                      key=K + "principles")
+    elif isinstance(c, dict) and c.get("paths"):
+        st.caption("A constitution set: each query draws one of its constitutions (seeded by constitution.seed), "
+                   "the same one in every job; each is stored as a version of its own.")
     _errors("constitution")
     st.page_link("views/constitutions.py", label="Edit constitutions")
 
