@@ -283,6 +283,10 @@ def shipped_label(path: str) -> str:
     return f"{path} (shipped)"
 
 
+def shipped_set_label(folder: str) -> str:
+    return f"{folder} (shipped set: one drawn per query)"
+
+
 def _norm(principles: Any) -> list[tuple[str, str | None]] | None:
     if not isinstance(principles, list):
         return None
@@ -292,14 +296,16 @@ def _norm(principles: Any) -> list[tuple[str, str | None]] | None:
         return None
 
 
-def constitution_choices(versions: Sequence[Mapping[str, Any]], shipped: Sequence[str]) -> dict[str, dict]:
+def constitution_choices(versions: Sequence[Mapping[str, Any]], shipped: Sequence[str],
+                         shipped_sets: Sequence[str] = ()) -> dict[str, dict]:
     """Selectbox label -> the spec's ``constitution`` value: saved versions ("<name> v<k>",
     inline: their principles, under their name, so `sami submit` reuses that version),
-    then the shipped constitutions (by path)."""
+    then the shipped constitutions (by path), then the shipped folders as sets (``paths``)."""
     out = {version_label(v): {"name": v["name"], "principles": [
         {"principle": p["principle"], "antithesis": p.get("antithesis")} for p in v["principles"]]}
         for v in versions}
     out.update({shipped_label(s): {"path": s} for s in shipped})
+    out.update({shipped_set_label(s): {"paths": s} for s in shipped_sets})
     return out
 
 
@@ -310,6 +316,10 @@ def constitution_label(c: Any, versions: Sequence[Mapping[str, Any]]) -> str:
             return shipped_label(c["path"])
         if c.get("path"):
             return f"file: {c['path']}"
+        if isinstance(c.get("paths"), str):
+            return shipped_set_label(c["paths"]) if c["paths"].startswith("demo:") else f"folder: {c['paths']}"
+        if isinstance(c.get("paths"), list):
+            return f"set of {len(c['paths'])}: {', '.join(map(str, c['paths']))}"
         mine = _norm(c.get("principles"))
         if mine is not None:
             for v in versions:  # newest first within a name, as constitution_version matches

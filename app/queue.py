@@ -72,7 +72,10 @@ def progress_text(row: dict) -> str:
 
 
 def constitution_label(row: dict) -> str:
-    """The constitution version a job used, as "<name> v<version>" ("" when none)."""
+    """The constitution version a job used, as "<name> v<version>", or the set it draws
+    from ("set of K: ..."); "" when none."""
+    if row.get("constitution_set"):
+        return row["constitution_set"]
     if not row.get("constitution_name"):
         return ""
     return f"{row['constitution_name']} v{row['constitution_version']}"

@@ -43,8 +43,13 @@ def format_table(result: Submitted) -> str:
     lines = [
         f"{head}: {len(result.jobs)} jobs, run directories in {result.runs_dir}",
         f"constitution: {c['name']}" + (f" v{c['version']} (id {c['id']}, {'new' if c['created'] else 'reused'})"
-                                        if "id" in c else f" (from {c['origin']})"),
+                                        if c.get("id") is not None else f" (from {c['origin']})"),
     ]
+    for m in c.get("members", []):  # a set: one constitution drawn per query
+        stored = m.get("id") is not None
+        lines.append(f"  member: {m['name']}" + (f" v{m['version']} (id {m['id']}, "
+                                                 f"{'new' if m['created'] else 'reused'})" if stored
+                                                 else f" (from {m['origin']})"))
     header = ("ID", "KEY", "KIND", "GPUS", "DEPENDS ON", "LABEL")
     table = [header] + [
         ("-" if j["id"] is None else str(j["id"]), j["key"], j["kind"], str(j["devices"]),

@@ -3,6 +3,8 @@
 * :func:`constitution_version`: constitutions are immutable versions. Submitting the
   same principles under a name reuses that version; different principles under the
   same name become version ``latest + 1`` (``parent_id`` = the latest).
+* :func:`link_constitution_set` and :func:`set_members`: when an experiment's
+  constitution is a set, the member versions each job draws from (``job_constitutions``).
 * :func:`create_experiment` and :func:`enqueue_plan`: an experiment row and its DAG of
   jobs. The caller runs both in one transaction (``db.engine.transact``), so either the
   whole experiment is enqueued or nothing is.
@@ -20,7 +22,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
 from db import queue
-from db.models import Constitution, Experiment, Worker, utcnow
+from db.models import Constitution, Experiment, Worker, job_constitutions, utcnow
 
 constitutions = Constitution.__table__
 experiments = Experiment.__table__
@@ -96,3 +98,31 @@ def worker_capacity(conn: Connection) -> list[tuple[int, list[str] | None]]:
     """(device count, kinds or None = all) of every registered worker, whatever its
     status: a stopped worker tells what the cluster has, and may be started again."""
     return [(len(r.devices or []), r.kinds) for r in conn.execute(select(workers.c.devices, workers.c.kinds))]
+
+
+def link_constitution_set(conn: Connection, job_id: int, constitution_ids: Sequence[int]) -> None:
+    """Record that job ``job_id`` draws from these constitution versions (a set's members)."""
+    ids = list(dict.fromkeys(int(c) for c in constitution_ids))
+    if ids:
+        conn.execute(insert(job_constitutions), [{"job_id": job_id, "constitution_id": c} for c in ids])
+
+
+def set_members(conn: Connection, job_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """job id -> the versions of the constitution set it draws from ({id, name, version},
+    by name); jobs with one constitution (no set) are left out."""
+    if not job_ids:
+        return {}
+    stmt = (select(job_constitutions.c.job_id, constitutions.c.id, constitutions.c.name, constitutions.c.version)
+            .select_from(job_constitutions.join(constitutions,
+                                                constitutions.c.id == job_constitutions.c.constitution_id))
+            .where(job_constitutions.c.job_id.in_([int(j) for j in job_ids]))
+            .order_by(job_constitutions.c.job_id, constitutions.c.name, constitutions.c.version))
+    out: dict[int, list[dict[str, Any]]] = {}
+    for r in conn.execute(stmt):
+        out.setdefault(r.job_id, []).append({"id": r.id, "name": r.name, "version": r.version})
+    return out
+
+
+def set_label(members: Sequence[Mapping[str, Any]]) -> str:
+    """How a job's constitution set reads in tables: "set of K: a v1, b v1, ..."."""
+    return f"set of {len(members)}: " + ", ".join(f"{m['name']} v{m['version']}" for m in members)

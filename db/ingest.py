@@ -20,6 +20,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from db.experiments import set_label, set_members
 from db.models import Checkpoint, Constitution, Job, Judgment, Metric, MIResult, Response, ResponseSource, utcnow
 
 
@@ -261,7 +262,8 @@ def find_source(conn: Connection, ref: str, *, experiment_id: int | None = None)
 def list_sources(conn: Connection) -> list[dict]:
     """Every response source with its response count, oldest first. A sampled source also
     carries the constitution its sample job used (``constitution_name``,
-    ``constitution_version``; None for imported ones, which have ``constitution_source``)."""
+    ``constitution_version``; None for imported ones, which have ``constitution_source``),
+    or the set its job drew from (``constitution_set``: "set of K: ...", else None)."""
     n = (select(responses.c.source_id, func.count().label("n_responses")).group_by(responses.c.source_id)
          .subquery())
     constitutions = Constitution.__table__
@@ -272,7 +274,8 @@ def list_sources(conn: Connection) -> list[dict]:
                         .outerjoin(jobs, jobs.c.id == response_sources.c.job_id)
                         .outerjoin(constitutions, constitutions.c.id == jobs.c.constitution_id)
                         .order_by(response_sources.c.id)).mappings().all()
-    return [dict(r) for r in rows]
+    sets = set_members(conn, [r["job_id"] for r in rows if r["job_id"] is not None])
+    return [{**r, "constitution_set": set_label(sets[r["job_id"]]) if r["job_id"] in sets else None} for r in rows]
 
 
 def source_constitution(source: Mapping[str, Any]) -> str:
@@ -280,6 +283,8 @@ def source_constitution(source: Mapping[str, Any]) -> str:
     (e.g. ``opus``), a sampled source's ``name vN``, or ``-``."""
     if source.get("constitution_source"):
         return str(source["constitution_source"])
+    if source.get("constitution_set"):
+        return str(source["constitution_set"])
     if source.get("constitution_name"):
         return f"{source['constitution_name']} v{source.get('constitution_version') or 1}"
     return "-"

@@ -206,6 +206,17 @@ job_dependencies = Table(
 )
 
 
+# The constitutions a job draws from when its experiment's constitution is a set: one row
+# per member version (an antithesis job: per member's antithesis version). A job with one
+# constitution has no rows here; it points at its version through jobs.constitution_id.
+job_constitutions = Table(
+    "job_constitutions",
+    Base.metadata,
+    Column("job_id", ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("constitution_id", ForeignKey("constitutions.id"), primary_key=True, index=True),
+)
+
+
 class Checkpoint(Base):
     """A saved model, emitted by a train job (every K steps and at the end)."""
 

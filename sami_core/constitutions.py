@@ -16,6 +16,7 @@ Two file formats:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -250,9 +251,11 @@ def save(constitution: Constitution, path: str | Path, fmt: str = "native") -> N
 
 
 def from_spec(spec) -> Constitution:
-    """Build from a :class:`sami_core.spec.ConstitutionSpec`."""
+    """Build from a :class:`sami_core.spec.ConstitutionSpec` that names one constitution."""
     from sami_core.spec import resolve_shipped
 
+    if spec.is_set:
+        raise ConstitutionError("the constitution is a set (paths/members): use set_from_spec and draw per query")
     if spec.path is not None:
         c = load(resolve_shipped(spec.path))
     else:
@@ -260,3 +263,101 @@ def from_spec(spec) -> Constitution:
     if spec.name:
         c = Constitution(c.principles, name=spec.name)
     return c
+
+
+# ---- sets: one constitution drawn per query -------------------------------------------------
+def draw_index(seed: int, query_id: str, n: int) -> int:
+    """Which of ``n`` constitutions query ``query_id`` draws: uniform, fixed by (seed, query
+    id) alone, so every stage, resume and iteration draws the same one for a query."""
+    digest = hashlib.sha256(f"sami-constitution-draw:{seed}:{query_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % n
+
+
+@dataclass(frozen=True)
+class ConstitutionSet:
+    """The constitutions a query may be asked under; one constitution is a set of one.
+    Members are told apart by name (recorded per query as the drawn constitution)."""
+
+    members: tuple[Constitution, ...]
+    seed: int = 0
+    name: str = ""
+    is_set: bool = False  # given as a set (paths, members), even of one; False: one constitution
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ConstitutionError("a constitution set needs at least one constitution")
+        names = [c.name for c in self.members]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ConstitutionError(f"two constitutions of the set are named {dup!r}: give each its own name")
+
+    def draw(self, query_id: str) -> Constitution:
+        return self.members[draw_index(self.seed, str(query_id), len(self.members))]
+
+    def validate(self, n_variants: int = 1) -> "ConstitutionSet":
+        """Every member must give ``n_variants`` variants; the error names the member."""
+        for c in self.members:
+            try:
+                c.validate(n_variants)
+            except ConstitutionError as err:
+                raise ConstitutionError(f"{c.name}: {err}" if self.is_set and c.name else str(err)) from None
+        return self
+
+
+def _member_name(ref: str, c: Constitution) -> str:
+    """A member's name: a shipped reference as written (``demo:opus/0``), else the file's."""
+    return ref if ref.startswith("demo:") else c.name or Path(ref).stem
+
+
+def resolve_paths(paths: list[str] | str) -> list[tuple[str, str]]:
+    """A set's ``paths`` as (reference, file) pairs: a list as given, or a folder's *.json
+    sorted by name. Raises SpecError naming ``constitution.paths`` (or ``.K``)."""
+    from sami_core.errors import SpecError
+    from sami_core.spec import resolve_shipped, resolve_shipped_folder
+
+    if isinstance(paths, str):
+        folder = Path(resolve_shipped_folder(paths)).expanduser()
+        if not folder.is_dir():
+            raise SpecError(f"folder {paths!r} does not exist (give a folder of constitution files, or a list "
+                            "of them)", path="constitution.paths")
+        files = sorted(folder.glob("*.json"))
+        if not files:
+            raise SpecError(f"folder {paths!r} holds no *.json constitution files", path="constitution.paths")
+        prefix = paths.rstrip("/") + "/" if paths.startswith("demo:") else ""
+        return [(f"{prefix}{f.stem}" if prefix else str(f), str(f)) for f in files]
+    out = []
+    for k, ref in enumerate(paths):
+        f = resolve_shipped(ref, field=f"constitution.paths.{k}")
+        if not Path(f).expanduser().is_file():
+            raise SpecError(f"constitution file {ref!r} does not exist", path=f"constitution.paths.{k}")
+        out.append((ref, f))
+    return out
+
+
+def load_set(paths: list[str] | str, seed: int = 0, name: str = "") -> ConstitutionSet:
+    """Load every constitution a ``paths`` value names (see :func:`resolve_paths`)."""
+    from sami_core.errors import SpecError
+
+    members = []
+    for k, (ref, f) in enumerate(resolve_paths(paths)):
+        where = "constitution.paths" + (f".{k}" if isinstance(paths, list) else "")
+        try:
+            c = load(Path(f).expanduser())
+        except ConstitutionError as err:
+            raise SpecError(f"{ref}: {err}", path=where) from None
+        members.append(Constitution(c.principles, name=_member_name(ref, c), meta={"origin": ref}))
+    try:
+        return ConstitutionSet(tuple(members), seed, name, is_set=True)
+    except ConstitutionError as err:
+        raise SpecError(str(err), path="constitution.paths") from None
+
+
+def set_from_spec(spec) -> ConstitutionSet:
+    """The set a :class:`sami_core.spec.ConstitutionSpec` names (a set of one for ``path``
+    or ``principles``)."""
+    if spec.paths is not None:
+        return load_set(spec.paths, spec.seed, spec.name or "")
+    if spec.members is not None:
+        return ConstitutionSet(tuple(from_native([p.model_dump() for p in m.principles], name=m.name)
+                                     for m in spec.members), spec.seed, spec.name or "", is_set=True)
+    return ConstitutionSet((from_spec(spec),), spec.seed)

@@ -7,7 +7,8 @@ Read in order:
 1. **Queries and variants.** The eval queries (the split the sample stage uses, first
    ``limit``) and, per query, the N constitution variants exactly as `generate` makes
    them (:func:`sami_core.stages.query_variants`: the constitution and its flips, the
-   same ``variant_seed``), each rendered into a prompt by the same prompt builder.
+   same ``variant_seed``; from a set, of the constitution the query draws, recorded as
+   ``constitution_name``), each rendered into a prompt by the same prompt builder.
 2. **Sampling.** One response per (query, variant) from the model, greedy by default
    (``generation.temperature``), appended to ``generations.jsonl`` as it is made; a rerun
    skips what is there (batch seeds derive from absolute positions, as in generate).
@@ -61,7 +62,7 @@ def run_evaluate(spec: EvaluateSpec, run_dir: str | Path) -> dict:
         return done
     t0 = time.time()
     n = spec.n_constitutions
-    constitution = constitutions.from_spec(spec.constitution).validate(n)
+    constitution = constitutions.set_from_spec(spec.constitution).validate(n)
     queries = load_split(spec.data, spec.split)[: spec.limit]
     if not queries:
         raise DataError(f"data: the {spec.split!r} split has no queries (data.eval_size = {spec.data.eval_size})")
@@ -84,9 +85,9 @@ def run_evaluate(spec: EvaluateSpec, run_dir: str | Path) -> dict:
     rd.progress(STAGE, len(items) - len(todo), len(items), "responses", "sampling")
 
     def on_item(idx, text, n_tok):
-        q, i, v, prompt = todo[idx]
+        q, i, v, prompt, drawn = todo[idx]
         gens.write({"key": [q.id, i], "query_id": q.id, "variant": i, "flips": list(v.flips),
-                    "constitution": v.text, "prompt": prompt, "raw": text,
+                    "constitution": v.text, "constitution_name": drawn.name, "prompt": prompt, "raw": text,
                     "response": postprocess(text, spec.filters.stop_sequences), "n_tokens": n_tok})
 
     _run_generation(model, tokenizer, [it[3] for it in todo], spec.generation, spec.generation.temperature,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+                      field_validator, model_serializer, model_validator)
 
 from sami_core.errors import SpecError
 
@@ -171,20 +171,70 @@ class PrincipleSpec(StrictModel):
     antithesis: str | None = None
 
 
+class ConstitutionMemberSpec(StrictModel):
+    """One constitution of a set, inline: what submitting ``paths`` stores."""
+
+    name: str = Field(..., min_length=1, description="Its name (recorded per query as the drawn constitution).")
+    principles: list[PrincipleSpec] = Field(..., min_length=1)
+
+
 class ConstitutionSpec(StrictModel):
+    """One constitution (``path`` or ``principles``), or a set of them (``paths``, or
+    ``members`` inline) from which each query draws one, seeded by ``seed`` and the query
+    id, so the same query draws the same constitution in every stage and on every resume."""
+
     path: str | None = Field(
         None, description="Reference JSON (positive/negative/identifiers) or native JSON list; `demo:opus/0` for a shipped one."
     )
     principles: list[PrincipleSpec] | None = Field(None, description="Inline principles (instead of path).")
+    paths: list[str] | str | None = Field(
+        None, description="A constitution set: a list of references (files, `demo:opus/0`) or a folder (every *.json "
+                          "in it, sorted; `demo:opus` for a shipped one); each query draws one of them."
+    )
+    members: list[ConstitutionMemberSpec] | None = Field(
+        None, description="A constitution set inline ({name, principles} each; what submitting `paths` stores)."
+    )
+    seed: int = Field(0, description="Seed of the per-query draw from a set (the same in every stage).")
     name: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "ConstitutionSpec":
-        if (self.path is None) == (self.principles is None):
-            raise ValueError("give exactly one of `path` or `principles`")
+        given = [k for k in ("path", "principles", "paths", "members") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `path` or `principles` (one constitution) or `paths` (a set)"
+                             + (f"; got {' and '.join(given)}" if given else ""))
         if self.principles is not None and not self.principles:
             raise ValueError("`principles` is empty: a constitution needs at least one principle")
+        if isinstance(self.paths, list):
+            if not self.paths:
+                raise ValueError("`paths` is empty: list the set's constitutions (e.g. [demo:opus/0, demo:opus/1]) "
+                                 "or name a folder (e.g. demo:opus)")
+            if dup := sorted({p for p in self.paths if self.paths.count(p) > 1}):
+                raise ValueError(f"`paths` lists {dup[0]!r} twice: name each constitution of the set once")
+        if isinstance(self.paths, str) and not self.paths.strip():
+            raise ValueError("`paths` is empty: name a folder of constitution files (e.g. demo:opus) or list them")
+        if self.members is not None:
+            if not self.members:
+                raise ValueError("`members` is empty: a set needs at least one constitution")
+            names = [m.name for m in self.members]
+            if dup := sorted({n for n in names if names.count(n) > 1}):
+                raise ValueError(f"`members`: the name {dup[0]!r} is used twice: each constitution of a set "
+                                 "needs its own name")
         return self
+
+    @property
+    def is_set(self) -> bool:
+        return self.paths is not None or self.members is not None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict:
+        """Without a set, dumped as before sets existed: the spec fingerprints of run
+        directories made by earlier versions still match, so their runs resume."""
+        data = handler(self)
+        if not self.is_set:
+            for key in ("paths", "members", "seed"):
+                data.pop(key, None)
+        return data
 
 
 class GenerationSpec(StrictModel):
@@ -494,15 +544,32 @@ def shipped_constitutions() -> list[str]:
     return sorted(f"demo:{q.parent.name}/{q.stem}" for q in (DATA_DIR / "constitutions").glob("*/*.json"))
 
 
-def resolve_shipped(path: str) -> str:
+def resolve_shipped(path: str, field: str = "constitution.path") -> str:
     """Resolve `demo:...` shorthands to shipped files; other paths are returned unchanged."""
     if path.startswith("demo:"):
         name = path.removeprefix("demo:")
         p = DATA_DIR / "constitutions" / f"{name}.json"
         if not p.is_file():
             shipped = ", ".join(shipped_constitutions())
-            raise SpecError(f"constitution {path!r} is not shipped; shipped ones: {shipped}", path="constitution.path")
+            raise SpecError(f"constitution {path!r} is not shipped; shipped ones: {shipped}", path=field)
         return str(p)
+    return path
+
+
+def shipped_constitution_sets() -> list[str]:
+    """The shipped folders of constitutions, as ``demo:<writer>`` names (a `paths` value)."""
+    return sorted(f"demo:{d.name}" for d in (DATA_DIR / "constitutions").iterdir() if d.is_dir()
+                  and any(d.glob("*.json")))
+
+
+def resolve_shipped_folder(path: str, field: str = "constitution.paths") -> str:
+    """Resolve a `demo:<writer>` folder shorthand; other paths are returned unchanged."""
+    if path.startswith("demo:"):
+        d = DATA_DIR / "constitutions" / path.removeprefix("demo:")
+        if not d.is_dir():
+            raise SpecError(f"{path!r} is no shipped folder of constitutions; shipped ones: "
+                            f"{', '.join(shipped_constitution_sets())}", path=field)
+        return str(d)
     return path
 
 

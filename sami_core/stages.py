@@ -93,10 +93,18 @@ def _seeded_rng(*parts) -> random.Random:
 
 
 def variant_items(queries, constitution, n: int, variant_seed: int, shuffle: bool, build) -> list[tuple]:
-    """(query, i, variant, prompt) for each query's N variants (:func:`query_variants`), in
-    query order then variant order: what generate and evaluate sample."""
-    return [(q, i, v, build(v.text, q.text)) for q in queries
-            for i, v in enumerate(query_variants(constitution, n, variant_seed, q.id, shuffle))]
+    """(query, i, variant, prompt, drawn constitution) for each query's N variants
+    (:func:`query_variants`) of the constitution it draws from ``constitution`` (a
+    :class:`~sami_core.constitutions.ConstitutionSet`, or one constitution), in query order
+    then variant order: what generate and evaluate sample."""
+    if isinstance(constitution, constitutions.Constitution):
+        constitution = constitutions.ConstitutionSet((constitution,))
+    out = []
+    for q in queries:
+        drawn = constitution.draw(q.id)
+        out += [(q, i, v, build(v.text, q.text), drawn)
+                for i, v in enumerate(query_variants(drawn, n, variant_seed, q.id, shuffle))]
+    return out
 
 
 def query_variants(constitution: constitutions.Constitution, n: int, variant_seed: int, query_id: str,
@@ -140,7 +148,7 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
     rd = RunDir(run_dir)
     if (done := rd.open_or_done("generate", spec)) is not None:
         return done
-    constitution = constitutions.from_spec(spec.constitution).validate(spec.n_constitutions)
+    constitution = constitutions.set_from_spec(spec.constitution).validate(spec.n_constitutions)
     queries = load_split(spec.data, "train")
     _log_data("generate", queries)
     t0 = time.time()
@@ -157,9 +165,10 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
     rd.progress("generate", len(items) - len(todo), len(items), "responses", "generating")
 
     def on_item(idx, text, n_tok):
-        q, i, v, prompt = todo[idx]
+        q, i, v, prompt, drawn = todo[idx]
         writer.write({"key": [q.id, i], "query_id": q.id, "variant": i, "flips": list(v.flips),
-                      "constitution": v.text, "prompt": prompt, "raw": text, "n_tokens": n_tok})
+                      "constitution": v.text, "constitution_name": drawn.name, "prompt": prompt, "raw": text,
+                      "n_tokens": n_tok})
 
     _run_generation(model, tokenizer, [it[3] for it in todo], spec.generation, spec.generation.temperature,
                     on_item, rd, "generate", len(items) - len(todo), len(items),
@@ -183,7 +192,8 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
             dropped += 1
             continue
         kept += 1
-        rows.append({"query_id": q.id, "query": q.text, "prompts": [r["prompt"] for r in recs],
+        rows.append({"query_id": q.id, "query": q.text, "constitution_name": constitution.draw(q.id).name,
+                     "prompts": [r["prompt"] for r in recs],
                      "constitutions": [r["constitution"] for r in recs], "flips": [r["flips"] for r in recs],
                      "responses": responses})
     from sami_core.rundir import atomic_write_text
@@ -208,9 +218,11 @@ def run_sample(spec: SampleSpec, run_dir: str | Path) -> dict:
     rd = RunDir(run_dir)
     if (done := rd.open_or_done("sample", spec)) is not None:
         return done
-    constitution = constitutions.from_spec(spec.constitution).validate(1)
-    try:
-        variant = constitution.antithesis() if spec.constitution_variant == "antithesis" else constitution.positive()
+    constitution = constitutions.set_from_spec(spec.constitution).validate(1)
+    anti = spec.constitution_variant == "antithesis"
+    try:  # (name, text) of each constitution as sampled: as written, or its antithesis
+        used = {c.name: (f"{c.name} (antithesis)" if c.name else "antithesis", c.antithesis().text) if anti
+                else (c.name, c.positive().text) for c in constitution.members}
     except constitutions.ConstitutionError as err:
         raise SpecError(str(err), path="constitution_variant") from None
     loaded = load_split(spec.data, spec.split)
@@ -218,8 +230,8 @@ def run_sample(spec: SampleSpec, run_dir: str | Path) -> dict:
     queries = loaded[: spec.limit]
     model, tokenizer = load_for_generation(spec.model, choose_backend(spec.generation))
     build = prompt_builder(spec, model, tokenizer)
-    text = variant.text
-    prompts = [build(text, q.text) for q in queries]
+    drawn = [used[constitution.draw(q.id).name] for q in queries]  # per query: (name, text)
+    prompts = [build(text, q.text) for q, (_, text) in zip(queries, drawn)]
     writer = JsonlWriter(rd / RESPONSES_FILE, key="key")
     done = writer.done_keys()
     total = len(queries) * len(spec.temperatures)
@@ -230,9 +242,9 @@ def run_sample(spec: SampleSpec, run_dir: str | Path) -> dict:
         todo = [k for k, q in enumerate(queries) if (q.id, temp) not in done]
 
         def on_item(idx, out, n_tok, todo=todo, temp=temp):
-            q = queries[todo[idx]]
+            q, (c_name, c_text) = queries[todo[idx]], drawn[todo[idx]]
             writer.write({"key": [q.id, temp], "query_id": q.id, "query": q.text, "temperature": temp,
-                          "constitution": text, "prompt": prompts[todo[idx]],
+                          "constitution": c_text, "constitution_name": c_name, "prompt": prompts[todo[idx]],
                           "response": postprocess(out, spec.filters.stop_sequences), "raw": out,
                           "n_tokens": n_tok, "model": model_path})
 

@@ -7,7 +7,9 @@ The experiment is resolved once, before anything is written (:func:`prepare`):
    (sami_core.experiment_spec.validate_experiment: ``field.path: reason`` pairs);
 2. the constitution (a file, a shipped ``demo:...`` one, or inline principles) is read
    and checked for N variants, then put *inline* into the experiment, so that its jobs
-   never read a file that may change after submission;
+   never read a file that may change after submission; a set (``constitution.paths``: a
+   list of them, or a folder) is read the same way, every member checked, and inlined as
+   ``constitution.members`` (name and principles each, with the draw's ``seed``);
 3. local paths that are relative to where `sami submit` runs (a ``data.path`` file,
    a ``model.path`` directory) are made absolute: stages run in the workspace;
 4. a judge with ``provider: auto`` is resolved against this process's environment
@@ -20,7 +22,9 @@ The experiment is resolved once, before anything is written (:func:`prepare`):
 Then, in one transaction (:func:`submit`): each job's device need is checked against
 the registered workers (refused when no worker is big enough; only a warning when no
 worker is registered yet, since workers may start later), the constitution is stored
-as an immutable version (the same principles reuse a version), and the experiment row
+as an immutable version (the same principles reuse a version; a set: each member under
+its own name, and every job linked to all of them in ``job_constitutions``, its
+``constitution_id`` left null), and the experiment row
 and its jobs (dependencies, devices, attempts, run directories under
 ``runs/exp-<id>-<name>`` in the workspace, iteration and label) are inserted.
 """
@@ -36,7 +40,8 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from db.experiments import constitution_version, create_experiment, enqueue_plan, worker_capacity
+from db.experiments import (constitution_version, create_experiment, enqueue_plan, link_constitution_set,
+                            worker_capacity)
 from sami_core import constitutions
 from sami_core.contract import EXPERIMENT_KINDS
 from sami_core.data_paths import check_file_spec
@@ -67,6 +72,8 @@ class Prepared:
     constitution_origin: str  # where the principles came from (a path, `demo:...`, inline)
     notes: list[str] = field(default_factory=list)  # what was decided for the submitter (the judge chosen)
     plans: list[JobPlan] = field(default_factory=list)  # the jobs, under a placeholder run root (exp-NEW)
+    # A constitution set: {name, principles, origin} per member (principles above is then empty).
+    members: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -105,23 +112,29 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
     exp = validate_experiment(data, source=source)
 
     c_spec = exp.constitution
-    where = "constitution.path" if c_spec.path is not None else "constitution.principles"
-    try:
-        constitution = constitutions.from_spec(c_spec).validate(exp.n_constitutions)
-    except (ConstitutionError, SpecError) as err:
-        raise _field_error(source, where, str(err)) from None
-    if c_spec.name:
-        c_name = c_spec.name
-    elif c_spec.path is not None:
-        c_name = c_spec.path if c_spec.path.startswith("demo:") else (constitution.name or Path(c_spec.path).stem)
+    members: list[dict[str, Any]] = []
+    if c_spec.is_set:
+        c_name, origin, members, inline = _resolve_set(c_spec, exp.n_constitutions, source)
+        principles: list[dict[str, str | None]] = []
     else:
-        c_name = exp.name
-    principles = [{"principle": p.principle, "antithesis": p.antithesis} for p in constitution.principles]
-    origin = c_spec.path if c_spec.path is not None else "inline"
-    if c_spec.path is not None and not c_spec.path.startswith("demo:"):
-        origin = str(Path(c_spec.path).resolve())
+        where = "constitution.path" if c_spec.path is not None else "constitution.principles"
+        try:
+            constitution = constitutions.from_spec(c_spec).validate(exp.n_constitutions)
+        except (ConstitutionError, SpecError) as err:
+            raise _field_error(source, where, str(err)) from None
+        if c_spec.name:
+            c_name = c_spec.name
+        elif c_spec.path is not None:
+            c_name = c_spec.path if c_spec.path.startswith("demo:") else (constitution.name or Path(c_spec.path).stem)
+        else:
+            c_name = exp.name
+        principles = [{"principle": p.principle, "antithesis": p.antithesis} for p in constitution.principles]
+        origin = c_spec.path if c_spec.path is not None else "inline"
+        if c_spec.path is not None and not c_spec.path.startswith("demo:"):
+            origin = str(Path(c_spec.path).resolve())
+        inline = {"name": c_name, "principles": principles}
 
-    update: dict[str, Any] = {"constitution": ConstitutionSpec.model_validate({"name": c_name, "principles": principles})}
+    update: dict[str, Any] = {"constitution": ConstitutionSpec.model_validate(inline)}
     if exp.data.source == "file" and exp.data.path:
         p = Path(exp.data.path).expanduser()
         splits = [exp.data.split] + ([exp.data.eval_split] if exp.data.eval_split else [])
@@ -151,7 +164,40 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
     # string made absolute): the resolved experiment is not validated a second time.
     exp = exp.model_copy(update=update)
     plans = expand(exp, PREVIEW_ROOT_PREFIX + slug(exp.name))  # every stage spec validates (raises SpecError)
-    return Prepared(exp, source, c_name, principles, origin, notes, plans)
+    return Prepared(exp, source, c_name, principles, origin, notes, plans, members)
+
+
+def _resolve_set(c_spec: ConstitutionSpec, n: int, source: str) -> tuple[str, str, list[dict[str, Any]], dict]:
+    """A constitution set read and checked: (its name, where it came from, its members as
+    {name, principles, origin}, the inline ``constitution`` value the jobs get)."""
+    try:
+        cset = constitutions.set_from_spec(c_spec).validate(n)
+    except SpecError as err:
+        raise SpecError(errors=err.errors, source=source) from None
+    except ConstitutionError as err:
+        raise _field_error(source, "constitution.paths" if c_spec.paths is not None else "constitution.members",
+                           str(err)) from None
+    members = []
+    for c in cset.members:
+        ref = c.meta.get("origin", "inline")
+        origin = ref if ref.startswith("demo:") or ref == "inline" else str(Path(ref).expanduser().resolve())
+        members.append({"name": c.name[:200], "origin": origin,
+                        "principles": [{"principle": p.principle, "antithesis": p.antithesis} for p in c.principles]})
+    if isinstance(c_spec.paths, str):
+        folder = c_spec.paths if c_spec.paths.startswith("demo:") else str(Path(c_spec.paths).expanduser().resolve())
+        c_name, origin = c_spec.name or folder, folder
+    else:
+        c_name = c_spec.name or f"set of {len(members)}"
+        origin = "inline" if c_spec.members is not None else ", ".join(m["origin"] for m in members)
+    inline = {"name": c_name, "seed": c_spec.seed,
+              "members": [{"name": m["name"], "principles": m["principles"]} for m in members]}
+    return c_name, origin, members, inline
+
+
+def _antithesis_principles(principles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The antithesis constitution's principles: each principle and its antithesis swapped."""
+    return [{"principle": p["antithesis"], "antithesis": p["principle"]} if p["antithesis"] else p
+            for p in principles]
 
 
 # A model path written as a local one (not a hub id such as org/name).
@@ -223,8 +269,10 @@ def dry_run(conn: Connection, prepared: Prepared) -> Submitted:
     """What :func:`submit` would enqueue (nothing is written)."""
     exp, plans = prepared.exp, prepared.plans
     warnings = prepared.notes + check_devices(plans, worker_capacity(conn))
-    return Submitted(None, exp.name, str(Path(plans[0].run_dir).parent),
-                     {"name": prepared.constitution_name, "origin": prepared.constitution_origin},
+    constitution = {"name": prepared.constitution_name, "origin": prepared.constitution_origin}
+    if prepared.members:
+        constitution["members"] = [{"name": m["name"], "origin": m["origin"]} for m in prepared.members]
+    return Submitted(None, exp.name, str(Path(plans[0].run_dir).parent), constitution,
                      _job_rows(plans, None), warnings, dry_run=True)
 
 
@@ -232,15 +280,24 @@ def submit(conn: Connection, prepared: Prepared) -> Submitted:
     """Enqueue a prepared experiment (the caller's transaction makes it all or nothing)."""
     exp = prepared.exp
     warnings = prepared.notes + check_devices(prepared.plans, worker_capacity(conn))
+    if prepared.members:
+        return _submit_set(conn, prepared, warnings)
     c_id, c_version, created = constitution_version(
         conn, prepared.constitution_name, prepared.principles, description=f"from {prepared.constitution_origin}")
     anti_id = c_id
     if any(p.antithesis for p in prepared.plans):  # responses sampled under the antithesis: a version of their own
         anti_id, _, _ = constitution_version(
-            conn, f"{prepared.constitution_name} (antithesis)"[:200],
-            [{"principle": p["antithesis"], "antithesis": p["principle"]} if p["antithesis"] else p
-             for p in prepared.principles],
+            conn, f"{prepared.constitution_name} (antithesis)"[:200], _antithesis_principles(prepared.principles),
             description=f"the antithesis of {prepared.constitution_name} v{c_version}")
+    exp_id, root, plans, ids = _enqueue(conn, prepared, lambda p: anti_id if p.antithesis else c_id)
+    constitution = {"id": c_id, "name": prepared.constitution_name, "version": c_version, "created": created,
+                    "origin": prepared.constitution_origin}
+    return Submitted(exp_id, exp.name, root, constitution, _job_rows(plans, ids), warnings)
+
+
+def _enqueue(conn: Connection, prepared: Prepared, constitution_id) -> tuple[int, str, list[JobPlan], dict[str, int]]:
+    """The experiment row and its jobs (``constitution_id(plan)``: the version a job points at)."""
+    exp = prepared.exp
     judge_notes = [n for n in prepared.notes if n.startswith("judge: provider auto")]
     exp_id = create_experiment(conn, exp.name, exp.model_dump(mode="json"),
                                description="; ".join([f"submitted from {prepared.source}"] + judge_notes))
@@ -248,10 +305,35 @@ def submit(conn: Connection, prepared: Prepared) -> Submitted:
     plans = expand(exp, root)  # the same jobs as prepared.plans, under the experiment's own run root
     ids = enqueue_plan(conn, [
         {"key": p.key, "kind": p.kind, "spec": p.spec, "depends_on": p.depends_on, "name": p.key,
-         "experiment_id": exp_id, "constitution_id": anti_id if p.antithesis else c_id, "devices_required": p.devices,
+         "experiment_id": exp_id, "constitution_id": constitution_id(p), "devices_required": p.devices,
          "max_attempts": exp.max_attempts, "run_dir": p.run_dir, "iteration": p.iteration, "label": p.label}
         for p in plans
     ])
-    constitution = {"id": c_id, "name": prepared.constitution_name, "version": c_version, "created": created,
-                    "origin": prepared.constitution_origin}
-    return Submitted(exp_id, exp.name, root, constitution, _job_rows(plans, ids), warnings)
+    return exp_id, root, plans, ids
+
+
+def _submit_set(conn: Connection, prepared: Prepared, warnings: list[str]) -> Submitted:
+    """A constitution set: each member stored as a version under its own name (its antithesis
+    too when the experiment samples under it), and every job linked to the versions it draws
+    from; the jobs' own constitution_id stays null."""
+    anti = any(p.antithesis for p in prepared.plans)
+    stored, ids, anti_ids = [], [], []
+    for m in prepared.members:
+        cid, version, created = constitution_version(
+            conn, m["name"], m["principles"],
+            description=f"from {m['origin']} (in the set {prepared.constitution_name})")
+        ids.append(cid)
+        stored.append({"id": cid, "name": m["name"], "version": version, "created": created, "origin": m["origin"]})
+        if anti:
+            aid, _, _ = constitution_version(conn, f"{m['name']} (antithesis)"[:200],
+                                             _antithesis_principles(m["principles"]),
+                                             description=f"the antithesis of {m['name']} v{version}")
+            anti_ids.append(aid)
+    exp_id, root, plans, job_ids = _enqueue(conn, prepared, lambda p: None)
+    for p in plans:
+        link_constitution_set(conn, job_ids[p.key], anti_ids if p.antithesis else ids)
+    constitution = {"id": None, "name": prepared.constitution_name, "version": None,
+                    "created": any(m["created"] for m in stored), "origin": prepared.constitution_origin,
+                    "members": stored}
+    return Submitted(exp_id, prepared.exp.name, root, constitution, _job_rows(plans, job_ids),
+                     warnings)

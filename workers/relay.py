@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Row
 
 from db import ingest
+from db.experiments import set_members
 from db.workspace import Workspace
 from sami_core.contract import JUDGMENTS_FILE, METRICS_FILE, OUTPUTS_FILE, PROGRESS_FILE
 
@@ -277,6 +278,7 @@ def _responses(conn: Connection, job: Row, outputs: dict, run_dir: Path, workspa
             stored_model = workspace_path(p, run_dir, workspace)
             checkpoint_id = ingest.find_checkpoint(conn, stored_model, experiment_id=job.experiment_id)
     label = _job_field(job, "label") or job.name or f"job-{job.id}"
+    drawn = drawn_constitutions(conn, job, run_dir / name)
     temperatures = outputs.get("temperatures")
     source_id = ingest.upsert_response_source(
         conn, job.id, kind="checkpoint" if checkpoint_id is not None else "baseline", label=label,
@@ -285,8 +287,26 @@ def _responses(conn: Connection, job: Row, outputs: dict, run_dir: Path, workspa
     )
     ingest.upsert_responses(conn, source_id, [
         {"query_id": r["query_id"], "query": r.get("query"), "temperature": r["temperature"],
-         "text": r["response"], "n_tokens": r.get("n_tokens")} for r in records
-    ], constitution_id=job.constitution_id)
+         "text": r["response"], "n_tokens": r.get("n_tokens"), "constitution_id": drawn(r)} for r in records
+    ])
+
+
+def drawn_constitutions(conn: Connection, job: Row, path: Path):
+    """A function of a responses.jsonl record -> the constitution version it was sampled
+    under: the job's own version, or, when the job draws from a constitution set, the
+    member version the record names (``constitution_name``)."""
+    members = {m["name"]: m["id"] for m in set_members(conn, [job.id]).get(job.id, [])}
+
+    def version(rec: dict) -> int | None:
+        if not members:
+            return job.constitution_id
+        name = rec.get("constitution_name")
+        if name not in members:
+            raise OutputsError(f"{path}: the response to query {rec['query_id']} names constitution {name!r}, "
+                               f"which is not one of the job's set ({', '.join(sorted(members))})")
+        return members[name]
+
+    return version
 
 
 @output_handler("judge")

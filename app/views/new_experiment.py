@@ -15,7 +15,7 @@ from db.reads import constitutions as creads
 from sami_core.data_files import FILE_TYPES, DataFileError, check_upload
 from sami_core.contract import EXPERIMENT_KINDS
 from sami_core.errors import SpecError
-from sami_core.spec import shipped_constitutions
+from sami_core.spec import shipped_constitution_sets, shipped_constitutions
 from services.experiments import SubmitError, submit
 
 K = "new_experiment."
@@ -24,7 +24,7 @@ UPLOAD_ERROR, FIELD_ERRORS, CONSTITUTION, JUDGING = (K + "upload_error", K + "fi
                                                       K + "judge.enabled")
 
 versions = state.load(creads.versions)
-choices = new_experiment.constitution_choices(versions, shipped_constitutions())
+choices = new_experiment.constitution_choices(versions, shipped_constitutions(), shipped_constitution_sets())
 ss = st.session_state
 ss.setdefault(SPEC, copy.deepcopy(new_experiment.INITIAL))
 ss.setdefault(FIELD_ERRORS, {})
@@ -250,12 +250,16 @@ with form:
     if ss.get(CONSTITUTION) not in options:
         ss[CONSTITUTION] = current
     st.selectbox("Constitution", options, key=CONSTITUTION, on_change=_on_constitution,
-                 help="Saved versions (<name> v<version>; edit them on the Constitutions page) and the "
-                      "constitutions shipped with the project.")
+                 help="Saved versions (<name> v<version>; edit them on the Constitutions page), the "
+                      "constitutions shipped with the project, and its folders as sets (each query draws "
+                      "one constitution of the folder).")
     c = ss[SPEC].get("constitution")
     if isinstance(c, dict) and isinstance(c.get("principles"), list):
         st.dataframe(pd.DataFrame(c["principles"], columns=["principle", "antithesis"]), hide_index=True,
                      key=K + "principles")
+    elif isinstance(c, dict) and c.get("paths"):
+        st.caption("A constitution set: each query draws one of its constitutions (seeded by constitution.seed), "
+                   "the same one in every job; each is stored as a version of its own.")
     _errors("constitution")
     st.page_link("views/constitutions.py", label="Edit constitutions")
 
@@ -334,8 +338,13 @@ if ss[ERRORS]:
 result = ss.get(RESULT)
 if result:
     c = result["constitution"]
-    st.success(f"Experiment {result['experiment_id']} submitted: {len(result['jobs'])} jobs, constitution "
-               f"{md_escape(c['name'])} v{c['version']} ({'new version' if c['created'] else 'existing version'}).")
+    if c.get("members"):  # a set: each member its own version
+        what = (f"constitution set {md_escape(c['name'])} ({len(c['members'])} constitutions, one drawn per query: "
+                + ", ".join(f"{md_escape(m['name'])} v{m['version']}" for m in c["members"]) + ")")
+    else:
+        what = (f"constitution {md_escape(c['name'])} v{c['version']} "
+                f"({'new version' if c['created'] else 'existing version'})")
+    st.success(f"Experiment {result['experiment_id']} submitted: {len(result['jobs'])} jobs, {what}.")
     for w in result["warnings"]:
         st.caption(w)
     st.dataframe(pd.DataFrame([{"id": j["id"], "job": j["key"], "kind": j["kind"],

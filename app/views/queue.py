@@ -176,8 +176,8 @@ def _live_job(job_id: int) -> None:
     st.caption(f"kind {job['kind']}; experiment {job['experiment_id'] or '-'}; depends on "
                f"{', '.join(map(str, job['depends_on'])) or 'nothing'}; needed by "
                f"{', '.join(map(str, job['dependants'])) or 'nothing'}")
-    if job.get("constitution_name"):
-        st.text(f"constitution: {queue.constitution_label(job)}")  # a user-given name: shown as text
+    if constitution := queue.constitution_label(job):
+        st.text(f"constitution: {constitution}")  # a user-given name: shown as text
     if job["error"]:
         st.markdown("**Error**")
         st.code(job["error"], language=None)  # the stage's last log lines: untrusted, shown as text

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
+from db.experiments import set_label, set_members
 from db.models import BLOCKED, Constitution, Experiment, Job, Worker, job_dependencies
 from db.queue import dependencies
 
@@ -38,7 +39,8 @@ def experiment_choices(conn: Connection) -> list[dict[str, Any]]:
 
 def job_rows(conn: Connection, experiment_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
     """Jobs, newest first (at most ``limit``), with ``worker`` (its name), the
-    constitution version the job used (``constitution_name``, ``constitution_version``)
+    constitution version the job used (``constitution_name``, ``constitution_version``;
+    ``constitution_set``, "set of K: ...", when it draws from a set, else None)
     and ``depends_on`` (ids); only experiment ``experiment_id``'s when given."""
     stmt = (select(*[jobs.c[c] for c in _TABLE_COLUMNS], workers.c.name.label("worker"),
                    constitutions.c.name.label("constitution_name"),
@@ -50,8 +52,10 @@ def job_rows(conn: Connection, experiment_id: int | None = None, limit: int = 10
         stmt = stmt.where(jobs.c.experiment_id == experiment_id)
     out = [dict(r) for r in conn.execute(stmt).mappings()]
     parents = dependencies(conn, [r["id"] for r in out])
+    sets = set_members(conn, [r["id"] for r in out])
     for r in out:
         r["depends_on"] = parents[r["id"]]
+        r["constitution_set"] = set_label(sets[r["id"]]) if r["id"] in sets else None
     return out
 
 
@@ -70,6 +74,8 @@ def job_detail(conn: Connection, job_id: int) -> dict[str, Any] | None:
         return None
     out = dict(row)
     out["depends_on"] = dependencies(conn, [job_id])[job_id]
+    members = set_members(conn, [job_id]).get(job_id)
+    out["constitution_set"] = set_label(members) if members else None
     out["dependants"] = list(conn.execute(
         select(deps.c.job_id).where(deps.c.depends_on_id == job_id).order_by(deps.c.job_id)).scalars())
     return out

@@ -4,7 +4,8 @@ A source is a `sample` run directory, its ``responses.jsonl`` (one JSON object p
 with query_id, query, constitution, temperature, response, optionally n_tokens), or a
 published response file of the paper (``sami_core.results``). Candidate and baseline are
 joined on (query_id, temperature), or on query_id alone when a temperature is chosen for
-a side; a pair needs the same constitution on both sides.
+a side; a pair needs the same constitution on both sides, and the judge is shown that
+constitution: with a constitution set, the one the query drew (``constitution_name``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Response:
     temperature: float | None
     response: str
     n_tokens: int | None = None
+    constitution_name: str | None = None  # the constitution drawn from a set (sample stage)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Pair:
     baseline_source: str
     candidate_tokens: int | None = None
     baseline_tokens: int | None = None
+    constitution_name: str | None = None  # the drawn constitution's name, when the sources record it
 
 
 def _temp(v) -> float | None:
@@ -69,7 +72,8 @@ def _read_jsonl(path: Path) -> list[Response]:
         if missing:
             raise DataError(f"{path}:{n}: missing {', '.join(missing)} (expected the sample stage's responses.jsonl)")
         rows.append(Response(str(rec["query_id"]), str(rec["query"]), str(rec["constitution"]),
-                             _temp(rec.get("temperature")), str(rec["response"]), rec.get("n_tokens")))
+                             _temp(rec.get("temperature")), str(rec["response"]), rec.get("n_tokens"),
+                             rec.get("constitution_name")))
     return rows
 
 
@@ -132,7 +136,8 @@ def make_pairs(candidate: ResponseSet, baseline: ResponseSet, *, join_on_tempera
         temp = c.temperature if join_on_temperature else None
         pid = f"{c.query_id}@{temp}" if join_on_temperature else f"{c.query_id}@{c.temperature}/{b.temperature}"
         pairs.append(Pair(pid, c.query_id, c.query, c.constitution, c.temperature,
-                          c.response, b.response, candidate.name, baseline.name, c.n_tokens, b.n_tokens))
+                          c.response, b.response, candidate.name, baseline.name, c.n_tokens, b.n_tokens,
+                          c.constitution_name or b.constitution_name))
     if mismatched:
         raise DataError(
             f"{len(mismatched)} queries (e.g. {', '.join(mismatched[:3])}) have different constitutions in "

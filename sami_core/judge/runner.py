@@ -110,6 +110,7 @@ def make_record(task: JudgeTask, settings: JudgeSettings, *, status: str, choice
     return {
         "key": list(task.key), "pair_id": p.pair_id, "query_id": p.query_id, "temperature": p.temperature,
         "candidate": p.candidate_source, "baseline": p.baseline_source,
+        "constitution": p.constitution, "constitution_name": p.constitution_name,
         "provider": settings.provider, "judge_model": settings.model, "template_version": TEMPLATE_VERSION,
         "order": task.order, "shown_first": "candidate" if task.order == "candidate_first" else "baseline",
         "cache_key": task.cache_key, "status": status, "choice": choice,

@@ -277,3 +277,16 @@ def test_sampling_under_the_antithesis_is_a_checkbox_that_adds_its_jobs(open_pag
     assert not at.exception and not _errors(at)
     jobs = transact(workspace.engine, lambda c: c.execute(select(Job.name, Job.label)).all(), write=False)
     assert ("sample-1-antithesis", "iteration-1 (antithesis)") in {(j.name, j.label) for j in jobs}
+
+
+def test_a_shipped_folder_is_a_constitution_set_each_member_a_version(open_page, workspace):
+    at = open_page("new_experiment")
+    at.button(key=K + "demo").click().run()
+    at.selectbox(key=K + "constitution").select(ef.shipped_set_label("demo:opus")).run()
+    assert yaml.safe_load(_yaml(at))["constitution"] == {"paths": "demo:opus"}
+    _submit(at)
+    assert not at.exception and not _errors(at)
+    shown = at.success[0].value.replace("\\:", ":")  # markdown-escaped names
+    assert "constitution set demo:opus (6 constitutions, one drawn per query: demo:opus/0 v1" in shown
+    names = transact(workspace.engine, lambda c: sorted(c.execute(select(Constitution.name)).scalars()), write=False)
+    assert names == [f"demo:opus/{k}" for k in range(6)]

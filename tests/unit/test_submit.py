@@ -97,6 +97,7 @@ def test_the_example_specs_validate_and_expand() -> None:
     # against base and instruct (and against iteration-1 from iteration 2 on).
     assert len(plans) == 2 + 3 * 3 + (2 + 3 + 3)
     assert tldr.exp.model.path == "mistralai/Mistral-7B-v0.1"
+    assert [m["name"] for m in tldr.members] == [f"demo:mistral/{k}" for k in range(6)]  # the paper's set of six
     assert {p.kind: p.devices for p in plans} == {"sample": 1, "generate": 1, "train": 8, "judge": 0}
     by_key = {p.key: p for p in plans}
     assert by_key["sample-instruct"].spec["model"]["path"] == "mistralai/Mistral-7B-Instruct-v0.2"
