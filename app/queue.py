@@ -168,3 +168,30 @@ def log_tail(path: str | os.PathLike, lines: int = LOG_TAIL_LINES, max_bytes: in
     if size > max_bytes and text_lines:
         text_lines = text_lines[1:]  # the first one is cut
     return "\n".join(text_lines[-lines:]) if lines > 0 else ""
+
+
+# What each filter of a generate job's outputs.json counts (sami_core.prompts.FilterCounts).
+FILTER_ROWS = (
+    ("min_chars", "responses", "too short (filters.min_chars)"),
+    ("drop_substrings", "responses", "containing a dropped substring (filters.drop_substrings)"),
+    ("ends_with", "responses", "not ending as required (filters.ends_with)"),
+    ("queries_with_invalid", "queries", "dropped: a response failed a filter above"),
+    ("require_distinct", "queries", "dropped: responses not all distinct (filters.require_distinct)"),
+    ("kept", "queries", "kept for training"),
+)
+
+
+def filter_counts_table(outputs: dict | None) -> pd.DataFrame | None:
+    """A generate job's filter counts as rows (filter, what it counts, count, of how many);
+    one row per dropped substring under its filter. None when the outputs have none."""
+    c = (outputs or {}).get("filter_counts")
+    if not isinstance(c, dict):
+        return None
+    total = {"responses": c.get("responses", 0), "queries": c.get("queries", 0)}
+    rows = []
+    for key, unit, what in FILTER_ROWS:
+        rows.append({"filter": key, "what": what, "count": c.get(key, 0), "of": f"{total[unit]} {unit}"})
+        if key == "drop_substrings":
+            rows += [{"filter": f"  {s!r}", "what": "responses containing it", "count": k,
+                      "of": f"{total['responses']} responses"} for s, k in (c.get("drop_substrings_each") or {}).items()]
+    return pd.DataFrame(rows, columns=["filter", "what", "count", "of"])

@@ -17,7 +17,7 @@ from pydantic import Discriminator, Field, Tag, ValidationError, field_validator
 
 from sami_core.errors import SpecError
 from sami_core.spec import (ConstitutionSpec, DataSpec, FilterSpec, GenerateSpec, GenerationSpec, LLMSpec, ModelSpec,
-                            SampleSpec, StrictModel, TrainingSpec, _field_errors)
+                            PromptSpec, SampleSpec, StrictModel, TrainingSpec, _field_errors, check_prompt_task)
 
 
 class SamplingSpec(StrictModel):
@@ -79,6 +79,9 @@ class ExperimentSpec(StrictModel):
     shuffle_principles: bool = True
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     filters: FilterSpec = Field(default_factory=FilterSpec)
+    prompts: PromptSpec = Field(default_factory=PromptSpec, description=(
+        "Generation and training prompts of every generate, sample and evaluate job: a preset (builtin, "
+        "paper-tldr) or templates of your own, and a forced response prefix."))
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     devices: DevicesSpec = Field(default_factory=DevicesSpec)
@@ -104,6 +107,11 @@ class ExperimentSpec(StrictModel):
         if v < 1:
             raise ValueError("must be >= 1")
         return v
+
+    @model_validator(mode="after")
+    def _prompt_task(self) -> "ExperimentSpec":
+        check_prompt_task(self.prompts, self.task)
+        return self
 
     @model_validator(mode="after")
     def _judge_baselines(self) -> "ExperimentSpec":

@@ -37,6 +37,7 @@ from sami_core.contract import CHECKPOINTS_DIR, DATA_FILE, FINAL_CHECKPOINT, MET
 from sami_core.errors import DataError, ModelLoadError, TrainingDiverged
 from sami_core.logprobs import MatrixBatch, logprob_matrix
 from sami_core.loss import kl_to_reference, sami_loss
+from sami_core.prompts import response_separator
 from sami_core.rundir import RunDir, atomic_write_json, atomic_write_text
 from sami_core.spec import ModelSpec, TrainingSpec, TrainSpec
 from sami_core.stages import resolve_model_path
@@ -71,7 +72,19 @@ def read_training_data(path: str | Path) -> list[dict]:
     return rows
 
 
-def tokenize_rows(rows: list[dict], tokenizer, append_eos: bool) -> list[Example]:
+def scores_eos(append_eos: bool | str, row: dict, j: int) -> bool:
+    """Whether response j of ``row`` is scored with an EOS token after it. ``auto``: only
+    where generate recorded that the model ended it with its EOS (``row["eos"][j]``); a
+    response cut at a stop string or at the length cap, or one whose ending is unknown (data
+    without ``eos``, e.g. the paper's), is scored on its own tokens, as the paper does."""
+    if append_eos == "auto":
+        return bool((row.get("eos") or [False] * (j + 1))[j])
+    return bool(append_eos)
+
+
+def tokenize_rows(rows: list[dict], tokenizer, append_eos: bool | str) -> list[Example]:
+    """Token ids of each row's training prompts and responses (prompt_i, then a separator
+    and response_j: :func:`sami_core.prompts.response_separator`), EOS per :func:`scores_eos`."""
     out = []
     bos = tokenizer.bos_token
     for r in rows:
@@ -80,10 +93,9 @@ def tokenize_rows(rows: list[dict], tokenizer, append_eos: bool) -> list[Example
             # Chat-templated prompts already carry the BOS text; plain ones get it here.
             special = not (bos and prompt.startswith(bos))
             prompt_ids.append(tokenizer(prompt, add_special_tokens=special)["input_ids"])
-        for prompt, resp in zip(r["prompts"], r["responses"]):
-            sep = " " if prompt and not prompt[-1].isspace() else ""
-            ids = tokenizer(sep + resp, add_special_tokens=False)["input_ids"]
-            if append_eos and tokenizer.eos_token_id is not None:
+        for j, (prompt, resp) in enumerate(zip(r["prompts"], r["responses"])):
+            ids = tokenizer(response_separator(prompt) + resp, add_special_tokens=False)["input_ids"]
+            if scores_eos(append_eos, r, j) and tokenizer.eos_token_id is not None:
                 ids = ids + [tokenizer.eos_token_id]
             response_ids.append(ids)
         out.append(Example(r["query_id"], prompt_ids, response_ids))

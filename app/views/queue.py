@@ -186,6 +186,9 @@ def _live_job(job_id: int) -> None:
     st.code(str(path.parent), language=None)
     with st.expander("Spec"):
         st.json(job["spec"] or {}, expanded=True)
+    if (filters := queue.filter_counts_table(job["outputs"])) is not None:
+        st.markdown("**Filters** (what generate kept)")
+        st.dataframe(filters, hide_index=True)
     if job["outputs"]:
         with st.expander("Outputs"):
             st.json(job["outputs"], expanded=True)

@@ -180,3 +180,24 @@ def test_viewing_the_pages_writes_nothing(open_page, workspace):
         at.run()  # a refresh
     open_page("overview")
     assert transact(workspace.engine, snapshot, write=False) == before
+
+
+def test_a_generate_job_shows_what_each_filter_dropped(open_page, workspace):
+    ids = _submit_demo(workspace.engine)
+    w = _worker(workspace.engine)
+    counts = {"responses": 8, "min_chars": 0, "drop_substrings": 2, "drop_substrings_each": {"[insert": 1, "]": 2},
+              "ends_with": 3, "queries": 4, "queries_with_invalid": 2, "require_distinct": 1, "kept": 1}
+    while (job := transact(workspace.engine, lambda c: queue.claim(c, w, devices=0, lease_seconds=60))) is not None:
+        outputs = {"n_kept": 1, "filter_counts": counts} if job.id == ids["generate-1"] else None
+        transact(workspace.engine, lambda c: queue.succeed(c, job.id, w, outputs=outputs))
+        if outputs:
+            break
+    at = open_page("queue", job=str(ids["generate-1"]))
+    assert not at.exception
+    (table,) = [df.value for df in at.dataframe if "filter" in df.value.columns]
+    got = dict(zip(table["filter"].str.strip(), zip(table["count"], table["of"])))
+    assert got["drop_substrings"] == (2, "8 responses") and got["'[insert'"] == (1, "8 responses")
+    assert got["ends_with"] == (3, "8 responses") and got["require_distinct"] == (1, "4 queries")
+    assert got["queries_with_invalid"] == (2, "4 queries") and got["kept"] == (1, "4 queries")
+    at = open_page("queue", job=str(ids["train-1"]))  # no filter counts: no table
+    assert not [df for df in at.dataframe if "filter" in df.value.columns]
