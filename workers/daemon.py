@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection, Engine, Row
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db import ingest, queue
 from db.engine import is_retryable, transact
@@ -339,7 +339,14 @@ class Worker:
             reply = queue.heartbeat(conn, job.id, self.id, lease_seconds=self.config.lease_seconds,
                                     progress=progress, pid=pid)
             if reply != "lost" and (records or offset != reader.metrics_offset):
-                ingest.upsert_metrics(conn, job.id, records)
+                try:  # a savepoint: records the database refuses never cost the lease
+                    with conn.begin_nested():
+                        ingest.upsert_metrics(conn, job.id, records)
+                except OperationalError:
+                    raise  # a lock or a lost connection: the whole tick is tried again
+                except (DBAPIError, ValueError, TypeError, OverflowError) as err:
+                    log.warning("job %s: skipping %d metrics records the database refused: %s",
+                                job.id, len(records), str(err).splitlines()[0][:300])
                 ingest.set_metrics_offset(conn, job.id, offset)
             return reply
 
