@@ -223,7 +223,11 @@ class Worker:
     # --- one job ---------------------------------------------------------------------
 
     def _run_job(self, job: Row) -> None:
-        run_dir = self.workspace.resolve(job.run_dir or default_run_dir(job.id, job.kind))
+        try:
+            run_dir = self.workspace.resolve(self.workspace.inside(job.run_dir or default_run_dir(job.id, job.kind)))
+        except ValueError as err:  # written past the service layer: never run it there
+            self._finish_failure(job, f"run_dir: {err}", exit_code=contract.EXIT_BAD_INPUT)
+            return
         spec = dict(job.spec or {})
         log.debug("job %d (%s) claimed: attempt %d of %d, run dir %s", job.id, job.kind, job.attempts,
                   job.max_attempts, run_dir)

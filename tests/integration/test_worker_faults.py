@@ -215,3 +215,20 @@ def test_poisoned_metrics_lines_are_skipped_and_the_job_ends_by_its_stage(sami: 
     assert stored_steps() == [0, 1, 2, 5, 7]  # step 5's loss is kept as text ("inf")
     logs = sami.worker_logs()
     assert "out of range" in logs and "skipping a metrics line of" in logs
+
+
+def test_run_directories_outside_the_workspace_are_refused(sami: Sami) -> None:
+    outside = sami.home.parent / f"{sami.home.name}-outside"
+    for run_dir in ("../" + outside.name, str(outside), "runs/../../" + outside.name):
+        r = sami.cli("enqueue", "sleep", "--run-dir", run_dir, check=False)
+        assert r.returncode == 2 and "outside the workspace" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    ok = sami.cli("enqueue", "sleep", "-p", "seconds=0.2", "--run-dir", str(sami.home / "runs" / "mine"))
+    assert sami.job(int(ok.stdout)).run_dir == "runs/mine"  # stored relative to the workspace
+    # A row written past the service layer (another tool, an old version): the worker refuses it.
+    crafted = sami.enqueue(spec={"seconds": 0.2}, run_dir="../" + outside.name)
+    sami.worker("--exit-when-idle")
+    assert sami.wait_workers() == [0]
+    j = sami.job(crafted)
+    assert j.status == "failed" and "outside the workspace" in j.error and j.attempts == 1
+    assert not outside.exists()
+    assert sami.job(int(ok.stdout)).status == "succeeded"
