@@ -232,3 +232,14 @@ def test_run_directories_outside_the_workspace_are_refused(sami: Sami) -> None:
     assert j.status == "failed" and "outside the workspace" in j.error and j.attempts == 1
     assert not outside.exists()
     assert sami.job(int(ok.stdout)).status == "succeeded"
+
+
+def test_a_worker_runs_no_remote_model_code_unless_its_operator_allows_it(sami: Sami) -> None:
+    spec = {"model": {"path": "demo"}, "score_models": [{"model": "some/hub-model", "trust_remote_code": True}]}
+    refused = sami.enqueue("evaluate", spec=spec)
+    sami.worker("--exit-when-idle")
+    assert sami.wait_workers() == [0]
+    j = sami.job(refused)
+    assert j.status == "failed" and j.attempts == 1  # bad input: not retried
+    assert j.error.startswith("score_models.0.trust_remote_code: ") and "--allow-remote-code" in j.error
+    assert not (sami.run_dir(refused) / "job_spec.json").exists()  # nothing was started

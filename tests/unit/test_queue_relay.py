@@ -247,3 +247,15 @@ def test_metrics_lines_are_untrusted(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert records == []
     records, _ = reader.new_metrics()
     assert records == [{"step": 4}]
+
+
+def test_remote_code_fields_are_found_anywhere_in_a_spec() -> None:
+    from workers.daemon import remote_code_fields
+
+    spec = {"model": {"path": "x", "trust_remote_code": False},
+            "reference_model": {"trust_remote_code": True},
+            "judge": {"judge": {"provider": "hf", "trust_remote_code": True}},
+            "score_models": [{"model": "a"}, {"model": "b", "trust_remote_code": True}]}
+    assert remote_code_fields(spec) == ["reference_model.trust_remote_code", "judge.judge.trust_remote_code",
+                                        "score_models.1.trust_remote_code"]
+    assert remote_code_fields({"model": {"trust_remote_code": False}}) == []
