@@ -85,7 +85,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     job_id = tx(lambda c: jobs.enqueue_job(
         c, args.kind, spec, depends_on=_ids(args.depends_on), name=args.name, experiment_id=args.experiment,
         devices_required=args.devices, priority=args.priority, max_attempts=args.max_attempts,
-        run_dir=args.run_dir))
+        run_dir=args.run_dir, workspace=workspace()))
     print(job_id)
     return 0
 

@@ -182,6 +182,22 @@ def _log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------
 # The recipe
 # ---------------------------------------------------------------------------------------
+def _load_rng_state(path: Path) -> "torch.Tensor":
+    """A saved CPU RNG state. Loaded with ``weights_only=True``: a state file holds one
+    byte tensor and nothing that could run code; anything else is refused."""
+    import pickle
+
+    try:
+        state = torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise DataError(f"{path}: not an RNG state written by the workbench ({type(err).__name__}); "
+                        "remove the run directory's state/ to start the training over") from None
+    if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8:
+        raise DataError(f"{path}: not an RNG state (a byte tensor); remove the run directory's state/ "
+                        "to start the training over")
+    return state
+
+
 class SamiTrainer:
     def __init__(self, spec: TrainSpec, run_dir: str | Path):
         self.spec = spec
@@ -339,7 +355,9 @@ class SamiTrainer:
         import torch.distributed.checkpoint as dcp
 
         states = self._state_dirs()
-        if not states:
+        if not states:  # a fresh start: metrics of an earlier attempt are all recomputed
+            if self.is_main and (self.rd / METRICS_FILE).exists():
+                atomic_write_text(self.rd / METRICS_FILE, "")
             return
         last = states[-1]
         msd, osd = get_state_dict(self.model, self.optimizer)
@@ -354,9 +372,9 @@ class SamiTrainer:
         self.checkpoints = meta["checkpoints"]
         rng = last / f"rng-rank{self.rank}.pt"
         if rng.exists():
-            torch.set_rng_state(torch.load(rng, weights_only=False))
+            torch.set_rng_state(_load_rng_state(rng))
         if self.is_main:  # drop metrics of steps after the state; they are recomputed
-            kept = [m for m in self.rd.read_metrics() if m.get("step", 0) <= self.step]
+            kept = [m for m in self.rd.read_metrics() if m["step"] <= self.step]
             atomic_write_text(self.rd / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in kept))
             _log(f"resuming from {last.name}")
 

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tick-interval", type=float, default=1.0,
                    help="seconds between heartbeats / progress relays while a job runs")
     p.add_argument("--kill-grace", type=float, default=3.0, help="seconds between SIGTERM and SIGKILL")
+    p.add_argument("--allow-remote-code", action="store_true",
+                   help="run jobs whose spec sets trust_remote_code: true (model code from the hub runs on "
+                        "this machine); without it such jobs fail with a message saying so")
     p.add_argument("--name", help="worker name (default host:pid)")
     p.add_argument("--stats-file", type=Path, help="write claim latencies here on exit (benchmarks)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
@@ -71,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = WorkerConfig(
             devices=devices, kinds=kinds, lease_seconds=args.lease_seconds, poll_interval=args.poll_interval,
             tick_interval=args.tick_interval, kill_grace_s=args.kill_grace, exit_when_idle=args.exit_when_idle,
-            name=args.name, stats_file=args.stats_file,
+            name=args.name, stats_file=args.stats_file, allow_remote_code=args.allow_remote_code,
         )
         return Worker(open_database(ws.database_url), ws, config, database_url=ws.database_url).run()
     except DBAPIError as err:

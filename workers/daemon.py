@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection, Engine, Row
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db import ingest, queue
 from db.engine import is_retryable, transact
@@ -66,6 +66,7 @@ class WorkerConfig:
     exit_when_idle: bool = False
     name: str | None = None
     stats_file: Path | None = None  # write claim latencies here on exit (benchmarks)
+    allow_remote_code: bool = False  # run specs with trust_remote_code: true (the operator's choice)
 
 
 class Worker:
@@ -223,8 +224,18 @@ class Worker:
     # --- one job ---------------------------------------------------------------------
 
     def _run_job(self, job: Row) -> None:
-        run_dir = self.workspace.resolve(job.run_dir or default_run_dir(job.id, job.kind))
+        try:
+            run_dir = self.workspace.resolve(self.workspace.inside(job.run_dir or default_run_dir(job.id, job.kind)))
+        except ValueError as err:  # written past the service layer: never run it there
+            self._finish_failure(job, f"run_dir: {err}", exit_code=contract.EXIT_BAD_INPUT)
+            return
         spec = dict(job.spec or {})
+        if not self.config.allow_remote_code and (where := remote_code_fields(spec)):
+            self._finish_failure(
+                job, f"{where[0]}: trust_remote_code is true, and this worker does not run model code from the hub; "
+                     "the operator allows it with `sami worker --allow-remote-code`, or set it false",
+                exit_code=contract.EXIT_BAD_INPUT)
+            return
         log.debug("job %d (%s) claimed: attempt %d of %d, run dir %s", job.id, job.kind, job.attempts,
                   job.max_attempts, run_dir)
         if runs_inline(job.kind, spec):
@@ -339,7 +350,14 @@ class Worker:
             reply = queue.heartbeat(conn, job.id, self.id, lease_seconds=self.config.lease_seconds,
                                     progress=progress, pid=pid)
             if reply != "lost" and (records or offset != reader.metrics_offset):
-                ingest.upsert_metrics(conn, job.id, records)
+                try:  # a savepoint: records the database refuses never cost the lease
+                    with conn.begin_nested():
+                        ingest.upsert_metrics(conn, job.id, records)
+                except OperationalError:
+                    raise  # a lock or a lost connection: the whole tick is tried again
+                except (DBAPIError, ValueError, TypeError, OverflowError) as err:
+                    log.warning("job %s: skipping %d metrics records the database refused: %s",
+                                job.id, len(records), str(err).splitlines()[0][:300])
                 ingest.set_metrics_offset(conn, job.id, offset)
             return reply
 
@@ -389,6 +407,22 @@ class Worker:
             "worker_id": self.id, "name": self.name, "jobs": self.jobs_done,
             "claim_latency_ms": self.claim_latencies_ms,
         })
+
+
+def remote_code_fields(spec: Any, path: str = "") -> list[str]:
+    """The dotted paths in a job spec where ``trust_remote_code`` is true."""
+    found: list[str] = []
+    if isinstance(spec, dict):
+        for key, value in spec.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "trust_remote_code" and value is True:
+                found.append(where)
+            else:
+                found += remote_code_fields(value, where)
+    elif isinstance(spec, list):
+        for i, value in enumerate(spec):
+            found += remote_code_fields(value, f"{path}.{i}")
+    return found
 
 
 def detect_devices() -> list[str]:
