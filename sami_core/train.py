@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from sami_core.contract import CHECKPOINTS_DIR, DATA_FILE, FINAL_CHECKPOINT, METRICS_FILE, OUTPUTS_FILE
-from sami_core.errors import DataError, ModelLoadError, TrainingDiverged
+from sami_core.errors import DataError, ModelLoadError, ModelUnreachable, TrainingDiverged, is_unreachable
 from sami_core.logprobs import MatrixBatch, logprob_matrix
 from sami_core.loss import kl_to_reference, sami_loss
 from sami_core.prompts import response_separator
@@ -182,6 +182,12 @@ def _log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------
 # The recipe
 # ---------------------------------------------------------------------------------------
+def _load_error(err: BaseException) -> type[ModelLoadError]:
+    """ModelUnreachable (transient: the hub out of reach, the model not cached) or
+    ModelLoadError (bad input: not a model, not found)."""
+    return ModelUnreachable if is_unreachable(err) else ModelLoadError
+
+
 def _load_rng_state(path: Path) -> "torch.Tensor":
     """A saved CPU RNG state. Loaded with ``weights_only=True``: a state file holds one
     byte tensor and nothing that could run code; anything else is refused."""
@@ -239,7 +245,7 @@ class SamiTrainer:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=self.spec.model.trust_remote_code)
         except Exception as err:
-            raise ModelLoadError(f"model.path: cannot load a tokenizer from {model_path!r} offline: {err}") from None
+            raise _load_error(err)(f"model.path: cannot load a tokenizer from {model_path!r} offline: {err}") from None
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.tokenizer.eos_token_id or 0)
         rows = read_training_data(self.spec.data.path)
         self.examples, self.eval_examples = split_held_out(
@@ -325,7 +331,7 @@ class SamiTrainer:
                 path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=mspec.trust_remote_code
             )
         except Exception as err:
-            raise ModelLoadError(
+            raise _load_error(err)(
                 f"model.path: cannot load {path!r} offline ({type(err).__name__}: {err}). Give a local "
                 "directory or a hub id already in the local cache"
             ) from None
@@ -337,7 +343,7 @@ class SamiTrainer:
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=mspec.trust_remote_code)
         except Exception as err:
-            raise ModelLoadError(f"model.path: cannot read the config of {path!r} offline "
+            raise _load_error(err)(f"model.path: cannot read the config of {path!r} offline "
                                  f"({type(err).__name__}: {err})") from None
         if not self.is_main:
             _log(f"rank {self.rank}: building the model on the meta device; its shards come from rank 0")

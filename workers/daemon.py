@@ -67,6 +67,8 @@ class WorkerConfig:
     name: str | None = None
     stats_file: Path | None = None  # write claim latencies here on exit (benchmarks)
     allow_remote_code: bool = False  # run specs with trust_remote_code: true (the operator's choice)
+    retry_backoff_s: float = 30.0  # a transient failure (exit 75) waits this, doubling per attempt
+    retry_backoff_max_s: float = 600.0
 
 
 class Worker:
@@ -315,8 +317,12 @@ class Worker:
             if rc == contract.EXIT_BAD_INPUT:
                 what += ": bad input, not retried; fix the spec and enqueue it again"
             why = f": {relay.redact(str(recorded['reason']))}" if recorded and recorded.get("reason") else ""
+            transient = rc == contract.EXIT_TRANSIENT
+            if transient:
+                delay = self.retry_delay_s(job.attempts)
+                what += f": transient, retried after {delay:g} s while attempts are left"
             self._finish_failure(job, f"stage failed ({what}){why}; last lines of stage.log:\n{tail}",
-                                 exit_code=rc, transient=rc == contract.EXIT_TRANSIENT)
+                                 exit_code=rc, transient=transient)
 
     def _watch(self, job: Row, proc: subprocess.Popen, reader: relay.RunDirReader) -> str:
         """Wait for the stage; heartbeat and relay every tick. Returns "exited",
@@ -395,9 +401,16 @@ class Worker:
         elif done is False:
             log.warning("job %d finished but was no longer ours (lease expired); result not recorded", job.id)
 
+    def retry_delay_s(self, attempts: int) -> float:
+        """The backoff after a transient failure of attempt ``attempts`` (1, 2, ...):
+        doubling from ``retry_backoff_s``, at most ``retry_backoff_max_s``."""
+        cfg = self.config
+        return min(cfg.retry_backoff_max_s, cfg.retry_backoff_s * 2 ** max(0, attempts - 1))
+
     def _finish_failure(self, job: Row, error: str, *, exit_code: int | None, transient: bool = False) -> None:
+        delay = self.retry_delay_s(job.attempts) if transient else 0.0
         status = self._db_until_done(lambda c: queue.fail(c, job.id, self.id, error, exit_code=exit_code,
-                                                          transient=transient))
+                                                          transient=transient, retry_delay_s=delay))
         log.warning("job %d -> %s: %s", job.id, status or "(no longer ours)", error.splitlines()[0])
 
     def _write_stats(self) -> None:

@@ -90,6 +90,7 @@ def test_failed_stage_blocks_dependants_and_retry_requeues(sami: Sami) -> None:
     assert sami.job(dependant).status == "blocked"
     assert sami.job(other).status == "succeeded"
     assert (sami.job(flaky).status, sami.job(flaky).attempts) == ("succeeded", 2)  # retried by itself
+    assert "transient, retried after 1 s" in sami.worker_logs()  # after its backoff
 
     out = sami.cli("retry", str(failing))
     assert f"unblocked {dependant}" in out.stdout
