@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from sami_core.rundir import RunDir
 from tests.families import FAMILIES, save_tiny_model
 from tests.families_fsdp import MAX_STEPS
+from tests.integration.test_train_torchrun import finish
 from tests.training_data import make_training_data
 
 pytestmark = pytest.mark.integration
@@ -48,9 +49,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> P
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "tests.families_fsdp", str(root), *FAMILIES]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
-    proc = subprocess.run(cmd, env=env, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-6000:]
+    proc = subprocess.Popen(cmd, env=env, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    finish(proc, timeout=600)  # on a timeout, torchrun and both ranks are killed
     return root
 
 
