@@ -166,10 +166,19 @@ def build_optimizer(params, cfg: TrainingSpec) -> torch.optim.Optimizer:
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:
-    """The repeated transformer blocks (FSDP units), found by the model's own
-    `_no_split_modules` class names (LlamaDecoderLayer, MistralDecoderLayer, ...)."""
+    """The repeated transformer blocks (FSDP units).
+
+    Found by the model's own `_no_split_modules` class names (LlamaDecoderLayer,
+    MistralDecoderLayer, MixtralDecoderLayer, Qwen2DecoderLayer, GemmaDecoderLayer, ...),
+    matched on the class and its bases, so that a block already wrapped by `fully_shard`
+    (whose class becomes FSDP<Name>) is still found. A model that names none: the
+    longest `nn.ModuleList` whose entries are all of one class (`model.layers`)."""
     names = set(getattr(model, "_no_split_modules", None) or [])
-    layers = [m for m in model.modules() if type(m).__name__ in names]
+    layers = [m for m in model.modules() if any(c.__name__ in names for c in type(m).__mro__)]
+    if not layers:
+        stacks = [list(m) for m in model.modules() if isinstance(m, torch.nn.ModuleList)
+                  and len(m) > 0 and len({type(b) for b in m}) == 1]
+        layers = max(stacks, key=len, default=[])
     if not layers:
         raise ValueError(f"could not find decoder layers to shard in {type(model).__name__}")
     return layers
