@@ -69,7 +69,10 @@ def test_paper_specs_carry_the_papers_settings(name: str):
         assert exp.task == "summarization"
         assert (d.dataset, d.config, d.split, d.field, d.id_field, d.max_queries, d.eval_split) == \
             ("openai/summarize_from_feedback", "comparisons", "train", "info.post", "info.id", 3000, "validation")
-        assert prepared.constitution_origin == "demo:mistral/0"
+        # the paper's set of six, one drawn per query; its prompts and filters
+        assert [m["name"] for m in prepared.members] == [f"demo:mistral/{k}" for k in range(6)]
+        assert exp.prompts.preset == "paper-tldr" and exp.filters.ends_with == ["."]
+        assert exp.filters.drop_substrings == ["[insert", "[]", "]", "Response"]
     else:
         assert exp.task == "dialogue"
         assert (d.dataset, d.field, d.extract, d.eval_split) == ("Anthropic/hh-rlhf", "chosen", "first_human_turn", "test")
