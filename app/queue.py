@@ -17,6 +17,7 @@ import pandas as pd
 from app.formatting import age_s, display_status, format_duration
 from db.workspace import Workspace
 from sami_core.contract import LOG_FILE
+from sami_core.judge.usage import job_usage_text
 from services import jobs
 
 LOG_NAME = LOG_FILE
@@ -97,6 +98,15 @@ def jobs_frame(rows: Sequence[dict], now: datetime | None = None) -> pd.DataFram
             "updated": format_duration(age_s(r.get("updated_at"), now)),
         })
     return pd.DataFrame(out, columns=list(TABLE_COLUMNS))
+
+
+def judge_usage(job: dict) -> str | None:
+    """A judge job's token usage and estimated cost (from its outputs.json, priced by its
+    spec's judge), e.g. ``12,345 prompt + 678 completion tokens, estimated cost $0.0376``;
+    None for other kinds and for judge jobs that have not finished."""
+    if job.get("kind") != "judge":
+        return None
+    return job_usage_text(job.get("outputs"), job.get("spec"))
 
 
 def legend() -> str:

@@ -89,6 +89,10 @@ class JudgeOptions:
     limit: int | None = None
     temperature: float | None = None
     experiment_id: int | None = None
+    template: str | None = None  # a shipped template name or a template file
+    unparseable: str = "apart"  # apart | tie
+    price_prompt_per_mtok: float | None = None  # USD per million tokens, for the cost estimate
+    price_completion_per_mtok: float | None = None
 
 
 @dataclass
@@ -112,7 +116,8 @@ def plan_judge(conn_tx: Callable[[Callable[[Connection], Any]], Any], ws: Worksp
         cand["temperature"] = base["temperature"] = opts.temperature
     judge: dict[str, Any] = {"provider": opts.provider, "model": opts.model, "concurrency": opts.concurrency,
                              "api_key_env": opts.api_key_env or None}
-    for key in ("base_url", "azure_endpoint", "api_version", "max_attempts", "backoff_initial_s"):
+    for key in ("base_url", "azure_endpoint", "api_version", "max_attempts", "backoff_initial_s",
+                "price_prompt_per_mtok", "price_completion_per_mtok"):
         if getattr(opts, key) is not None:
             judge[key] = getattr(opts, key)
     notes = []
@@ -125,7 +130,8 @@ def plan_judge(conn_tx: Callable[[Callable[[Connection], Any]], Any], ws: Worksp
         notes += [note] if note else []
     spec = validate_job_spec("judge", {
         "judge": judge, "candidate": cand, "baseline": base, "order": "both" if opts.both_orders else "random",
-        "limit": opts.limit, "shared_cache": str(ws.home / "judge-cache")})
+        "limit": opts.limit, "shared_cache": str(ws.home / "judge-cache"), "template": opts.template,
+        "unparseable": opts.unparseable})
     est = estimate_judge_job(JudgeSpec.model_validate(spec))
     key_env = judge["api_key_env"]
     if est.to_send and key_env and judge["provider"] != "hf" and not env.get(key_env):

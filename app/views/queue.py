@@ -178,6 +178,8 @@ def _live_job(job_id: int) -> None:
                f"{', '.join(map(str, job['dependants'])) or 'nothing'}")
     if job.get("constitution_name"):
         st.text(f"constitution: {queue.constitution_label(job)}")  # a user-given name: shown as text
+    if usage := queue.judge_usage(job):
+        st.text(f"judge usage: {usage}")
     if job["error"]:
         st.markdown("**Error**")
         st.code(job["error"], language=None)  # the stage's last log lines: untrusted, shown as text
