@@ -180,3 +180,15 @@ def test_viewing_the_pages_writes_nothing(open_page, workspace):
         at.run()  # a refresh
     open_page("overview")
     assert transact(workspace.engine, snapshot, write=False) == before
+
+
+def test_a_judge_job_shows_its_tokens_and_estimated_cost(open_page, workspace):
+    spec = {"judge": {"provider": "openai", "model": "gpt-4o", "price_prompt_per_mtok": 2.5,
+                      "price_completion_per_mtok": 10.0}}
+    job_id = transact(workspace.engine, lambda c: queue.enqueue(c, "judge", spec, name="judge-now"))
+    w = _worker(workspace.engine)
+    transact(workspace.engine, lambda c: queue.claim(c, w, devices=0, lease_seconds=60))
+    transact(workspace.engine, lambda c: queue.succeed(c, job_id, w, outputs={
+        "wins": 3, "prompt_tokens": 12345, "completion_tokens": 678, "cost_usd": 0.03764}))
+    at = open_page("queue", job=str(job_id))
+    assert "judge usage: 12,345 prompt + 678 completion tokens, estimated cost $0.0376" in [t.value for t in at.text]
