@@ -122,11 +122,11 @@ def cmd_judge(args: argparse.Namespace) -> int:
     run = judging.run_judge_now(tx, ws, plan, experiment_id=args.experiment, run_dir=args.run_dir,
                                 on_progress=progress)
     out = run.outputs
+    if usage := job_usage_text(out, plan.spec):
+        print(f"judge: {usage}")
     print(f"judge: {out['n_judgments']} judgments ({out['requests_sent']} requests sent, "
           f"{out['cached']} cached); {run.stored} stored in the database"
           f"{'' if plan.stored else ' (a side is no response source there)'}; run directory {run.run_dir}")
-    if usage := job_usage_text(out, plan.spec):
-        print(f"judge: {usage}")
     return 0
 
 

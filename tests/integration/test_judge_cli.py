@@ -172,6 +172,8 @@ def test_judge_errors_are_stored_counted_and_replaced_by_a_later_answer(sami_sql
         first = sami.cli(*args, timeout=120)
         run_dir = Path(first.stdout.rsplit("run directory ", 1)[1].strip())
         outputs = json.loads((run_dir / "outputs.json").read_text())
+        assert f"judge: {outputs['prompt_tokens']:,} prompt + {outputs['completion_tokens']:,} completion tokens\n" \
+            in first.stdout  # no prices given: no cost
         assert 0 < outputs["errors"] < 16
         assert count(sami, Judgment) == 16
         (row,) = json.loads(sami.cli("winrates", "--json").stdout)
