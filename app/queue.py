@@ -18,7 +18,7 @@ from app.formatting import age_s, display_status, format_duration
 from db.workspace import Workspace
 from sami_core.contract import LOG_FILE
 from sami_core.judge.usage import job_usage_text
-from services import jobs
+from services import jobs, judging
 
 LOG_NAME = LOG_FILE
 LOG_TAIL_LINES = 200
@@ -107,6 +107,21 @@ def judge_usage(job: dict) -> str | None:
     if job.get("kind") != "judge":
         return None
     return job_usage_text(job.get("outputs"), job.get("spec"))
+
+
+def judge_estimate(ws: Workspace, job: dict) -> str | None:
+    """Before a queued judge job sends anything: how many judgments it will send and their
+    approximate tokens (and cost at most, with prices); None for other jobs, and while its
+    responses are not sampled yet."""
+    if job.get("kind") != "judge" or job.get("status") not in ("queued", "blocked"):
+        return None
+    est = judging.estimate_queued(ws, job.get("spec") or {}, job.get("run_dir"))
+    if est is None:
+        return None
+    text = f"{est.to_send} of {est.judgments} judgments to send ({est.cached} cached)"
+    if est.to_send and (job.get("spec") or {}).get("judge", {}).get("provider") != "hf":
+        text += f"; {est.tokens_text()}"
+    return text
 
 
 def legend() -> str:

@@ -245,7 +245,8 @@ class ExperimentJudgeSpec(StrictModel):
                           "read and checked at submit and stored with its text; null = the built-in template."
     )
     unparseable: Literal["apart", "tie"] = Field(
-        "apart", description="Answers with no readable choice: counted apart (`invalid`) or as ties (the paper's choice)."
+        "apart", description="Answers with no readable choice: counted apart (`invalid`) or as ties (the paper's "
+                             "choice)."
     )
     seed: int = Field(0, description="Seeds the A/B order and the principle shuffle.")
     shared_cache: str | None = Field(

@@ -25,13 +25,14 @@ from sami_core.contract import JUDGMENTS_FILE, OUTPUTS_FILE, RESPONSES_FILE
 from sami_core.judge.cache import RequestEstimate
 from sami_core.judge.stage import estimate_judge_job
 from sami_core.experiment_spec import ExperimentLLMSpec, resolve_auto_judge
+from sami_core.errors import SamiError
 from sami_core.spec import JudgeSpec
 from services import results, stages
 from services.errors import JudgingError
 from services.jobs import validate_job_spec
 
-__all__ = ["JudgingError", "JudgePlan", "JudgeOptions", "source_side", "judge_side", "plan_judge", "queue_judge",
-           "run_judge_now"]
+__all__ = ["JudgingError", "JudgePlan", "JudgeOptions", "source_side", "judge_side", "plan_judge", "estimate_queued",
+           "queue_judge", "run_judge_now"]
 
 
 def source_side(source: dict, workspace_home: Path) -> dict[str, Any]:
@@ -138,6 +139,23 @@ def plan_judge(conn_tx: Callable[[Callable[[Connection], Any]], Any], ws: Worksp
         raise JudgingError(f"${key_env} is not set (the judge's API key; --api-key-env names another "
                            "variable, '' for none)")
     return JudgePlan(spec, est, cand_src is not None and base_src is not None, notes)
+
+
+def estimate_queued(ws: Workspace, spec: Mapping[str, Any], run_dir: str | None = None) -> RequestEstimate | None:
+    """What a judge job that has not run yet will send (the Queue page's "before
+    sending"): judgments, cached ones, approximate tokens and cost at most. Paths in the
+    spec are resolved against the workspace, as the worker runs it. None while a side's
+    responses do not exist yet (its sample job has not run)."""
+    data = json.loads(json.dumps(dict(spec)))
+    for side in ("candidate", "baseline"):
+        if isinstance(data.get(side), dict) and data[side].get("path"):
+            data[side]["path"] = str(ws.resolve(data[side]["path"]))
+    if data.get("shared_cache"):
+        data["shared_cache"] = str(ws.resolve(data["shared_cache"]))
+    try:
+        return estimate_judge_job(JudgeSpec.model_validate(data), ws.resolve(run_dir) if run_dir else None)
+    except (SamiError, ValueError, OSError):  # responses not there yet (DataError), or an old spec
+        return None
 
 
 def queue_judge(conn: Connection, plan: JudgePlan, *, experiment_id: int | None = None,

@@ -106,8 +106,9 @@ def check_template(system: str, user: str, answer_pattern: str) -> None:
     for key, text in (("system", system), ("user", user)):
         for name in placeholders(text, key):
             if name not in PLACEHOLDERS:
-                raise ValueError(f"{key}: unknown placeholder {{{name}}}; use {', '.join('{%s}' % p for p in PLACEHOLDERS)}"
-                                 " (write {{ and }} for literal braces)")
+                known = ", ".join("{%s}" % p for p in PLACEHOLDERS)
+                raise ValueError(f"{key}: unknown placeholder {{{name}}}; use {known} (write {{{{ and }}}} for "
+                                 "literal braces)")
             seen.add(name)
     missing = [p for p in PLACEHOLDERS if p not in seen]
     if missing:
