@@ -102,7 +102,7 @@ class OpenAIChat:
 
     async def complete(self, prompt: str, system: str | None = None) -> Completion:
         self.sent += 1
-        # The typed call costs ~2 ms of CPU per request more than a raw post: nothing beside
+        # The typed call costs ~2-3 ms of CPU per request more than a raw post: nothing beside
         # a GPT-4-class answer's seconds, and it gives the usage a cost report needs.
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         resp = await self.client.chat.completions.create(
