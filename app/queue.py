@@ -17,7 +17,8 @@ import pandas as pd
 from app.formatting import age_s, display_status, format_duration
 from db.workspace import Workspace
 from sami_core.contract import LOG_FILE
-from services import jobs
+from sami_core.judge.usage import job_usage_text
+from services import jobs, judging
 
 LOG_NAME = LOG_FILE
 LOG_TAIL_LINES = 200
@@ -100,6 +101,30 @@ def jobs_frame(rows: Sequence[dict], now: datetime | None = None) -> pd.DataFram
             "updated": format_duration(age_s(r.get("updated_at"), now)),
         })
     return pd.DataFrame(out, columns=list(TABLE_COLUMNS))
+
+
+def judge_usage(job: dict) -> str | None:
+    """A judge job's token usage and estimated cost (from its outputs.json, priced by its
+    spec's judge), e.g. ``12,345 prompt + 678 completion tokens, estimated cost $0.0376``;
+    None for other kinds and for judge jobs that have not finished."""
+    if job.get("kind") != "judge":
+        return None
+    return job_usage_text(job.get("outputs"), job.get("spec"))
+
+
+def judge_estimate(ws: Workspace, job: dict) -> str | None:
+    """Before a queued judge job sends anything: how many judgments it will send and their
+    approximate tokens (and cost at most, with prices); None for other jobs, and while its
+    responses are not sampled yet."""
+    if job.get("kind") != "judge" or job.get("status") not in ("queued", "blocked"):
+        return None
+    est = judging.estimate_queued(ws, job.get("spec") or {}, job.get("run_dir"))
+    if est is None:
+        return None
+    text = f"{est.to_send} of {est.judgments} judgments to send ({est.cached} cached)"
+    if est.to_send and (job.get("spec") or {}).get("judge", {}).get("provider") != "hf":
+        text += f"; {est.tokens_text()}"
+    return text
 
 
 def legend() -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from cli.registry import CliError, age, command, print_table, row_dict, tx, workspace
 from sami_core.contract import KNOWN_KINDS
+from sami_core.judge.usage import job_usage_text
 from services import jobs
 
 # --- enqueue --------------------------------------------------------------------------------
@@ -140,6 +141,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         note = r.name or ""
         if r.error and r.status != "succeeded":
             note = (note + ": " if note else "") + r.error.strip().splitlines()[-1][:80]
+        elif r.kind == "judge" and (usage := job_usage_text(r.outputs, r.spec)):
+            note = (note + ": " if note else "") + usage
         table.append((str(r.id), r.kind, status, f"{r.attempts}/{r.max_attempts}", _progress(r),
                       str(r.worker_id or "-"), ",".join(map(str, edges[r.id])) or "-", age(r.updated_at), note))
     print_table(table, last_free=True)

@@ -163,6 +163,8 @@ def judge_jobs(exp: ExperimentSpec, root: Path) -> list[JobPlan]:
             key = f"judge-{t}" if len(labels) == 1 else f"judge-{t}-vs-{b}"
             spec = {"judge": j.judge.model_dump(mode="json"), "task": exp.task, "order": j.order, "seed": j.seed,
                     "allow_tie": j.allow_tie, "limit": j.limit, "shared_cache": j.shared_cache,
+                    "template": None if j.template is None else j.template.model_dump(mode="json"),
+                    "unparseable": j.unparseable,
                     "candidate": {"path": str(root / f"sample-{t}"), "name": f"iteration-{t}",
                                   "temperature": j.temperature},
                     "baseline": {"path": str(root / b_key), "name": b, "temperature": j.temperature}}

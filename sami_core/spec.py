@@ -680,6 +680,12 @@ class LLMSpec(StrictModel):
     backoff_initial_s: float = Field(1.0, ge=0.0, description="First retry wait; doubles per attempt (with jitter).")
     backoff_max_s: float = Field(60.0, ge=0.0, description="Longest wait between attempts, Retry-After included.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="hf only.")
+    price_prompt_per_mtok: float | None = Field(
+        None, ge=0.0, description="USD per million prompt tokens, for cost estimates (give both prices or neither)."
+    )
+    price_completion_per_mtok: float | None = Field(
+        None, ge=0.0, description="USD per million completion tokens, for cost estimates."
+    )
 
     @field_validator("api_key_env")
     @classmethod
@@ -700,6 +706,9 @@ class LLMSpec(StrictModel):
             raise ValueError("`base_url` is for provider 'openai' (any OpenAI-compatible endpoint) only")
         if not self.model.strip():
             raise ValueError("`model` is empty")
+        if (self.price_prompt_per_mtok is None) != (self.price_completion_per_mtok is None):
+            raise ValueError("give both `price_prompt_per_mtok` and `price_completion_per_mtok` (USD per million "
+                             "tokens), or neither")
         return self
 
 
@@ -707,6 +716,37 @@ class ResponseSourceSpec(StrictModel):
     path: str = Field(..., description="A sample run directory, its responses.jsonl, or a published response .json file.")
     name: str | None = Field(None, description="Label in win-rate tables (default: the file or directory name).")
     temperature: float | None = Field(None, ge=0.0, description="Use only responses at this temperature.")
+
+
+class JudgeTemplateSpec(StrictModel):
+    """A judge template (see sami_core/judge/template.py). In a spec: the name of a shipped
+    template (`paper`) or the path of a YAML file with system, user and answer_pattern; it
+    is read and checked when the spec is validated (at submit) and kept with its text, so
+    the job needs no file."""
+
+    name: str = Field("inline", description="Where the text came from (a shipped name or a file path).")
+    system: str = Field("", description="The system message ('' = none).")
+    user: str = Field(..., description="The user message: {query}, {constitution}, {response_a}, {response_b}.")
+    answer_pattern: str = Field(..., description="Regex whose (last) match's group names the choice: A or B.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_file(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            from sami_core.judge.template import read_template  # the judge package imports this module
+
+            return read_template(v)
+        return v
+
+    @model_validator(mode="after")
+    def _checked(self) -> "JudgeTemplateSpec":
+        from sami_core.judge.template import check_template
+
+        try:
+            check_template(self.system, self.user, self.answer_pattern)
+        except ValueError as err:  # name the file it came from
+            raise ValueError(str(err) if self.name == "inline" else f"{self.name}: {err}") from None
+        return self
 
 
 class JudgeSpec(StrictModel):
@@ -728,11 +768,23 @@ class JudgeSpec(StrictModel):
         None, description="A JSONL file (or a directory, holding judge-cache.jsonl) shared between judge runs."
     )
     ci: Literal["wilson", "bootstrap"] = Field("wilson", description="95% interval of the win rate.")
+    template: JudgeTemplateSpec | None = Field(
+        None, description="A judge template: a shipped name (`paper`: the paper's system message, a comparison "
+                          "of at most 100 words, `Final Response: A|B`) or a YAML file (system, user, "
+                          "answer_pattern); null = the built-in template."
+    )
+    unparseable: Literal["apart", "tie"] = Field(
+        "apart", description="Answers with no readable choice (after parse_retries): counted apart as `invalid`, "
+                             "outside the win rate, or as ties (the paper's choice)."
+    )
 
     @model_validator(mode="after")
     def _sources(self) -> "JudgeSpec":
         if self.candidate.path == self.baseline.path and self.candidate.temperature == self.baseline.temperature:
             raise ValueError("candidate and baseline are the same responses; judge two different sources")
+        if self.allow_tie and self.template is not None:
+            raise ValueError("allow_tie: offers 'Tie' in the built-in template only; a template file offers a tie "
+                             "in its own text and answer_pattern")
         return self
 
 
