@@ -73,6 +73,7 @@ def test_paper_specs_carry_the_papers_settings(name: str):
         assert [m["name"] for m in prepared.members] == [f"demo:mistral/{k}" for k in range(6)]
         assert exp.prompts.preset == "paper-tldr" and exp.filters.ends_with == ["."]
         assert exp.filters.drop_substrings == ["[insert", "[]", "]", "Response"]
+        assert exp.judge.unparseable == "tie" and "Final Response" in exp.judge.template.answer_pattern
     else:
         assert exp.task == "dialogue"
         assert (d.dataset, d.field, d.extract, d.eval_split) == ("Anthropic/hh-rlhf", "chosen", "first_human_turn", "test")
