@@ -12,7 +12,10 @@ The concurrency-1 time is measured on a subset and scaled to all pairs (it is li
 the number of requests: one at a time). Each of the two is timed ``--repeats`` times
 (interleaved, a fresh cache each time) and its best run counts: on a small machine
 shared with other work single runs vary a lot. A third run judges the same pairs again from the
-cache. The last line is ``speedup_c32: X.XX`` (targets: >= 20, and 0 requests cached).
+cache. Then a rate-limited run: the server allows ``--rate-limit`` requests/s (429 with
+Retry-After beyond, as providers do) and the judge must adapt its concurrency: every pair
+succeeds and ``rate_limited_efficiency`` (judgments/s over the limit) is at least 0.8.
+The last line is ``speedup_c32: X.XX`` (targets: >= 20, and 0 requests cached).
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ from sami_core.spec import LLMSpec  # noqa: E402
 class ServerProcess:
     """tests/openai_server.py in a child process (no GIL shared with the client)."""
 
-    def __init__(self, latency: float):
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.openai_server", "--latency", str(latency)],
-                                     cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    def __init__(self, latency: float, rate_limit: float | None = None):
+        cmd = [sys.executable, "-m", "tests.openai_server", "--latency", str(latency)]
+        if rate_limit:
+            cmd += ["--rate-limit", str(rate_limit)]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("port: "):
             self.proc.kill()
@@ -60,7 +65,10 @@ class ServerProcess:
 
     @property
     def requests(self) -> int:
-        return json.loads(urllib.request.urlopen(self.url + "/stats").read())["requests"]
+        return self.stats()["requests"]
+
+    def stats(self) -> dict:
+        return json.loads(urllib.request.urlopen(self.url + "/stats").read())
 
     def __enter__(self) -> "ServerProcess":
         return self
@@ -98,6 +106,23 @@ def timed_run(pairs, srv: ServerProcess, concurrency: int, cache: JudgmentCache)
     return seconds, srv.requests, len(report.judgments)
 
 
+def rate_limited_run(pairs, rate: float, latency: float, concurrency: int) -> tuple[float, int, dict]:
+    """Judge ``pairs`` against a server that allows ``rate`` requests/s (429 + Retry-After
+    beyond): (seconds, judgments, the server's counters). Every pair must succeed."""
+    with tempfile.TemporaryDirectory() as tmp, ServerProcess(latency, rate_limit=rate) as srv:
+        spec = LLMSpec(base_url=srv.base_url, model="bench-judge", api_key_env=None, concurrency=concurrency,
+                       timeout_s=30)
+        settings = JudgeSettings(provider="bench", model=spec.model)
+        t0 = time.perf_counter()
+        report = judge_pairs(pairs, lambda: make_client(spec), JudgmentCache([], write_to=Path(tmp) / "c.jsonl"),
+                             settings, concurrency=concurrency, policy=RetryPolicy(max_attempts=3, backoff_initial_s=0.1))
+        seconds = time.perf_counter() - t0
+        errors = sum(j["verdict"] == "error" for j in report.judgments)
+        if errors:
+            raise SystemExit(f"rate-limited run: {errors} judgments failed (every pair must succeed)")
+        return seconds, len(report.judgments), srv.stats()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=500)
@@ -105,10 +130,13 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--latency", type=float, default=0.1, help="seconds the server adds to every answer")
     ap.add_argument("--repeats", type=int, default=2, help="timings per mode; the best counts")
+    ap.add_argument("--rate-limit", type=float, default=20.0,
+                    help="requests/s the server allows in the rate-limited run (429 + Retry-After beyond)")
+    ap.add_argument("--rate-limited-pairs", type=int, default=300, help="pairs judged in the rate-limited run")
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 pairs, subset 8, 1 repeat")
     args = ap.parse_args()
     if args.quick:
-        args.pairs, args.subset, args.repeats = 64, 8, 1
+        args.pairs, args.subset, args.repeats, args.rate_limited_pairs = 64, 8, 1, 60
     pairs = load_pairs(args.pairs)
     import openai  # noqa: F401  - imported before timing (the client imports it on first use)
 
@@ -132,8 +160,15 @@ def main() -> int:
         t_r, req_r, n_r = timed_run(pairs, srv, args.concurrency, JudgmentCache([cache_file]))
         print(f"cached re-run:   {n_r} judgments in {t_r:6.2f} s, {req_r} requests sent")
         speedup = t_1_all / t_c
-        print(f"targets: speedup >= 20 -> {'OK' if speedup >= 20 else 'MISSED'}; "
-              f"cached re-run 0 requests -> {'OK' if req_r == 0 else 'MISSED'}")
+    limited_pairs = load_pairs(args.rate_limited_pairs)
+    t_l, n_l, stats = rate_limited_run(limited_pairs, args.rate_limit, args.latency, args.concurrency)
+    efficiency = n_l / t_l / args.rate_limit
+    print(f"rate limit {args.rate_limit:g}/s: {n_l} judgments in {t_l:6.2f} s ({n_l / t_l:5.1f}/s) at concurrency "
+          f"{args.concurrency}, {stats['limited']} requests answered 429, {stats['within_limit']} within the limit")
+    print(f"targets: speedup >= 20 -> {'OK' if speedup >= 20 else 'MISSED'}; "
+          f"cached re-run 0 requests -> {'OK' if req_r == 0 else 'MISSED'}; "
+          f"rate-limited throughput >= 80% of the limit, no pair failing -> {'OK' if efficiency >= 0.8 else 'MISSED'}")
+    print(f"rate_limited_efficiency: {efficiency:.2f}")
     print(f"speedup_c{args.concurrency}: {speedup:.2f}")
     return 0
 

@@ -112,7 +112,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path != "/stats":
             return self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
         with owner._lock:
-            self._send(200, {"requests": owner.requests, "answered": owner.answered})
+            self._send(200, {"requests": owner.requests, "answered": owner.answered,
+                             "within_limit": owner.within_limit, "limited": owner.limited})
 
     def do_POST(self) -> None:  # noqa: N802
         owner = self.server.owner
@@ -145,6 +146,9 @@ class _Handler(BaseHTTPRequestHandler):
             got = self.headers.get("api-key") or (self.headers.get("Authorization") or "").removeprefix("Bearer ")
             if got != owner.expected_key:
                 return self._send(401, {"error": {"message": "invalid api key", "type": "invalid_request_error"}})
+        if (wait := owner._take_token()) > 0:  # over the rate limit: as a provider answers
+            return self._send(429, {"error": {"message": "rate limited", "type": "rate_limit_error"}},
+                              {"Retry-After": str(max(1, round(wait))), "retry-after-ms": str(round(wait * 1000))})
         fault = fault_for(prompt, owner.faults, owner.always_garbage, owner.always_error)
         if fault in ("429", "500", "timeout", "garbage") and attempt > owner.fault_attempts:
             fault = None
@@ -203,7 +207,7 @@ class OpenAIServer:
                  retry_after: float = 0.2,
                  hang_s: float = 2.0, latency_s: float = 0.0, drop_after: int | None = None,
                  expected_key: str | None = None, constitution_reply: str = "", port: int = 0,
-                 usage: bool = True):
+                 usage: bool = True, rate_limit: float | None = None):
         unknown = set(faults or {}) - set(FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
@@ -218,6 +222,11 @@ class OpenAIServer:
         self.drop_after = drop_after
         self.expected_key = expected_key
         self.usage = usage
+        # Requests per second over which the server answers 429 with Retry-After (a token
+        # bucket holding one second's worth), as a provider's rate limit does; None = none.
+        self.rate_limit = rate_limit
+        self._tokens = 0.0  # empty at start: no initial burst beyond the rate
+        self._refilled_at = time.monotonic()
         self.constitution_reply = constitution_reply or json.dumps([
             {"principle": "Summaries should be concise.", "antithesis": "Summaries should be long-winded."},
             {"principle": "Summaries should be accurate.", "antithesis": "Summaries should misstate the post."},
@@ -267,11 +276,29 @@ class OpenAIServer:
         with self._lock:
             self.requests = 0  # every chat request received (dropped ones included)
             self.answered = 0  # requests that got past the drop check
+            self.within_limit = 0  # requests within the rate limit (when one is set)
+            self.limited = 0  # requests answered 429 for the rate limit
             self.auth_headers: list[str] = []
             self.paths: list[str] = []
             self.deployments: list[str] = []
             self.attempts: dict[str, list[float]] = {}  # prompt -> request times (monotonic)
             self.systems: dict[str, str] = {}  # prompt -> the system message sent with it ('' = none)
+
+    def _take_token(self) -> float:
+        """0 when this request is within the rate limit (a token taken), else the seconds
+        until the next token."""
+        if not self.rate_limit:
+            return 0.0
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(float(self.rate_limit), self._tokens + (now - self._refilled_at) * self.rate_limit)
+            self._refilled_at = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                self.within_limit += 1
+                return 0.0
+            self.limited += 1
+            return (1.0 - self._tokens) / self.rate_limit
 
     def _drop_now(self) -> bool:
         with self._lock:
@@ -301,8 +328,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
     ap.add_argument("--prefer", default="longer", choices=["longer", "shorter", "A", "B"])
+    ap.add_argument("--rate-limit", type=float, default=None, help="requests/s over which it answers 429")
     args = ap.parse_args(argv)
-    srv = OpenAIServer(prefer=args.prefer, latency_s=args.latency, port=args.port).start()
+    srv = OpenAIServer(prefer=args.prefer, latency_s=args.latency, port=args.port,
+                       rate_limit=args.rate_limit).start()
     print(f"port: {srv.port}", flush=True)
     try:
         while True:

@@ -26,11 +26,77 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sami_core.errors import SamiError
+from sami_core.errors import SamiError, TransientError
 
 
 class JudgeError(SamiError):
     """A judge or writer job cannot go on (bad key, unknown model, endpoint unreachable)."""
+
+
+class JudgeUnreachable(JudgeError, TransientError):
+    """The endpoint could not be reached (no connection, timeouts) after every attempt:
+    may pass, so the job is retried later (exit 75); judgments made so far are kept."""
+
+
+class AdaptiveLimit:
+    """How many requests may be in flight, adapted to the endpoint's rate limit.
+
+    Starts at ``ceiling`` (the spec's concurrency). A rate-limited answer (HTTP 429)
+    lowers the limit by a quarter (at most once per wait it asks for, so a burst of 429s
+    counts once) and holds every new request until the server's ``Retry-After`` has
+    passed; each ``limit`` answers without one raise it by one again, up to ``ceiling``.
+    So the judge keeps just under the provider's rate instead of hammering it."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = max(1, int(ceiling))
+        self.limit = self.ceiling
+        self.in_flight = 0
+        self.rate_limited = 0  # 429 answers seen
+        self._resume_at = 0.0
+        self._cut_until = 0.0
+        self._ok = 0
+        self._cond: asyncio.Condition | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        if self._cond is None:  # made inside the running loop
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    async def acquire(self) -> None:
+        cond = self._condition()
+        async with cond:
+            while True:
+                wait = self._resume_at - time.monotonic()
+                if wait > 0:
+                    try:
+                        await asyncio.wait_for(cond.wait(), wait)
+                    except asyncio.TimeoutError:
+                        pass
+                elif self.in_flight < self.limit:
+                    self.in_flight += 1
+                    return
+                else:
+                    await cond.wait()
+
+    async def release(self, *, rate_limited: bool = False, retry_after_s: float | None = None) -> None:
+        cond = self._condition()
+        async with cond:
+            self.in_flight -= 1
+            now = time.monotonic()
+            if rate_limited:
+                self.rate_limited += 1
+                wait = retry_after_s if retry_after_s is not None else 1.0
+                if now >= self._cut_until:
+                    self.limit = max(1, (self.limit * 3) // 4)
+                    self._cut_until = now + max(wait, 0.05)
+                    self._ok = 0
+                self._resume_at = max(self._resume_at, now + wait)
+            else:
+                self._ok += 1
+                if self._ok >= self.limit and self.limit < self.ceiling:
+                    self.limit += 1
+                    self._ok = 0
+            cond.notify_all()
 
 
 class RequestFailed(Exception):
@@ -162,19 +228,41 @@ def classify(err: Exception) -> str:
     return "request"
 
 
+RATE_LIMIT_PATIENCE_S = 900.0  # a request waits out 429s this long in all before it fails
+
+
+def _is_rate_limited(err: Exception) -> bool:
+    return getattr(err, "status_code", None) == 429
+
+
 async def complete_with_retries(client: ChatClient, prompt: str, *, max_attempts: int, backoff_initial_s: float,
                                 backoff_max_s: float, rng: random.Random | None = None,
-                                system: str | None = None) -> tuple[Completion, int]:
-    """(answer, attempts). Raises RequestFailed when attempts run out (or on a 4xx), and
-    JudgeError for errors that would fail every request (bad key, model, endpoint down).
-    A client that answers with plain text (no usage) is accepted."""
+                                system: str | None = None,
+                                limiter: AdaptiveLimit | None = None) -> tuple[Completion, int]:
+    """(answer, requests sent). Raises RequestFailed when attempts run out (or on a 4xx),
+    and JudgeError for errors that would fail every request (bad key, model, endpoint
+    down; JudgeUnreachable, transient, when it could not be reached). A client that
+    answers with plain text (no usage) is accepted. With a ``limiter`` (shared by the
+    job's requests) a 429 slows every request down (see AdaptiveLimit) and is waited out
+    without counting as an attempt, for up to RATE_LIMIT_PATIENCE_S in all."""
     rng = rng or random.Random()
     redact = getattr(client, "redact", lambda s: s)
-    for attempt in range(1, max_attempts + 1):
+    attempt = sends = 0
+    patience_end = time.monotonic() + RATE_LIMIT_PATIENCE_S
+    while attempt < max_attempts:
+        attempt += 1
+        sends += 1
+        if limiter is not None:
+            await limiter.acquire()
         try:
             out = await (client.complete(prompt, system=system) if system else client.complete(prompt))
-            return (Completion(out) if isinstance(out, str) else out), attempt
         except Exception as err:  # noqa: BLE001 - classified below
+            limited = _is_rate_limited(err)
+            if limiter is not None:
+                await limiter.release(rate_limited=limited, retry_after_s=_retry_after(err))
+                if limited and time.monotonic() < patience_end:
+                    attempt -= 1  # the limiter holds the next send until the server's wait has passed
+                    continue
             kind = classify(err)
             what = redact(f"{type(err).__name__}: {err}")
             if kind == "fatal":
@@ -186,16 +274,20 @@ async def complete_with_retries(client: ChatClient, prompt: str, *, max_attempts
                 raise RequestFailed(what) from None
             if attempt == max_attempts:
                 if kind == "unreachable":
-                    raise JudgeError(
+                    raise JudgeUnreachable(
                         f"the judge endpoint {getattr(client, 'endpoint', '')} is unreachable after {max_attempts} "
-                        f"attempts ({what}); judgments made so far are kept: run again to resume"
+                        f"attempts ({what}); judgments made so far are kept: the job is retried later"
                     ) from None
                 raise RequestFailed(f"{what} (after {max_attempts} attempts)") from None
             wait = _retry_after(err)
             if wait is None:
                 wait = min(backoff_max_s, backoff_initial_s * 2 ** (attempt - 1)) * rng.uniform(0.5, 1.0)
             await asyncio.sleep(min(wait, backoff_max_s))
-    raise AssertionError("unreachable")
+            continue
+        if limiter is not None:
+            await limiter.release()
+        return (Completion(out) if isinstance(out, str) else out), sends
+    raise RequestFailed(f"rate limited (HTTP 429) for over {RATE_LIMIT_PATIENCE_S:g} s")
 
 
 class HFJudge:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sami_core.judge.cache import JudgmentCache, cache_key
-from sami_core.judge.client import ChatClient, RequestFailed, complete_with_retries
+from sami_core.judge.client import AdaptiveLimit, ChatClient, RequestFailed, complete_with_retries
 from sami_core.judge.pairs import Pair
 from sami_core.judge.prompt import (TEMPLATE_VERSION, ParsedAnswer, build_messages, build_prompt, candidate_first,
                                     parse_answer)
@@ -164,10 +164,11 @@ class RunReport:
     prompt_tokens: int = 0  # reported by the endpoint, over this run's requests
     completion_tokens: int = 0
     without_usage: int = 0  # new judgments whose answers reported no usage (a local judge, some servers)
+    limiter: AdaptiveLimit | None = None  # the in-flight limit as it ended (rate_limited: 429s seen)
 
 
 async def _judge_one(task: JudgeTask, client: ChatClient, settings: JudgeSettings, policy: RetryPolicy,
-                     rng: random.Random) -> dict:
+                     rng: random.Random, limiter: AdaptiveLimit | None = None) -> dict:
     attempts = 0
     text = ""
     usage: dict[str, int | None] = {"prompt_tokens": None, "completion_tokens": None}  # summed over answers
@@ -176,7 +177,8 @@ async def _judge_one(task: JudgeTask, client: ChatClient, settings: JudgeSetting
             done, n = await complete_with_retries(client, task.prompt, system=task.system,
                                                   max_attempts=policy.max_attempts,
                                                   backoff_initial_s=policy.backoff_initial_s,
-                                                  backoff_max_s=policy.backoff_max_s, rng=rng)
+                                                  backoff_max_s=policy.backoff_max_s, rng=rng,
+                                                  limiter=limiter)
         except RequestFailed as err:
             return make_record(task, settings, status="error", error=str(err), raw=text,
                                attempts=attempts + policy.max_attempts, **usage)
@@ -230,6 +232,9 @@ async def judge_tasks(tasks: Sequence[JudgeTask], client: ChatClient | None, cac
         for task in todo:
             queue.put_nowait(task)
 
+        limiter = AdaptiveLimit(concurrency)  # the endpoint's 429s lower it (see client.AdaptiveLimit)
+        report.limiter = limiter
+
         async def worker(seed: int) -> None:
             rng = random.Random(seed)
             while True:
@@ -238,7 +243,7 @@ async def judge_tasks(tasks: Sequence[JudgeTask], client: ChatClient | None, cac
                 except asyncio.QueueEmpty:
                     return
                 hit = cache.get(task.cache_key)  # the same pair content judged by another worker meanwhile
-                rec = from_cache(task, settings, hit) if hit else await _judge_one(task, client, settings, policy, rng)
+                rec = from_cache(task, settings, hit) if hit else await _judge_one(task, client, settings, policy, rng, limiter)
                 emit(task, rec)
 
         workers = [asyncio.create_task(worker(i)) for i in range(min(concurrency, len(todo)))]
