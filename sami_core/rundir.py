@@ -101,7 +101,10 @@ class RunDir:
                     "use a new --run-dir, or the original spec to resume"
                 )
             return True
-        if self.path.exists() and any(p for p in self.path.iterdir() if not p.name.startswith(".") and p.name not in CALLER_FILES):
+        # The caller's files, and the exit record of an attempt that refused its spec before
+        # starting (it wrote nothing else), do not make a directory another run's.
+        ignored = (*CALLER_FILES, EXIT_STATUS_FILE)
+        if self.path.exists() and any(p for p in self.path.iterdir() if not p.name.startswith(".") and p.name not in ignored):
             raise RunDirError(f"run directory {self.path} is not empty and has no spec.json; choose an empty or new directory")
         if self.is_writer:
             atomic_write_json(spec_file, {"stage": stage, "fingerprint": fp, "spec": dumped})

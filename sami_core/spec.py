@@ -366,6 +366,16 @@ class TrainingSpec(StrictModel):
     activation_checkpointing: bool = True
     mixed_precision: Literal["auto", "bf16", "no"] = Field("auto", description="auto = bf16 on CUDA, none on CPU.")
     fsdp: Literal["auto", "yes", "no"] = Field("auto", description="auto = FSDP2 when world size > 1.")
+
+    @field_validator("mixed_precision", "fsdp", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, v: Any, info: Any) -> Any:
+        """YAML 1.1 reads a bare `no` / `yes` as a boolean: take it as the word written."""
+        if v is False:
+            return "no"
+        if v is True:
+            return "yes" if info.field_name == "fsdp" else v  # mixed_precision: true says nothing
+        return v
     seed: int = 0
     append_eos: bool | Literal["auto"] = Field("auto", description=(
         "Score an EOS token after each response. auto = only where the model ended the response with its EOS "

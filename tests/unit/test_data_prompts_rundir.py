@@ -87,6 +87,11 @@ def test_run_dir_resume_and_refuse(tmp_path: Path):
     (tmp_path / "busy" / "something.txt").write_text("x")
     with pytest.raises(RunDirError, match="not empty"):
         RunDir(tmp_path / "busy").open("generate", spec)
+    # An attempt that refused its spec left only its exit record: the fixed spec may start there.
+    from sami_core.rundir import record_exit
+
+    record_exit(tmp_path / "refused", 2, "SpecError: training.lr: must be > 0")
+    assert RunDir(tmp_path / "refused").open("generate", spec) is False
 
 
 def test_progress_and_metrics(tmp_path: Path):

@@ -150,3 +150,16 @@ def test_evaluate_defaults_greedy_and_bare_scorer_paths():
     assert (e.split, e.n_constitutions, e.reduction, e.label) == ("eval", 2, "mean", "model")
     assert e.score_models[0].model.path == "org/base-model" and e.score_models[0].label == "base-model"
     assert validate_spec("evaluate", {"generation": {"temperature": 0.7}}).generation.temperature == 0.7
+
+
+def test_yaml_booleans_for_switches_with_an_off_value(tmp_path):
+    """YAML reads a bare `no` as false: `mixed_precision: no` and `fsdp: no` mean the word."""
+    f = tmp_path / "t.yaml"
+    f.write_text("data: {path: x}\ntraining: {mixed_precision: no, fsdp: yes}\n")
+    t = load_spec("train", f).training
+    assert (t.mixed_precision, t.fsdp) == ("no", "yes")
+    f.write_text("data: {path: x}\ntraining: {mixed_precision: bf16, fsdp: no}\n")
+    t = load_spec("train", f).training
+    assert (t.mixed_precision, t.fsdp) == ("bf16", "no")
+    with pytest.raises(SpecError, match="training.mixed_precision"):
+        validate_spec("train", {"data": {"path": "x"}, "training": {"mixed_precision": True}})
