@@ -5,14 +5,19 @@ workspace's SQLite file, migrated on first use) and one way to run a transaction
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
+import os
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from db.engine import open_database, transact
-from db.workspace import Workspace
+from db.engine import DatabaseUrlError, open_database, parse_database_url, transact
+from db.workspace import DATABASE_URL_ENV, HOME_ENV, Workspace
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -54,20 +59,71 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
 class CliError(Exception):
     """A usage or state error: printed as ``sami: error: ...`` with exit code 2."""
 
+    exit_code = 2
+
+
+class EnvironmentProblem(CliError):
+    """The machine, not the request: a folder that cannot be written, a database that
+    cannot be reached. Printed as ``sami: error: ...`` with exit code 1."""
+
+    exit_code = 1
+
 
 def workspace() -> Workspace:
-    return Workspace.from_env()
+    """The workspace named by ``$SAMI_HOME``; refused (naming the variable) when that is a file."""
+    ws = Workspace.from_env()
+    if ws.home.exists() and not ws.home.is_dir():
+        raise CliError(f"{HOME_ENV}={ws.home} is a file, not a folder; point {HOME_ENV} at a folder "
+                       f"(it is created when missing)")
+    return ws
+
+
+def check_writable_folder(folder: Path, what: str, fix: str) -> None:
+    """Create ``folder`` if needed and check that a file can be written in it; else
+    EnvironmentProblem naming ``what`` (e.g. ``SAMI_HOME=/x``), why, and ``fix``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except FileExistsError:
+        raise EnvironmentProblem(f"{what}: {folder} is not a folder; {fix}") from None
+    except OSError as err:
+        reason = {errno.EROFS: "read-only: a read-only file system",
+                  errno.EACCES: "read-only for this user: permission denied",
+                  errno.EPERM: "read-only: operation not permitted"}.get(err.errno, err.strerror or str(err))
+        raise EnvironmentProblem(f"{what}: cannot write in {folder} ({reason}); {fix}") from None
 
 
 @functools.lru_cache(maxsize=1)
 def engine():  # noqa: ANN201 (sqlalchemy Engine)
-    return open_database(workspace().database_url)
+    """The workspace's database, migrated; bad settings are refused naming the variable."""
+    ws = workspace()
+    url = ws.database_url
+    source = DATABASE_URL_ENV if os.environ.get(DATABASE_URL_ENV) else f"{HOME_ENV} database"
+    try:
+        parsed = parse_database_url(url)
+    except DatabaseUrlError as err:
+        raise CliError(f"{DATABASE_URL_ENV}: {err}") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).expanduser().absolute().parent
+        if source == DATABASE_URL_ENV:
+            check_writable_folder(folder, f"{DATABASE_URL_ENV} ({parsed.database})",
+                                  f"point {DATABASE_URL_ENV} at a file in a writable folder")
+        else:
+            check_writable_folder(folder, f"workspace {HOME_ENV}={ws.home}",
+                                  f"point {HOME_ENV} at a writable folder")
+    return open_database(url)
+
+
+def _say_waiting(message: str) -> None:
+    print(f"sami: {message}", file=sys.stderr, flush=True)
 
 
 def tx(fn: Callable[[Any], Any], *, write: bool = True) -> Any:
     """Run ``fn(connection)`` in one transaction of the workspace's database (retried
-    while the database is busy)."""
-    return transact(engine(), fn, write=write)
+    while the database is busy; a write waiting for another process's lock says so on
+    stderr and gives up after 60 s)."""
+    return transact(engine(), fn, write=write, on_wait=_say_waiting)
 
 
 def age(ts: datetime | None) -> str:
