@@ -12,6 +12,8 @@ from typing import Any
 
 from cli.registry import CliError, age, command, print_table, row_dict, tx, workspace
 from sami_core.contract import KNOWN_KINDS
+from sami_core.errors import SpecError
+from sami_core.spec import read_spec_file
 from services import jobs
 
 # --- enqueue --------------------------------------------------------------------------------
@@ -73,12 +75,10 @@ def _configure_enqueue(p: argparse.ArgumentParser) -> None:
 def cmd_enqueue(args: argparse.Namespace) -> int:
     spec: dict[str, Any] = {}
     if args.spec:
-        import yaml
-
         try:
-            spec = yaml.safe_load(args.spec.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise CliError(f"--spec {args.spec}: {err}") from None
+            spec = read_spec_file(args.spec)
+        except SpecError as err:
+            raise CliError(f"--spec: {err}") from None
         if not isinstance(spec, dict):
             raise CliError(f"--spec {args.spec}: expected a mapping at the top level")
     spec = jobs.validate_job_spec(args.kind, _merge(spec, parse_params(args.param)))  # before any transaction
