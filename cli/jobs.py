@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.registry import CliError, age, command, print_table, row_dict, tx, workspace
+from db.models import JOB_STATUSES
 from sami_core.contract import KNOWN_KINDS
 from sami_core.errors import SpecError
 from sami_core.spec import read_spec_file
@@ -107,7 +108,7 @@ def _configure_jobs(p: argparse.ArgumentParser) -> None:
                    help="only this experiment's jobs (`latest`: the newest experiment)")
     p.add_argument("--check", action="store_true",
                    help="exit 1 unless every listed job succeeded (e.g. after `sami worker --exit-when-idle`)")
-    p.add_argument("--status", action="append", help="only jobs in this state (repeatable)")
+    p.add_argument("--status", action="append", choices=JOB_STATUSES, help="only jobs in this state (repeatable)")
     p.add_argument("--limit", type=int, default=None, help="at most this many (newest first)")
     p.add_argument("--json", action="store_true", help="print JSON (one array of objects)")
 

@@ -10,6 +10,7 @@ test switches listed in :data:`SLEEP_KEYS`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,8 @@ def validate_job_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
                 out[k] = int(spec[k])
     except (TypeError, ValueError) as err:
         raise KindError(f"sleep: {err}") from None
-    if out["seconds"] < 0:
-        raise KindError("sleep: seconds must be >= 0")
+    if not math.isfinite(out["seconds"]) or out["seconds"] < 0:
+        raise KindError(f"sleep: seconds must be a finite number >= 0, not {spec.get('seconds')!r}")
     if not 0 <= out["exit_code"] <= 255:
         raise KindError("sleep: exit_code must be in 0..255")
     for k in _SLEEP_SWITCHES:
