@@ -28,7 +28,8 @@ EXAMPLES_DIR = Path(__file__).parent / "examples"
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # allow_inf_nan=False: `lr: .inf` or `temperature: nan` is refused with the spec, not hours later.
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class ModelSpec(StrictModel):
@@ -318,7 +319,7 @@ class TrainingSpec(StrictModel):
     @field_validator("lr")
     @classmethod
     def _lr(cls, v: float) -> float:
-        if not v > 0:
+        if not 0 < v < float("inf"):
             raise ValueError("must be > 0 (e.g. 5e-7 for RMSprop on a 7B model)")
         return v
 
@@ -536,6 +537,9 @@ def read_spec_file(path: str | Path) -> dict:
     if not p.is_file():
         raise SpecError(f"spec file {str(p)!r} does not exist")
     text = read_text_file(p, "spec file")
+    if not text.strip():
+        raise SpecError(f"spec file {str(p)!r} is empty; write the fields to change (see sami_core/examples/), "
+                        "or `{}` for every default")
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
