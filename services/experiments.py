@@ -45,7 +45,7 @@ from db.experiments import (constitution_version, create_experiment, enqueue_pla
 from sami_core import constitutions
 from sami_core.contract import EXPERIMENT_KINDS
 from sami_core.data_paths import check_file_spec
-from sami_core.data_files import read_records
+from sami_core.data_files import FILE_TYPES, read_records
 from sami_core.errors import ConstitutionError, DataError, SpecError
 from sami_core.pipeline import JobPlan, expand
 from sami_core.experiment_spec import ExperimentSpec, resolve_experiment_judge, validate_experiment
@@ -193,8 +193,9 @@ _COUNT_MAX_BYTES = 200 * 2**20  # larger local data files are not read at submit
 def _check_data_size(data: Any, path: Path) -> tuple[str, str] | None:
     """(field, reason) when a local data file has no rows, or too few for ``eval_size`` to leave
     training queries (checked for one file without a separate eval split)."""
-    if "{split}" in data.path or not path.is_file() or path.stat().st_size > _COUNT_MAX_BYTES:
-        return None
+    if ("{split}" in data.path or path.suffix.lower().lstrip(".") not in FILE_TYPES or not path.is_file()
+            or path.stat().st_size > _COUNT_MAX_BYTES):
+        return None  # a Parquet file, or a big one: the stage reads it
     try:
         n_rows = len(read_records(path.name, path.read_bytes()))
     except DataError as err:
