@@ -81,6 +81,7 @@ def workspace() -> Workspace:
 def check_writable_folder(folder: Path, what: str, fix: str) -> None:
     """Create ``folder`` if needed and check that a file can be written in it; else
     EnvironmentProblem naming ``what`` (e.g. ``SAMI_HOME=/x``), why, and ``fix``."""
+    existed = folder.is_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -88,10 +89,10 @@ def check_writable_folder(folder: Path, what: str, fix: str) -> None:
     except FileExistsError:
         raise EnvironmentProblem(f"{what}: {folder} is not a folder; {fix}") from None
     except OSError as err:
-        reason = {errno.EROFS: "read-only: a read-only file system",
-                  errno.EACCES: "read-only for this user: permission denied",
-                  errno.EPERM: "read-only: operation not permitted"}.get(err.errno, err.strerror or str(err))
-        raise EnvironmentProblem(f"{what}: cannot write in {folder} ({reason}); {fix}") from None
+        why = err.strerror or str(err)
+        if existed or err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise EnvironmentProblem(f"{what}: {folder} is read-only here ({why}); {fix}") from None
+        raise EnvironmentProblem(f"{what}: cannot create {folder} ({why}); {fix}") from None
 
 
 @functools.lru_cache(maxsize=1)
@@ -99,20 +100,21 @@ def engine():  # noqa: ANN201 (sqlalchemy Engine)
     """The workspace's database, migrated; bad settings are refused naming the variable."""
     ws = workspace()
     url = ws.database_url
-    source = DATABASE_URL_ENV if os.environ.get(DATABASE_URL_ENV) else f"{HOME_ENV} database"
     try:
         parsed = parse_database_url(url)
     except DatabaseUrlError as err:
         raise CliError(f"{DATABASE_URL_ENV}: {err}") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         folder = Path(parsed.database).expanduser().absolute().parent
-        if source == DATABASE_URL_ENV:
+        if os.environ.get(DATABASE_URL_ENV):
             check_writable_folder(folder, f"{DATABASE_URL_ENV} ({parsed.database})",
                                   f"point {DATABASE_URL_ENV} at a file in a writable folder")
         else:
-            check_writable_folder(folder, f"workspace {HOME_ENV}={ws.home}",
-                                  f"point {HOME_ENV} at a writable folder")
+            check_writable_folder(folder, f"workspace {HOME_ENV}={ws.home}", f"point {HOME_ENV} at a writable folder")
     return open_database(url)
+
+
+WRITE_DEADLINE_S = 60.0  # how long a command's transaction may wait for a busy database in all
 
 
 def _say_waiting(message: str) -> None:
@@ -123,7 +125,7 @@ def tx(fn: Callable[[Any], Any], *, write: bool = True) -> Any:
     """Run ``fn(connection)`` in one transaction of the workspace's database (retried
     while the database is busy; a write waiting for another process's lock says so on
     stderr and gives up after 60 s)."""
-    return transact(engine(), fn, write=write, on_wait=_say_waiting)
+    return transact(engine(), fn, write=write, deadline_s=WRITE_DEADLINE_S, on_wait=_say_waiting)
 
 
 def age(ts: datetime | None) -> str:
