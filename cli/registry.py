@@ -69,12 +69,16 @@ class EnvironmentProblem(CliError):
     exit_code = 1
 
 
-def workspace() -> Workspace:
-    """The workspace named by ``$SAMI_HOME``; refused (naming the variable) when that is a file."""
+def workspace(*, create: bool = False) -> Workspace:
+    """The workspace named by ``$SAMI_HOME``; refused (naming the variable) when that is a
+    file. ``create``: make its folders, refused (exit 1) where they cannot be written."""
     ws = Workspace.from_env()
     if ws.home.exists() and not ws.home.is_dir():
         raise CliError(f"{HOME_ENV}={ws.home} is a file, not a folder; point {HOME_ENV} at a folder "
                        f"(it is created when missing)")
+    if create:
+        for folder in (ws.home, ws.runs_dir):
+            check_writable_folder(folder, f"workspace {HOME_ENV}={ws.home}", f"point {HOME_ENV} at a writable folder")
     return ws
 
 

@@ -83,8 +83,7 @@ def _configure_judge(p: argparse.ArgumentParser) -> None:
 
 @command("judge", "judge a candidate's responses against a baseline's (queued, or --now)", _configure_judge)
 def cmd_judge(args: argparse.Namespace) -> int:
-    ws = workspace()
-    ws.create()
+    ws = workspace(create=True)
     opts = judging.JudgeOptions(
         candidate=args.candidate, baseline=args.baseline, provider=args.provider, model=args.judge_model,
         base_url=args.base_url, azure_endpoint=args.azure_endpoint, api_version=args.api_version,

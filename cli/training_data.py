@@ -22,8 +22,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
 @command("import-training-data", "import the paper's generated training data as a generate output to train on",
          _configure)
 def cmd_import_training_data(args: argparse.Namespace) -> int:
-    ws = workspace()
-    ws.create()
+    ws = workspace(create=True)
     done = import_training_data(args.file, args.n, ws.runs_dir, args.name)
     if args.json:
         print(json.dumps(done.as_dict(), indent=1))

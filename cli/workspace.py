@@ -30,8 +30,7 @@ def _configure_init(p: argparse.ArgumentParser) -> None:
 @command("init", "create the workspace ($SAMI_HOME or ./.sami): database, runs folder, demo model",
          _configure_init)
 def cmd_init(args: argparse.Namespace) -> int:
-    ws = workspace()
-    ws.create()
+    ws = workspace(create=True)
     print(f"workspace: {ws.home}")
     print(f"database:  {redacted_url(ws.database_url)} (schema {current_revision(engine())})")
     print(f"runs:      {ws.runs_dir}", flush=True)
@@ -53,8 +52,7 @@ def _configure_ui(p: argparse.ArgumentParser) -> None:
 def cmd_ui(args: argparse.Namespace) -> int:
     if not APP_ENTRY.is_file():
         raise CliError(f"the app's entry file {APP_ENTRY} is missing: reinstall the project (`make install`)")
-    ws = workspace()
-    ws.create()
+    ws = workspace(create=True)
     engine()  # migrate before the first page renders
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY),
            "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
