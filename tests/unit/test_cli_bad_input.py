@@ -245,3 +245,14 @@ def test_the_worker_refuses_bad_options_in_one_line(
         worker_main([*args, "--exit-when-idle"])
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and named in err and "\n" not in err and "Traceback" not in err
+
+
+def test_an_empty_data_file_is_named_as_empty_by_the_stage(tmp_path: Path) -> None:
+    from sami_core.data import load_queries
+    from sami_core.errors import DataError
+    from sami_core.spec import DataSpec
+
+    empty = tmp_path / "queries.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(DataError, match=r"^data\.path: .*queries\.jsonl is empty; it needs one query per row$"):
+        load_queries(DataSpec(source="file", path=str(empty)))
