@@ -19,8 +19,9 @@ from typing import Any
 
 from sami_core import constitutions as core
 from sami_core.errors import ConstitutionError
-from sami_core.prompts import TASKS, chat_messages, plain_prompt
-from sami_core.spec import DATA_DIR, shipped_constitutions
+from sami_core.prompts import PRESETS as PRESET_TABLE
+from sami_core.prompts import TASKS, PromptTemplates, response_separator
+from sami_core.spec import DATA_DIR, PromptSpec, check_prompt_task, shipped_constitutions
 
 COLUMNS = ("principle", "antithesis")
 NAME_MAX = 200  # constitutions.name is a String(200)
@@ -149,29 +150,59 @@ def sample_posts(limit: int = 20) -> list[dict[str, Any]]:
 @dataclass(frozen=True)
 class Preview:
     variants: list[core.Variant]
-    generation: list[str]  # prompt i: what the policy sees to sample y_i
-    training: list[list[str]]  # [i][j]: prompt_i followed by y_j, scored as log pi(y_j | x, c_i)
+    generation: list[str]  # prompt i: what the policy sees to sample y_i (with any forced prefix)
+    training: list[list[str]]  # [i][j]: training prompt_i followed by y_j, scored as log pi(y_j | x, c_i)
 
 
-def response_placeholder(j: int) -> str:
+PRESETS = tuple(PRESET_TABLE)
+EOS_MARKS = {True: "<eos>", False: "", "auto": "<eos?>"}  # how a training sequence ends, by append_eos
+
+
+def preset_note(name: str) -> str:
+    return PRESET_TABLE[name].description
+
+
+def templates_for(task: str, preset: str, keep_prefix: bool = True) -> PromptTemplates:
+    """The prompts of ``preset`` for ``task``; ValueError (a message for the user) when the
+    preset is written for other tasks."""
+    prompts = PromptSpec(preset=preset, keep_prefix=keep_prefix)
+    check_prompt_task(prompts, task)
+    return PromptTemplates.from_spec(task, prompts)
+
+
+def response_placeholder(j: int, templates: PromptTemplates | None = None) -> str:
+    """Response j as the preview shows it; a kept forced prefix is part of it."""
+    if templates is not None and templates.response_prefix and templates.keep_prefix:
+        return f"{templates.response_prefix} <rest of response {j + 1}, sampled under variant {j + 1}>"
     return f"<response {j + 1}, sampled under variant {j + 1}>"
 
 
 def preview(constitution: core.Constitution, query: str, *, task: str = "summarization", n: int = 2,
-            seed: int = 0, shuffle: bool = True, chat: bool = False) -> Preview:
+            seed: int = 0, shuffle: bool = True, chat: bool = False, templates: PromptTemplates | None = None,
+            append_eos: bool | str = "auto") -> Preview:
     """The exact generation prompts of one query's N variants and the N x N training
-    sequences (prompt_i + " " + y_j; the response is a placeholder here).
+    sequences (training prompt_i, the separator, y_j and its EOS as ``append_eos`` says:
+    ``<eos?>`` = only where the model ended the response; the response is a placeholder).
 
-    ``chat`` shows the chat messages as JSON: the final text depends on the model's chat
-    template, which the app does not load."""
+    ``templates`` (default: the built-in prompts of ``task``) are a spec's prompts
+    (sami_core.prompts.PromptTemplates). ``chat`` shows the chat messages as JSON: the
+    final text depends on the model's chat template, which the app does not load."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}")
+    t = templates or PromptTemplates(task)
     variants = constitution.sample_variants(n, random.Random(seed), shuffle=shuffle)
     if chat:
-        prompts = [json.dumps(chat_messages(task, v.text, query), indent=2, ensure_ascii=False) for v in variants]
-        training = [[f"{p}\n+ assistant: {response_placeholder(j)}" for j in range(n)] for p in prompts]
+        def show(which: str, v: core.Variant) -> str:
+            return json.dumps(t.chat_preview(which, v.text, query), indent=2, ensure_ascii=False)
+
+        prompts = [show("generation", v) for v in variants]
+        training = [[f"{show('training', v)}\n+ assistant: {response_placeholder(j, t)}" for j in range(n)]
+                    for v in variants]
     else:
-        prompts = [plain_prompt(task, v.text, query) for v in variants]
-        # sami_core.train.tokenize_rows: a space between prompt and response, then EOS.
-        training = [[f"{p} {response_placeholder(j)}<eos>" for j in range(n)] for p in prompts]
+        prompts = [t.generation_prompt(v.text, query) for v in variants]
+        eos = EOS_MARKS[append_eos]
+        training = []
+        for v in variants:
+            tp = t.training_prompt(v.text, query)  # sami_core.train.tokenize_rows: separator, response, EOS
+            training.append([f"{tp}{response_separator(tp)}{response_placeholder(j, t)}{eos}" for j in range(n)])
     return Preview(variants, prompts, training)

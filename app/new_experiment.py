@@ -60,7 +60,7 @@ def _judge_llm_model() -> type:
 class Field:
     path: str  # dotted spec path, also the widget key suffix
     label: str
-    kind: str  # text | opt_text | int | opt_int | float | select | floats | names | bool
+    kind: str  # text | opt_text | area | int | opt_int | float | select | floats | names | bool
     options: tuple[str, ...] = ()
     help: str | None = None
 
@@ -95,6 +95,23 @@ FIELDS: tuple[Field, ...] = (
     _f("n_constitutions", "N (constitution variants per query)", "int"),
     _f("iterations", "Iterations", "int"),
     _f("train_from", "Each iteration trains from", "select", _literal_options(experiment_spec.ExperimentSpec, "train_from")),
+    _f("prompts.preset", "Prompts", "select", _literal_options(spec_mod.PromptSpec, "preset"),
+       help="builtin: this project's prompt per task, the same to generate and to train; paper-tldr: the SAMI "
+            "paper's TL;DR scaffold to generate (the response continues a forced 'The post') and its short "
+            "prompt to train."),
+    _f("prompts.generation", "Generation template (empty = the preset's)", "area",
+       help="What the policy samples from; {constitution} and {query} are filled in ({{ and }} for braces)."),
+    _f("prompts.training", "Training template (empty = the preset's, or the generation template)", "area",
+       help="What train and evaluate score each response under; {constitution} and {query}."),
+    _f("prompts.response_prefix", "Forced response start (empty = the preset's)", "opt_text",
+       help="Appended to the generation prompt for the model to continue, e.g. 'The post'."),
+    _f("prompts.keep_prefix", "Keep the forced start in the stored response", "bool",
+       help="Kept: it is part of the response that is trained on and judged; else stripped."),
+    _f("filters.drop_substrings", "Drop responses containing (comma separated)", "names",
+       help="The paper's: [insert, [], ], Response"),
+    _f("filters.ends_with", "Responses must end with (comma separated; empty = any)", "names",
+       help="The paper's: ."),
+    _f("filters.require_distinct", "Drop a query unless its N responses are distinct", "bool"),
     _f("training.lr", "Learning rate", "float"),
     _f("training.optimizer", "Optimizer", "select", _literal_options(spec_mod.TrainingSpec, "optimizer")),
     _f("training.grad_accum", "Gradient accumulation", "int"),
@@ -162,7 +179,7 @@ def to_widget(field: Field, value: Any) -> Any:
     k = field.kind
     if k == "text" and isinstance(value, str):
         return value
-    if k == "opt_text" and (value is None or isinstance(value, str)):
+    if k in ("opt_text", "area") and (value is None or isinstance(value, str)):
         return value or ""
     if k in ("int", "opt_int") and (value is None and k == "opt_int"):
         return None
@@ -190,6 +207,8 @@ def from_widget(field: Field, w: Any) -> Any:
         return (w or "").strip()
     if k == "opt_text":
         return (w or "").strip() or None
+    if k == "area":  # a template: kept as typed (its whitespace is part of the prompt)
+        return w if (w or "").strip() else None
     if k == "int":
         if w is None:
             raise ValueError("give a whole number")
@@ -415,3 +434,55 @@ def prepare(spec: Mapping[str, Any], max_mb: float):
     except SpecError as err:
         return None, merge_errors(errors, err.errors)
     return (None, errors) if errors else (prepared, [])
+
+
+# ---- prompt preview ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PromptPreview:
+    generation: str  # the generation prompt of the positive variant (with any forced start)
+    training: str  # the training sequence: training prompt, the response (a placeholder), EOS mark
+    forced: str  # the forced start of the response ('' = none)
+    chat: bool  # shown as chat messages (prompt_format chat)
+
+
+def prompt_preview(spec: Mapping[str, Any]) -> tuple[PromptPreview | None, str | None]:
+    """The spec's generation prompt and training sequence for its constitution (as written)
+    on the first shipped post, or why there is none (a message for the user)."""
+    from pydantic import ValidationError
+
+    from app.constitutions import preview, sample_posts
+    from sami_core import constitutions as core
+    from sami_core.errors import ConstitutionError
+    from sami_core.prompts import PromptTemplates
+
+    task = spec.get("task", "summarization")
+    parts = (("prompts", spec_mod.PromptSpec, spec.get("prompts") or {}),
+             ("constitution", spec_mod.ConstitutionSpec, spec.get("constitution") or {"path": "demo:opus/0"}))
+    try:
+        prompts, constitution = (model.model_validate(value) for _, model, value in parts)
+    except ValidationError as err:
+        where = next(name for name, model, value in parts if not _valid(model, value))
+        return None, "; ".join(f"{where}.{p}: {r}" if p else f"{where}: {r}" for p, r in spec_mod._field_errors(err))
+    try:
+        spec_mod.check_prompt_task(prompts, task if isinstance(task, str) else "")
+        constitution = core.from_spec(constitution)
+    except (ValueError, ConstitutionError, SpecError, OSError) as err:
+        return None, str(err)
+    templates = PromptTemplates.from_spec(task, prompts)
+    model = spec.get("model") if isinstance(spec.get("model"), Mapping) else {}
+    chat = model.get("prompt_format") == "chat"
+    training = spec.get("training") if isinstance(spec.get("training"), Mapping) else {}
+    append_eos = training.get("append_eos", "auto")
+    if append_eos not in (True, False, "auto"):
+        append_eos = "auto"
+    pv = preview(constitution, sample_posts(1)[0]["post"], task=task, n=1, shuffle=False, chat=chat,
+                 templates=templates, append_eos=append_eos)
+    return PromptPreview(pv.generation[0], pv.training[0][0], templates.response_prefix, chat), None
+
+
+def _valid(model: type, value: Any) -> bool:
+    try:
+        model.model_validate(value)
+    except Exception:  # noqa: BLE001 - only which part is invalid matters here
+        return False
+    return True

@@ -17,7 +17,8 @@ import pandas as pd
 from app.formatting import age_s, display_status, format_duration
 from db.workspace import Workspace
 from sami_core.contract import LOG_FILE
-from services import jobs
+from sami_core.judge.usage import job_usage_text
+from services import jobs, judging
 
 LOG_NAME = LOG_FILE
 LOG_TAIL_LINES = 200
@@ -102,6 +103,30 @@ def jobs_frame(rows: Sequence[dict], now: datetime | None = None) -> pd.DataFram
     return pd.DataFrame(out, columns=list(TABLE_COLUMNS))
 
 
+def judge_usage(job: dict) -> str | None:
+    """A judge job's token usage and estimated cost (from its outputs.json, priced by its
+    spec's judge), e.g. ``12,345 prompt + 678 completion tokens, estimated cost $0.0376``;
+    None for other kinds and for judge jobs that have not finished."""
+    if job.get("kind") != "judge":
+        return None
+    return job_usage_text(job.get("outputs"), job.get("spec"))
+
+
+def judge_estimate(ws: Workspace, job: dict) -> str | None:
+    """Before a queued judge job sends anything: how many judgments it will send and their
+    approximate tokens (and cost at most, with prices); None for other jobs, and while its
+    responses are not sampled yet."""
+    if job.get("kind") != "judge" or job.get("status") not in ("queued", "blocked"):
+        return None
+    est = judging.estimate_queued(ws, job.get("spec") or {}, job.get("run_dir"))
+    if est is None:
+        return None
+    text = f"{est.to_send} of {est.judgments} judgments to send ({est.cached} cached)"
+    if est.to_send and (job.get("spec") or {}).get("judge", {}).get("provider") != "hf":
+        text += f"; {est.tokens_text()}"
+    return text
+
+
 def legend() -> str:
     """``queued grey, running blue, ...``: the DAG's colors in words."""
     return ", ".join(f"{s} {COLOR_NAMES[s]}" for s in STATUS_COLORS)
@@ -168,3 +193,30 @@ def log_tail(path: str | os.PathLike, lines: int = LOG_TAIL_LINES, max_bytes: in
     if size > max_bytes and text_lines:
         text_lines = text_lines[1:]  # the first one is cut
     return "\n".join(text_lines[-lines:]) if lines > 0 else ""
+
+
+# What each filter of a generate job's outputs.json counts (sami_core.prompts.FilterCounts).
+FILTER_ROWS = (
+    ("min_chars", "responses", "too short (filters.min_chars)"),
+    ("drop_substrings", "responses", "containing a dropped substring (filters.drop_substrings)"),
+    ("ends_with", "responses", "not ending as required (filters.ends_with)"),
+    ("queries_with_invalid", "queries", "dropped: a response failed a filter above"),
+    ("require_distinct", "queries", "dropped: responses not all distinct (filters.require_distinct)"),
+    ("kept", "queries", "kept for training"),
+)
+
+
+def filter_counts_table(outputs: dict | None) -> pd.DataFrame | None:
+    """A generate job's filter counts as rows (filter, what it counts, count, of how many);
+    one row per dropped substring under its filter. None when the outputs have none."""
+    c = (outputs or {}).get("filter_counts")
+    if not isinstance(c, dict):
+        return None
+    total = {"responses": c.get("responses", 0), "queries": c.get("queries", 0)}
+    rows = []
+    for key, unit, what in FILTER_ROWS:
+        rows.append({"filter": key, "what": what, "count": c.get(key, 0), "of": f"{total[unit]} {unit}"})
+        if key == "drop_substrings":
+            rows += [{"filter": f"  {s!r}", "what": "responses containing it", "count": k,
+                      "of": f"{total['responses']} responses"} for s, k in (c.get("drop_substrings_each") or {}).items()]
+    return pd.DataFrame(rows, columns=["filter", "what", "count", "of"])

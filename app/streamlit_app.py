@@ -32,10 +32,11 @@ if _ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app import sidebar  # noqa: E402
+from app import access, sidebar  # noqa: E402
 from app.views import PAGES  # noqa: E402
 
 st.set_page_config(page_title="SAMI Workbench", layout="wide")
+access.guard()  # `sami ui`'s token and Host check: nothing of the workspace before it passes
 navigation = st.navigation([st.Page(str(p.path), title=p.title, url_path=p.url_path, default=p.default)
                             for p in PAGES])
 sidebar.draw()

@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     by_q: dict[str, dict[int, dict]] = {}
     for g in gens:
         by_q.setdefault(g["query_id"], {})[g["variant"]] = g
-    rows = [{"query_id": q, "prompts": [v[i]["prompt"] for i in range(args.n)],
-             "responses": [v[i]["response"] for i in range(args.n)]} for q, v in by_q.items()]
+    rows = [{"query_id": q, "prompts": [v[i]["training_prompt"] for i in range(args.n)],
+             "responses": [v[i]["response"] for i in range(args.n)], "eos": [v[i]["eos"] for i in range(args.n)]}
+            for q, v in by_q.items()]
     model, tokenizer = load_model_and_tokenizer(resolve_model_path(model_path))
     examples = tokenize_rows(rows, tokenizer, spec.append_eos)
     p_len = [len(p) for e in examples for p in e.prompt_ids]

@@ -14,6 +14,7 @@ from cli.registry import CliError, age, command, print_table, row_dict, tx, work
 from db.models import JOB_STATUSES
 from sami_core.contract import KNOWN_KINDS
 from sami_core.errors import SpecError
+from sami_core.judge.usage import job_usage_text
 from sami_core.spec import read_spec_file
 from services import jobs
 
@@ -86,7 +87,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     job_id = tx(lambda c: jobs.enqueue_job(
         c, args.kind, spec, depends_on=_ids(args.depends_on), name=args.name, experiment_id=args.experiment,
         devices_required=args.devices, priority=args.priority, max_attempts=args.max_attempts,
-        run_dir=args.run_dir))
+        run_dir=args.run_dir, workspace=workspace()))
     print(job_id)
     return 0
 
@@ -141,6 +142,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         note = r.name or ""
         if r.error and r.status != "succeeded":
             note = (note + ": " if note else "") + r.error.strip().splitlines()[-1][:80]
+        elif r.kind == "judge" and (usage := job_usage_text(r.outputs, r.spec)):
+            note = (note + ": " if note else "") + usage
         table.append((str(r.id), r.kind, status, f"{r.attempts}/{r.max_attempts}", _progress(r),
                       str(r.worker_id or "-"), ",".join(map(str, edges[r.id])) or "-", age(r.updated_at), note))
     print_table(table, last_free=True)

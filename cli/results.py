@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.registry import CliError, EnvironmentProblem, check_writable_folder, command, print_table, tx, workspace
+from sami_core.judge.usage import job_usage_text
 from services import exports, judging, results
 
 # --- import-results, sources -----------------------------------------------------------------
@@ -77,6 +78,14 @@ def _configure_judge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float,
                    help="compare only responses sampled at this temperature (both sides)")
     p.add_argument("--experiment", type=int, help="resolve labels in this experiment first; the job belongs to it")
+    p.add_argument("--template", metavar="NAME|FILE",
+                   help="judge template: `paper` (shipped: the paper's system message, a comparison of at most 100 "
+                        "words, `Final Response: A|B`) or a YAML file with system, user and answer_pattern "
+                        "(default: the built-in template)")
+    p.add_argument("--unparseable", choices=("apart", "tie"), default="apart",
+                   help="answers with no readable choice: counted apart as invalid (default) or as ties (the paper)")
+    p.add_argument("--price-prompt", type=float, metavar="USD", help="USD per million prompt tokens (cost estimate)")
+    p.add_argument("--price-completion", type=float, metavar="USD", help="USD per million completion tokens")
     p.add_argument("--now", action="store_true", help="judge in this process (with progress) instead of queueing")
     p.add_argument("--run-dir", help="run directory (default: runs/ in the workspace)")
 
@@ -89,13 +98,17 @@ def cmd_judge(args: argparse.Namespace) -> int:
         base_url=args.base_url, azure_endpoint=args.azure_endpoint, api_version=args.api_version,
         api_key_env=args.api_key_env or None, concurrency=args.concurrency, max_attempts=args.max_attempts,
         backoff_initial_s=args.backoff, both_orders=args.both_orders, limit=args.limit,
-        temperature=args.temperature, experiment_id=args.experiment)
+        temperature=args.temperature, experiment_id=args.experiment, template=args.template,
+        unparseable=args.unparseable, price_prompt_per_mtok=args.price_prompt,
+        price_completion_per_mtok=args.price_completion)
     plan = judging.plan_judge(tx, ws, opts, os.environ)
     for note in plan.notes:
         print(f"sami: {note}", file=sys.stderr)
     est = plan.estimate
     print(f"judge: {est.pairs} pairs, {est.judgments} judgments: {est.cached} cached, "
           f"{est.to_send} requests to send", flush=True)
+    if est.to_send and plan.spec["judge"]["provider"] != "hf":
+        print(f"judge: before sending: {est.tokens_text()}", flush=True)
     if not args.now:
         job_id = tx(lambda c: judging.queue_judge(c, plan, experiment_id=args.experiment, run_dir=args.run_dir))
         print(f"queued judge job {job_id}")
@@ -108,6 +121,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
     run = judging.run_judge_now(tx, ws, plan, experiment_id=args.experiment, run_dir=args.run_dir,
                                 on_progress=progress)
     out = run.outputs
+    if usage := job_usage_text(out, plan.spec):
+        print(f"judge: {usage}")
     print(f"judge: {out['n_judgments']} judgments ({out['requests_sent']} requests sent, "
           f"{out['cached']} cached); {run.stored} stored in the database"
           f"{'' if plan.stored else ' (a side is no response source there)'}; run directory {run.run_dir}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 from cli.registry import CliError, command, engine, workspace
 from db.migrations import current_revision
 from db.workspace import redacted_url
+from services import ui_access as access
 from services.workspace import build_demo_model
 
 # The app's entry file (app/ is installed next to cli/; the CLI never imports it):
@@ -44,6 +46,9 @@ def _configure_ui(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; the app has no login, so "
                         "reach it from elsewhere through an SSH tunnel rather than binding 0.0.0.0)")
+    p.add_argument("--no-token", action="store_true",
+                   help="serve without the per-start access token (trusted single-user machines only); "
+                        "the Host check stays")
     p.add_argument("--with-worker", action="store_true",
                    help="also run one local `sami worker` (log: $SAMI_HOME/worker.log), stopped with the UI")
 
@@ -58,6 +63,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
            "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
            "--server.maxUploadSize", str(MAX_UPLOAD_MB), "--browser.gatherUsageStats", "false"]
     env = {**os.environ, "SAMI_HOME": str(ws.home)}
+    token = "" if args.no_token else (os.environ.get(access.TOKEN_ENV) or secrets.token_urlsafe(18))
+    env[access.TOKEN_ENV] = token
+    # The host names the app answers to (a DNS-rebinding page names another); an address
+    # bound on every interface has names we cannot know: the token alone guards it then.
+    wildcard = args.host in ("0.0.0.0", "::", "")
+    env[access.HOSTS_ENV] = "" if wildcard else ",".join(dict.fromkeys(
+        [args.host.strip("[]").lower(), "127.0.0.1", "localhost", "::1"]))
+    url = f"http://{args.host}:{args.port}/" + (f"?{access.TOKEN_PARAM}={token}" if token else "")
     children: list[subprocess.Popen] = []
 
     def stop(signum: int, frame: Any) -> None:
@@ -72,8 +85,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
                 children.append(subprocess.Popen([sys.executable, "-m", "workers"], env=env,
                                                  stdout=log, stderr=subprocess.STDOUT))
             print(f"worker: pid {children[-1].pid} (log {log_path}; stops with the UI)", flush=True)
-        print(f"SAMI Workbench: http://{args.host}:{args.port}  (workspace {ws.home}; Ctrl-C stops it)",
-              flush=True)
+        print(f"SAMI Workbench: {url}  (workspace {ws.home}; Ctrl-C stops it)", flush=True)
         children.append(subprocess.Popen(cmd, env=env))
         return children[-1].wait()
     except KeyboardInterrupt:

@@ -46,6 +46,14 @@ def _upsert(conn: Connection, table, rows: list[dict], keys: list[str]) -> None:
     conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updated), rows)
 
 
+def _finite_float(v: int | float) -> float | None:
+    try:
+        f = float(v)  # an int past 1e308 raises OverflowError
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
 def metric_rows(record: Mapping[str, Any]) -> list[tuple[str, float | None, Any]]:
     """Split one metrics.jsonl record into (name, value, value_json) triples.
 
@@ -57,9 +65,9 @@ def metric_rows(record: Mapping[str, Any]) -> list[tuple[str, float | None, Any]
     for name, v in record.items():
         if name == "step":
             continue
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out.append((name, float(v), None))
-        elif isinstance(v, float):  # nan / inf: JSON has no spelling for them
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and _finite_float(v) is not None:
+            out.append((name, _finite_float(v), None))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):  # nan / inf / past 1e308
             out.append((name, None, str(v)))
         else:
             out.append((name, None, v))

@@ -176,6 +176,8 @@ class Job(Base):
     worker_id: Mapped[int | None] = mapped_column(ForeignKey("workers.id"), index=True)
     pid: Mapped[int | None] = mapped_column(Integer)  # the stage's process group, on the worker's host
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Not claimed before this (a transient failure's backoff); null = at once.
+    retry_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     progress_done: Mapped[int | None] = mapped_column(Integer)

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Update, bindparam, exists, func, insert, select, update
+from sqlalchemy import Update, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from db.models import (
@@ -224,13 +224,14 @@ def _claim_statement(filter_kinds: bool) -> Update:
     unmet = exists().where(
         deps.c.job_id == cand.c.id, deps.c.depends_on_id == parent.c.id, parent.c.status != SUCCEEDED
     )
+    now, lease = bindparam("claim_now", type_=UTCDateTime()), bindparam("claim_lease", type_=UTCDateTime())
     pick = select(cand.c.id).where(
-        cand.c.status == QUEUED, cand.c.devices_required <= bindparam("claim_devices"), ~unmet
+        cand.c.status == QUEUED, cand.c.devices_required <= bindparam("claim_devices"), ~unmet,
+        or_(cand.c.retry_after.is_(None), cand.c.retry_after <= now),
     )
     if filter_kinds:
         pick = pick.where(cand.c.kind.in_(bindparam("claim_kinds", expanding=True)))
     pick = pick.order_by(cand.c.priority.desc(), cand.c.id).limit(1).with_for_update(skip_locked=True, of=cand)
-    now, lease = bindparam("claim_now", type_=UTCDateTime()), bindparam("claim_lease", type_=UTCDateTime())
     return (
         update(jobs)
         .where(jobs.c.id == pick.scalar_subquery(), jobs.c.status == QUEUED)
@@ -320,16 +321,19 @@ def fail(
     *,
     exit_code: int | None = None,
     transient: bool = False,
+    retry_delay_s: float = 0.0,
     now: datetime | None = None,
 ) -> str | None:
     """Record a failed attempt. A ``transient`` failure requeues the job while it has
-    attempts left; otherwise (or once they are spent) it fails and its dependants are
-    blocked. Returns the job's new status, or None if this worker no longer held it."""
+    attempts left, claimable again after ``retry_delay_s``; otherwise (or once they are
+    spent) it fails and its dependants are blocked. Returns the job's new status, or None
+    if this worker no longer held it."""
     now = now or utcnow()
     mine = jobs.c.worker_id == worker_id
     if transient and transition(
         conn, job_id, QUEUED, from_=RUNNING, where=[mine, jobs.c.attempts < jobs.c.max_attempts], now=now,
         worker_id=None, pid=None, lease_expires_at=None, error=error, exit_code=exit_code,
+        retry_after=now + timedelta(seconds=max(0.0, retry_delay_s)) if retry_delay_s > 0 else None,
     ):
         return QUEUED
     if transition(
@@ -458,7 +462,7 @@ def retry(conn: Connection, job_id: int, *, now: datetime | None = None) -> list
         transition(conn, job_id, QUEUED, from_=BLOCKED, now=now, error=None)
         return unblock_dependants(conn, job_id, now=now)
     reset = dict(
-        attempts=0, error=None, exit_code=None, finished_at=None, cancel_requested_at=None,
+        attempts=0, error=None, exit_code=None, finished_at=None, cancel_requested_at=None, retry_after=None,
         worker_id=None, pid=None, lease_expires_at=None,
     )
     if not transition(conn, job_id, QUEUED, from_=(FAILED, CANCELLED), now=now, **reset):

@@ -58,6 +58,17 @@ class Workspace:
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.home / p
 
+    def inside(self, path: str | os.PathLike) -> str:
+        """``path`` (relative to the workspace, or absolute) as stored for a job's run
+        directory: relative to the workspace when inside it. ValueError when it lies
+        outside (after ``..`` and symbolic links): a job writes only in its workspace."""
+        home = self.home.resolve()
+        target = self.resolve(path).resolve()
+        if target == home or not target.is_relative_to(home):
+            raise ValueError(f"{str(path)!r} is outside the workspace {home}: run directories live under it "
+                             f"(give a path relative to it, e.g. runs/my-job)")
+        return str(target.relative_to(home))
+
     def create(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.runs_dir.mkdir(exist_ok=True)

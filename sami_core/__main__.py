@@ -17,8 +17,8 @@ import argparse
 import os
 import sys
 
-from sami_core.contract import EXIT_BAD_INPUT, PROGRESS_FILE, SPEC_FILE, STAGE_KINDS
-from sami_core.errors import SamiError
+from sami_core.contract import EXIT_BAD_INPUT, EXIT_TRANSIENT, PROGRESS_FILE, SPEC_FILE, STAGE_KINDS
+from sami_core.errors import SamiError, TransientError
 
 STAGES = STAGE_KINDS  # a stage that refuses its input (spec, model, data) exits EXIT_BAD_INPUT: not retried
 
@@ -132,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(args.run_dir, nproc=args.nproc, quick=args.quick)
             return 0
+    except TransientError as err:  # may pass by itself: the queue retries after a backoff
+        print(f"error (transient): {err}", file=sys.stderr)
+        if args.command in STAGES:
+            from sami_core.rundir import record_exit
+
+            record_exit(args.run_dir, EXIT_TRANSIENT, f"{type(err).__name__}: {err}")
+        return EXIT_TRANSIENT
     except (SamiError, ValueError) as err:  # ValueError: bad arguments found deep in a stage
         print(f"error: {err}", file=sys.stderr)
         if args.command in STAGES:

@@ -42,8 +42,38 @@ class SpecError(SamiError):
         self.source = source
 
 
+class TransientError(SamiError):
+    """A fault that may pass by itself (an endpoint unreachable, a timeout, a rate limit,
+    the model hub out of reach): the stage exits 75 and the queue retries it after a
+    backoff, unlike bad input (exit 2, not retried)."""
+
+
 class ModelLoadError(SamiError):
     """A model or tokenizer could not be loaded (offline)."""
+
+
+class ModelUnreachable(ModelLoadError, TransientError):
+    """A hub model that is neither in the local cache nor reachable (no network, the hub
+    down, HF_HUB_OFFLINE=1 on a node whose cache lacks it): may pass, so transient."""
+
+
+_UNREACHABLE_NAMES = {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectTimeout",
+                      "ReadTimeout", "Timeout", "ConnectError", "TimeoutException", "ProxyError"}
+
+
+def is_unreachable(err: BaseException) -> bool:
+    """Whether ``err`` (or an error it was raised from) says a remote was out of reach,
+    as opposed to refusing what was asked (not found, bad config)."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if any(c.__name__ in _UNREACHABLE_NAMES for c in type(e).__mro__):
+            return True
+        if "couldn't connect to" in str(e).lower():
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 class DataError(SamiError):

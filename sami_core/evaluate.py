@@ -8,15 +8,18 @@ Read in order:
    ``limit``) and, per query, the N constitution variants exactly as `generate` makes
    them (:func:`sami_core.stages.query_variants`: the constitution and its flips, the
    same ``variant_seed``; from a set, of the constitution the query draws, recorded as
-   ``constitution_name``), each rendered into a prompt by the same prompt builder.
+   ``constitution_name``), each rendered into a generation and a training prompt by the
+   same prompt builder (``prompts``: preset or templates, forced response prefix).
 2. **Sampling.** One response per (query, variant) from the model, greedy by default
    (``generation.temperature``), appended to ``generations.jsonl`` as it is made; a rerun
    skips what is there (batch seeds derive from absolute positions, as in generate).
-   Responses are cut at ``filters.stop_sequences``; no query is dropped.
+   Responses are stored as generate stores them (cut at ``filters.stop_sequences``, the
+   forced prefix kept or stripped: :func:`sami_core.stages.finished_record`); no query
+   is dropped.
 3. **Scoring.** Per query, the N×N matrix ``L[i, j] = log p(y_j | x, c_i)`` from the
-   training code (:func:`sami_core.logprobs.logprob_matrix`, prefix-shared where the
-   model allows; tokenized by :func:`sami_core.train.tokenize_rows`; mean token log-prob
-   by default), by the model and then by each of ``score_models`` (one model in memory at
+   training code under the training prompts (:func:`sami_core.logprobs.logprob_matrix`,
+   prefix-shared where the model allows; tokenized by :func:`sami_core.train.tokenize_rows`;
+   mean token log-prob by default; EOS as ``append_eos`` says), by the model and then by each of ``score_models`` (one model in memory at
    a time). ``mi.jsonl`` gets one line per (query, scoring model)::
 
        {"key": [query_id, label], "query_id": ..., "model": label, "matrix": [[...], ...]}
@@ -43,11 +46,10 @@ from sami_core import constitutions
 from sami_core.contract import GENERATIONS_FILE, MI_FILE
 from sami_core.data import load_split
 from sami_core.errors import DataError, ModelLoadError
-from sami_core.prompts import postprocess
 from sami_core.rundir import JsonlWriter, RunDir
 from sami_core.spec import EvaluateSpec, ModelSpec
-from sami_core.stages import (_run_generation, choose_backend, load_for_generation, prompt_builder,
-                              resolve_model_path, variant_items)
+from sami_core.stages import (_run_generation, choose_backend, finished_record, load_for_generation,
+                              prompt_builder, resolve_model_path, variant_items)
 
 STAGE = "evaluate"
 
@@ -85,10 +87,11 @@ def run_evaluate(spec: EvaluateSpec, run_dir: str | Path) -> dict:
     rd.progress(STAGE, len(items) - len(todo), len(items), "responses", "sampling")
 
     def on_item(idx, text, n_tok):
-        q, i, v, prompt, drawn = todo[idx]
+        q, i, v, prompt, training_prompt, drawn = todo[idx]
         gens.write({"key": [q.id, i], "query_id": q.id, "variant": i, "flips": list(v.flips),
-                    "constitution": v.text, "constitution_name": drawn.name, "prompt": prompt, "raw": text,
-                    "response": postprocess(text, spec.filters.stop_sequences), "n_tokens": n_tok})
+                    "constitution": v.text, "constitution_name": drawn.name, "prompt": prompt,
+                    "training_prompt": training_prompt, "raw": text,
+                    **finished_record(build.templates, text, n_tok, spec), "n_tokens": n_tok})
 
     _run_generation(model, tokenizer, [it[3] for it in todo], spec.generation, spec.generation.temperature,
                     on_item, rd, STAGE, len(items) - len(todo), len(items),
@@ -97,9 +100,11 @@ def run_evaluate(spec: EvaluateSpec, run_dir: str | Path) -> dict:
     for line in (rd / GENERATIONS_FILE).read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
         by_key[(rec["query_id"], rec["variant"])] = rec
+    # Scored as training scores: under the training prompts, EOS as append_eos says.
     rows = [{"query_id": q.id,
-             "prompts": [by_key[(q.id, i)]["prompt"] for i in range(n)],
-             "responses": [by_key[(q.id, i)]["response"] for i in range(n)]} for q in queries]
+             "prompts": [by_key[(q.id, i)]["training_prompt"] for i in range(n)],
+             "responses": [by_key[(q.id, i)]["response"] for i in range(n)],
+             "eos": [by_key[(q.id, i)]["eos"] for i in range(n)]} for q in queries]
 
     # 3. scoring --------------------------------------------------------------------------
     from sami_core.train import tokenize_rows
@@ -108,7 +113,8 @@ def run_evaluate(spec: EvaluateSpec, run_dir: str | Path) -> dict:
     scorable = [e for e in examples if all(e.response_ids)]  # empty only without an EOS to score
     skipped = [e.query_id for e in examples if not all(e.response_ids)]
     if not scorable:
-        raise DataError("every response is empty and append_eos is off: nothing to score; set append_eos: true")
+        raise DataError("every response is empty and has no EOS to score (append_eos false, or auto and the "
+                        "responses were cut): nothing to score; set append_eos: true or raise max_new_tokens")
     scorers = [(spec.label, spec.model, "model")] + [
         (s.label, s.model, f"score_models.{k}.model") for k, s in enumerate(spec.score_models)]
     mi = JsonlWriter(rd / MI_FILE, key="key")

@@ -16,8 +16,9 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from sami_core.errors import SpecError
-from sami_core.spec import (ConstitutionSpec, DataSpec, FilterSpec, GenerateSpec, GenerationSpec, LLMSpec, ModelSpec,
-                            SampleSpec, StrictModel, TrainingSpec, _field_errors)
+from sami_core.spec import (ConstitutionSpec, DataSpec, FilterSpec, GenerateSpec, GenerationSpec, JudgeTemplateSpec,
+                            LLMSpec, ModelSpec, PromptSpec, SampleSpec, StrictModel, TrainingSpec, _field_errors,
+                            check_prompt_task)
 
 
 class SamplingSpec(StrictModel):
@@ -82,6 +83,9 @@ class ExperimentSpec(StrictModel):
     shuffle_principles: bool = True
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     filters: FilterSpec = Field(default_factory=FilterSpec)
+    prompts: PromptSpec = Field(default_factory=PromptSpec, description=(
+        "Generation and training prompts of every generate, sample and evaluate job: a preset (builtin, "
+        "paper-tldr) or templates of your own, and a forced response prefix."))
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     devices: DevicesSpec = Field(default_factory=DevicesSpec)
@@ -108,6 +112,11 @@ class ExperimentSpec(StrictModel):
             raise ValueError(f"must be between 1 and {MAX_ITERATIONS} (each iteration is a generate, a train and a "
                              "sample job)")
         return v
+
+    @model_validator(mode="after")
+    def _prompt_task(self) -> "ExperimentSpec":
+        check_prompt_task(self.prompts, self.task)
+        return self
 
     @model_validator(mode="after")
     def _judge_baselines(self) -> "ExperimentSpec":
@@ -244,6 +253,14 @@ class ExperimentJudgeSpec(StrictModel):
     temperature: float | None = Field(None, ge=0.0, description="Judge only samples at this temperature (default: all).")
     limit: int | None = Field(None, ge=1, description="Judge only the first K pairs per job.")
     allow_tie: bool = Field(False, description="Offer 'Tie' in the prompt (the paper forces A or B).")
+    template: JudgeTemplateSpec | None = Field(
+        None, description="A judge template: a shipped name (`paper`) or a YAML file (system, user, answer_pattern), "
+                          "read and checked at submit and stored with its text; null = the built-in template."
+    )
+    unparseable: Literal["apart", "tie"] = Field(
+        "apart", description="Answers with no readable choice: counted apart (`invalid`) or as ties (the paper's "
+                             "choice)."
+    )
     seed: int = Field(0, description="Seeds the A/B order and the principle shuffle.")
     shared_cache: str | None = Field(
         "judge-cache", description="Judgment cache shared between judge jobs (relative: to the workspace); null = none."

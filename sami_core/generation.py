@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from sami_core.errors import ModelLoadError
+from sami_core.errors import ModelLoadError, ModelUnreachable, is_unreachable
 
 OnBatch = Callable[[int, int], None]  # (prompts done, prompts in total)
 _DTYPES = {
@@ -137,7 +137,8 @@ def load_model_and_tokenizer(
         )
     except (OSError, ValueError, KeyError, ImportError) as err:  # hub errors subclass OSError
         reason = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
-        raise ModelLoadError(f"could not load model {name!r}: {reason}. {_how_to_fix(name, is_path)}") from err
+        cls = ModelUnreachable if not is_path and is_unreachable(err) else ModelLoadError
+        raise cls(f"could not load model {name!r}: {reason}. {_how_to_fix(name, is_path)}") from err
     if device_map is None and device != "cpu":
         model.to(device)
     model.eval()

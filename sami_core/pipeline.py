@@ -56,7 +56,8 @@ def expand(exp: ExperimentSpec, runs_root: str | Path) -> list[JobPlan]:
     exp, _ = resolve_experiment_judge(exp, os.environ)
     base = exp.model.model_dump(mode="json")
     common = {"data": exp.data.model_dump(mode="json"), "constitution": exp.constitution.model_dump(mode="json",
-              exclude_none=True), "task": exp.task, "filters": exp.filters.model_dump(mode="json")}
+              exclude_none=True), "task": exp.task, "filters": exp.filters.model_dump(mode="json"),
+              "prompts": exp.prompts.model_dump(mode="json")}
     s = exp.sampling
     sample_gen = {"temperature": 0.0, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
                   "batch_size": s.batch_size, "seed": s.seed, "backend": exp.generation.backend}
@@ -118,7 +119,8 @@ def evaluate_job(exp: ExperimentSpec, root: Path, key: str, model: dict, label: 
     ev = exp.evaluation
     spec = {"model": model, "label": label, "data": exp.data.model_dump(mode="json"),
             "constitution": exp.constitution.model_dump(mode="json", exclude_none=True), "task": exp.task,
-            "filters": exp.filters.model_dump(mode="json"), "split": "eval", "limit": ev.limit,
+            "filters": exp.filters.model_dump(mode="json"), "prompts": exp.prompts.model_dump(mode="json"),
+            "split": "eval", "limit": ev.limit,
             "n_constitutions": exp.n_constitutions, "shuffle_principles": exp.shuffle_principles,
             "variant_seed": ev.variant_seed,
             "generation": {"temperature": ev.temperature, "max_new_tokens": ev.max_new_tokens,
@@ -161,6 +163,8 @@ def judge_jobs(exp: ExperimentSpec, root: Path) -> list[JobPlan]:
             key = f"judge-{t}" if len(labels) == 1 else f"judge-{t}-vs-{b}"
             spec = {"judge": j.judge.model_dump(mode="json"), "task": exp.task, "order": j.order, "seed": j.seed,
                     "allow_tie": j.allow_tie, "limit": j.limit, "shared_cache": j.shared_cache,
+                    "template": None if j.template is None else j.template.model_dump(mode="json"),
+                    "unparseable": j.unparseable,
                     "candidate": {"path": str(root / f"sample-{t}"), "name": f"iteration-{t}",
                                   "temperature": j.temperature},
                     "baseline": {"path": str(root / b_key), "name": b, "temperature": j.temperature}}

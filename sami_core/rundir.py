@@ -137,15 +137,20 @@ class RunDir:
             f.flush()
 
     def read_metrics(self) -> list[dict]:
+        """The good records of metrics.jsonl: JSON objects with a step >= 0. A line cut by a
+        crash or not written by us (not UTF-8, not JSON) is skipped; later lines are kept."""
         p = self.path / METRICS_FILE
         if not p.exists():
             return []
         out = []
-        for line in p.read_text().splitlines():
+        for line in p.read_bytes().splitlines():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a crash
-                break
+                rec = json.loads(line.decode("utf-8"))
+            except ValueError:  # a line cut by a crash, or not ours: skipped, the rest kept
+                continue
+            step = rec.get("step") if isinstance(rec, dict) else None
+            if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+                out.append(rec)
         return out
 
     def write_outputs(self, outputs: dict) -> None:

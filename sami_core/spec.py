@@ -22,6 +22,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       field_validator, model_serializer, model_validator)
 
 from sami_core.errors import SpecError
+from sami_core.prompts import PRESETS, check_template
 
 DATA_DIR = Path(__file__).parent / "data" / "sami_tldr"
 EXAMPLES_DIR = Path(__file__).parent / "examples"
@@ -257,8 +258,60 @@ class FilterSpec(StrictModel):
     drop_substrings: list[str] = Field(
         default_factory=list, description="A response containing any of these is invalid."
     )
+    ends_with: list[str] = Field(
+        default_factory=list, description="A response must end with one of these (e.g. ['.'], as the paper "
+        "required); empty = any ending."
+    )
     min_chars: int = Field(1, ge=0, description="Shorter responses (after stripping) are invalid.")
     require_distinct: bool = Field(True, description="Drop a query unless its N responses are distinct.")
+
+
+class PromptSpec(StrictModel):
+    """The prompts of generate, sample and evaluate: a preset, or templates of your own.
+
+    The generation prompt (followed by `response_prefix`, which the model continues) is what
+    the policy samples from; the training prompt is what train and evaluate score the
+    response under, log p(response | training prompt). Templates take {constitution} and
+    {query} only; a chat model gets a template as its one user turn."""
+
+    preset: Literal[tuple(PRESETS)] = Field(  # type: ignore[valid-type]
+        "builtin", description="builtin = this project's prompt per task (chat template with the constitution in "
+        "the system turn for instruct models); paper-tldr = the SAMI paper's TL;DR scaffold to generate (forced "
+        "start 'The post') and its short prompt to train (summarization only).",
+    )
+    generation: str | None = Field(
+        None, description="Generation template with {constitution} and {query}; default: the preset's.",
+    )
+    training: str | None = Field(
+        None, description="Training template with {constitution} and {query}; default: the preset's, or the "
+        "generation template when that one is given.",
+    )
+    response_prefix: str | None = Field(
+        None, description="Forced start of every response, appended to the generation prompt (after a space) "
+        "for the model to continue, e.g. 'The post'; default: the preset's ('' for builtin).",
+    )
+    keep_prefix: bool = Field(
+        True, description="Keep the forced prefix in the stored response (so it is trained on and judged), or "
+        "strip it.",
+    )
+
+    @field_validator("generation", "training")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is not None:
+            if not v.strip():
+                raise ValueError("is empty: give a template with {constitution} and {query}, or leave it out")
+            check_template(v)
+        return v
+
+
+def check_prompt_task(prompts: PromptSpec, task: str) -> None:
+    """A preset written for other tasks is refused (ValueError naming the field)."""
+    preset = PRESETS[prompts.preset]
+    if task not in preset.tasks:
+        raise ValueError(f"prompts.preset: {prompts.preset!r} is written for task {', '.join(preset.tasks)}, not "
+                         f"{task!r}; use preset builtin or templates of your own (prompts.generation / "
+                         "prompts.training)")
 
 
 class GenerateSpec(StrictModel):
@@ -273,6 +326,8 @@ class GenerateSpec(StrictModel):
     variant_seed: int = Field(0, description="Seed for choosing variants and principle order.")
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     filters: FilterSpec = Field(default_factory=FilterSpec)
+    prompts: PromptSpec = Field(default_factory=PromptSpec, description="Generation and training prompts; "
+                                "data.jsonl records each response's training prompt.")
     max_prompt_tokens: int | None = Field(
         None, ge=8, description="Prompt budget; default = model max length - max_new_tokens. Queries are truncated, never responses."
     )
@@ -283,6 +338,11 @@ class GenerateSpec(StrictModel):
         if v < 2:
             raise ValueError("must be >= 2: SAMI contrasts at least two constitutions per query")
         return v
+
+    @model_validator(mode="after")
+    def _prompt_task(self):
+        check_prompt_task(self.prompts, self.task)
+        return self
 
 
 class TrainDataSpec(StrictModel):
@@ -308,7 +368,10 @@ class TrainingSpec(StrictModel):
     mixed_precision: Literal["auto", "bf16", "no"] = Field("auto", description="auto = bf16 on CUDA, none on CPU.")
     fsdp: Literal["auto", "yes", "no"] = Field("auto", description="auto = FSDP2 when world size > 1.")
     seed: int = 0
-    append_eos: bool = Field(True, description="Score the EOS token after each response.")
+    append_eos: bool | Literal["auto"] = Field("auto", description=(
+        "Score an EOS token after each response. auto = only where the model ended the response with its EOS "
+        "(generate records it); a response cut at a stop string or at max_new_tokens is scored on its own "
+        "tokens, as in the paper."))
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description=(
         "Hold out this fraction of the generated queries (at least one), scored without gradients: "
         "eval_loss, eval_mi_lower_bound, eval_row_accuracy, eval_col_accuracy in metrics.jsonl. 0 = no evaluation."))
@@ -352,6 +415,8 @@ class SampleSpec(StrictModel):
     temperatures: list[float] = Field(default_factory=lambda: [0.0])
     generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec(temperature=0.0))
     filters: FilterSpec = Field(default_factory=FilterSpec)
+    prompts: PromptSpec = Field(default_factory=PromptSpec, description="The generation prompt (and forced "
+                                "prefix) samples; the prefix is kept in or stripped from the response as in generate.")
     max_prompt_tokens: int | None = Field(None, ge=8)
     constitution_variant: Literal["positive", "antithesis"] = Field("positive", description=(
         "Sample under the constitution as written, or under its antithesis (every principle flipped), "
@@ -365,6 +430,11 @@ class SampleSpec(StrictModel):
         if any(t < 0 for t in v):
             raise ValueError("temperatures must be >= 0")
         return v
+
+    @model_validator(mode="after")
+    def _prompt_task(self):
+        check_prompt_task(self.prompts, self.task)
+        return self
 
 
 _SCORER_LABEL = r"[A-Za-z][A-Za-z0-9._-]{0,63}"
@@ -439,9 +509,12 @@ class EvaluateSpec(StrictModel):
     )
     filters: FilterSpec = Field(default_factory=FilterSpec, description="Only stop_sequences apply: responses are cut "
                                 "at them; no query is dropped (an evaluation scores every query).")
+    prompts: PromptSpec = Field(default_factory=PromptSpec, description="As generate: responses are sampled "
+                                "under the generation prompt and scored under the training prompt.")
     max_prompt_tokens: int | None = Field(None, ge=8, description="Prompt budget; default = model max length - max_new_tokens.")
     reduction: Literal["mean", "sum"] = Field("mean", description="Token log-probs per response: mean (as training) or sum.")
-    append_eos: bool = Field(True, description="Score the EOS token after each response (as training).")
+    append_eos: bool | Literal["auto"] = Field("auto", description="Score an EOS after each response (as training; "
+                                               "auto = only where the model ended the response with its EOS).")
     logprob_impl: Literal["auto", "prefix", "naive"] = Field(
         "auto", description="auto = the prefix-shared matrix where the model supports it, else the naive N² one.")
     score_batch_size: int = Field(4, ge=1, description="Queries per scoring forward pass.")
@@ -464,6 +537,11 @@ class EvaluateSpec(StrictModel):
         if not re.fullmatch(_SCORER_LABEL, v):
             raise ValueError(f"{v!r}: use letters, digits, '.', '_' or '-', starting with a letter (at most 64)")
         return v
+
+    @model_validator(mode="after")
+    def _prompt_task(self):
+        check_prompt_task(self.prompts, self.task)
+        return self
 
     @model_validator(mode="after")
     def _labels(self) -> "EvaluateSpec":
@@ -620,6 +698,12 @@ class LLMSpec(StrictModel):
     backoff_initial_s: float = Field(1.0, ge=0.0, description="First retry wait; doubles per attempt (with jitter).")
     backoff_max_s: float = Field(60.0, ge=0.0, description="Longest wait between attempts, Retry-After included.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="hf only.")
+    price_prompt_per_mtok: float | None = Field(
+        None, ge=0.0, description="USD per million prompt tokens, for cost estimates (give both prices or neither)."
+    )
+    price_completion_per_mtok: float | None = Field(
+        None, ge=0.0, description="USD per million completion tokens, for cost estimates."
+    )
 
     @field_validator("api_key_env")
     @classmethod
@@ -640,6 +724,9 @@ class LLMSpec(StrictModel):
             raise ValueError("`base_url` is for provider 'openai' (any OpenAI-compatible endpoint) only")
         if not self.model.strip():
             raise ValueError("`model` is empty")
+        if (self.price_prompt_per_mtok is None) != (self.price_completion_per_mtok is None):
+            raise ValueError("give both `price_prompt_per_mtok` and `price_completion_per_mtok` (USD per million "
+                             "tokens), or neither")
         return self
 
 
@@ -647,6 +734,37 @@ class ResponseSourceSpec(StrictModel):
     path: str = Field(..., description="A sample run directory, its responses.jsonl, or a published response .json file.")
     name: str | None = Field(None, description="Label in win-rate tables (default: the file or directory name).")
     temperature: float | None = Field(None, ge=0.0, description="Use only responses at this temperature.")
+
+
+class JudgeTemplateSpec(StrictModel):
+    """A judge template (see sami_core/judge/template.py). In a spec: the name of a shipped
+    template (`paper`) or the path of a YAML file with system, user and answer_pattern; it
+    is read and checked when the spec is validated (at submit) and kept with its text, so
+    the job needs no file."""
+
+    name: str = Field("inline", description="Where the text came from (a shipped name or a file path).")
+    system: str = Field("", description="The system message ('' = none).")
+    user: str = Field(..., description="The user message: {query}, {constitution}, {response_a}, {response_b}.")
+    answer_pattern: str = Field(..., description="Regex whose (last) match's group names the choice: A or B.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_file(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            from sami_core.judge.template import read_template  # the judge package imports this module
+
+            return read_template(v)
+        return v
+
+    @model_validator(mode="after")
+    def _checked(self) -> "JudgeTemplateSpec":
+        from sami_core.judge.template import check_template
+
+        try:
+            check_template(self.system, self.user, self.answer_pattern)
+        except ValueError as err:  # name the file it came from
+            raise ValueError(str(err) if self.name == "inline" else f"{self.name}: {err}") from None
+        return self
 
 
 class JudgeSpec(StrictModel):
@@ -668,11 +786,23 @@ class JudgeSpec(StrictModel):
         None, description="A JSONL file (or a directory, holding judge-cache.jsonl) shared between judge runs."
     )
     ci: Literal["wilson", "bootstrap"] = Field("wilson", description="95% interval of the win rate.")
+    template: JudgeTemplateSpec | None = Field(
+        None, description="A judge template: a shipped name (`paper`: the paper's system message, a comparison "
+                          "of at most 100 words, `Final Response: A|B`) or a YAML file (system, user, "
+                          "answer_pattern); null = the built-in template."
+    )
+    unparseable: Literal["apart", "tie"] = Field(
+        "apart", description="Answers with no readable choice (after parse_retries): counted apart as `invalid`, "
+                             "outside the win rate, or as ties (the paper's choice)."
+    )
 
     @model_validator(mode="after")
     def _sources(self) -> "JudgeSpec":
         if self.candidate.path == self.baseline.path and self.candidate.temperature == self.baseline.temperature:
             raise ValueError("candidate and baseline are the same responses; judge two different sources")
+        if self.allow_tie and self.template is not None:
+            raise ValueError("allow_tie: offers 'Tie' in the built-in template only; a template file offers a tie "
+                             "in its own text and answer_pattern")
         return self
 
 

@@ -17,7 +17,7 @@ from sami_core import constitutions
 from sami_core.contract import DATA_FILE, GENERATIONS_FILE, RESPONSES_FILE
 from sami_core.data import load_split
 from sami_core.errors import ModelLoadError, SpecError
-from sami_core.prompts import PromptBuilder, is_valid, keep_query, postprocess, use_chat_format
+from sami_core.prompts import PromptBuilder, PromptTemplates, apply_filters, use_chat_format
 from sami_core.rundir import JsonlWriter, RunDir
 from sami_core.spec import GenerateSpec, GenerationSpec, ModelSpec, SampleSpec
 
@@ -81,7 +81,7 @@ def prompt_builder(spec, model, tokenizer) -> PromptBuilder:
             f"generation.max_new_tokens ({spec.generation.max_new_tokens}) leaves no room for the prompt "
             f"in the model's {max_model_length(model, tokenizer)} tokens"
         )
-    return PromptBuilder(spec.task, tokenizer, chat, budget)
+    return PromptBuilder(spec.task, tokenizer, chat, budget, PromptTemplates.from_spec(spec.task, spec.prompts))
 
 
 def _log(msg: str) -> None:
@@ -92,19 +92,29 @@ def _seeded_rng(*parts) -> random.Random:
     return random.Random(int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:16], 16))
 
 
-def variant_items(queries, constitution, n: int, variant_seed: int, shuffle: bool, build) -> list[tuple]:
-    """(query, i, variant, prompt, drawn constitution) for each query's N variants
-    (:func:`query_variants`) of the constitution it draws from ``constitution`` (a
-    :class:`~sami_core.constitutions.ConstitutionSet`, or one constitution), in query order
-    then variant order: what generate and evaluate sample."""
+def variant_items(queries, constitution, n: int, variant_seed: int, shuffle: bool,
+                  build: PromptBuilder) -> list[tuple]:
+    """(query, i, variant, generation prompt, training prompt, drawn constitution) for each
+    query's N variants (:func:`query_variants`) of the constitution it draws from
+    ``constitution`` (a :class:`~sami_core.constitutions.ConstitutionSet`, or one
+    constitution), in query order then variant order: what generate and evaluate sample
+    (under the generation prompt) and score (under the training prompt)."""
     if isinstance(constitution, constitutions.Constitution):
         constitution = constitutions.ConstitutionSet((constitution,))
     out = []
     for q in queries:
         drawn = constitution.draw(q.id)
-        out += [(q, i, v, build(v.text, q.text), drawn)
+        out += [(q, i, v, *build.pair(v.text, q.text), drawn)
                 for i, v in enumerate(query_variants(drawn, n, variant_seed, q.id, shuffle))]
     return out
+
+
+def finished_record(templates: PromptTemplates, raw: str, n_tokens: int, spec) -> dict:
+    """The stored response of a raw continuation (``templates.finish``: cut at
+    ``spec.filters.stop_sequences``, forced prefix kept or stripped) and whether the model
+    ended it with its EOS; generate, evaluate and sample all store responses this way."""
+    done = templates.finish(raw, n_tokens, spec.generation.max_new_tokens, spec.filters.stop_sequences)
+    return {"response": done.text, "eos": done.ended_with_eos}
 
 
 def query_variants(constitution: constitutions.Constitution, n: int, variant_seed: int, query_id: str,
@@ -165,9 +175,10 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
     rd.progress("generate", len(items) - len(todo), len(items), "responses", "generating")
 
     def on_item(idx, text, n_tok):
-        q, i, v, prompt, drawn = todo[idx]
+        q, i, v, prompt, training_prompt, drawn = todo[idx]
         writer.write({"key": [q.id, i], "query_id": q.id, "variant": i, "flips": list(v.flips),
-                      "constitution": v.text, "constitution_name": drawn.name, "prompt": prompt, "raw": text,
+                      "constitution": v.text, "constitution_name": drawn.name, "prompt": prompt,
+                      "training_prompt": training_prompt, "raw": text,
                       "n_tokens": n_tok})
 
     _run_generation(model, tokenizer, [it[3] for it in todo], spec.generation, spec.generation.temperature,
@@ -175,40 +186,42 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
                     start_index=items.index(todo[0]) if todo else 0)
 
     # Assemble the training set: keep queries whose N responses are all valid and distinct.
+    # "prompts" are the training prompts (train scores log p(response | prompt)); the
+    # generation prompts (with the forced prefix) are kept beside them for the record.
     import json
 
     by_key = {}
     for line in (rd / GENERATIONS_FILE).read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
         by_key[(rec["query_id"], rec["variant"])] = rec
-    f = spec.filters
-    kept = dropped = 0
-    rows = []
-    for q in queries:
-        recs = [by_key[(q.id, i)] for i in range(n)]
-        responses = [postprocess(r["raw"], f.stop_sequences) for r in recs]
-        valid = [is_valid(r, drop_substrings=f.drop_substrings, min_chars=f.min_chars) for r in responses]
-        if not keep_query(responses, valid=valid, require_distinct=f.require_distinct):
-            dropped += 1
-            continue
-        kept += 1
-        rows.append({"query_id": q.id, "query": q.text, "constitution_name": constitution.draw(q.id).name,
-                     "prompts": [r["prompt"] for r in recs],
-                     "constitutions": [r["constitution"] for r in recs], "flips": [r["flips"] for r in recs],
-                     "responses": responses})
+    recs_by_query = [[by_key[(q.id, i)] for i in range(n)] for q in queries]
+    finished = [[finished_record(build.templates, r["raw"], r["n_tokens"], spec) for r in recs]
+                for recs in recs_by_query]
+    keep, counts = apply_filters([[f["response"] for f in fin] for fin in finished], spec.filters)
+    rows = [{"query_id": q.id, "query": q.text, "constitution_name": constitution.draw(q.id).name,
+             "prompts": [r["training_prompt"] for r in recs],
+             "generation_prompts": [r["prompt"] for r in recs],
+             "constitutions": [r["constitution"] for r in recs], "flips": [r["flips"] for r in recs],
+             "responses": [f["response"] for f in fin], "eos": [f["eos"] for f in fin]}
+            for q, recs, fin, k in zip(queries, recs_by_query, finished, keep) if k]
+    kept, dropped = counts.kept, counts.queries - counts.kept
     from sami_core.rundir import atomic_write_text
 
     atomic_write_text(rd / DATA_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     outputs = {"data": DATA_FILE, "n_queries": len(queries), "n_kept": kept, "n_dropped": dropped,
+               "filter_counts": counts.as_dict(),
                "truncated_queries": build.truncations, "n_duplicate_rows": queries.n_duplicates,
                "n_constitutions": n, "seconds": round(time.time() - t0, 1)}
     rd.progress("generate", len(items), len(items), "responses", f"kept {kept}/{len(queries)} queries", "succeeded")
     rd.write_outputs(outputs)
-    _log(f"generate: kept {kept} of {len(queries)} queries ({dropped} dropped by filters) -> {rd / 'data.jsonl'}")
+    _log(f"generate: kept {kept} of {len(queries)} queries ({dropped} dropped by filters: "
+         f"{counts.queries_with_invalid} with an invalid response, {counts.require_distinct} with identical "
+         f"responses; of {counts.responses} responses, {counts.min_chars} too short, {counts.drop_substrings} "
+         f"with a dropped substring, {counts.ends_with} with another ending) -> {rd / 'data.jsonl'}")
     if kept == 0:
         raise ValueError(
             "generate: every query was dropped by the filters (invalid or identical responses); "
-            "loosen filters (drop_substrings, min_chars, require_distinct) or raise generation.temperature"
+            "loosen filters (drop_substrings, ends_with, min_chars, require_distinct) or raise generation.temperature"
         )
     return outputs
 
@@ -231,7 +244,7 @@ def run_sample(spec: SampleSpec, run_dir: str | Path) -> dict:
     model, tokenizer = load_for_generation(spec.model, choose_backend(spec.generation))
     build = prompt_builder(spec, model, tokenizer)
     drawn = [used[constitution.draw(q.id).name] for q in queries]  # per query: (name, text)
-    prompts = [build(text, q.text) for q, (_, text) in zip(queries, drawn)]
+    prompts = [build(text, q.text) for q, (_, text) in zip(queries, drawn)]  # generation prompts (with any forced prefix)
     writer = JsonlWriter(rd / RESPONSES_FILE, key="key")
     done = writer.done_keys()
     total = len(queries) * len(spec.temperatures)
@@ -245,7 +258,7 @@ def run_sample(spec: SampleSpec, run_dir: str | Path) -> dict:
             q, (c_name, c_text) = queries[todo[idx]], drawn[todo[idx]]
             writer.write({"key": [q.id, temp], "query_id": q.id, "query": q.text, "temperature": temp,
                           "constitution": c_text, "constitution_name": c_name, "prompt": prompts[todo[idx]],
-                          "response": postprocess(out, spec.filters.stop_sequences), "raw": out,
+                          "response": finished_record(build.templates, out, n_tok, spec)["response"], "raw": out,
                           "n_tokens": n_tok, "model": model_path})
 
         _run_generation(model, tokenizer, [prompts[k] for k in todo], spec.generation, temp, on_item, rd,

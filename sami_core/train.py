@@ -34,9 +34,10 @@ import torch
 import torch.distributed as dist
 
 from sami_core.contract import CHECKPOINTS_DIR, DATA_FILE, FINAL_CHECKPOINT, METRICS_FILE, OUTPUTS_FILE
-from sami_core.errors import DataError, ModelLoadError, TrainingDiverged
+from sami_core.errors import DataError, ModelLoadError, ModelUnreachable, TrainingDiverged, is_unreachable
 from sami_core.logprobs import MatrixBatch, logprob_matrix
 from sami_core.loss import kl_to_reference, sami_loss
+from sami_core.prompts import response_separator
 from sami_core.rundir import RunDir, atomic_write_json, atomic_write_text
 from sami_core.spec import ModelSpec, TrainingSpec, TrainSpec
 from sami_core.stages import resolve_model_path
@@ -71,7 +72,19 @@ def read_training_data(path: str | Path) -> list[dict]:
     return rows
 
 
-def tokenize_rows(rows: list[dict], tokenizer, append_eos: bool) -> list[Example]:
+def scores_eos(append_eos: bool | str, row: dict, j: int) -> bool:
+    """Whether response j of ``row`` is scored with an EOS token after it. ``auto``: only
+    where generate recorded that the model ended it with its EOS (``row["eos"][j]``); a
+    response cut at a stop string or at the length cap, or one whose ending is unknown (data
+    without ``eos``, e.g. the paper's), is scored on its own tokens, as the paper does."""
+    if append_eos == "auto":
+        return bool((row.get("eos") or [False] * (j + 1))[j])
+    return bool(append_eos)
+
+
+def tokenize_rows(rows: list[dict], tokenizer, append_eos: bool | str) -> list[Example]:
+    """Token ids of each row's training prompts and responses (prompt_i, then a separator
+    and response_j: :func:`sami_core.prompts.response_separator`), EOS per :func:`scores_eos`."""
     out = []
     bos = tokenizer.bos_token
     for r in rows:
@@ -80,10 +93,9 @@ def tokenize_rows(rows: list[dict], tokenizer, append_eos: bool) -> list[Example
             # Chat-templated prompts already carry the BOS text; plain ones get it here.
             special = not (bos and prompt.startswith(bos))
             prompt_ids.append(tokenizer(prompt, add_special_tokens=special)["input_ids"])
-        for prompt, resp in zip(r["prompts"], r["responses"]):
-            sep = " " if prompt and not prompt[-1].isspace() else ""
-            ids = tokenizer(sep + resp, add_special_tokens=False)["input_ids"]
-            if append_eos and tokenizer.eos_token_id is not None:
+        for j, (prompt, resp) in enumerate(zip(r["prompts"], r["responses"])):
+            ids = tokenizer(response_separator(prompt) + resp, add_special_tokens=False)["input_ids"]
+            if scores_eos(append_eos, r, j) and tokenizer.eos_token_id is not None:
                 ids = ids + [tokenizer.eos_token_id]
             response_ids.append(ids)
         out.append(Example(r["query_id"], prompt_ids, response_ids))
@@ -154,10 +166,19 @@ def build_optimizer(params, cfg: TrainingSpec) -> torch.optim.Optimizer:
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:
-    """The repeated transformer blocks (FSDP units), found by the model's own
-    `_no_split_modules` class names (LlamaDecoderLayer, MistralDecoderLayer, ...)."""
+    """The repeated transformer blocks (FSDP units).
+
+    Found by the model's own `_no_split_modules` class names (LlamaDecoderLayer,
+    MistralDecoderLayer, MixtralDecoderLayer, Qwen2DecoderLayer, GemmaDecoderLayer, ...),
+    matched on the class and its bases, so that a block already wrapped by `fully_shard`
+    (whose class becomes FSDP<Name>) is still found. A model that names none: the
+    longest `nn.ModuleList` whose entries are all of one class (`model.layers`)."""
     names = set(getattr(model, "_no_split_modules", None) or [])
-    layers = [m for m in model.modules() if type(m).__name__ in names]
+    layers = [m for m in model.modules() if any(c.__name__ in names for c in type(m).__mro__)]
+    if not layers:
+        stacks = [list(m) for m in model.modules() if isinstance(m, torch.nn.ModuleList)
+                  and len(m) > 0 and len({type(b) for b in m}) == 1]
+        layers = max(stacks, key=len, default=[])
     if not layers:
         raise ValueError(f"could not find decoder layers to shard in {type(model).__name__}")
     return layers
@@ -170,6 +191,28 @@ def _log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------
 # The recipe
 # ---------------------------------------------------------------------------------------
+def _load_error(err: BaseException) -> type[ModelLoadError]:
+    """ModelUnreachable (transient: the hub out of reach, the model not cached) or
+    ModelLoadError (bad input: not a model, not found)."""
+    return ModelUnreachable if is_unreachable(err) else ModelLoadError
+
+
+def _load_rng_state(path: Path) -> "torch.Tensor":
+    """A saved CPU RNG state. Loaded with ``weights_only=True``: a state file holds one
+    byte tensor and nothing that could run code; anything else is refused."""
+    import pickle
+
+    try:
+        state = torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise DataError(f"{path}: not an RNG state written by the workbench ({type(err).__name__}); "
+                        "remove the run directory's state/ to start the training over") from None
+    if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8:
+        raise DataError(f"{path}: not an RNG state (a byte tensor); remove the run directory's state/ "
+                        "to start the training over")
+    return state
+
+
 class SamiTrainer:
     def __init__(self, spec: TrainSpec, run_dir: str | Path):
         self.spec = spec
@@ -211,7 +254,7 @@ class SamiTrainer:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=self.spec.model.trust_remote_code)
         except Exception as err:
-            raise ModelLoadError(f"model.path: cannot load a tokenizer from {model_path!r} offline: {err}") from None
+            raise _load_error(err)(f"model.path: cannot load a tokenizer from {model_path!r} offline: {err}") from None
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.tokenizer.eos_token_id or 0)
         rows = read_training_data(self.spec.data.path)
         self.examples, self.eval_examples = split_held_out(
@@ -297,7 +340,7 @@ class SamiTrainer:
                 path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=mspec.trust_remote_code
             )
         except Exception as err:
-            raise ModelLoadError(
+            raise _load_error(err)(
                 f"model.path: cannot load {path!r} offline ({type(err).__name__}: {err}). Give a local "
                 "directory or a hub id already in the local cache"
             ) from None
@@ -309,7 +352,7 @@ class SamiTrainer:
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=mspec.trust_remote_code)
         except Exception as err:
-            raise ModelLoadError(f"model.path: cannot read the config of {path!r} offline "
+            raise _load_error(err)(f"model.path: cannot read the config of {path!r} offline "
                                  f"({type(err).__name__}: {err})") from None
         if not self.is_main:
             _log(f"rank {self.rank}: building the model on the meta device; its shards come from rank 0")
@@ -327,7 +370,9 @@ class SamiTrainer:
         import torch.distributed.checkpoint as dcp
 
         states = self._state_dirs()
-        if not states:
+        if not states:  # a fresh start: metrics of an earlier attempt are all recomputed
+            if self.is_main and (self.rd / METRICS_FILE).exists():
+                atomic_write_text(self.rd / METRICS_FILE, "")
             return
         last = states[-1]
         msd, osd = get_state_dict(self.model, self.optimizer)
@@ -342,9 +387,9 @@ class SamiTrainer:
         self.checkpoints = meta["checkpoints"]
         rng = last / f"rng-rank{self.rank}.pt"
         if rng.exists():
-            torch.set_rng_state(torch.load(rng, weights_only=False))
+            torch.set_rng_state(_load_rng_state(rng))
         if self.is_main:  # drop metrics of steps after the state; they are recomputed
-            kept = [m for m in self.rd.read_metrics() if m.get("step", 0) <= self.step]
+            kept = [m for m in self.rd.read_metrics() if m["step"] <= self.step]
             atomic_write_text(self.rd / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in kept))
             _log(f"resuming from {last.name}")
 

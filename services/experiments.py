@@ -11,7 +11,9 @@ The experiment is resolved once, before anything is written (:func:`prepare`):
    list of them, or a folder) is read the same way, every member checked, and inlined as
    ``constitution.members`` (name and principles each, with the draw's ``seed``);
 3. local paths that are relative to where `sami submit` runs (a ``data.path`` file,
-   a ``model.path`` directory) are made absolute: stages run in the workspace;
+   a ``model.path`` directory) are made absolute: stages run in the workspace; a local
+   data file is checked for its fields, while a hub dataset (``source: hf``) is neither
+   read nor downloaded (a note says so; a dry run works offline): the stages read it;
 4. a judge with ``provider: auto`` is resolved against this process's environment
    (sami_core.experiment_spec.resolve_auto_judge: an API judge when a key variable is set, else the
    local demo judge); the resolved spec records the provider and model chosen, never a
@@ -49,7 +51,7 @@ from sami_core.data_files import FILE_TYPES, read_records
 from sami_core.errors import ConstitutionError, DataError, SpecError
 from sami_core.pipeline import JobPlan, expand
 from sami_core.experiment_spec import ExperimentSpec, resolve_experiment_judge, validate_experiment
-from sami_core.spec import ConstitutionSpec, read_spec_file
+from sami_core.spec import ConstitutionSpec, DataSpec, read_spec_file
 from services.errors import ServiceError
 
 
@@ -153,7 +155,7 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
             raise _field_error(source, *bad)
         update["data"] = exp.data.model_copy(update={"path": str(p.resolve())})
     update["model"] = _absolute_model(exp.model, source, "model.path")
-    notes = []
+    notes = [hub_data_note(exp.data)] if exp.data.source == "hf" else []
     if exp.judge is not None:
         exp, note = resolve_experiment_judge(exp, env)
         notes += [note] if note else []
@@ -242,6 +244,15 @@ def _antithesis_principles(principles: list[dict[str, Any]]) -> list[dict[str, A
     """The antithesis constitution's principles: each principle and its antithesis swapped."""
     return [{"principle": p["antithesis"], "antithesis": p["principle"]} if p["antithesis"] else p
             for p in principles]
+
+
+def hub_data_note(data: DataSpec) -> str:
+    """What submitting does with a hub dataset: nothing. It is neither read nor downloaded
+    here (a dry run works offline); its fields are checked when a stage opens it."""
+    which = data.dataset + (f" (config {data.config})" if data.config else "")
+    return (f"data: hub dataset {which} is not read at submit (nothing is downloaded); the stages that "
+            "need it (generate, sample, evaluate) read it on the node that runs them, from its Hugging Face "
+            "cache (downloaded there on first use unless HF_HUB_OFFLINE=1), and check data.field there")
 
 
 # A model path written as a local one (not a hub id such as org/name).

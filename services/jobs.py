@@ -67,8 +67,15 @@ def validate_job_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def enqueue_job(conn: Connection, kind: str, spec: dict[str, Any], **kw: Any) -> int:
-    """Validate ``spec`` for ``kind`` and enqueue it (``kw``: db.queue.enqueue's options)."""
+def enqueue_job(conn: Connection, kind: str, spec: dict[str, Any], *, workspace: Workspace | None = None,
+                **kw: Any) -> int:
+    """Validate ``spec`` for ``kind`` and enqueue it (``kw``: db.queue.enqueue's options).
+    A ``run_dir`` must lie in the workspace (``workspace``, else the environment's)."""
+    if kw.get("run_dir") is not None:
+        try:
+            kw["run_dir"] = (workspace or Workspace.from_env()).inside(kw["run_dir"])
+        except ValueError as err:
+            raise ServiceError(f"--run-dir: {err}") from None
     return queue.enqueue(conn, kind, validate_job_spec(kind, spec), **kw)
 
 

@@ -25,13 +25,14 @@ from sami_core.contract import JUDGMENTS_FILE, OUTPUTS_FILE, RESPONSES_FILE
 from sami_core.judge.cache import RequestEstimate
 from sami_core.judge.stage import estimate_judge_job
 from sami_core.experiment_spec import ExperimentLLMSpec, resolve_auto_judge
+from sami_core.errors import SamiError
 from sami_core.spec import JudgeSpec
 from services import results, stages
 from services.errors import JudgingError
 from services.jobs import validate_job_spec
 
-__all__ = ["JudgingError", "JudgePlan", "JudgeOptions", "source_side", "judge_side", "plan_judge", "queue_judge",
-           "run_judge_now"]
+__all__ = ["JudgingError", "JudgePlan", "JudgeOptions", "source_side", "judge_side", "plan_judge", "estimate_queued",
+           "queue_judge", "run_judge_now"]
 
 
 def source_side(source: dict, workspace_home: Path) -> dict[str, Any]:
@@ -89,6 +90,10 @@ class JudgeOptions:
     limit: int | None = None
     temperature: float | None = None
     experiment_id: int | None = None
+    template: str | None = None  # a shipped template name or a template file
+    unparseable: str = "apart"  # apart | tie
+    price_prompt_per_mtok: float | None = None  # USD per million tokens, for the cost estimate
+    price_completion_per_mtok: float | None = None
 
 
 @dataclass
@@ -112,7 +117,8 @@ def plan_judge(conn_tx: Callable[[Callable[[Connection], Any]], Any], ws: Worksp
         cand["temperature"] = base["temperature"] = opts.temperature
     judge: dict[str, Any] = {"provider": opts.provider, "model": opts.model, "concurrency": opts.concurrency,
                              "api_key_env": opts.api_key_env or None}
-    for key in ("base_url", "azure_endpoint", "api_version", "max_attempts", "backoff_initial_s"):
+    for key in ("base_url", "azure_endpoint", "api_version", "max_attempts", "backoff_initial_s",
+                "price_prompt_per_mtok", "price_completion_per_mtok"):
         if getattr(opts, key) is not None:
             judge[key] = getattr(opts, key)
     notes = []
@@ -125,13 +131,31 @@ def plan_judge(conn_tx: Callable[[Callable[[Connection], Any]], Any], ws: Worksp
         notes += [note] if note else []
     spec = validate_job_spec("judge", {
         "judge": judge, "candidate": cand, "baseline": base, "order": "both" if opts.both_orders else "random",
-        "limit": opts.limit, "shared_cache": str(ws.home / "judge-cache")})
+        "limit": opts.limit, "shared_cache": str(ws.home / "judge-cache"), "template": opts.template,
+        "unparseable": opts.unparseable})
     est = estimate_judge_job(JudgeSpec.model_validate(spec))
     key_env = judge["api_key_env"]
     if est.to_send and key_env and judge["provider"] != "hf" and not env.get(key_env):
         raise JudgingError(f"${key_env} is not set (the judge's API key; --api-key-env names another "
                            "variable, '' for none)")
     return JudgePlan(spec, est, cand_src is not None and base_src is not None, notes)
+
+
+def estimate_queued(ws: Workspace, spec: Mapping[str, Any], run_dir: str | None = None) -> RequestEstimate | None:
+    """What a judge job that has not run yet will send (the Queue page's "before
+    sending"): judgments, cached ones, approximate tokens and cost at most. Paths in the
+    spec are resolved against the workspace, as the worker runs it. None while a side's
+    responses do not exist yet (its sample job has not run)."""
+    data = json.loads(json.dumps(dict(spec)))
+    for side in ("candidate", "baseline"):
+        if isinstance(data.get(side), dict) and data[side].get("path"):
+            data[side]["path"] = str(ws.resolve(data[side]["path"]))
+    if data.get("shared_cache"):
+        data["shared_cache"] = str(ws.resolve(data["shared_cache"]))
+    try:
+        return estimate_judge_job(JudgeSpec.model_validate(data), ws.resolve(run_dir) if run_dir else None)
+    except (SamiError, ValueError, OSError):  # responses not there yet (DataError), or an old spec
+        return None
 
 
 def queue_judge(conn: Connection, plan: JudgePlan, *, experiment_id: int | None = None,

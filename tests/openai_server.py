@@ -26,6 +26,13 @@ after K answered ones (the connection closes with no response: an endpoint gone 
 ``latency_s`` is added to every answer. The server counts requests and records the
 ``Authorization`` / ``api-key`` headers, paths and timestamps per prompt.
 
+Messages: as the real API, a request may carry a ``system`` message before the ``user``
+one (any other role, or no user message, is a 400); the prompt that verdicts and faults
+key on is the last user message, and ``systems`` records the system message sent with
+each prompt. Every answer reports ``usage`` as the real API does, counted in
+whitespace-separated words (:func:`usage_of`: prompt tokens over all messages, completion
+tokens of the answer); ``usage=False`` leaves it out, as some local servers do.
+
 Run alone (``python -m tests.openai_server --latency 0.1``), it prints ``port: N``;
 ``GET /stats`` returns the request counters and ``POST /reset`` clears them.
 """
@@ -68,6 +75,13 @@ def fault_for(prompt: str, faults: dict[str, float], always_garbage: float = 0.0
     if prompt_fraction(prompt, "error") < always_error:
         return "always_error"
     return None
+
+
+def usage_of(messages: list[dict], answer: str) -> dict[str, int]:
+    """The ``usage`` the server reports: words of every message's content, words of the answer."""
+    prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
+    completion = len(answer.split())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def expected_choice(prompt: str, prefer: str) -> str | None:
@@ -117,10 +131,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             req = json.loads(body)
-            prompt = "\n".join(str(m.get("content", "")) for m in req["messages"])
-        except (ValueError, KeyError, TypeError):
-            return self._send(400, {"error": {"message": "bad request body", "type": "invalid_request_error"}})
-        attempt = owner._record(self, prompt, azure.group(1) if azure else None)
+            messages = list(req["messages"])
+            roles = [m["role"] for m in messages]
+            prompt = str([m for m in messages if m["role"] == "user"][-1].get("content", ""))
+        except (ValueError, KeyError, TypeError, IndexError):
+            return self._send(400, {"error": {"message": "bad request body: messages need a user message",
+                                              "type": "invalid_request_error"}})
+        if set(roles) - {"system", "user", "assistant"}:
+            return self._send(400, {"error": {"message": f"unknown role in {roles}", "type": "invalid_request_error"}})
+        system = "\n".join(str(m.get("content", "")) for m in messages if m["role"] == "system")
+        attempt = owner._record(self, prompt, azure.group(1) if azure else None, system)
         if owner.expected_key is not None:
             got = self.headers.get("api-key") or (self.headers.get("Authorization") or "").removeprefix("Bearer ")
             if got != owner.expected_key:
@@ -145,13 +165,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             text = f"Comparison: Summary {choice} follows the principles better.\nFinal Response: {choice}"
         model = azure.group(1) if azure else req.get("model", "")
-        self._send(200, {
+        answer = {
             "id": f"chatcmpl-{owner.requests}", "object": "chat.completion", "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
-                      "total_tokens": len(prompt.split()) + len(text.split())},
-        })
+        }
+        if owner.usage:
+            answer["usage"] = usage_of(messages, text)
+        self._send(200, answer)
 
     def _send(self, code: int, payload: dict, headers: dict | None = None) -> None:
         data = json.dumps(payload).encode()
@@ -181,7 +202,8 @@ class OpenAIServer:
                  fault_attempts: int = 1, always_garbage: float = 0.0, always_error: float = 0.0,
                  retry_after: float = 0.2,
                  hang_s: float = 2.0, latency_s: float = 0.0, drop_after: int | None = None,
-                 expected_key: str | None = None, constitution_reply: str = "", port: int = 0):
+                 expected_key: str | None = None, constitution_reply: str = "", port: int = 0,
+                 usage: bool = True):
         unknown = set(faults or {}) - set(FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
@@ -195,6 +217,7 @@ class OpenAIServer:
         self.latency_s = latency_s
         self.drop_after = drop_after
         self.expected_key = expected_key
+        self.usage = usage
         self.constitution_reply = constitution_reply or json.dumps([
             {"principle": "Summaries should be concise.", "antithesis": "Summaries should be long-winded."},
             {"principle": "Summaries should be accurate.", "antithesis": "Summaries should misstate the post."},
@@ -248,6 +271,7 @@ class OpenAIServer:
             self.paths: list[str] = []
             self.deployments: list[str] = []
             self.attempts: dict[str, list[float]] = {}  # prompt -> request times (monotonic)
+            self.systems: dict[str, str] = {}  # prompt -> the system message sent with it ('' = none)
 
     def _drop_now(self) -> bool:
         with self._lock:
@@ -257,8 +281,9 @@ class OpenAIServer:
             self.answered += 1
             return False
 
-    def _record(self, handler: _Handler, prompt: str, deployment: str | None) -> int:
+    def _record(self, handler: _Handler, prompt: str, deployment: str | None, system: str = "") -> int:
         with self._lock:
+            self.systems[prompt] = system
             self.auth_headers.append(handler.headers.get("Authorization") or handler.headers.get("api-key") or "")
             self.paths.append(handler.path)
             if deployment is not None:

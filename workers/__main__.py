@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tick-interval", type=float, default=1.0,
                    help="seconds between heartbeats / progress relays while a job runs")
     p.add_argument("--kill-grace", type=float, default=3.0, help="seconds between SIGTERM and SIGKILL")
+    p.add_argument("--allow-remote-code", action="store_true",
+                   help="run jobs whose spec sets trust_remote_code: true (model code from the hub runs on "
+                        "this machine); without it such jobs fail with a message saying so")
+    p.add_argument("--retry-backoff", type=float, default=30.0,
+                   help="seconds before a transiently failed job (exit 75: endpoint unreachable, timeout, rate "
+                        "limit, hub offline) may run again; doubles per attempt, at most 600 (default 30)")
     p.add_argument("--name", help="worker name (default host:pid)")
     p.add_argument("--stats-file", type=Path, help="write claim latencies here on exit (benchmarks)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
@@ -50,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"sami worker: error: {argv[0]!r} is no worker option: this is the worker daemon; "
                        f"the command line is `sami {argv[0]} ...` (or `python -m cli {argv[0]} ...`)\n")
     args = parser.parse_args(argv)
+    if not 0 <= args.retry_backoff < float("inf"):
+        parser.exit(2, "sami worker: error: --retry-backoff must be a number of seconds >= 0\n")
     if args.lease_seconds <= 0 or args.tick_interval <= 0:
         parser.exit(2, "sami worker: error: --lease-seconds and --tick-interval must be > 0\n")
     if args.tick_interval * 3 > args.lease_seconds:
@@ -78,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = WorkerConfig(
             devices=devices, kinds=kinds, lease_seconds=args.lease_seconds, poll_interval=args.poll_interval,
             tick_interval=args.tick_interval, kill_grace_s=args.kill_grace, exit_when_idle=args.exit_when_idle,
-            name=args.name, stats_file=args.stats_file,
+            name=args.name, stats_file=args.stats_file, allow_remote_code=args.allow_remote_code,
+            retry_backoff_s=args.retry_backoff,
         )
         return Worker(open_database(ws.database_url), ws, config, database_url=ws.database_url).run()
     except DBAPIError as err:

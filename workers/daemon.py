@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection, Engine, Row
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db import ingest, queue
 from db.engine import is_retryable, transact
@@ -66,6 +66,9 @@ class WorkerConfig:
     exit_when_idle: bool = False
     name: str | None = None
     stats_file: Path | None = None  # write claim latencies here on exit (benchmarks)
+    allow_remote_code: bool = False  # run specs with trust_remote_code: true (the operator's choice)
+    retry_backoff_s: float = 30.0  # a transient failure (exit 75) waits this, doubling per attempt
+    retry_backoff_max_s: float = 600.0
 
 
 class Worker:
@@ -223,8 +226,18 @@ class Worker:
     # --- one job ---------------------------------------------------------------------
 
     def _run_job(self, job: Row) -> None:
-        run_dir = self.workspace.resolve(job.run_dir or default_run_dir(job.id, job.kind))
+        try:
+            run_dir = self.workspace.resolve(self.workspace.inside(job.run_dir or default_run_dir(job.id, job.kind)))
+        except ValueError as err:  # written past the service layer: never run it there
+            self._finish_failure(job, f"run_dir: {err}", exit_code=contract.EXIT_BAD_INPUT)
+            return
         spec = dict(job.spec or {})
+        if not self.config.allow_remote_code and (where := remote_code_fields(spec)):
+            self._finish_failure(
+                job, f"{where[0]}: trust_remote_code is true, and this worker does not run model code from the hub; "
+                     "the operator allows it with `sami worker --allow-remote-code`, or set it false",
+                exit_code=contract.EXIT_BAD_INPUT)
+            return
         log.debug("job %d (%s) claimed: attempt %d of %d, run dir %s", job.id, job.kind, job.attempts,
                   job.max_attempts, run_dir)
         if runs_inline(job.kind, spec):
@@ -304,8 +317,12 @@ class Worker:
             if rc == contract.EXIT_BAD_INPUT:
                 what += ": bad input, not retried; fix the spec and enqueue it again"
             why = f": {relay.redact(str(recorded['reason']))}" if recorded and recorded.get("reason") else ""
+            transient = rc == contract.EXIT_TRANSIENT
+            if transient:
+                delay = self.retry_delay_s(job.attempts)
+                what += f": transient, retried after {delay:g} s while attempts are left"
             self._finish_failure(job, f"stage failed ({what}){why}; last lines of stage.log:\n{tail}",
-                                 exit_code=rc, transient=rc == contract.EXIT_TRANSIENT)
+                                 exit_code=rc, transient=transient)
 
     def _watch(self, job: Row, proc: subprocess.Popen, reader: relay.RunDirReader) -> str:
         """Wait for the stage; heartbeat and relay every tick. Returns "exited",
@@ -339,7 +356,14 @@ class Worker:
             reply = queue.heartbeat(conn, job.id, self.id, lease_seconds=self.config.lease_seconds,
                                     progress=progress, pid=pid)
             if reply != "lost" and (records or offset != reader.metrics_offset):
-                ingest.upsert_metrics(conn, job.id, records)
+                try:  # a savepoint: records the database refuses never cost the lease
+                    with conn.begin_nested():
+                        ingest.upsert_metrics(conn, job.id, records)
+                except OperationalError:
+                    raise  # a lock or a lost connection: the whole tick is tried again
+                except (DBAPIError, ValueError, TypeError, OverflowError) as err:
+                    log.warning("job %s: skipping %d metrics records the database refused: %s",
+                                job.id, len(records), str(err).splitlines()[0][:300])
                 ingest.set_metrics_offset(conn, job.id, offset)
             return reply
 
@@ -377,9 +401,16 @@ class Worker:
         elif done is False:
             log.warning("job %d finished but was no longer ours (lease expired); result not recorded", job.id)
 
+    def retry_delay_s(self, attempts: int) -> float:
+        """The backoff after a transient failure of attempt ``attempts`` (1, 2, ...):
+        doubling from ``retry_backoff_s``, at most ``retry_backoff_max_s``."""
+        cfg = self.config
+        return min(cfg.retry_backoff_max_s, cfg.retry_backoff_s * 2 ** max(0, attempts - 1))
+
     def _finish_failure(self, job: Row, error: str, *, exit_code: int | None, transient: bool = False) -> None:
+        delay = self.retry_delay_s(job.attempts) if transient else 0.0
         status = self._db_until_done(lambda c: queue.fail(c, job.id, self.id, error, exit_code=exit_code,
-                                                          transient=transient))
+                                                          transient=transient, retry_delay_s=delay))
         log.warning("job %d -> %s: %s", job.id, status or "(no longer ours)", error.splitlines()[0])
 
     def _write_stats(self) -> None:
@@ -389,6 +420,22 @@ class Worker:
             "worker_id": self.id, "name": self.name, "jobs": self.jobs_done,
             "claim_latency_ms": self.claim_latencies_ms,
         })
+
+
+def remote_code_fields(spec: Any, path: str = "") -> list[str]:
+    """The dotted paths in a job spec where ``trust_remote_code`` is true."""
+    found: list[str] = []
+    if isinstance(spec, dict):
+        for key, value in spec.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "trust_remote_code" and value is True:
+                found.append(where)
+            else:
+                found += remote_code_fields(value, where)
+    elif isinstance(spec, list):
+        for i, value in enumerate(spec):
+            found += remote_code_fields(value, f"{path}.{i}")
+    return found
 
 
 def detect_devices() -> list[str]:

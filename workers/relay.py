@@ -111,21 +111,62 @@ class RunDirReader:
             chunk = f.read(_MAX_METRICS_CHUNK)
         end = chunk.rfind(b"\n")
         if end < 0:
-            return [], offset
+            if len(chunk) < _MAX_METRICS_CHUNK:
+                return [], offset  # a line still being written
+            # A line longer than a whole chunk: no record is that large. Skip it (up to
+            # its newline, which may lie further on) so later records keep flowing.
+            skip_to = _next_newline(path, offset + len(chunk))
+            if skip_to is None:
+                return [], offset  # its end is not written yet
+            log.warning("%s: skipping a metrics line of %d bytes at offset %d (over %d)",
+                        path, skip_to - offset, offset, _MAX_METRICS_CHUNK)
+            return [], skip_to
         records = []
         for line in chunk[: end + 1].splitlines():
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict) or isinstance(rec.get("step"), bool):
-                    raise ValueError("not an object with a step")
-                rec["step"] = int(rec["step"])
-            except (ValueError, KeyError, TypeError) as err:
-                log.warning("%s: skipping a metrics line (%s): %.120s", path, err, line)
-                continue
-            records.append(rec)
+                records.append(metrics_record(line))
+            except (ValueError, KeyError, TypeError, OverflowError) as err:
+                log.warning("%s: skipping a metrics line (%s): %.120r", path, err, line)
         return records, offset + end + 1
+
+
+MAX_STEP = 2**53  # steps beyond this are not counts a stage could have reached
+
+
+def metrics_record(line: bytes) -> dict:
+    """One metrics.jsonl line as a record; ValueError (or a subclass) when it is not a
+    JSON object with an integer ``step`` in [0, 2**53] and string names. Everything a
+    stage writes is untrusted: a bad line must never break the worker's transaction."""
+    rec = json.loads(line.decode("utf-8"))
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    step = rec.get("step")
+    if isinstance(step, bool) or not isinstance(step, (int, float)):
+        raise ValueError("no numeric step")
+    if isinstance(step, float) and not step.is_integer():
+        raise ValueError(f"step {step!r} is not an integer")
+    step = int(step)
+    if not 0 <= step <= MAX_STEP:
+        raise ValueError(f"step {step} is out of range [0, 2**53]")
+    rec["step"] = step
+    return rec
+
+
+def _next_newline(path: Path, start: int) -> int | None:
+    """The offset just after the first newline at or after ``start``, or None."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        pos = start
+        while True:
+            block = f.read(1 << 20)
+            if not block:
+                return None
+            i = block.find(b"\n")
+            if i >= 0:
+                return pos + i + 1
+            pos += len(block)
 
 
 # --- errors -------------------------------------------------------------------------------

@@ -188,19 +188,38 @@ else:
     fmt = c4.selectbox("Prompt format", ["plain", "chat"], key=K + "format",
                        help="plain: base models; chat: the model's chat template, shown here as its messages.")
     n = min(n, result.constitution.max_variants)
-    pv = constitutions.preview(result.constitution, posts[post_i]["post"], task=task, n=n, chat=fmt == "chat")
+    p1, p2 = st.columns([1, 3])
+    preset = p1.selectbox("Prompts", constitutions.PRESETS, key=K + "preset",
+                          help="The `prompts.preset` of a spec: the generation and training templates.")
+    keep = p2.checkbox("Keep the forced prefix in the response", value=True, key=K + "keep_prefix",
+                       help="`prompts.keep_prefix`: the forced start of the response (e.g. 'The post') is "
+                            "stored, trained on and judged with the response, or stripped from it.")
+    p2.caption(constitutions.preset_note(preset))
+    try:
+        templates = constitutions.templates_for(task, preset, keep)
+    except ValueError as err:
+        st.error(str(err))
+        st.stop()
+    pv = constitutions.preview(result.constitution, posts[post_i]["post"], task=task, n=n, chat=fmt == "chat",
+                               templates=templates)
     gen_tab, train_tab = st.tabs(["Generation prompts", "Training sequences"])
     with gen_tab:
         st.caption("Per query, N variants (order shuffled, some principles flipped); the policy samples one "
-                   "response to each prompt.")
+                   "response to each prompt" + (f", continuing the forced start {templates.response_prefix!r}"
+                                               if templates.response_prefix else "") + ".")
         for i, (v, p) in enumerate(zip(pv.variants, pv.generation)):
             flipped = [k + 1 for k, f in enumerate(v.flips) if f]
             what = f"principles {flipped} flipped" if flipped else "the constitution as written"
             st.text(f"Variant {i + 1}: {what}")
             st.code(p, language=None, wrap_lines=True)
     with train_tab:
-        st.caption("Training scores every response under every prompt: L[i, j] = log p(y_j | prompt_i); the loss "
-                   "asks each row and column to pick the diagonal.")
+        st.caption("Training scores every response under every training prompt: L[i, j] = log p(y_j | prompt_i); "
+                   "the loss asks each row and column to pick the diagonal. "
+                   + ("The training prompt differs from the generation prompt. " if templates.training !=
+                      templates.generation else "")
+                   + "<eos?>: an EOS is scored only where the model ended the response itself "
+                     "(training.append_eos: auto, the default; a response cut at a stop string is scored on its "
+                     "own tokens).")
         for i in range(n):
             for j in range(n):
                 st.text(f"L[{i + 1}, {j + 1}]")

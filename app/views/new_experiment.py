@@ -156,6 +156,8 @@ def widget(path: str, **kw) -> None:
     common = dict(key=key, on_change=_on_field, args=(f,), help=f.help)
     if f.kind in ("text", "opt_text", "floats", "names"):
         st.text_input(f.label, **common)
+    elif f.kind == "area":
+        st.text_area(f.label, height=kw.get("height", 160), **common)
     elif f.kind in ("int", "opt_int"):
         st.number_input(f.label, step=1, **common)
     elif f.kind == "float":
@@ -273,6 +275,39 @@ with form:
         widget("train_from")
     with c4:
         widget("task")
+
+    st.subheader("Prompts and filters")
+    c1, c2 = st.columns([1, 2])
+    with c1:
+        widget("prompts.preset")
+    with c2:
+        widget("prompts.response_prefix")
+        widget("prompts.keep_prefix")
+    with st.expander("Templates of your own"):
+        widget("prompts.generation")
+        widget("prompts.training")
+    _errors("prompts")
+    pv, why = new_experiment.prompt_preview(ss[SPEC])
+    if why:
+        st.caption(f"No prompt preview: {why}")
+    else:
+        with st.expander("Preview: generation prompt and training sequence (the first shipped post, the "
+                         "constitution as written)"):
+            st.text("Generation prompt" + (f" (the response continues the forced start {pv.forced!r})"
+                                           if pv.forced else "") + (" as chat messages" if pv.chat else ""))
+            st.code(pv.generation, language=None, wrap_lines=True)
+            st.text("Training sequence: log p(response | training prompt); <eos> = an EOS is scored, <eos?> = "
+                    "only where the model ended the response itself (training.append_eos: auto)")
+            st.code(pv.training, language=None, wrap_lines=True)
+    c1, c2 = st.columns(2)
+    with c1:
+        widget("filters.drop_substrings")
+    with c2:
+        widget("filters.ends_with")
+    widget("filters.require_distinct")
+    st.caption("Generate keeps a query only when its N responses pass every filter (and are distinct); "
+               "the Queue shows how many each filter dropped.")
+    _errors("filters")
 
     st.subheader("Training")
     c1, c2, c3 = st.columns(3)

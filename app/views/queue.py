@@ -155,6 +155,13 @@ if note := st.session_state.pop("queue.note", None):
     getattr(note_col, note[0])(note[1])
 
 
+@st.cache_data(ttl=30, show_spinner=False)
+def _judge_estimate(job_id: int, status: str, updated_at: object) -> str | None:
+    """queue.judge_estimate, read again when the job changes (it reads response files)."""
+    job = state.read(lambda c: reads.job_detail(c, job_id))
+    return None if job is None else queue.judge_estimate(state.workspace(), job)
+
+
 @st.fragment(run_every=LIVE_EVERY_S)
 def _live_job(job_id: int) -> None:
     job = state.load(reads.job_detail, job_id)
@@ -178,6 +185,10 @@ def _live_job(job_id: int) -> None:
                f"{', '.join(map(str, job['dependants'])) or 'nothing'}")
     if constitution := queue.constitution_label(job):
         st.text(f"constitution: {constitution}")  # a user-given name: shown as text
+    if usage := queue.judge_usage(job):
+        st.text(f"judge usage: {usage}")
+    elif job["kind"] == "judge" and (estimate := _judge_estimate(job_id, job["status"], job["updated_at"])):
+        st.text(f"judge estimate before sending: {estimate}")
     if job["error"]:
         st.markdown("**Error**")
         st.code(job["error"], language=None)  # the stage's last log lines: untrusted, shown as text
@@ -186,6 +197,9 @@ def _live_job(job_id: int) -> None:
     st.code(str(path.parent), language=None)
     with st.expander("Spec"):
         st.json(job["spec"] or {}, expanded=True)
+    if (filters := queue.filter_counts_table(job["outputs"])) is not None:
+        st.markdown("**Filters** (what generate kept)")
+        st.dataframe(filters, hide_index=True)
     if job["outputs"]:
         with st.expander("Outputs"):
             st.json(job["outputs"], expanded=True)

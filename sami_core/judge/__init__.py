@@ -1,8 +1,10 @@
 """Pairwise judging: candidate vs baseline responses -> verdicts, cached and resumable.
 
-Modules: ``prompt`` (template, TEMPLATE_VERSION, answer parser), ``pairs`` (response
-sources, joining), ``cache`` (file-based judgment cache, request estimate), ``client``
-(OpenAI-compatible / Azure / local HF judges, retries), ``runner`` (bounded-concurrency
+Modules: ``prompt`` (the built-in template, TEMPLATE_VERSION, answer parser), ``template``
+(template files: system message, user template, answer pattern; shipped ones in
+``templates/``), ``pairs`` (response sources, joining), ``cache`` (file-based judgment
+cache, request and token estimate), ``client`` (OpenAI-compatible / Azure / local HF
+judges, retries, usage), ``usage`` (tokens and their cost), ``runner`` (bounded-concurrency
 judging), ``stage`` (the `judge` and `write_constitution` stages). Importing this
 package imports neither torch nor the openai client.
 """

@@ -112,18 +112,38 @@ class RequestEstimate:
     judgments: int  # pairs x orders judged
     cached: int
     to_send: int  # judgments without a cached answer: at least one request each
+    prompt_tokens: int = 0  # approximate prompt tokens of one request per judgment to send
+    max_completion_tokens: int | None = None  # the judge's max_tokens per request, times to_send
+    max_cost_usd: float | None = None  # of those tokens, when the judge spec gives prices
 
     def __str__(self) -> str:
         return (f"{self.pairs} pairs, {self.judgments} judgments: {self.cached} cached, "
                 f"{self.to_send} to send (at least {self.to_send} requests; retries may add more)")
 
+    def tokens_text(self) -> str:
+        """``~41,200 prompt tokens + at most 51,200 completion tokens (estimated cost at most
+        $0.61)``: what one request per judgment to send would use."""
+        text = f"~{self.prompt_tokens:,} prompt tokens"
+        if self.max_completion_tokens is not None:
+            text += f" + at most {self.max_completion_tokens:,} completion tokens"
+        if self.max_cost_usd is not None:
+            from sami_core.judge.usage import format_usd
+
+            text += f" (estimated cost at most {format_usd(self.max_cost_usd)})"
+        return text
+
 
 def estimate_requests(tasks: Iterable, cache: JudgmentCache) -> RequestEstimate:
-    """How many of a job's judgments are cached and how many need requests.
+    """How many of a job's judgments are cached and how many need requests, and the
+    prompt tokens of those requests (approximate: sami_core.stats.count_tokens_approx of
+    the system and user messages).
 
-    ``tasks`` are :class:`sami_core.judge.runner.JudgeTask` (anything with ``pair.pair_id``
-    and ``cache_key``)."""
+    ``tasks`` are :class:`sami_core.judge.runner.JudgeTask` (anything with ``pair.pair_id``,
+    ``cache_key``, ``prompt`` and ``system``)."""
+    from sami_core.stats import count_tokens_approx
+
     tasks = list(tasks)
-    keys = [t.cache_key for t in tasks]
-    cached = sum(1 for k in keys if k in cache)
-    return RequestEstimate(len({t.pair.pair_id for t in tasks}), len(tasks), cached, len(tasks) - cached)
+    todo = [t for t in tasks if t.cache_key not in cache]
+    tokens = sum(count_tokens_approx(t.prompt) + count_tokens_approx(getattr(t, "system", None) or "") for t in todo)
+    return RequestEstimate(len({t.pair.pair_id for t in tasks}), len(tasks), len(tasks) - len(todo), len(todo),
+                           tokens)

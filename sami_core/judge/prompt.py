@@ -81,13 +81,31 @@ def candidate_first(seed: int, query_id: str, query: str, candidate: str, baseli
     return seeded_int("order", seed, query_id, query, candidate, baseline) % 2 == 0
 
 
+def _bare_query(query: str, task: str) -> str:
+    label = _NOUNS[task][2]
+    query = query.strip()
+    if query.upper().startswith(label + ":"):  # the paper's questions start with "POST:"
+        query = query[len(label) + 1:].strip()
+    return query
+
+
+def build_messages(template, query: str, constitution: str, response_a: str, response_b: str, *,  # noqa: ANN001
+                   task: str = "summarization", seed: int = 0, shuffle: bool = True) -> tuple[str, str]:
+    """(system, user) from a template file (:class:`sami_core.spec.JudgeTemplateSpec`): the
+    query without its ``POST:`` label, the principles shuffled as :func:`build_prompt` does."""
+    from sami_core.judge.template import render
+
+    query = _bare_query(query, task)
+    return render(template.system, template.user, query=query,
+                  constitution=shuffled_principles(constitution, seed, query, shuffle),
+                  response_a=response_a.strip(), response_b=response_b.strip())
+
+
 def build_prompt(query: str, constitution: str, response_a: str, response_b: str, *,
                  task: str = "summarization", seed: int = 0, shuffle: bool = True,
                  allow_tie: bool = False) -> str:
     noun, nouns, label = _NOUNS[task]
-    query = query.strip()
-    if query.upper().startswith(label + ":"):  # the paper's questions start with "POST:"
-        query = query[len(label) + 1:].strip()
+    query = _bare_query(query, task)
     return TEMPLATE.format(
         nouns=nouns, noun=noun, Noun=noun.capitalize(), query_label=label, query=query,
         principles=shuffled_principles(constitution, seed, query, shuffle),

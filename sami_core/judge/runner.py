@@ -7,8 +7,11 @@ Policy for answers (documented in the README of the judge stage):
 - an endpoint that cannot be reached at all, or that refuses the key/model (401, 403,
   404), stops the job with a JudgeError; judgments made so far are kept;
 - an answer naming no choice is asked again up to ``parse_retries`` times; then it is
-  recorded as ``invalid`` (cached: the judge did answer).
-Verdicts are from the candidate's side: win, loss, tie, invalid, error.
+  recorded with status ``invalid`` (cached: the judge did answer) and verdict ``invalid``
+  (counted apart), or ``tie`` when the settings say ``unparseable="tie"`` (the paper's rule).
+Verdicts are from the candidate's side: win, loss, tie, invalid, error. Each judgment
+records the prompt and completion tokens its requests used (None when the endpoint
+reported none; 0 for a cached one).
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sami_core.judge.cache import JudgmentCache, cache_key
 from sami_core.judge.client import ChatClient, RequestFailed, complete_with_retries
 from sami_core.judge.pairs import Pair
-from sami_core.judge.prompt import TEMPLATE_VERSION, build_prompt, candidate_first, parse_answer
+from sami_core.judge.prompt import (TEMPLATE_VERSION, ParsedAnswer, build_messages, build_prompt, candidate_first,
+                                    parse_answer)
+from sami_core.judge.template import parse_choice, template_version
 from sami_core.stats import count_tokens_approx, count_words
 
 ORDERS = ("candidate_first", "baseline_first")
@@ -39,9 +45,21 @@ class JudgeSettings:
     shuffle_principles: bool = True
     allow_tie: bool = False
     order: str = "random"  # random | both | candidate_first | baseline_first
+    template: Any = None  # a sami_core.spec.JudgeTemplateSpec; None = the built-in template
+    unparseable: str = "apart"  # apart | tie: the verdict of an answer with no readable choice
 
     def prompt_options(self) -> dict:
         return {"task": self.task, "seed": self.seed, "shuffle": self.shuffle_principles, "tie": self.allow_tie}
+
+    @property
+    def template_version(self) -> str:
+        t = self.template
+        return TEMPLATE_VERSION if t is None else template_version(t.system, t.user, t.answer_pattern)
+
+    def parse(self, text: str) -> ParsedAnswer:
+        if self.template is None:
+            return parse_answer(text)
+        return ParsedAnswer(*parse_choice(text, self.template.answer_pattern))
 
 
 @dataclass(frozen=True)
@@ -56,8 +74,9 @@ class RetryPolicy:
 class JudgeTask:
     pair: Pair
     order: str  # candidate_first | baseline_first
-    prompt: str
+    prompt: str  # the user message
     cache_key: str
+    system: str | None = None  # the system message (template files only)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -85,18 +104,25 @@ def plan_tasks(pairs: Iterable[Pair], settings: JudgeSettings) -> list[JudgeTask
     for pair in pairs:
         for order in orders_for(pair, settings):
             a, b = (pair.candidate, pair.baseline) if order == "candidate_first" else (pair.baseline, pair.candidate)
-            prompt = build_prompt(pair.query, pair.constitution, a, b, task=settings.task, seed=settings.seed,
-                                  shuffle=settings.shuffle_principles, allow_tie=settings.allow_tie)
-            key = cache_key(provider=settings.provider, model=settings.model, template_version=TEMPLATE_VERSION,
-                            options=settings.prompt_options(), query=pair.query, constitution=pair.constitution,
-                            response_a=a, response_b=b)
-            tasks.append(JudgeTask(pair, order, prompt, key))
+            system = None
+            if settings.template is None:
+                prompt = build_prompt(pair.query, pair.constitution, a, b, task=settings.task, seed=settings.seed,
+                                      shuffle=settings.shuffle_principles, allow_tie=settings.allow_tie)
+            else:
+                system, prompt = build_messages(settings.template, pair.query, pair.constitution, a, b,
+                                                task=settings.task, seed=settings.seed,
+                                                shuffle=settings.shuffle_principles)
+            key = cache_key(provider=settings.provider, model=settings.model,
+                            template_version=settings.template_version, options=settings.prompt_options(),
+                            query=pair.query, constitution=pair.constitution, response_a=a, response_b=b)
+            tasks.append(JudgeTask(pair, order, prompt, key, system or None))
     return tasks
 
 
-def verdict_of(choice: str | None, order: str) -> str:
+def verdict_of(choice: str | None, order: str, unparseable: str = "apart") -> str:
+    """The candidate's verdict for the judge's choice ("A", "B", "tie", None = unparseable)."""
     if choice is None:
-        return "invalid"
+        return "tie" if unparseable == "tie" else "invalid"
     if choice == "tie":
         return "tie"
     return "win" if (choice == "A") == (order == "candidate_first") else "loss"
@@ -104,18 +130,19 @@ def verdict_of(choice: str | None, order: str) -> str:
 
 def make_record(task: JudgeTask, settings: JudgeSettings, *, status: str, choice: str | None = None,
                 raw: str = "", rationale: str = "", error: str | None = None, attempts: int = 0,
-                cached: bool = False) -> dict:
+                cached: bool = False, prompt_tokens: int | None = 0, completion_tokens: int | None = 0) -> dict:
     """A judgment as stored in judgments.jsonl (and in caches)."""
     p = task.pair
     return {
         "key": list(task.key), "pair_id": p.pair_id, "query_id": p.query_id, "temperature": p.temperature,
         "candidate": p.candidate_source, "baseline": p.baseline_source,
         "constitution": p.constitution, "constitution_name": p.constitution_name,
-        "provider": settings.provider, "judge_model": settings.model, "template_version": TEMPLATE_VERSION,
+        "provider": settings.provider, "judge_model": settings.model, "template_version": settings.template_version,
         "order": task.order, "shown_first": "candidate" if task.order == "candidate_first" else "baseline",
         "cache_key": task.cache_key, "status": status, "choice": choice,
-        "verdict": "error" if status == "error" else verdict_of(choice, task.order),
+        "verdict": "error" if status == "error" else verdict_of(choice, task.order, settings.unparseable),
         "rationale": rationale, "raw": raw, "error": error, "attempts": attempts, "cached": cached,
+        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
         "words_candidate": count_words(p.candidate), "words_baseline": count_words(p.baseline),
         "tokens_candidate": p.candidate_tokens if p.candidate_tokens is not None else count_tokens_approx(p.candidate),
         "tokens_baseline": p.baseline_tokens if p.baseline_tokens is not None else count_tokens_approx(p.baseline),
@@ -134,27 +161,36 @@ class RunReport:
     cached: int = 0
     sent: int = 0  # requests sent (retries included)
     seconds: float = 0.0
+    prompt_tokens: int = 0  # reported by the endpoint, over this run's requests
+    completion_tokens: int = 0
+    without_usage: int = 0  # new judgments whose answers reported no usage (a local judge, some servers)
 
 
 async def _judge_one(task: JudgeTask, client: ChatClient, settings: JudgeSettings, policy: RetryPolicy,
                      rng: random.Random) -> dict:
     attempts = 0
     text = ""
+    usage: dict[str, int | None] = {"prompt_tokens": None, "completion_tokens": None}  # summed over answers
     for _ in range(policy.parse_retries + 1):
         try:
-            text, n = await complete_with_retries(client, task.prompt, max_attempts=policy.max_attempts,
+            done, n = await complete_with_retries(client, task.prompt, system=task.system,
+                                                  max_attempts=policy.max_attempts,
                                                   backoff_initial_s=policy.backoff_initial_s,
                                                   backoff_max_s=policy.backoff_max_s, rng=rng)
         except RequestFailed as err:
             return make_record(task, settings, status="error", error=str(err), raw=text,
-                               attempts=attempts + policy.max_attempts)
+                               attempts=attempts + policy.max_attempts, **usage)
         attempts += n
-        parsed = parse_answer(text)
+        text = done.text
+        for k in usage:
+            if (v := getattr(done, k)) is not None:
+                usage[k] = (usage[k] or 0) + v
+        parsed = settings.parse(text)
         if parsed.choice is not None:
             return make_record(task, settings, status="ok", choice=parsed.choice, raw=text,
-                               rationale=parsed.rationale, attempts=attempts)
-    return make_record(task, settings, status="invalid", raw=text, rationale=parse_answer(text).rationale,
-                       attempts=attempts)
+                               rationale=parsed.rationale, attempts=attempts, **usage)
+    return make_record(task, settings, status="invalid", raw=text, rationale=settings.parse(text).rationale,
+                       attempts=attempts, **usage)
 
 
 async def judge_tasks(tasks: Sequence[JudgeTask], client: ChatClient | None, cache: JudgmentCache,
@@ -172,6 +208,9 @@ async def judge_tasks(tasks: Sequence[JudgeTask], client: ChatClient | None, cac
         results[task.key] = rec
         if not rec["cached"]:
             cache.put(rec)
+            report.prompt_tokens += rec["prompt_tokens"] or 0
+            report.completion_tokens += rec["completion_tokens"] or 0
+            report.without_usage += rec["prompt_tokens"] is None and rec["status"] != "error"
         if on_record is not None:
             on_record(rec)
 

@@ -5,9 +5,12 @@ judge run directory:
                      the latest line per (pair_id, order) counts); compacted to one line
                      per judgment, in pair order, when the stage ends
     winrates.json    sami_core.stats.winrate_table rows
-    outputs.json     counts, win rate, interval, LC win rate, flip rate, requests sent
+    outputs.json     counts, win rate, interval, LC win rate, flip rate, requests sent,
+                     prompt and completion tokens (and their cost when the judge spec
+                     gives prices)
 A re-run on the same directory reuses every cached judgment (this run's and the shared
-cache's) and sends only the rest.
+cache's) and sends only the rest; the job's tokens count every request it sent, over all
+its runs (each new judgment's tokens are in its judgments.jsonl line until compaction).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from sami_core import constitutions
@@ -26,6 +30,7 @@ from sami_core.judge.cache import JsonlFile, JudgmentCache, RequestEstimate, est
 from sami_core.judge.client import JudgeError, RequestFailed, complete_with_retries, make_client, provider_id
 from sami_core.judge.pairs import load_responses, make_pairs
 from sami_core.judge.runner import JudgeSettings, JudgeTask, RetryPolicy, judge_tasks, plan_tasks
+from sami_core.judge.usage import cost_usd, usage_text
 from sami_core.rundir import RunDir, atomic_write_json, atomic_write_text
 from sami_core.spec import JudgeSpec, WriteConstitutionSpec
 from sami_core.stats import flip_rate, winrate_table
@@ -46,7 +51,8 @@ def shared_cache_path(spec: JudgeSpec) -> Path | None:
 
 def judge_settings(spec: JudgeSpec) -> JudgeSettings:
     return JudgeSettings(provider=provider_id(spec.judge), model=spec.judge.model, task=spec.task, seed=spec.seed,
-                         shuffle_principles=spec.shuffle_principles, allow_tie=spec.allow_tie, order=spec.order)
+                         shuffle_principles=spec.shuffle_principles, allow_tie=spec.allow_tie, order=spec.order,
+                         template=spec.template, unparseable=spec.unparseable)
 
 
 def plan_judge_job(spec: JudgeSpec, run_dir: str | Path | None = None) -> tuple[list[JudgeTask], JudgmentCache]:
@@ -61,10 +67,27 @@ def plan_judge_job(spec: JudgeSpec, run_dir: str | Path | None = None) -> tuple[
 
 
 def estimate_judge_job(spec: JudgeSpec, run_dir: str | Path | None = None) -> RequestEstimate:
-    """How many judgments a job has, how many are cached, and how many it will send
-    (what the CLI shows before queueing a judge job)."""
+    """How many judgments a job has, how many are cached, how many it will send, and the
+    tokens (and cost, with prices) of one request each (what the CLI shows before queueing
+    a judge job)."""
     tasks, cache = plan_judge_job(spec, run_dir)
-    return estimate_requests(tasks, cache)
+    est = estimate_requests(tasks, cache)
+    if spec.judge.provider == "hf":
+        return est  # local: no tokens billed
+    completion = est.to_send * spec.judge.max_tokens
+    return replace(est, max_completion_tokens=completion,
+                   max_cost_usd=cost_usd(est.prompt_tokens, completion, spec.judge))
+
+
+def _usage_of_lines(path: Path) -> tuple[int | None, int | None]:
+    """Prompt and completion tokens over every judgment this run directory's log holds
+    (None, None when no line reported usage)."""
+    totals: list[int | None] = [None, None]
+    for rec in JsonlFile(path).records():
+        for i, k in enumerate(("prompt_tokens", "completion_tokens")):
+            if rec.get(k) is not None and not rec.get("cached"):
+                totals[i] = (totals[i] or 0) + int(rec[k])
+    return totals[0], totals[1]
 
 
 def run_judge(spec: JudgeSpec, run_dir: str | Path) -> dict:
@@ -103,12 +126,15 @@ def run_judge(spec: JudgeSpec, run_dir: str | Path) -> dict:
 
     report = asyncio.run(run())
     judgments = report.judgments
+    prompt_tokens, completion_tokens = _usage_of_lines(rd / JUDGMENTS_FILE)  # before compaction drops them
     atomic_write_text(rd / JUDGMENTS_FILE, "".join(json.dumps(j, ensure_ascii=False) + "\n" for j in judgments))
     table = winrate_table(judgments, ci=spec.ci, seed=spec.seed)
     atomic_write_json(rd / WINRATES_FILE, table)
     fr, n_fr = flip_rate(judgments)
     row = table[0] if len(table) == 1 else {}
     counts = {v: sum(j["verdict"] == v for j in judgments) for v in ("win", "loss", "tie", "invalid", "error")}
+    unparseable = sum(j["status"] == "invalid" for j in judgments)
+    cost = cost_usd(prompt_tokens, completion_tokens, spec.judge)
     outputs = {
         "judgments": JUDGMENTS_FILE, "winrates": WINRATES_FILE, "n_pairs": est.pairs, "n_judgments": total,
         "wins": counts["win"], "losses": counts["loss"], "ties": counts["tie"], "invalid": counts["invalid"],
@@ -116,17 +142,23 @@ def run_judge(spec: JudgeSpec, run_dir: str | Path) -> dict:
         "ci_high": row.get("ci_high"), "lc_win_rate": row.get("lc_win_rate"),
         "flip_rate": None if n_fr == 0 else fr, "n_flip_pairs": n_fr, "cached": report.cached,
         "requests_sent": report.sent, "judge_model": spec.judge.model, "provider": settings.provider,
-        "template_version": judgments[0]["template_version"] if judgments else None,
+        "template_version": settings.template_version,
+        "template": "built-in" if spec.template is None else spec.template.name,
+        "unparseable": unparseable, "unparseable_as": spec.unparseable,
+        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+        "cost_usd": None if cost is None else round(cost, 6),
         "seconds": round(report.seconds, 2),
     }
     outputs = {k: (None if isinstance(v, float) and v != v else v) for k, v in outputs.items()}  # nan -> null
-    status_msg = (f"{counts['win']} wins, {counts['loss']} losses, {counts['tie']} ties, "
+    status_msg = (f"{counts['win']} wins, {counts['loss']} losses, {counts['tie']} ties"
+                  f"{f' ({unparseable} unparseable)' if spec.unparseable == 'tie' else ''}, "
                   f"{counts['invalid']} invalid, {counts['error']} errors")
     rd.progress("judge", total, total, "judgments", status_msg, "succeeded")
     rd.write_outputs(outputs)
     wr = outputs["win_rate"]
     _log(f"judge: {status_msg}; win rate {'n/a' if wr is None else f'{wr:.3f}'}; "
          f"{report.sent} requests sent, {report.cached} cached -> {rd / 'judgments.jsonl'}")
+    _log(f"judge: {usage_text(prompt_tokens, completion_tokens, cost)}")
     if counts["error"]:
         _log(f"judge: {counts['error']} judgments failed after their retries (see `error` in judgments.jsonl); "
              "run again on the same directory to retry them")
@@ -182,9 +214,10 @@ def run_write_constitution(spec: WriteConstitutionSpec, run_dir: str | Path) -> 
         try:
             for _ in range(spec.parse_retries + 1):
                 try:
-                    text, _n = await complete_with_retries(client, prompt, max_attempts=w.max_attempts,
+                    done, _n = await complete_with_retries(client, prompt, max_attempts=w.max_attempts,
                                                            backoff_initial_s=w.backoff_initial_s,
                                                            backoff_max_s=w.backoff_max_s)
+                    text = done.text
                 except RequestFailed as err:
                     raise JudgeError(f"the principle writer failed: {err}") from None
                 try:

@@ -174,3 +174,18 @@ def test_job_versions_name_the_version_each_job_used(workspace):
     result = transact(workspace.engine, lambda c: submit.submit(c, submit.prepare_data(spec)))
     ids = [j["id"] for j in result.jobs]
     assert transact(workspace.engine, lambda c: job_versions(c, ids), write=False) == {i: "tldr v1" for i in ids}
+
+
+def test_prompt_preview_of_the_papers_templates(open_page):
+    at = _draft(open_page("constitutions"), "tldr", ROWS)
+    at.selectbox(key=K + "preset").select("paper-tldr").run()
+    codes = [c.value for c in at.code]
+    gen, train = codes[0], codes[2]
+    assert gen.endswith("Summary: The post") and "Thank you" in gen  # the scaffold, ending in the forced start
+    training_prompt = train.split(" The post <rest of response 1")[0]
+    assert training_prompt.endswith("Summary:") and "Thank you" not in training_prompt and training_prompt != gen
+    assert codes[3].startswith(training_prompt + " The post <rest of response 2")  # the prefix is kept
+    at.checkbox(key=K + "keep_prefix").uncheck().run()
+    assert [c.value for c in at.code][2].startswith(training_prompt + " <response 1")  # stripped
+    at.selectbox(key=K + "task").select("dialogue").run()
+    assert any("written for task summarization" in e.value for e in at.error) and not at.exception

@@ -290,3 +290,30 @@ def test_a_shipped_folder_is_a_constitution_set_each_member_a_version(open_page,
     assert "constitution set demo:opus (6 constitutions, one drawn per query: demo:opus/0 v1" in shown
     names = transact(workspace.engine, lambda c: sorted(c.execute(select(Constitution.name)).scalars()), write=False)
     assert names == [f"demo:opus/{k}" for k in range(6)]
+
+
+def test_the_papers_prompts_and_filters_from_the_form_reach_the_jobs(open_page, workspace):
+    at = open_page("new_experiment")
+    at.selectbox(key=K + "prompts.preset").select("paper-tldr").run()
+    at.text_input(key=K + "filters.drop_substrings").input("[insert, [], ], Response").run()
+    at.text_input(key=K + "filters.ends_with").input(".").run()
+    spec = yaml.safe_load(_yaml(at))
+    assert spec["prompts"] == {"preset": "paper-tldr"}
+    assert spec["filters"] == {"drop_substrings": ["[insert", "[]", "]", "Response"], "ends_with": ["."]}
+    codes = [c.value for c in at.code]
+    gen = next(c for c in codes if c.endswith("Summary: The post"))
+    train = next(c for c in codes if "<rest of response 1" in c)
+    assert "Thank you" in gen and "Thank you" not in train and train.split(" The post <rest")[0].endswith("Summary:")
+    at = _submit(at)
+    assert at.success and not _errors(at)
+    jobs = transact(workspace.engine, lambda c: dict(c.execute(select(Job.name, Job.spec)).all()),
+                    write=False)
+    assert jobs["generate-1"]["prompts"]["preset"] == "paper-tldr"
+    assert jobs["generate-1"]["filters"]["ends_with"] == ["."] and jobs["sample-1"]["prompts"]["preset"] == "paper-tldr"
+
+
+def test_an_unknown_placeholder_is_refused_next_to_the_template(open_page, workspace):
+    at = open_page("new_experiment")
+    at.text_area(key=K + "prompts.generation").input("{constitution}\nPOST: {post}\n{query}\nTL;DR:").run()
+    assert any("unknown placeholder {post}" in c.value for c in at.caption)  # the preview says why it has none
+    _refused(_submit(at), workspace, "prompts.generation", "unknown placeholder {post}")

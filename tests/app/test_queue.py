@@ -180,3 +180,53 @@ def test_viewing_the_pages_writes_nothing(open_page, workspace):
         at.run()  # a refresh
     open_page("overview")
     assert transact(workspace.engine, snapshot, write=False) == before
+
+
+def test_a_generate_job_shows_what_each_filter_dropped(open_page, workspace):
+    ids = _submit_demo(workspace.engine)
+    w = _worker(workspace.engine)
+    counts = {"responses": 8, "min_chars": 0, "drop_substrings": 2, "drop_substrings_each": {"[insert": 1, "]": 2},
+              "ends_with": 3, "queries": 4, "queries_with_invalid": 2, "require_distinct": 1, "kept": 1}
+    while (job := transact(workspace.engine, lambda c: queue.claim(c, w, devices=0, lease_seconds=60))) is not None:
+        outputs = {"n_kept": 1, "filter_counts": counts} if job.id == ids["generate-1"] else None
+        transact(workspace.engine, lambda c: queue.succeed(c, job.id, w, outputs=outputs))
+        if outputs:
+            break
+    at = open_page("queue", job=str(ids["generate-1"]))
+    assert not at.exception
+    (table,) = [df.value for df in at.dataframe if "filter" in df.value.columns]
+    got = dict(zip(table["filter"].str.strip(), zip(table["count"], table["of"])))
+    assert got["drop_substrings"] == (2, "8 responses") and got["'[insert'"] == (1, "8 responses")
+    assert got["ends_with"] == (3, "8 responses") and got["require_distinct"] == (1, "4 queries")
+    assert got["queries_with_invalid"] == (2, "4 queries") and got["kept"] == (1, "4 queries")
+    at = open_page("queue", job=str(ids["train-1"]))  # no filter counts: no table
+    assert not [df for df in at.dataframe if "filter" in df.value.columns]
+
+
+def test_a_judge_job_shows_its_tokens_and_estimated_cost(open_page, workspace):
+    spec = {"judge": {"provider": "openai", "model": "gpt-4o", "price_prompt_per_mtok": 2.5,
+                      "price_completion_per_mtok": 10.0}}
+    job_id = transact(workspace.engine, lambda c: queue.enqueue(c, "judge", spec, name="judge-now"))
+    w = _worker(workspace.engine)
+    transact(workspace.engine, lambda c: queue.claim(c, w, devices=0, lease_seconds=60))
+    transact(workspace.engine, lambda c: queue.succeed(c, job_id, w, outputs={
+        "wins": 3, "prompt_tokens": 12345, "completion_tokens": 678, "cost_usd": 0.03764}))
+    at = open_page("queue", job=str(job_id))
+    assert "judge usage: 12,345 prompt + 678 completion tokens, estimated cost $0.0376" in [t.value for t in at.text]
+
+
+def test_a_queued_judge_job_shows_what_it_will_send(open_page, workspace):
+    import re as re_
+
+    from sami_core.results import PUBLISHED_DIR
+
+    cand, base = (str(PUBLISHED_DIR / f"{name}-mistral-opus-constitution-temperature-0.0.json")
+                  for name in ("iteration-1-epoch-0.12", "base"))
+    spec = {"judge": {"provider": "openai", "model": "gpt-4o", "price_prompt_per_mtok": 2.5,
+                      "price_completion_per_mtok": 10.0},
+            "candidate": {"path": cand}, "baseline": {"path": base}, "limit": 4, "template": "paper"}
+    job_id = transact(workspace.engine, lambda c: queue.enqueue(c, "judge", spec, name="judge-later"))
+    at = open_page("queue", job=str(job_id))
+    (line,) = [t.value for t in at.text if t.value.startswith("judge estimate")]
+    assert re_.fullmatch(r"judge estimate before sending: 4 of 4 judgments to send \(0 cached\); ~[\d,]+ prompt "
+                         r"tokens \+ at most 1,024 completion tokens \(estimated cost at most \$0\.\d{4}\)", line), line

@@ -87,6 +87,7 @@ class Workbench:
     home: Path
     url: str
     env: dict[str, str]
+    token: str
     logs: dict[str, Path]
 
     def engine(self):  # noqa: ANN201
@@ -107,7 +108,8 @@ def workbench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workbench]:
         pytest.skip(reason)
     base = tmp_path_factory.mktemp("browser")
     home = base / "ws"
-    env = {**os.environ, "SAMI_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    # `sami ui` takes its access token from here (else it draws one and prints it).
+    env = {**os.environ, "SAMI_HOME": str(home), "PYTHONUNBUFFERED": "1", "SAMI_UI_TOKEN": "browser-test-token"}
     # The demo's judge is "auto": without API keys it is the local judge (no network).
     for var in ("SAMI_DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_API_KEY",
                 "AZURE_OPENAI_ENDPOINT"):
@@ -118,7 +120,7 @@ def workbench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workbench]:
     logs = {"worker": base / "worker.log", "ui": base / "ui.log"}
     worker = _start(["worker", "--poll-interval", "0.5"], env, logs["worker"])
     ui = _start(["ui", "--port", str(port)], env, logs["ui"])
-    bench = Workbench(home=home, url=f"http://127.0.0.1:{port}", env=env, logs=logs)
+    bench = Workbench(home=home, url=f"http://127.0.0.1:{port}", env=env, token=env["SAMI_UI_TOKEN"], logs=logs)
     try:
         deadline = time.monotonic() + UI_START_TIMEOUT_S
         while True:
@@ -159,7 +161,9 @@ def browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--window-size=1400,1000"):
+                 "--disable-background-networking", "--window-size=1400,1000",
+                 # a DNS-rebinding page: a foreign host name that resolves to this machine
+                 "--host-resolver-rules=MAP attacker.example 127.0.0.1"):
         options.add_argument(flag)
     options.add_experimental_option("prefs", {
         "download.default_directory": str(downloads), "download.prompt_for_download": False,

@@ -46,9 +46,10 @@ def _literal(text: str) -> str:
 class StreamlitPage:
     """One browser tab on the workbench at ``base_url``."""
 
-    def __init__(self, driver: Any, base_url: str, *, timeout: float = 60) -> None:
+    def __init__(self, driver: Any, base_url: str, *, token: str | None = None, timeout: float = 60) -> None:
         self.driver = driver
         self.base_url = base_url.rstrip("/")
+        self.token = token  # `sami ui`'s access token, sent with every page opened
         self.timeout = timeout
 
     # --- waiting -------------------------------------------------------------------------
@@ -127,6 +128,8 @@ class StreamlitPage:
 
     def open(self, url_path: str = "", *, expect: str | None = None, **query: str) -> None:
         """Load ``/<url_path>?query`` and wait for its first render (and ``expect``)."""
+        if self.token and "token" not in query:
+            query = {**query, "token": self.token}
         qs = "&".join(f"{k}={v}" for k, v in query.items())
         self.driver.get(f"{self.base_url}/{url_path}" + (f"?{qs}" if qs else ""))
         self.wait_idle()

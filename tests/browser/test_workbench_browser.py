@@ -140,7 +140,7 @@ def _fill_editor(page: StreamlitPage, name: str) -> None:
 
 def test_researcher_flow(workbench: Workbench, browser, screenshot) -> None:  # noqa: ANN001
     started = time.monotonic()
-    page = StreamlitPage(browser, workbench.url)
+    page = StreamlitPage(browser, workbench.url, token=workbench.token)
 
     # Overview renders.
     page.open("", expect="Overview")
@@ -293,7 +293,7 @@ def test_refreshing_queue_leaves_running_job_alone(workbench: Workbench, browser
     seconds = 60
     job_id = _write(workbench, lambda c: queue.enqueue(c, "sleep", {"seconds": seconds}, name="browser-refresh",
                                                          max_attempts=1))
-    page = StreamlitPage(browser, workbench.url)
+    page = StreamlitPage(browser, workbench.url, token=workbench.token)
     page.open("queue", expect="Queue")
     running = page.until(lambda: (j := _read(workbench, lambda c: queue.get_job(c, job_id))).status == "running"
                          and j.pid is not None and j, f"job {job_id} to start", timeout=120)
@@ -313,3 +313,26 @@ def test_refreshing_queue_leaves_running_job_alone(workbench: Workbench, browser
     job = _read(workbench, lambda c: queue.get_job(c, job_id))
     assert (job.status, job.attempts) == ("succeeded", 1), (job.status, job.attempts, job.error)
     page.open("queue", expect="succeeded")
+
+
+# --- access: the per-start token and the Host check ------------------------------------------
+
+
+def test_without_the_token_or_from_a_foreign_host_the_page_shows_nothing(workbench: Workbench, browser) -> None:  # noqa: ANN001
+    port = workbench.url.rsplit(":", 1)[1]
+    shown = {}
+    for name, base, token in (("no token", workbench.url, None), ("wrong token", workbench.url, "guess"),
+                              # DNS rebinding: attacker.example resolves to 127.0.0.1, the right token
+                              # even (the page could not know it, but the Host check must hold alone)
+                              ("foreign host", f"http://attacker.example:{port}", workbench.token)):
+        page = StreamlitPage(browser, base)
+        page.open("queue", expect="Access refused", **({"token": token} if token else {}))
+        shown[name] = browser.find_element("tag name", "body").text  # sidebar included
+    assert "not at attacker.example" in shown["foreign host"]
+    for name, text in shown.items():
+        # nothing of the workspace: no navigation, no workspace path, no job or experiment table
+        for secret in (str(workbench.home), "Overview", "Constitutions", "experiment", "sleep"):
+            assert secret not in text, (name, secret, text[:500])
+    page = StreamlitPage(browser, workbench.url, token=workbench.token)
+    page.open("queue", expect="Queue")
+    page.assert_no_exception()

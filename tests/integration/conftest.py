@@ -31,8 +31,10 @@ POLL_S = 0.1  # idle: between claims
 TICK_S = 0.5  # running: between heartbeats (a cancel is seen at the next one)
 LEASE_S = 3.0  # a job whose worker missed heartbeats this long is requeued
 KILL_GRACE_S = 2.0  # SIGTERM -> SIGKILL
+RETRY_BACKOFF_S = 1.0  # a transient failure's wait before the next attempt (doubling)
 FAST_WORKER = ["--devices", "", "--poll-interval", str(POLL_S), "--tick-interval", str(TICK_S),
-               "--lease-seconds", str(LEASE_S), "--kill-grace", str(KILL_GRACE_S), "--log-level", "DEBUG"]
+               "--lease-seconds", str(LEASE_S), "--kill-grace", str(KILL_GRACE_S), "--log-level", "DEBUG",
+               "--retry-backoff", str(RETRY_BACKOFF_S)]
 # What a loaded machine (2 cores shared with training ranks and other test runs) may add
 # to the configured timings before something counts as late: interpreter start-ups
 # (`sami cancel`, a new worker), scheduling, a busy database. Wide on purpose: a limit

@@ -105,8 +105,10 @@ def _check_entry_by_hand(model_dir: Path, gens: list[dict], by: dict) -> None:
     model, tok = load_model_and_tokenizer(str(model_dir))
     g0 = {g["variant"]: g for g in gens if g["query_id"] == gens[0]["query_id"]}
     for i, j in ((0, 1), (1, 0), (1, 1)):
-        prompt = tok(g0[i]["prompt"])["input_ids"]
-        resp = tok(" " + g0[j]["response"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        prompt = tok(g0[i]["training_prompt"])["input_ids"]
+        # append_eos auto: the EOS is scored only where the model ended the response with it
+        resp = tok(" " + g0[j]["response"], add_special_tokens=False)["input_ids"] + (
+            [tok.eos_token_id] if g0[j]["eos"] else [])
         ids = torch.tensor([prompt + resp])
         with torch.no_grad():
             logp = model(input_ids=ids).logits[0].float().log_softmax(-1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -108,19 +109,31 @@ def test_judge_now_stores_judgments_caches_and_keeps_the_key_secret(sami_sqlite:
 
 
 def test_a_queued_judge_job_is_ingested_by_the_worker(sami_sqlite: Sami) -> None:
+    """With the paper's template and prices: the estimate before sending, the system
+    message on every request, and the job's tokens and cost in `sami jobs`."""
     sami = sami_sqlite
     sami.cli("import-results", str(PUBLISHED_DIR / f"{CAND}.json"), str(PUBLISHED_DIR / f"{BASE}.json"))
-    with OpenAIServer() as srv:
+    with OpenAIServer(always_garbage=0.3) as srv:
         out = sami.cli("judge", "--candidate", CAND, "--baseline", BASE, "--judge-model", "gpt-test",
-                       "--base-url", srv.base_url, "--api-key-env", "", "--limit", "5")
+                       "--base-url", srv.base_url, "--api-key-env", "", "--limit", "5", "--template", "paper",
+                       "--unparseable", "tie", "--price-prompt", "2.5", "--price-completion", "10")
         assert "5 requests to send" in out.stdout and "queued judge job" in out.stdout
+        assert re.search(r"before sending: ~[\d,]+ prompt tokens \+ at most 1,280 completion tokens "
+                         r"\(estimated cost at most \$0\.\d{4}\)", out.stdout), out.stdout
         sami.worker("--exit-when-idle")
         assert sami.wait_workers(timeout=120) == [0], sami.worker_logs()
-        assert srv.requests == 5
-    job = sami.tx(lambda c: c.execute(select(Job.id, Job.status, Job.error).where(Job.kind == "judge")).one())
+        assert srv.requests >= 5 and len(set(srv.systems.values())) == 1 and "summaries" in srv.systems.popitem()[1]
+    job = sami.tx(lambda c: c.execute(select(Job.id, Job.status, Job.error, Job.outputs)
+                                      .where(Job.kind == "judge")).one())
     assert job.status == "succeeded", job.error
     assert sami.tx(lambda c: c.execute(select(func.count()).select_from(Judgment)
                                        .where(Judgment.job_id == job.id)).scalar_one()) == 5
+    o = job.outputs
+    assert o["template"] == "paper" and o["prompt_tokens"] > 0 and o["completion_tokens"] > 0
+    assert f"{o['prompt_tokens']:,} prompt + {o['completion_tokens']:,} completion tokens, estimated cost $" in \
+        sami.cli("jobs").stdout
+    (row,) = json.loads(sami.cli("winrates", "--json").stdout)  # unparseable answers stored as ties
+    assert (row["ties"], row["invalid"], row["n"]) == (o["ties"], 0, 5) and o["ties"] >= o["unparseable"]
 
 
 def test_export_neutralises_formulas_and_confines_the_output(sami_sqlite: Sami, tmp_path: Path) -> None:
@@ -159,6 +172,8 @@ def test_judge_errors_are_stored_counted_and_replaced_by_a_later_answer(sami_sql
         first = sami.cli(*args, timeout=120)
         run_dir = Path(first.stdout.rsplit("run directory ", 1)[1].strip())
         outputs = json.loads((run_dir / "outputs.json").read_text())
+        assert f"judge: {outputs['prompt_tokens']:,} prompt + {outputs['completion_tokens']:,} completion tokens\n" \
+            in first.stdout  # no prices given: no cost
         assert 0 < outputs["errors"] < 16
         assert count(sami, Judgment) == 16
         (row,) = json.loads(sami.cli("winrates", "--json").stdout)

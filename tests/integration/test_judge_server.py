@@ -23,7 +23,7 @@ from sami_core.judge.runner import verdict_of
 from sami_core.judge.stage import estimate_judge_job, plan_judge_job, run_judge, run_write_constitution
 from sami_core.results import PUBLISHED_DIR
 from sami_core.spec import validate_spec
-from tests.openai_server import OpenAIServer, expected_choice, fault_for
+from tests.openai_server import GARBAGE, OpenAIServer, expected_choice, fault_for, usage_of
 
 ROOT = Path(__file__).resolve().parents[2]
 CAND = str(PUBLISHED_DIR / "iteration-3-epoch-0.38-from-epoch-0.25-mistral-opus-constitution-temperature-0.0.json")
@@ -241,3 +241,69 @@ def test_write_constitution_stage(tmp_path: Path):
         srv.constitution_reply = "I cannot write principles."
         with pytest.raises(JudgeError, match="no valid constitution in 3 answers"):
             run_write_constitution(spec.model_copy(update={"n_principles": 2}), tmp_path / "w2")
+
+
+def test_template_file_system_message_usage_cost_and_unparseable_as_ties(tmp_path: Path):
+    """The paper's template: the client sends its system message; each job sums the usage
+    the server reports over every request (parse retries included) and prices it; answers
+    with no readable choice count as ties or apart, which moves the win rate as the
+    formula says; the second run reuses the first's answers (cached: 0 tokens)."""
+    prices = {"price_prompt_per_mtok": 2.5, "price_completion_per_mtok": 10.0}
+    shared = str(tmp_path / "shared")
+    with OpenAIServer(always_garbage=0.25) as srv:
+        spec = judge_spec(srv, limit=24, judge=prices, template="paper", unparseable="tie", parse_retries=1,
+                          shared_cache=shared)
+        tasks, _ = plan_judge_job(spec)
+        est = estimate_judge_job(spec)
+        out = run_judge(spec, tmp_path / "tie")
+
+        system = spec.template.system
+        assert srv.systems and set(srv.systems.values()) == {system}  # sent with every prompt
+        prompt_tokens = completion_tokens = requests = 0
+        counts = {"win": 0, "loss": 0, "tie": 0}
+        unparseable = 0
+        for t in tasks:
+            messages = [{"content": system}, {"content": t.prompt}]
+            if fault_for(t.prompt, {}, srv.always_garbage) == "always_garbage":
+                answers, verdict = [GARBAGE] * (spec.parse_retries + 1), "tie"
+                unparseable += 1
+            else:
+                choice = expected_choice(t.prompt, srv.prefer)
+                answers = [f"Comparison: Summary {choice} follows the principles better.\nFinal Response: {choice}"]
+                verdict = verdict_of(choice, t.order)
+            counts[verdict] += 1
+            for a in answers:
+                u = usage_of(messages, a)
+                prompt_tokens += u["prompt_tokens"]
+                completion_tokens += u["completion_tokens"]
+                requests += 1
+        assert 0 < unparseable < 24 and srv.requests == requests == out["requests_sent"]
+        assert (out["prompt_tokens"], out["completion_tokens"]) == (prompt_tokens, completion_tokens)
+        assert out["cost_usd"] == pytest.approx(prompt_tokens * 2.5e-6 + completion_tokens * 10e-6, abs=1e-6)
+        assert (out["wins"], out["losses"], out["ties"], out["invalid"]) == (
+            counts["win"], counts["loss"], counts["tie"], 0)
+        assert out["unparseable"] == unparseable and out["unparseable_as"] == "tie" and out["template"] == "paper"
+        n = counts["win"] + counts["loss"] + counts["tie"]
+        assert out["win_rate"] == pytest.approx((counts["win"] + counts["tie"] / 2) / n)
+        lines = [json.loads(x) for x in (tmp_path / "tie" / "judgments.jsonl").read_text().splitlines()]
+        assert sum(j["prompt_tokens"] for j in lines) == prompt_tokens  # per judgment, summed per job
+        # before sending: one request per judgment, prompts counted approximately
+        words = sum(len(system.split()) + len(t.prompt.split()) for t in tasks)
+        assert words <= est.prompt_tokens <= 2 * words
+        assert est.max_completion_tokens == 24 * spec.judge.max_tokens
+        assert est.max_cost_usd == pytest.approx(est.prompt_tokens * 2.5e-6 + est.max_completion_tokens * 10e-6)
+
+        srv.reset()
+        apart = run_judge(spec.model_copy(update={"unparseable": "apart"}), tmp_path / "apart")
+        assert srv.requests == 0 and apart["cached"] == 24
+        assert (apart["prompt_tokens"], apart["completion_tokens"], apart["cost_usd"]) == (None, None, None)
+        assert (apart["ties"], apart["invalid"]) == (counts["tie"] - unparseable, unparseable)
+        decided = counts["win"] + counts["loss"] + counts["tie"] - unparseable
+        assert apart["win_rate"] == pytest.approx((counts["win"] + (counts["tie"] - unparseable) / 2) / decided)
+
+
+def test_a_server_without_usage_reports_none(tmp_path: Path):
+    with OpenAIServer(usage=False) as srv:
+        out = run_judge(judge_spec(srv, limit=3), tmp_path / "run")
+        assert srv.requests == 3 and out["wins"] + out["losses"] + out["ties"] == 3
+        assert out["prompt_tokens"] is None and out["cost_usd"] is None

@@ -124,3 +124,17 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path: Path, demo_model_di
     assert expected in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "run" / "data.jsonl").exists()
+
+
+def test_a_hub_model_out_of_reach_is_transient_a_missing_directory_bad_input(tmp_path: Path, monkeypatch):
+    """The hub out of reach (here: HF_HUB_OFFLINE=1 and the model not in the cache) may pass:
+    exit 75, retried after a backoff; a local directory that does not exist will not: exit 2."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-cache"))
+    for model, code in (("some-org/a-model-never-downloaded", 75), (str(tmp_path / "no-such-model"), 2)):
+        spec = write(tmp_path, f"gen-{code}.yaml", {**gen_spec(tmp_path), "model": {"path": model}})
+        run = tmp_path / f"run-{code}"
+        r = run_cli("generate", "--spec", str(spec), "--run-dir", str(run), timeout=120)
+        assert r.returncode == code, (r.returncode, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr
+        assert json.loads((run / "exit_status.json").read_text())["code"] == code

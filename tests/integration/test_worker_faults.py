@@ -90,6 +90,7 @@ def test_failed_stage_blocks_dependants_and_retry_requeues(sami: Sami) -> None:
     assert sami.job(dependant).status == "blocked"
     assert sami.job(other).status == "succeeded"
     assert (sami.job(flaky).status, sami.job(flaky).attempts) == ("succeeded", 2)  # retried by itself
+    assert "transient, retried after 1 s" in sami.worker_logs()  # after its backoff
 
     out = sami.cli("retry", str(failing))
     assert f"unblocked {dependant}" in out.stdout
@@ -188,3 +189,58 @@ def test_a_train_job_that_refuses_its_input_under_torchrun_is_bad_input(sami_sql
     assert "bad input, not retried" in failed.error
     assert "has no training queries" in failed.error
     assert json.loads((sami.run_dir(job) / "exit_status.json").read_text())["code"] == 2
+
+
+def test_poisoned_metrics_lines_are_skipped_and_the_job_ends_by_its_stage(sami: Sami) -> None:
+    """Everything a stage writes is untrusted: a step past any integer column, bytes that
+    are not UTF-8 and a line longer than a poll's read each get skipped with a warning;
+    the lease and the watch go on (no second attempt) and later records still arrive."""
+    job = sami.enqueue(spec={"seconds": 6, "metrics": 3})
+    worker = sami.worker("--exit-when-idle")
+
+    def stored_steps() -> list[int]:
+        return sami.tx(lambda c: c.execute(select(Metric.step).where(Metric.job_id == job, Metric.name == "loss")
+                                           .order_by(Metric.step)).scalars().all())
+
+    sami.wait_for("the stage's own metrics", lambda: stored_steps() == [0, 1, 2], timeout=SLACK_S)
+    with open(sami.run_dir(job) / "metrics.jsonl", "ab") as f:
+        f.write(b'{"step": 100000000000000000000000000000, "loss": 1.0}\n')
+        f.write(b'{"step": 5, "loss": 1e999, "big": ' + b"9" * 400 + b"}\n")
+        f.write(b"\xff\xfe not text\n")
+        f.write(b'{"step": 6, "pad": "' + b"x" * (5 << 20) + b'"}\n')
+        f.write(b'{"step": 7, "loss": 0.125}\n')
+    sami.wait_for("the record after the bad ones", lambda: stored_steps()[-1:] == [7], timeout=SLACK_S)
+    assert worker.wait(timeout=60) == 0
+    j = sami.job(job)
+    assert (j.status, j.attempts, j.error) == ("succeeded", 1, None), sami.worker_logs()
+    assert stored_steps() == [0, 1, 2, 5, 7]  # step 5's loss is kept as text ("inf")
+    logs = sami.worker_logs()
+    assert "out of range" in logs and "skipping a metrics line of" in logs
+
+
+def test_run_directories_outside_the_workspace_are_refused(sami: Sami) -> None:
+    outside = sami.home.parent / f"{sami.home.name}-outside"
+    for run_dir in ("../" + outside.name, str(outside), "runs/../../" + outside.name):
+        r = sami.cli("enqueue", "sleep", "--run-dir", run_dir, check=False)
+        assert r.returncode == 2 and "outside the workspace" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    ok = sami.cli("enqueue", "sleep", "-p", "seconds=0.2", "--run-dir", str(sami.home / "runs" / "mine"))
+    assert sami.job(int(ok.stdout)).run_dir == "runs/mine"  # stored relative to the workspace
+    # A row written past the service layer (another tool, an old version): the worker refuses it.
+    crafted = sami.enqueue(spec={"seconds": 0.2}, run_dir="../" + outside.name)
+    sami.worker("--exit-when-idle")
+    assert sami.wait_workers() == [0]
+    j = sami.job(crafted)
+    assert j.status == "failed" and "outside the workspace" in j.error and j.attempts == 1
+    assert not outside.exists()
+    assert sami.job(int(ok.stdout)).status == "succeeded"
+
+
+def test_a_worker_runs_no_remote_model_code_unless_its_operator_allows_it(sami: Sami) -> None:
+    spec = {"model": {"path": "demo"}, "score_models": [{"model": "some/hub-model", "trust_remote_code": True}]}
+    refused = sami.enqueue("evaluate", spec=spec)
+    sami.worker("--exit-when-idle")
+    assert sami.wait_workers() == [0]
+    j = sami.job(refused)
+    assert j.status == "failed" and j.attempts == 1  # bad input: not retried
+    assert j.error.startswith("score_models.0.trust_remote_code: ") and "--allow-remote-code" in j.error
+    assert not (sami.run_dir(refused) / "job_spec.json").exists()  # nothing was started

@@ -128,3 +128,23 @@ def test_export_mi_writes_the_stored_figures_per_scoring_model(engine, tmp_path:
         cli.main(["export", "mi", "--out", "x.csv", "--out-dir", str(tmp_path), "--source", "base"])
     assert exit_.value.code != 0 and "--source: the mi export is per evaluate job" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_judge_refuses_a_bad_template_file_before_queueing(engine, tmp_path: Path,  # noqa: ANN001
+                                                           capsys: pytest.CaptureFixture) -> None:
+    for name in (CANDIDATE, IMPORTED):
+        transact(engine, lambda c, name=name: results.import_results_file(c, PUBLISHED_DIR / f"{name}.json"))
+    bad = tmp_path / "judge.yaml"
+    bad.write_text("system: s\nuser: '{query} {constitution} {response_a} {response_b} {title}'\n"
+                   "answer_pattern: 'Final Response:\\s*([AB])'\n")
+    args = ["judge", "--candidate", CANDIDATE, "--baseline", IMPORTED, "--provider", "hf", "--judge-model", "demo",
+            "--limit", "2", "--template", str(bad)]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code != 0 and f"template: {bad}: user: unknown placeholder {{title}}" in err
+    assert "Traceback" not in err and transact(engine, lambda c: queue.list_jobs(c)) == []
+    bad.write_text(bad.read_text().replace(" {title}", ""))
+    assert cli.main(args + ["--unparseable", "tie"]) == 0
+    (job,) = transact(engine, lambda c: queue.list_jobs(c))
+    assert job.spec["template"]["user"].startswith("{query}") and job.spec["unparseable"] == "tie"

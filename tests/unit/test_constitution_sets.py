@@ -61,11 +61,12 @@ def test_generate_and_evaluate_build_each_querys_variants_from_its_draw() -> Non
 
     cset = constitutions.load_set("demo:opus", seed=4)
     queries = [SimpleNamespace(id=str(i), text=f"post {i}") for i in range(12)]
-    items = variant_items(queries, cset, 2, 7, True, lambda c, q: f"{c}|{q}")
-    assert len(items) == 24 and len({it[4].name for it in items}) > 1
-    for q, i, v, prompt, drawn in items:
+    build = SimpleNamespace(pair=lambda c, q: (f"{c}|{q}", f"train:{c}|{q}"))  # generation, training prompt
+    items = variant_items(queries, cset, 2, 7, True, build)
+    assert len(items) == 24 and len({it[5].name for it in items}) > 1
+    for q, i, v, prompt, training_prompt, drawn in items:
         assert drawn is cset.draw(q.id) and v == query_variants(drawn, 2, 7, q.id, True)[i]
-        assert prompt == f"{v.text}|{q.text}"
+        assert prompt == f"{v.text}|{q.text}" and training_prompt == f"train:{v.text}|{q.text}"
 
 
 def test_the_new_experiment_form_offers_the_shipped_folders_as_sets() -> None:

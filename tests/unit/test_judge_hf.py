@@ -123,3 +123,19 @@ def test_hf_judge_follows_the_letters_when_their_probabilities_are_swapped(demo_
 
     choices = check_choices(swapped, tmp_path)
     assert set(choices) == {"B"}
+
+
+def test_hf_judge_reads_a_template_files_system_message(demo_model_dir: Path, tmp_path: Path):
+    from sami_core.spec import validate_spec
+
+    template = validate_spec("judge", {"candidate": {"path": "c"}, "baseline": {"path": "b"},
+                                       "template": "paper"}).template
+    judge = HFJudge(LLMSpec(provider="hf", model=str(demo_model_dir), api_key_env=None, dtype="float32"))
+    ctx = judge._context("the user message", template.system)
+    assert ctx.index(template.system) < ctx.index("the user message") and ctx.endswith("Final Response:")
+    assert judge.letter_logprobs("Which?", template.system) != judge.letter_logprobs("Which?")
+    settings = JudgeSettings("hf", judge.model, order="both", template=template)
+    report = judge_pairs(PAIRS, lambda: judge, JudgmentCache([]), settings)
+    # its answers end "Final Response: A|B": the paper template's pattern reads every one
+    assert [j["status"] for j in report.judgments] == ["ok"] * 6
+    assert all(j["prompt_tokens"] is None for j in report.judgments)  # a local judge bills nothing

@@ -224,6 +224,24 @@ def test_transient_failure_is_retried_until_attempts_run_out(db: DB) -> None:
     assert db.status(a) == [FAILED]
 
 
+def test_a_transient_failure_waits_out_its_backoff_before_the_next_claim(db: DB) -> None:
+    from datetime import timedelta
+
+    from db.models import utcnow
+
+    a = db.enqueue(max_attempts=3)
+    db.claim()
+    failed_at = utcnow()
+    assert db.tx(lambda c: queue.fail(c, a, db.worker, "unreachable", transient=True, retry_delay_s=60,
+                                      now=failed_at)) == QUEUED
+    assert db.claim(now=failed_at + timedelta(seconds=59)) is None  # still backing off
+    assert db.tx(lambda c: queue.has_pending_work(c, devices=0))  # an idle worker waits for it
+    assert db.claim(now=failed_at + timedelta(seconds=61)).id == a
+    db.tx(lambda c: queue.fail(c, a, db.worker, "bad input"))
+    db.tx(lambda c: queue.retry(c, a))  # a retry by hand runs at once
+    assert db.claim(now=failed_at).id == a
+
+
 def test_retry_requeues_and_unblocks_the_chain(db: DB) -> None:
     a = db.enqueue()
     b = db.enqueue(depends_on=[a])

@@ -227,3 +227,35 @@ def test_a_stage_recorded_exit_is_read_back_by_the_worker(tmp_path):
     assert stage_exit_code(1, tmp_path)[0] == 1
     (tmp_path / EXIT_STATUS_FILE).write_text("{not json")
     assert read_exit_status(tmp_path) is None
+
+
+def test_metrics_lines_are_untrusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(relay, "_MAX_METRICS_CHUNK", 64)  # a "huge" line is one over a poll's read
+    path = tmp_path / "metrics.jsonl"
+    reader = relay.RunDirReader(tmp_path)
+    path.write_bytes(b'{"step": 1e30, "loss": 1}\n{"step": -1}\n{"step": 1.5}\n\xff\n{"step": 2.0, "loss": 3}\n')
+    records, reader.metrics_offset = reader.new_metrics()  # reads up to 64 bytes: the bad lines
+    assert records == [] and reader.metrics_offset == 55
+    records, reader.metrics_offset = reader.new_metrics()
+    assert records == [{"step": 2, "loss": 3}]
+    with open(path, "ab") as f:
+        f.write(b'{"step": 3, "pad": "' + b"x" * 100)  # longer than a read, its end not written yet
+    assert reader.new_metrics() == ([], reader.metrics_offset)
+    with open(path, "ab") as f:
+        f.write(b'"}\n{"step": 4}\n')
+    records, reader.metrics_offset = reader.new_metrics()  # the long line is skipped whole
+    assert records == []
+    records, _ = reader.new_metrics()
+    assert records == [{"step": 4}]
+
+
+def test_remote_code_fields_are_found_anywhere_in_a_spec() -> None:
+    from workers.daemon import remote_code_fields
+
+    spec = {"model": {"path": "x", "trust_remote_code": False},
+            "reference_model": {"trust_remote_code": True},
+            "judge": {"judge": {"provider": "hf", "trust_remote_code": True}},
+            "score_models": [{"model": "a"}, {"model": "b", "trust_remote_code": True}]}
+    assert remote_code_fields(spec) == ["reference_model.trust_remote_code", "judge.judge.trust_remote_code",
+                                        "score_models.1.trust_remote_code"]
+    assert remote_code_fields({"model": {"trust_remote_code": False}}) == []

@@ -19,13 +19,15 @@ Gradients and updates are compared with ``torch.allclose`` and stated tolerances
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from sami_core.errors import TrainingDiverged
+from sami_core.errors import DataError, TrainingDiverged
 from sami_core.spec import TrainSpec, TrainingSpec
 from sami_core.train import CHECKPOINT_DIR, STATE_DIR, SamiTrainer, batch_loss, build_optimizer
 from tests.training_data import make_training_data
@@ -150,3 +152,49 @@ def test_non_finite_loss_stops_before_the_weights_change(tmp_path: Path, demo_mo
     # and the optimizer took no step for it
     steps = {float(s["step"]) for s in t.optimizer.state.values()}
     assert steps == {float(good)}
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling this object would create the marker file
+        return (open, (str(self.marker), "w"))
+
+
+def test_resume_keeps_good_metrics_and_never_unpickles_code(tmp_path: Path, demo_model_dir: Path):
+    data = make_training_data(tmp_path / "data", n_queries=4)
+    spec = TrainSpec.model_validate({
+        "model": {"path": str(demo_model_dir), "prompt_format": "plain"}, "data": {"path": str(data)},
+        "training": {"optimizer": "rmsprop", "lr": 1e-3, "grad_accum": 1, "max_steps": 2, "save_every": 1,
+                     "seed": 0}})
+    run_dir = tmp_path / "run"
+    first = SamiTrainer(spec, run_dir)
+    first.setup()
+    first.train()
+    metrics = run_dir / "metrics.jsonl"
+    good = metrics.read_bytes().splitlines(keepends=True)
+    assert [json.loads(x)["step"] for x in good] == [1, 2]
+    # Bytes that are not UTF-8 and a line that is not JSON between the good lines.
+    metrics.write_bytes(good[0] + b"\xff\xfe\n" + b"not json\n" + good[1])
+    (last,) = [p for p in (run_dir / STATE_DIR).glob("step-*") if p.name.endswith("2")]
+    rng = last / "rng-rank0.pt"
+    saved_rng = rng.read_bytes()
+    marker = tmp_path / "code-ran"
+    torch.save(_RunsCode(marker), rng)
+    with pytest.raises(DataError, match="not an RNG state"):
+        SamiTrainer(spec, run_dir).setup()
+    assert not marker.exists()
+
+    rng.write_bytes(saved_rng)
+    resumed = SamiTrainer(spec, run_dir)
+    resumed.setup()
+    assert resumed.step == 2
+    assert [m["step"] for m in resumed.rd.read_metrics()] == [1, 2]  # every good line kept
+
+    # A restart with no resumable state recomputes every step: none is logged twice.
+    shutil.rmtree(run_dir / STATE_DIR)
+    again = SamiTrainer(spec, run_dir)
+    again.setup()
+    again.train()
+    assert [m["step"] for m in again.rd.read_metrics()] == [1, 2]
