@@ -209,7 +209,7 @@ def _check_data_size(data: Any, path: Path) -> tuple[str, str] | None:
         return "data.start", f"{path.name} has {n_rows} rows, none left after start={data.start}"
     if data.eval_split is None and data.eval_size >= window:
         return "data.eval_size", (f"{data.eval_size} held out but {path.name} gives at most {window} queries, "
-                                  f"so none are left to train on; lower data.eval_size below {window}")
+                                  f"so none are left to train on; lower data.eval_size to at most {window - 1}")
     return None
 
 
