@@ -82,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DBAPIError as err:
         where = redacted_url(workspace().database_url)
         first = str(err.orig or err).strip().splitlines()[0]
+        if "readonly" in first.replace("-", "").replace(" ", "").lower():
+            first += "; make the database file and its folder writable, or point SAMI_HOME at a writable workspace"
         parser.exit(1, f"sami: error: database {where}: {first}\n")
     except KeyboardInterrupt:
         return 130
