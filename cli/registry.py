@@ -56,6 +56,39 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
     return register
 
 
+INT_MAX = 2**31 - 1  # the database's integer columns (PostgreSQL integer)
+
+
+def integer(lo: int = 0, hi: int = INT_MAX) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi] (ids, counts), else a one-line usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; use {lo}..{hi}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(lo: float = 0.0) -> Callable[[str], float]:
+    """An argparse type: a finite number >= lo (seconds, temperatures, prices)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (lo <= value < float("inf")):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; use a finite number >= {lo:g}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
 class CliError(Exception):
     """A usage or state error: printed as ``sami: error: ...`` with exit code 2."""
 

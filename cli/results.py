@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.registry import CliError, EnvironmentProblem, check_writable_folder, command, print_table, tx, workspace
+from cli.registry import (CliError, EnvironmentProblem, check_writable_folder, command, integer, number, print_table, tx,
+                          workspace)
 from sami_core.judge.usage import job_usage_text
 from services import exports, judging, results
 
@@ -70,22 +71,22 @@ def _configure_judge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-version", help="Azure: the API version")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="NAME of the environment variable holding the key ('' = no key); never the key itself")
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight at once")
-    p.add_argument("--max-attempts", type=int, help="attempts per request (429, 5xx, timeouts; default 6)")
-    p.add_argument("--backoff", type=float, metavar="S", help="first retry wait in seconds (doubles; default 1)")
+    p.add_argument("--concurrency", type=integer(1, 1024), default=16, help="requests in flight at once")
+    p.add_argument("--max-attempts", type=integer(1, 100), help="attempts per request (429, 5xx, timeouts; default 6)")
+    p.add_argument("--backoff", type=number(0), metavar="S", help="first retry wait in seconds (doubles; default 1)")
     p.add_argument("--both-orders", action="store_true", help="judge every pair in both A/B orders")
-    p.add_argument("--limit", type=int, help="judge only the first N pairs")
-    p.add_argument("--temperature", type=float,
+    p.add_argument("--limit", type=integer(1), help="judge only the first N pairs")
+    p.add_argument("--temperature", type=number(0),
                    help="compare only responses sampled at this temperature (both sides)")
-    p.add_argument("--experiment", type=int, help="resolve labels in this experiment first; the job belongs to it")
+    p.add_argument("--experiment", type=integer(1), help="resolve labels in this experiment first; the job belongs to it")
     p.add_argument("--template", metavar="NAME|FILE",
                    help="judge template: `paper` (shipped: the paper's system message, a comparison of at most 100 "
                         "words, `Final Response: A|B`) or a YAML file with system, user and answer_pattern "
                         "(default: the built-in template)")
     p.add_argument("--unparseable", choices=("apart", "tie"), default="apart",
                    help="answers with no readable choice: counted apart as invalid (default) or as ties (the paper)")
-    p.add_argument("--price-prompt", type=float, metavar="USD", help="USD per million prompt tokens (cost estimate)")
-    p.add_argument("--price-completion", type=float, metavar="USD", help="USD per million completion tokens")
+    p.add_argument("--price-prompt", type=number(0), metavar="USD", help="USD per million prompt tokens (cost estimate)")
+    p.add_argument("--price-completion", type=number(0), metavar="USD", help="USD per million completion tokens")
     p.add_argument("--now", action="store_true", help="judge in this process (with progress) instead of queueing")
     p.add_argument("--run-dir", help="run directory (default: runs/ in the workspace)")
 
@@ -139,7 +140,7 @@ def _fmt(v: Any) -> str:
 
 
 def _configure_winrates(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--experiment", type=int, help="only this experiment's judgments")
+    p.add_argument("--experiment", type=integer(1), help="only this experiment's judgments")
     p.add_argument("--csv", type=Path, help="also write the table to this CSV file (any path you can write)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -188,7 +189,7 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path,
                    help="the CSV file to write: any path you can write (relative ones: to --out-dir)")
     p.add_argument("--out-dir", type=Path, default=None, help="folder for a relative --out (default: current directory)")
-    p.add_argument("--experiment", type=int, help="only this experiment's rows")
+    p.add_argument("--experiment", type=integer(1), help="only this experiment's rows")
     p.add_argument("--source", help="only this response source (id, label or label#id; not for mi)")
 
 

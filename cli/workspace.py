@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.registry import CliError, command, engine, workspace
+from cli.registry import CliError, command, engine, integer, workspace
 from db.migrations import current_revision
 from db.workspace import redacted_url
 from services import ui_access as access
@@ -42,7 +42,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _configure_ui(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    p.add_argument("--port", type=integer(1, 65535), default=8501, help="port to serve on (default 8501)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; the app has no login, so "
                         "reach it from elsewhere through an SSH tunnel rather than binding 0.0.0.0)")

@@ -113,8 +113,19 @@ def test_spec_files_that_cannot_be_read_are_named(home: Path, tmp_path: Path, ca
     ]:
         rc, out, err = sami(capsys, *args)
         assert (rc, named in one_line(err)) == (2, True), (args, err)
-    rc, out, err = sami(capsys, "jobs", "--status", "bogus")
-    assert rc == 2 and "invalid choice: 'bogus'" in err and "Traceback" not in err
+    for args, named in [
+        (["jobs", "--status", "bogus"], "invalid choice: 'bogus'"),
+        (["jobs", "--limit", "-5"], "argument --limit: -5 is out of range"),
+        (["enqueue", "sleep", "--priority", "9" * 20], "argument --priority: 9999"),
+        (["retry", "9" * 20], "argument id: 9999"),
+        (["cancel", "1", "--wait", "nan"], "argument --wait: nan is out of range"),
+        (["judge", "--candidate", "a", "--baseline", "b", "--temperature", "inf"], "--temperature: inf is out of"),
+        (["ui", "--port", "70000"], "argument --port: 70000 is out of range; use 1..65535"),
+    ]:  # argparse's usage errors: the usage line, then one error line
+        rc, out, err = sami(capsys, *args)
+        assert rc == 2 and named in err.strip().splitlines()[-1] and "Traceback" not in err, (args, err)
+    rc, out, err = sami(capsys, "enqueue", "sleep", "--experiment", "999")
+    assert rc == 2 and "experiment 999 does not exist" in one_line(err)
     rc, out, err = sami(capsys, "jobs", "--json")
     assert (rc, json.loads(out)) == (0, [])  # nothing was enqueued
 
