@@ -10,9 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cli.registry import CliError, age, command, print_table, row_dict, tx, workspace
+from cli.registry import INT_MAX, CliError, age, command, integer, number, print_table, row_dict, tx, workspace
+from db.models import JOB_STATUSES
 from sami_core.contract import KNOWN_KINDS
+from sami_core.errors import SpecError
 from sami_core.judge.usage import job_usage_text
+from sami_core.spec import read_spec_file
 from services import jobs
 
 # --- enqueue --------------------------------------------------------------------------------
@@ -63,10 +66,10 @@ def _configure_enqueue(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="a display label")
     p.add_argument("--depends-on", action="append", default=[], metavar="ID[,ID]",
                    help="job(s) that must succeed first")
-    p.add_argument("--experiment", type=int, help="experiment id")
-    p.add_argument("--devices", type=int, default=0, help="GPUs the job needs (0 = runs on CPU)")
-    p.add_argument("--priority", type=int, default=0, help="higher runs first")
-    p.add_argument("--max-attempts", type=int, default=3)
+    p.add_argument("--experiment", type=integer(1), help="experiment id")
+    p.add_argument("--devices", type=integer(0, 1024), default=0, help="GPUs the job needs (0 = runs on CPU)")
+    p.add_argument("--priority", type=integer(-INT_MAX, INT_MAX), default=0, help="higher runs first")
+    p.add_argument("--max-attempts", type=integer(1, 1000), default=3)
     p.add_argument("--run-dir", help="run directory (default runs/job-<id>-<kind> in the workspace)")
 
 
@@ -74,12 +77,10 @@ def _configure_enqueue(p: argparse.ArgumentParser) -> None:
 def cmd_enqueue(args: argparse.Namespace) -> int:
     spec: dict[str, Any] = {}
     if args.spec:
-        import yaml
-
         try:
-            spec = yaml.safe_load(args.spec.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise CliError(f"--spec {args.spec}: {err}") from None
+            spec = read_spec_file(args.spec)
+        except SpecError as err:
+            raise CliError(f"--spec: {err}") from None
         if not isinstance(spec, dict):
             raise CliError(f"--spec {args.spec}: expected a mapping at the top level")
     spec = jobs.validate_job_spec(args.kind, _merge(spec, parse_params(args.param)))  # before any transaction
@@ -108,8 +109,8 @@ def _configure_jobs(p: argparse.ArgumentParser) -> None:
                    help="only this experiment's jobs (`latest`: the newest experiment)")
     p.add_argument("--check", action="store_true",
                    help="exit 1 unless every listed job succeeded (e.g. after `sami worker --exit-when-idle`)")
-    p.add_argument("--status", action="append", help="only jobs in this state (repeatable)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many (newest first)")
+    p.add_argument("--status", action="append", choices=JOB_STATUSES, help="only jobs in this state (repeatable)")
+    p.add_argument("--limit", type=integer(1), default=None, help="at most this many (newest first)")
     p.add_argument("--json", action="store_true", help="print JSON (one array of objects)")
 
 
@@ -164,8 +165,8 @@ def _check_succeeded(rows: Sequence[Any]) -> int:
 
 
 def _configure_cancel(p: argparse.ArgumentParser) -> None:
-    p.add_argument("id", type=int)
-    p.add_argument("--wait", type=float, default=15.0,
+    p.add_argument("id", type=integer(1))
+    p.add_argument("--wait", type=number(0), default=15.0,
                    help="seconds to wait for a running job's worker to confirm (0 = do not wait)")
 
 
@@ -190,7 +191,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 @command("retry", "re-queue a failed, cancelled or blocked job (and unblock its dependants)",
-         lambda p: p.add_argument("id", type=int))
+         lambda p: p.add_argument("id", type=integer(1)))
 def cmd_retry(args: argparse.Namespace) -> int:
     row, unblocked = tx(lambda c: jobs.retry(c, args.id))
     print(f"job {args.id}: {row.status}" + (f"; unblocked {', '.join(map(str, unblocked))}" if unblocked else ""))
@@ -201,9 +202,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _configure_logs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=integer(1))
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job finishes")
-    p.add_argument("--lines", "-n", type=int, default=None, help="start with only the last N lines")
+    p.add_argument("--lines", "-n", type=integer(0), default=None, help="start with only the last N lines")
 
 
 @command("logs", "print a job's stage.log", _configure_logs)

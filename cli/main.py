@@ -19,7 +19,8 @@ is migrated on first use. A subcommand is a handler registered with
 cli.registry.command in one of the command modules.
 
 Exit codes: 0 = done; 1 = `sami jobs --check` found jobs that did not succeed, or the
-database failed; 2 = refused (a bad spec or argument, named with its field; nothing
+environment failed (the database, a folder that cannot be written, a write lock held
+past its deadline); 2 = refused (a bad spec or argument, named with its field; nothing
 was written).
 """
 
@@ -36,6 +37,7 @@ from cli import workspace as workspace_commands  # noqa: F401
 from cli.jobs import parse_params  # noqa: F401 (part of the command line's interface)
 from cli.registry import COMMANDS, CliError, workspace
 from cli.registry import engine as _engine  # noqa: F401 (tests reset its cache)
+from db.engine import WriteLockTimeout
 from db.queue import QueueError
 from db.workspace import redacted_url
 from sami_core.errors import SamiError
@@ -68,16 +70,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except (CliError, QueueError, SamiError) as err:  # errors the user can act on: no traceback
-        parser.exit(2, f"sami: error: {err}\n")
-    except DBAPIError as err:
-        where = redacted_url(workspace().database_url)
-        first = str(err.orig or err).strip().splitlines()[0]
-        parser.exit(1, f"sami: error: database {where}: {first}\n")
-    except KeyboardInterrupt:
-        return 130
+        parser.exit(getattr(err, "exit_code", 2), f"sami: error: {err}\n")
+    except WriteLockTimeout as err:
+        parser.exit(1, f"sami: error: {err}\n")
     except BrokenPipeError:  # e.g. `sami jobs --json | head`
         sys.stderr.close()
         return 0
+    except OSError as err:  # the machine: a file that cannot be read or written (last resort)
+        what = f"{err.filename}: " if err.filename else ""
+        parser.exit(1, f"sami: error: {what}{err.strerror or err}\n")
+    except DBAPIError as err:
+        where = redacted_url(workspace().database_url)
+        first = str(err.orig or err).strip().splitlines()[0]
+        if "readonly" in first.replace("-", "").replace(" ", "").lower():
+            first += "; make the database file and its folder writable, or point SAMI_HOME at a writable workspace"
+        parser.exit(1, f"sami: error: database {where}: {first}\n")
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

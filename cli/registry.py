@@ -5,14 +5,19 @@ workspace's SQLite file, migrated on first use) and one way to run a transaction
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
+import os
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from db.engine import open_database, transact
-from db.workspace import Workspace
+from db.engine import DatabaseUrlError, open_database, parse_database_url, transact
+from db.workspace import DATABASE_URL_ENV, HOME_ENV, Workspace
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -51,23 +56,113 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
     return register
 
 
+INT_MAX = 2**31 - 1  # the database's integer columns (PostgreSQL integer)
+
+
+def integer(lo: int = 0, hi: int = INT_MAX) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi] (ids, counts), else a one-line usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; use {lo}..{hi}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(lo: float = 0.0) -> Callable[[str], float]:
+    """An argparse type: a finite number >= lo (seconds, temperatures, prices)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (lo <= value < float("inf")):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; use a finite number >= {lo:g}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
 class CliError(Exception):
     """A usage or state error: printed as ``sami: error: ...`` with exit code 2."""
 
+    exit_code = 2
 
-def workspace() -> Workspace:
-    return Workspace.from_env()
+
+class EnvironmentProblem(CliError):
+    """The machine, not the request: a folder that cannot be written, a database that
+    cannot be reached. Printed as ``sami: error: ...`` with exit code 1."""
+
+    exit_code = 1
+
+
+def workspace(*, create: bool = False) -> Workspace:
+    """The workspace named by ``$SAMI_HOME``; refused (naming the variable) when that is a
+    file. ``create``: make its folders, refused (exit 1) where they cannot be written."""
+    ws = Workspace.from_env()
+    if ws.home.exists() and not ws.home.is_dir():
+        raise CliError(f"{HOME_ENV}={ws.home} is a file, not a folder; point {HOME_ENV} at a folder "
+                       f"(it is created when missing)")
+    if create:
+        for folder in (ws.home, ws.runs_dir):
+            check_writable_folder(folder, f"workspace {HOME_ENV}={ws.home}", f"point {HOME_ENV} at a writable folder")
+    return ws
+
+
+def check_writable_folder(folder: Path, what: str, fix: str) -> None:
+    """Create ``folder`` if needed and check that a file can be written in it; else
+    EnvironmentProblem naming ``what`` (e.g. ``SAMI_HOME=/x``), why, and ``fix``."""
+    existed = folder.is_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except FileExistsError:
+        raise EnvironmentProblem(f"{what}: {folder} is not a folder; {fix}") from None
+    except OSError as err:
+        why = err.strerror or str(err)
+        if existed or err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise EnvironmentProblem(f"{what}: {folder} is read-only here ({why}); {fix}") from None
+        raise EnvironmentProblem(f"{what}: cannot create {folder} ({why}); {fix}") from None
 
 
 @functools.lru_cache(maxsize=1)
 def engine():  # noqa: ANN201 (sqlalchemy Engine)
-    return open_database(workspace().database_url)
+    """The workspace's database, migrated; bad settings are refused naming the variable."""
+    ws = workspace()
+    url = ws.database_url
+    try:
+        parsed = parse_database_url(url)
+    except DatabaseUrlError as err:
+        raise CliError(f"{DATABASE_URL_ENV}: {err}") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).expanduser().absolute().parent
+        if os.environ.get(DATABASE_URL_ENV):
+            check_writable_folder(folder, f"{DATABASE_URL_ENV} ({parsed.database})",
+                                  f"point {DATABASE_URL_ENV} at a file in a writable folder")
+        else:
+            check_writable_folder(folder, f"workspace {HOME_ENV}={ws.home}", f"point {HOME_ENV} at a writable folder")
+    return open_database(url)
+
+
+WRITE_DEADLINE_S = 60.0  # how long a command's transaction may wait for a busy database in all
+
+
+def _say_waiting(message: str) -> None:
+    print(f"sami: {message}", file=sys.stderr, flush=True)
 
 
 def tx(fn: Callable[[Any], Any], *, write: bool = True) -> Any:
     """Run ``fn(connection)`` in one transaction of the workspace's database (retried
-    while the database is busy)."""
-    return transact(engine(), fn, write=write)
+    while the database is busy; a write waiting for another process's lock says so on
+    stderr and gives up after 60 s)."""
+    return transact(engine(), fn, write=write, deadline_s=WRITE_DEADLINE_S, on_wait=_say_waiting)
 
 
 def age(ts: datetime | None) -> str:

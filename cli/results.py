@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.registry import CliError, command, print_table, tx, workspace
+from cli.registry import (CliError, EnvironmentProblem, check_writable_folder, command, integer, number, print_table, tx,
+                          workspace)
 from sami_core.judge.usage import job_usage_text
 from services import exports, judging, results
-from services.errors import JudgingError
 
 # --- import-results, sources -----------------------------------------------------------------
 
@@ -32,8 +32,9 @@ def cmd_import_results(args: argparse.Namespace) -> int:
     files = (results.shipped_results() if args.shipped else []) + results.results_files(args.paths)
     if not files:
         raise CliError("name results files or folders, or pass --shipped")
-    for f in files:
-        info = tx(lambda c, f=f: results.import_results_file(c, f))
+    loaded = results.load_results_files(files)  # every file checked first: all or nothing
+    infos = tx(lambda c: [results.import_results_file(c, f, res) for f, res in loaded])
+    for info in infos:
         print(f"{info['source_id']:>4}  {info['source']}  ({info['n_responses']} responses, "
               f"checkpoint {info['checkpoint']}, model {info['model']}, constitution "
               f"{info['constitution_source']}, temperature {info['temperature']:g})")
@@ -70,30 +71,29 @@ def _configure_judge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-version", help="Azure: the API version")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="NAME of the environment variable holding the key ('' = no key); never the key itself")
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight at once")
-    p.add_argument("--max-attempts", type=int, help="attempts per request (429, 5xx, timeouts; default 6)")
-    p.add_argument("--backoff", type=float, metavar="S", help="first retry wait in seconds (doubles; default 1)")
+    p.add_argument("--concurrency", type=integer(1, 1024), default=16, help="requests in flight at once")
+    p.add_argument("--max-attempts", type=integer(1, 100), help="attempts per request (429, 5xx, timeouts; default 6)")
+    p.add_argument("--backoff", type=number(0), metavar="S", help="first retry wait in seconds (doubles; default 1)")
     p.add_argument("--both-orders", action="store_true", help="judge every pair in both A/B orders")
-    p.add_argument("--limit", type=int, help="judge only the first N pairs")
-    p.add_argument("--temperature", type=float,
+    p.add_argument("--limit", type=integer(1), help="judge only the first N pairs")
+    p.add_argument("--temperature", type=number(0),
                    help="compare only responses sampled at this temperature (both sides)")
-    p.add_argument("--experiment", type=int, help="resolve labels in this experiment first; the job belongs to it")
+    p.add_argument("--experiment", type=integer(1), help="resolve labels in this experiment first; the job belongs to it")
     p.add_argument("--template", metavar="NAME|FILE",
                    help="judge template: `paper` (shipped: the paper's system message, a comparison of at most 100 "
                         "words, `Final Response: A|B`) or a YAML file with system, user and answer_pattern "
                         "(default: the built-in template)")
     p.add_argument("--unparseable", choices=("apart", "tie"), default="apart",
                    help="answers with no readable choice: counted apart as invalid (default) or as ties (the paper)")
-    p.add_argument("--price-prompt", type=float, metavar="USD", help="USD per million prompt tokens (cost estimate)")
-    p.add_argument("--price-completion", type=float, metavar="USD", help="USD per million completion tokens")
+    p.add_argument("--price-prompt", type=number(0), metavar="USD", help="USD per million prompt tokens (cost estimate)")
+    p.add_argument("--price-completion", type=number(0), metavar="USD", help="USD per million completion tokens")
     p.add_argument("--now", action="store_true", help="judge in this process (with progress) instead of queueing")
     p.add_argument("--run-dir", help="run directory (default: runs/ in the workspace)")
 
 
 @command("judge", "judge a candidate's responses against a baseline's (queued, or --now)", _configure_judge)
 def cmd_judge(args: argparse.Namespace) -> int:
-    ws = workspace()
-    ws.create()
+    ws = workspace(create=True)
     opts = judging.JudgeOptions(
         candidate=args.candidate, baseline=args.baseline, provider=args.provider, model=args.judge_model,
         base_url=args.base_url, azure_endpoint=args.azure_endpoint, api_version=args.api_version,
@@ -140,16 +140,41 @@ def _fmt(v: Any) -> str:
 
 
 def _configure_winrates(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--experiment", type=int, help="only this experiment's judgments")
-    p.add_argument("--csv", help="also write the table to this CSV file (in the current directory)")
+    p.add_argument("--experiment", type=integer(1), help="only this experiment's judgments")
+    p.add_argument("--csv", type=Path, help="also write the table to this CSV file (any path you can write)")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def output_file(flag: str, path: Path) -> Path:
+    """A CSV path typed by the user, checked before anything is read: refused (exit 2) when
+    it names a folder or its folder is a file; exit 1 when its folder cannot be written.
+    A missing folder is created."""
+    path = path.expanduser()
+    if path.is_dir():
+        raise CliError(f"{flag} {path} is a folder; name a file in it, e.g. {path / 'export.csv'}")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CliError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+            break
+    check_writable_folder(path.absolute().parent, f"{flag} {path}", "choose a folder you can write to")
+    return path
+
+
+def _write(flag: str, rows: list[dict], cols: Any, path: Path) -> Path:
+    try:
+        return exports.write_csv_file(rows, cols, path)
+    except OSError as err:
+        raise EnvironmentProblem(f"{flag} {path}: cannot write it ({err.strerror or err}); "
+                                 f"choose a path you can write to") from None
 
 
 @command("winrates", "win rates of judged candidates against their baselines", _configure_winrates)
 def cmd_winrates(args: argparse.Namespace) -> int:
+    csv_path = output_file("--csv", args.csv) if args.csv else None
     rows, cols = tx(lambda c: exports.export_rows(c, "winrates", experiment_id=args.experiment), write=False)
-    if args.csv:
-        print(f"wrote {exports.write_csv(rows, cols, Path.cwd(), args.csv)}", file=sys.stderr)
+    if csv_path is not None:
+        print(f"wrote {_write('--csv', rows, cols, csv_path)}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -161,22 +186,21 @@ def cmd_winrates(args: argparse.Namespace) -> int:
 
 def _configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", choices=exports.EXPORTS)
-    p.add_argument("--out", required=True, help="CSV file name, inside --out-dir")
-    p.add_argument("--out-dir", type=Path, default=None, help="folder to write into (default: current directory)")
-    p.add_argument("--experiment", type=int, help="only this experiment's rows")
+    p.add_argument("--out", required=True, type=Path,
+                   help="the CSV file to write: any path you can write (relative ones: to --out-dir)")
+    p.add_argument("--out-dir", type=Path, default=None, help="folder for a relative --out (default: current directory)")
+    p.add_argument("--experiment", type=integer(1), help="only this experiment's rows")
     p.add_argument("--source", help="only this response source (id, label or label#id; not for mi)")
 
 
 @command("export", "export responses, judgments, win rates or held-out MI as CSV (UTF-8, formula-safe)",
          _configure_export)
 def cmd_export(args: argparse.Namespace) -> int:
-    folder = args.out_dir if args.out_dir is not None else Path.cwd()
-    try:
-        exports.safe_output_path(folder, args.out)  # refuse before reading anything
-    except ValueError as err:
-        raise JudgingError(str(err)) from None
+    if args.out_dir is not None and args.out_dir.exists() and not args.out_dir.is_dir():
+        raise CliError(f"--out-dir {args.out_dir} is a file, not a folder; name a folder (created when missing)")
+    path = output_file("--out", (args.out_dir or Path()) / args.out)  # refuse before reading anything
     rows, cols = tx(lambda c: exports.export_rows(c, args.what, experiment_id=args.experiment,
                                                   source=args.source), write=False)
-    path = exports.write_csv(rows, cols, folder, args.out)
+    path = _write("--out", rows, cols, path)
     print(f"wrote {len(rows)} rows to {path}")
     return 0

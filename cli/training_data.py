@@ -7,14 +7,14 @@ import argparse
 import json
 from pathlib import Path
 
-from cli.registry import command, workspace
+from cli.registry import command, integer, workspace
 from services.training_data import import_training_data
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path, help='a JSON object keyed by example index, each a list of N entries '
                    '{"prompt", "response", "example_id"} (the SAMI paper\'s format)')
-    p.add_argument("--n", type=int, required=True, help="N: entries (constitution variants) per example; checked")
+    p.add_argument("--n", type=integer(0, 10_000), required=True, help="N: entries (constitution variants) per example; checked")
     p.add_argument("--name", help="the run directory's name under $SAMI_HOME/runs/imported (default: the file's stem)")
     p.add_argument("--json", action="store_true", help="print JSON: the run directory and counts")
 
@@ -22,8 +22,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
 @command("import-training-data", "import the paper's generated training data as a generate output to train on",
          _configure)
 def cmd_import_training_data(args: argparse.Namespace) -> int:
-    ws = workspace()
-    ws.create()
+    ws = workspace(create=True)
     done = import_training_data(args.file, args.n, ws.runs_dir, args.name)
     if args.json:
         print(json.dumps(done.as_dict(), indent=1))

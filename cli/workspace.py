@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.registry import CliError, command, engine, workspace
+from cli.registry import CliError, command, engine, integer, workspace
 from db.migrations import current_revision
 from db.workspace import redacted_url
 from services import ui_access as access
@@ -32,8 +32,7 @@ def _configure_init(p: argparse.ArgumentParser) -> None:
 @command("init", "create the workspace ($SAMI_HOME or ./.sami): database, runs folder, demo model",
          _configure_init)
 def cmd_init(args: argparse.Namespace) -> int:
-    ws = workspace()
-    ws.create()
+    ws = workspace(create=True)
     print(f"workspace: {ws.home}")
     print(f"database:  {redacted_url(ws.database_url)} (schema {current_revision(engine())})")
     print(f"runs:      {ws.runs_dir}", flush=True)
@@ -43,7 +42,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _configure_ui(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    p.add_argument("--port", type=integer(1, 65535), default=8501, help="port to serve on (default 8501)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; the app has no login, so "
                         "reach it from elsewhere through an SSH tunnel rather than binding 0.0.0.0)")
@@ -58,8 +57,7 @@ def _configure_ui(p: argparse.ArgumentParser) -> None:
 def cmd_ui(args: argparse.Namespace) -> int:
     if not APP_ENTRY.is_file():
         raise CliError(f"the app's entry file {APP_ENTRY} is missing: reinstall the project (`make install`)")
-    ws = workspace()
-    ws.create()
+    ws = workspace(create=True)
     engine()  # migrate before the first page renders
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY),
            "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",

@@ -50,13 +50,33 @@ def normalize_url(url: str) -> str:
     return url
 
 
+class DatabaseUrlError(ValueError):
+    """A database URL that is not one the workbench can use; the message says what works."""
+
+
+_URL_FORMS = "sqlite:////absolute/path/sami.db or postgresql://user@host/dbname"
+
+
+def parse_database_url(url: str):  # noqa: ANN201 (sqlalchemy URL)
+    """``url`` parsed (psycopg 3 for PostgreSQL); DatabaseUrlError unless it is SQLite or PostgreSQL."""
+    try:
+        parsed = make_url(normalize_url(url))
+    except exc.ArgumentError:
+        raise DatabaseUrlError(f"not a database URL; use {_URL_FORMS}") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise DatabaseUrlError(f"{backend} is not supported; use {_URL_FORMS}")
+    return parsed
+
+
 def make_engine(url: str, *, busy_timeout_ms: int | None = None, echo: bool = False) -> Engine:
     """An engine for ``url`` with the settings above (no migrations: see :func:`open_database`).
 
-    ``busy_timeout_ms`` defaults to ``$SAMI_SQLITE_BUSY_TIMEOUT_MS`` or 5000.
+    ``busy_timeout_ms`` defaults to ``$SAMI_SQLITE_BUSY_TIMEOUT_MS`` or 5000. Raises
+    DatabaseUrlError for a URL that is neither SQLite nor PostgreSQL.
     """
+    parsed = parse_database_url(url)
     url = normalize_url(url)
-    parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, echo=echo, pool_pre_ping=True)
 
@@ -130,7 +150,11 @@ class _WriterLock:
         self._pid = 0
 
     @contextmanager
-    def held(self) -> Iterator[None]:
+    def held(self, deadline_s: float | None = None,
+             on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the lock for the block. While another process holds it, ``on_wait(message)``
+        is called once (after :data:`WRITE_LOCK_NOTICE_S`) saying what it waits for; past
+        ``deadline_s`` seconds of waiting, :class:`WriteLockTimeout` is raised."""
         if self._owner == threading.get_ident():
             # A second write transaction opened inside the first would wait for itself.
             raise RuntimeError("nested write transactions on one SQLite database in one thread")
@@ -141,13 +165,39 @@ class _WriterLock:
                 if fd is None:
                     yield
                     return
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._acquire(fd, deadline_s, on_wait)
                 try:
                     yield
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
                 self._owner = None
+
+    def _acquire(self, fd: int, deadline_s: float | None, on_wait: Callable[[str], None] | None) -> None:
+        # Non-blocking tries rather than one blocking flock, so that a wait can end at its
+        # deadline and be reported: every 0.5-2 ms for the first second (the usual wait
+        # under contention, where waking late would cost latency), then up to every 50 ms.
+        start = time.monotonic()
+        pause, told = 0.0005, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            waited = time.monotonic() - start
+            if not told and waited >= WRITE_LOCK_NOTICE_S:
+                told = True
+                limit = f"; giving up after {deadline_s:.0f} s" if deadline_s is not None else ""
+                message = (f"waiting for the database's write lock, held by another process "
+                           f"(lock file {self.path}){limit}")
+                (on_wait or log.warning)(message)
+            if deadline_s is not None and waited >= deadline_s:
+                raise WriteLockTimeout(
+                    f"the database's write lock (lock file {self.path}) stayed held by another process for "
+                    f"{waited:.0f} s; try again when it finishes (`fuser {self.path}` shows who holds it)")
+            time.sleep(pause)
+            pause = min(0.002 if waited < 1.0 else 0.05, pause * 1.5)
 
     def _open(self) -> int | None:
         if self._fd is None or self._pid != os.getpid():  # a forked child needs its own
@@ -160,15 +210,22 @@ class _WriterLock:
 
 
 _WRITER_LOCKS: dict[int, _WriterLock] = {}
+WRITE_LOCK_NOTICE_S = 2.0  # how long a writer waits for the lock before it says so
+
+
+class WriteLockTimeout(Exception):
+    """A write transaction waited past its deadline for another process's write lock."""
 
 
 @contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction meant to write: on SQLite it holds the write lock from its start."""
+def write_transaction(engine: Engine, *, deadline_s: float | None = None,
+                      on_wait: Callable[[str], None] | None = None) -> Iterator[Connection]:
+    """A transaction meant to write: on SQLite it holds the write lock from its start
+    (waiting at most ``deadline_s`` for it, see :meth:`_WriterLock.held`)."""
     lock = _WRITER_LOCKS.get(id(engine))
     with engine.connect() as conn:
         conn.execution_options(**{_WRITE_OPTION: True})
-        with lock.held() if lock is not None else nullcontext():
+        with lock.held(deadline_s, on_wait) if lock is not None else nullcontext():
             with conn.begin():
                 yield conn
 
@@ -205,18 +262,23 @@ def transact(
     write: bool = True,
     deadline_s: float | None = 60.0,
     on_retry: Callable[[BaseException, int], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> T:
     """Run ``fn(conn)`` in one transaction, committed on return; retry while retryable.
 
     Retries use exponential backoff with jitter (5 ms doubling to 1 s) until
     ``deadline_s`` (None = forever), then the last error is raised. ``on_retry(err, n)``
-    is called before each retry (e.g. to log).
+    is called before each retry (e.g. to log). A write that waits for another process's
+    SQLite write lock calls ``on_wait(message)`` once and raises :class:`WriteLockTimeout`
+    at the same deadline.
     """
     start = time.monotonic()
     attempt = 0
     while True:
         try:
-            ctx = write_transaction(engine) if write else read_transaction(engine)
+            left = None if deadline_s is None else max(0.0, deadline_s - (time.monotonic() - start))
+            ctx = (write_transaction(engine, deadline_s=left, on_wait=on_wait) if write
+                   else read_transaction(engine))
             with ctx as conn:
                 return fn(conn)
         except exc.DBAPIError as err:

@@ -66,6 +66,28 @@ def _run_stage(kind: str, spec_path: str, run_dir: str) -> int:
     return 0
 
 
+def _run_dir_problem(run_dir: str) -> tuple[int, str] | None:
+    """(exit code, reason) when ``run_dir`` cannot be a run directory: a file (bad input) or a
+    folder that cannot be created or written (the environment: exit 1). Creates it if missing."""
+    import tempfile
+    from pathlib import Path
+
+    path = Path(run_dir).expanduser()
+    for p in [path, *path.absolute().parents]:
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == path else f"{p} is a file"
+                return EXIT_BAD_INPUT, f"{what}, not a folder; name a folder (it is created when missing)"
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        return 1, f"cannot be written ({err.strerror or err}); choose a folder this user can write"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m sami_core", description=__doc__,
@@ -89,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return demo_model_main(argv[1:])
     args = parser.parse_args(argv)
+    if args.command in STAGES or args.command == "demo":
+        problem = _run_dir_problem(args.run_dir)
+        if problem is not None:  # nothing can be recorded in it: say so here, in one line
+            code, message = problem
+            print(f"error: --run-dir {args.run_dir}: {message}", file=sys.stderr)
+            return code
     try:
         if args.command in STAGES:
             return _run_stage(args.command, args.spec, args.run_dir)

@@ -58,6 +58,15 @@ def _file_for(spec: DataSpec, split: str) -> Path:
     return p
 
 
+def _has_text(path: Path, chunk: int = 1 << 16) -> bool:
+    """Whether a text file holds anything but whitespace (read in chunks: files may be large)."""
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            if block.strip():
+                return True
+    return False
+
+
 def _load_dataset(spec: DataSpec, split: str | None = None):
     import datasets
 
@@ -70,10 +79,13 @@ def _load_dataset(spec: DataSpec, split: str | None = None):
         builder = _FILE_BUILDERS.get(p.suffix.lower())
         if builder is None:
             raise DataError(f"data.path: {p.name} is not JSON, JSONL, CSV or Parquet (by its extension)")
+        if p.stat().st_size == 0 or (builder != "parquet" and not _has_text(p)):
+            raise DataError(f"data.path: {p} is empty; it needs one query per row")
         try:
             return datasets.load_dataset(builder, data_files=str(p), split="train")
         except Exception as err:  # datasets raises many types for malformed files
-            raise DataError(f"data.path: could not read {p} as {builder}: {err}") from None
+            reason = str(err).strip() or f"{type(err).__name__} (is it valid {builder.upper()}?)"
+            raise DataError(f"data.path: could not read {p} as {builder}: {reason}") from None
     try:
         return datasets.load_dataset(spec.dataset, spec.config, split=split, data_dir=spec.data_dir)
     except Exception as err:

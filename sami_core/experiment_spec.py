@@ -64,6 +64,9 @@ class EvaluationSpec(StrictModel):
     seed: int = Field(0, description="Seeds the sampling and the bootstrap.")
 
 
+MAX_ITERATIONS = 100  # the paper runs a handful; more is a typo, and would enqueue thousands of jobs
+
+
 class ExperimentSpec(StrictModel):
     """A whole SAMI experiment: T iterations of generate -> train -> sample, plus a baseline."""
 
@@ -105,8 +108,9 @@ class ExperimentSpec(StrictModel):
     @field_validator("iterations")
     @classmethod
     def _iters(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
+        if not 1 <= v <= MAX_ITERATIONS:
+            raise ValueError(f"must be between 1 and {MAX_ITERATIONS} (each iteration is a generate, a train and a "
+                             "sample job)")
         return v
 
     @model_validator(mode="after")

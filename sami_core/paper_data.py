@@ -81,11 +81,16 @@ def read_paper_data(obj: Any, n: int, name: str = "the file") -> list[dict]:
 
 def read_paper_file(path: str | Path, n: int) -> list[dict]:
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise DataError(f"{path}: a folder; name the training data's JSON file")
     if not p.is_file():
         raise DataError(f"{path}: no such file")
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise DataError(f"{p.name}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                        "save it as UTF-8") from None
+    except json.JSONDecodeError as err:
         raise DataError(f"{p.name}: not a JSON file: {err}") from None
     return read_paper_data(obj, n, p.name)
 

@@ -65,6 +65,9 @@ def load_published(path: str | Path) -> PublishedResults:
     meta = parse_result_name(p.name)
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{p}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                        f"save it as UTF-8") from None
     except json.JSONDecodeError as err:
         raise DataError(f"{p}: not valid JSON: {err}") from None
     cols = ("constitution", "question", "response")
@@ -78,6 +81,12 @@ def load_published(path: str | Path) -> PublishedResults:
         order = sorted(keys, key=int)
     except ValueError:
         raise DataError(f"{p}: indices must be integers as strings ('0', '1', ...)") from None
+    for c in cols:
+        bad = next((k for k in order if not isinstance(data[c][k], (str, int, float))
+                    or isinstance(data[c][k], bool)), None)
+        if bad is not None:
+            raise DataError(f"{p}: {c!r} at index {bad} is {json.dumps(data[c][bad])}, not text; every "
+                            f"question, constitution and response must be a string")
     rows = [PublishedRow(k, str(data["question"][k]), str(data["constitution"][k]), str(data["response"][k]))
             for k in order]
     return PublishedResults(rows=rows, **meta)

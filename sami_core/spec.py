@@ -29,7 +29,8 @@ EXAMPLES_DIR = Path(__file__).parent / "examples"
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # allow_inf_nan=False: `lr: .inf` or `temperature: nan` is refused with the spec, not hours later.
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class ModelSpec(StrictModel):
@@ -391,7 +392,7 @@ class TrainingSpec(StrictModel):
     @field_validator("lr")
     @classmethod
     def _lr(cls, v: float) -> float:
-        if not v > 0:
+        if not 0 < v < float("inf"):
             raise ValueError("must be > 0 (e.g. 5e-7 for RMSprop on a 7B model)")
         return v
 
@@ -602,14 +603,31 @@ def validate_spec(kind: str, data: Any, source: str = "spec") -> StrictModel:
         raise SpecError(errors=_field_errors(err), source=source) from None
 
 
+def read_text_file(path: Path, what: str = "file") -> str:
+    """A UTF-8 text file's contents; SpecError naming the file when it is not UTF-8 or
+    cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{what} {str(path)!r} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                        f"{err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise SpecError(f"{what} {str(path)!r} cannot be read: {err.strerror or err}") from None
+
+
 def read_spec_file(path: str | Path) -> dict:
     """Parse a YAML or JSON spec file into a dict (no validation)."""
     import yaml
 
     p = Path(path)
+    if p.is_dir():
+        raise SpecError(f"spec file {str(p)!r} is a folder; name a YAML or JSON file")
     if not p.is_file():
         raise SpecError(f"spec file {str(p)!r} does not exist")
-    text = p.read_text(encoding="utf-8")
+    text = read_text_file(p, "spec file")
+    if not text.strip():
+        raise SpecError(f"spec file {str(p)!r} is empty; write the fields to change (see sami_core/examples/), "
+                        "or `{}` for every default")
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:

@@ -47,7 +47,8 @@ from db.experiments import (constitution_version, create_experiment, enqueue_pla
 from sami_core import constitutions
 from sami_core.contract import EXPERIMENT_KINDS
 from sami_core.data_paths import check_file_spec
-from sami_core.errors import ConstitutionError, SpecError
+from sami_core.data_files import FILE_TYPES, read_records
+from sami_core.errors import ConstitutionError, DataError, SpecError
 from sami_core.pipeline import JobPlan, expand
 from sami_core.experiment_spec import ExperimentSpec, resolve_experiment_judge, validate_experiment
 from sami_core.spec import ConstitutionSpec, DataSpec, read_spec_file
@@ -136,6 +137,8 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
             origin = str(Path(c_spec.path).resolve())
         inline = {"name": c_name, "principles": principles}
 
+    _check_principle_sizes(members or [{"principles": principles}], source,
+                           "constitution.paths" if c_spec.is_set else where)
     update: dict[str, Any] = {"constitution": ConstitutionSpec.model_validate(inline)}
     if exp.data.source == "file" and exp.data.path:
         p = Path(exp.data.path).expanduser()
@@ -147,6 +150,8 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
                 raise _field_error(source, "data.path", f"file {str(f) if split else exp.data.path!r}{which} "
                                    "does not exist")
         if bad := check_file_spec(exp.data, splits):  # a field, id field or placeholder the file lacks
+            raise _field_error(source, *bad)
+        if bad := _check_data_size(exp.data, p):
             raise _field_error(source, *bad)
         update["data"] = exp.data.model_copy(update={"path": str(p.resolve())})
     update["model"] = _absolute_model(exp.model, source, "model.path")
@@ -167,6 +172,45 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
     exp = exp.model_copy(update=update)
     plans = expand(exp, PREVIEW_ROOT_PREFIX + slug(exp.name))  # every stage spec validates (raises SpecError)
     return Prepared(exp, source, c_name, principles, origin, notes, plans, members)
+
+
+MAX_PRINCIPLE_CHARS = 2000  # a principle is a sentence or two; its prompt must fit the model's context
+
+
+def _check_principle_sizes(members: list[dict[str, Any]], source: str, where: str) -> None:
+    """Refuse a principle or antithesis longer than MAX_PRINCIPLE_CHARS (SpecError naming ``where``)."""
+    for m in members:
+        for i, p in enumerate(m["principles"]):
+            for key in ("principle", "antithesis"):
+                text = p.get(key) or ""
+                if len(text) > MAX_PRINCIPLE_CHARS:
+                    name = f" of {m['name']!r}" if m.get("name") else ""
+                    raise _field_error(source, where, f"{key} {i + 1}{name} has {len(text):,} characters; at most "
+                                                      f"{MAX_PRINCIPLE_CHARS:,} (a principle is a sentence or two)")
+
+
+_COUNT_MAX_BYTES = 200 * 2**20  # larger local data files are not read at submit
+
+
+def _check_data_size(data: Any, path: Path) -> tuple[str, str] | None:
+    """(field, reason) when a local data file has no rows, or too few for ``eval_size`` to leave
+    training queries (checked for one file without a separate eval split)."""
+    if ("{split}" in data.path or path.suffix.lower().lstrip(".") not in FILE_TYPES or not path.is_file()
+            or path.stat().st_size > _COUNT_MAX_BYTES):
+        return None  # a Parquet file, or a big one: the stage reads it
+    try:
+        n_rows = len(read_records(path.name, path.read_bytes()))
+    except DataError as err:
+        return "data.path", str(err) or f"{path.name}: cannot be read"
+    window = max(0, n_rows - data.start)
+    if data.max_queries is not None:
+        window = min(window, data.max_queries)
+    if window == 0:
+        return "data.start", f"{path.name} has {n_rows} rows, none left after start={data.start}"
+    if data.eval_split is None and data.eval_size >= window:
+        return "data.eval_size", (f"{data.eval_size} held out but {path.name} gives at most {window} queries, "
+                                  f"so none are left to train on; lower data.eval_size to at most {window - 1}")
+    return None
 
 
 def _resolve_set(c_spec: ConstitutionSpec, n: int, source: str) -> tuple[str, str, list[dict[str, Any]], dict]:
@@ -224,6 +268,9 @@ def _absolute_model(model: Any, source: str, field: str) -> Any:
     if model.path.startswith(_LOCAL_PREFIXES) and not p.is_dir():
         raise _field_error(source, field, f"local directory {model.path!r} does not exist on this machine "
                                           "(a Hugging Face id looks like org/name)")
+    if model.path != "demo" and p.is_dir() and not (p / "config.json").is_file():
+        raise _field_error(source, field, f"{model.path!r} is a folder but not a model (no config.json in it); "
+                                          "name a Hugging Face model folder or hub id")
     if model.path != "demo" and not p.is_absolute() and p.is_dir():
         return model.model_copy(update={"path": str(p.resolve())})
     return model

@@ -5,6 +5,8 @@ page and its "Download CSV"): one definition of the columns, one formula-safe wr
 from __future__ import annotations
 
 import csv
+import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,8 @@ def winrates(rows: Sequence[dict]) -> list[dict]:
 
 def write_csv(rows: Iterable[dict], columns: Sequence[str], folder: str | Path, name: str) -> Path:
     """Write ``rows`` as UTF-8 CSV with a header to ``folder/name`` (refused when the name
-    leaves the folder); every cell goes through csv_safe. Returns the path."""
+    leaves the folder: for names that come from elsewhere, e.g. a browser); every cell goes
+    through csv_safe. Returns the path."""
     try:
         target = safe_output_path(folder, name)
     except ValueError as err:
@@ -69,6 +72,26 @@ def write_csv(rows: Iterable[dict], columns: Sequence[str], folder: str | Path, 
         w.writerow(columns)
         for r in rows:
             w.writerow([csv_safe(r.get(c)) for c in columns])
+    return target
+
+
+def write_csv_file(rows: Iterable[dict], columns: Sequence[str], path: str | Path) -> Path:
+    """Write ``rows`` as UTF-8 CSV (header, cells through csv_safe) to ``path``, a path its
+    user chose (the command line: no folder guard). Written to a temporary file beside it
+    and renamed, so a failure leaves no half-written file. OSError when it cannot be written."""
+    target = Path(path).expanduser().absolute()
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(columns)
+            for r in rows:
+                w.writerow([csv_safe(r.get(c)) for c in columns])
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return target
 
 

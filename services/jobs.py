@@ -10,13 +10,16 @@ test switches listed in :data:`SLEEP_KEYS`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Row
 
 from db import queue
+from db.models import Experiment
 from db.reads import jobs as job_reads
 from db.workspace import Workspace, default_run_dir
 from sami_core.contract import LOG_FILE, KindError, check_kind
@@ -56,8 +59,8 @@ def validate_job_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
                 out[k] = int(spec[k])
     except (TypeError, ValueError) as err:
         raise KindError(f"sleep: {err}") from None
-    if out["seconds"] < 0:
-        raise KindError("sleep: seconds must be >= 0")
+    if not math.isfinite(out["seconds"]) or out["seconds"] < 0:
+        raise KindError(f"sleep: seconds must be a finite number >= 0, not {spec.get('seconds')!r}")
     if not 0 <= out["exit_code"] <= 255:
         raise KindError("sleep: exit_code must be in 0..255")
     for k in _SLEEP_SWITCHES:
@@ -70,6 +73,9 @@ def enqueue_job(conn: Connection, kind: str, spec: dict[str, Any], *, workspace:
                 **kw: Any) -> int:
     """Validate ``spec`` for ``kind`` and enqueue it (``kw``: db.queue.enqueue's options).
     A ``run_dir`` must lie in the workspace (``workspace``, else the environment's)."""
+    exp_id = kw.get("experiment_id")
+    if exp_id is not None and conn.execute(select(Experiment.id).where(Experiment.id == exp_id)).first() is None:
+        raise ServiceError(f"experiment {exp_id} does not exist (see `sami jobs --experiment latest`)")
     if kw.get("run_dir") is not None:
         try:
             kw["run_dir"] = (workspace or Workspace.from_env()).inside(kw["run_dir"])

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from db import experiments, ingest
 from sami_core import constitutions
 from sami_core.errors import DataError
-from sami_core.results import PUBLISHED_DIR, load_published
+from sami_core.results import PUBLISHED_DIR, PublishedResults, load_published
 from services.errors import JudgingError
 
 def results_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -46,13 +46,24 @@ def shipped_results() -> list[Path]:
     return sorted(PUBLISHED_DIR.glob("*.json"))
 
 
-def import_results_file(conn: Connection, path: Path) -> dict[str, Any]:
+def load_results_files(paths: Iterable[Path]) -> list[tuple[Path, PublishedResults]]:
+    """Read and check every file before anything is stored (JudgingError naming the first
+    bad one), so that importing a folder is all or nothing."""
+    out = []
+    for path in paths:
+        try:
+            out.append((path, load_published(path)))
+        except DataError as err:
+            raise JudgingError(f"{err} (nothing was imported)") from None
+    return out
+
+
+def import_results_file(conn: Connection, path: Path, res: PublishedResults | None = None) -> dict[str, Any]:
     """One published results file -> an ``import`` response source named after the file
-    (without .json) and one response per index (query_id = the index). Idempotent."""
-    try:
-        res = load_published(path)
-    except DataError as err:
-        raise JudgingError(str(err)) from None
+    (without .json) and one response per index (query_id = the index). Idempotent.
+    ``res``: the file already read by :func:`load_results_files`."""
+    if res is None:
+        res = load_results_files([path])[0][1]
     source_id = ingest.upsert_import_source(
         conn, res.source, path=str(path.resolve()), model=f"{res.model}:{res.checkpoint}",
         temperatures=[res.temperature], constitution_source=res.constitution_source)

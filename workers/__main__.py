@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from sqlalchemy.exc import DBAPIError
 
-    from db.engine import open_database
+    from db.engine import DatabaseUrlError, open_database
     from db.workspace import Workspace, redacted_url
     from sami_core.contract import KNOWN_KINDS
     from workers.daemon import Worker, WorkerConfig, detect_devices
@@ -70,9 +70,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             parser.exit(2, f"sami worker: error: --kinds: unknown kind(s) {', '.join(unknown)}; "
                            f"known: {', '.join(KNOWN_KINDS)}\n")
+    if args.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        parser.exit(2, f"sami worker: error: --log-level {args.log_level!r}: use DEBUG, INFO, WARNING or ERROR\n")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    devices = detect_devices() if args.devices is None else [d for d in args.devices.split(",")
-                                                             if d.strip() and d != "cpu"]
+    devices = detect_devices() if args.devices is None else [d.strip() for d in args.devices.split(",")
+                                                             if d.strip() and d.strip() != "cpu"]
+    bad = [d for d in devices if not (d.isdigit() or d.startswith(("GPU-", "MIG-")))]
+    if bad or len(set(devices)) != len(devices):
+        what = f"{', '.join(map(repr, bad))} is no GPU id" if bad else "a GPU is listed twice"
+        parser.exit(2, f"sami worker: error: --devices {args.devices!r}: {what}; give GPU indices such as 0,1 "
+                       f"(or GPU-/MIG- UUIDs; '' = CPU only)\n")
     ws = Workspace.from_env()
     try:
         ws.create()
@@ -86,6 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DBAPIError as err:
         first = str(err.orig or err).strip().splitlines()[0]
         parser.exit(1, f"sami worker: error: database {redacted_url(ws.database_url)}: {first}\n")
+    except DatabaseUrlError as err:
+        parser.exit(2, f"sami worker: error: SAMI_DATABASE_URL: {err}\n")
+    except OSError as err:  # the workspace or database folder cannot be created or written
+        parser.exit(1, f"sami worker: error: {err.filename or ws.home}: {err.strerror or err}; point SAMI_HOME "
+                       f"(or SAMI_DATABASE_URL) at a writable folder\n")
     except KeyboardInterrupt:
         return 130
 

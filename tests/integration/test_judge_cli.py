@@ -136,7 +136,7 @@ def test_a_queued_judge_job_is_ingested_by_the_worker(sami_sqlite: Sami) -> None
     assert (row["ties"], row["invalid"], row["n"]) == (o["ties"], 0, 5) and o["ties"] >= o["unparseable"]
 
 
-def test_export_neutralises_formulas_and_confines_the_output(sami_sqlite: Sami, tmp_path: Path) -> None:
+def test_export_neutralises_formulas_and_writes_where_the_user_asks(sami_sqlite: Sami, tmp_path: Path) -> None:
     sami = sami_sqlite
     name = "evil-mistral-opus-constitution-temperature-0.0.json"
     payload = {"constitution": {"0": "1. Be concise."}, "question": {"0": "POST: hi"},
@@ -150,9 +150,9 @@ def test_export_neutralises_formulas_and_confines_the_output(sami_sqlite: Sami, 
         rows = list(csv.DictReader(fh))
     assert rows[0]["text"] == "'=cmd|' /C calc'!A0" and rows[0]["query_id"] == "0"
 
-    refused = sami.cli("export", "responses", "--out", "../x.csv", check=False)
-    assert refused.returncode == 2 and "escapes" in refused.stderr
-    assert not (sami.home.parent / "x.csv").exists()
+    # The user owns the shell: a path they type (here relative, leaving the folder) is theirs.
+    sami.cli("export", "responses", "--out", "../x.csv")
+    assert (sami.home.parent / "x.csv").read_text(encoding="utf-8").startswith("source_id,")
     other = tmp_path / "exports"
     sami.cli("export", "winrates", "--out", "w.csv", "--out-dir", str(other))
     assert (other / "w.csv").read_text(encoding="utf-8").startswith("experiment_id,candidate,baseline,judge_model")

@@ -152,7 +152,7 @@ def test_prepare_refuses_bad_specs_naming_the_field(change: dict, field: str, re
 def test_prepare_checks_a_data_file_has_the_query_field(tmp_path: Path):
     f = tmp_path / "q.jsonl"
     f.write_text('{"text": "a"}\n')
-    spec = {**ef.INITIAL, "data": {"source": "file", "path": str(f)}}
+    spec = {**ef.INITIAL, "data": {"source": "file", "path": str(f), "eval_size": 0}}  # one row: all for training
     prepared, errors = ef.prepare(spec, 1)
     assert prepared is None and errors[0][0] == "data.path" and "no field 'post'" in errors[0][1]
     prepared, errors = ef.prepare({**spec, "data": {**spec["data"], "field": "text"}}, 1)

@@ -178,7 +178,7 @@ BAD_SPECS = [
      ["constitution.path:", "not shipped"]),
     ("N < 2", demo_spec(n_constitutions=1), ["n_constitutions: must be >= 2"]),
     ("N beyond the constitution", demo_spec(n_constitutions=8), ["constitution.path:", "8 variants requested"]),
-    ("iterations < 1", demo_spec(iterations=0), ["iterations: must be >= 1"]),
+    ("iterations < 1", demo_spec(iterations=0), ["iterations: must be between 1 and 100"]),
     ("missing data file", demo_spec(data={"source": "file", "path": "nope.jsonl"}), ["data.path:", "does not exist"]),
     ("missing split file", demo_spec(data={"source": "file", "path": "nope/{split}.jsonl", "eval_split": "validation"}),
      ["data.path:", "train.jsonl", "(split 'train') does not exist"]),
@@ -320,7 +320,8 @@ def test_an_auto_judge_is_chosen_at_submit_and_recorded_without_the_key(
 def test_an_instruct_model_baseline_is_enqueued_as_a_sample_job(
     ws: Workspace, capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
-    (tmp_path / "models" / "my-instruct").mkdir(parents=True)  # a local directory, relative to the cwd
+    (tmp_path / "models" / "my-instruct").mkdir(parents=True)  # a local model directory, relative to the cwd
+    (tmp_path / "models" / "my-instruct" / "config.json").write_text("{}")
     spec = demo_spec(judge__baselines=["base", {"model": "models/my-instruct", "label": "instruct"}])
     rc, out, err = ws.sami(capsys, "submit", str(ws.spec_file(spec)), "--json")
     assert rc == 0, err
@@ -355,7 +356,10 @@ def test_a_local_model_path_that_does_not_exist_is_refused_by_field(tmp_path):
     data["model"] = {"path": str(tmp_path / "no-such-model")}
     with pytest.raises(SpecError, match=r"model\.path: local directory .* does not exist"):
         prepare_data(data, source="x.yaml")
-    data["model"] = {"path": str(tmp_path)}  # an existing directory is accepted as given
+    data["model"] = {"path": str(tmp_path)}  # a folder that holds no model is refused at submit
+    with pytest.raises(SpecError, match=r"model\.path: .* is a folder but not a model \(no config\.json"):
+        prepare_data(data, source="x.yaml")
+    (tmp_path / "config.json").write_text("{}")  # a model directory is accepted as given
     assert prepare_data(data, source="x.yaml").exp.model.path == str(tmp_path)
 
 
