@@ -77,10 +77,13 @@ def enqueue_job(conn: Connection, kind: str, spec: dict[str, Any], *, workspace:
     if exp_id is not None and conn.execute(select(Experiment.id).where(Experiment.id == exp_id)).first() is None:
         raise ServiceError(f"experiment {exp_id} does not exist (see `sami jobs --experiment latest`)")
     if kw.get("run_dir") is not None:
+        ws = workspace or Workspace.from_env()
         try:
-            kw["run_dir"] = (workspace or Workspace.from_env()).inside(kw["run_dir"])
+            kw["run_dir"] = ws.inside(kw["run_dir"])
         except ValueError as err:
             raise ServiceError(f"--run-dir: {err}") from None
+        if ws.resolve(kw["run_dir"]).exists() and not ws.resolve(kw["run_dir"]).is_dir():
+            raise ServiceError(f"--run-dir: {kw['run_dir']} is a file, not a directory; give a new or empty folder")
     return queue.enqueue(conn, kind, validate_job_spec(kind, spec), **kw)
 
 

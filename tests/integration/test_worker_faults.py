@@ -223,6 +223,9 @@ def test_run_directories_outside_the_workspace_are_refused(sami: Sami) -> None:
     for run_dir in ("../" + outside.name, str(outside), "runs/../../" + outside.name):
         r = sami.cli("enqueue", "sleep", "--run-dir", run_dir, check=False)
         assert r.returncode == 2 and "outside the workspace" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    (sami.home / "a-file").write_text("x")
+    r = sami.cli("enqueue", "sleep", "--run-dir", "a-file", check=False)
+    assert r.returncode == 2 and "is a file, not a directory" in r.stderr, r.stderr
     ok = sami.cli("enqueue", "sleep", "-p", "seconds=0.2", "--run-dir", str(sami.home / "runs" / "mine"))
     assert sami.job(int(ok.stdout)).run_dir == "runs/mine"  # stored relative to the workspace
     # A row written past the service layer (another tool, an old version): the worker refuses it.
