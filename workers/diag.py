@@ -132,6 +132,8 @@ def run_sleep(
 
     ticks = max(int(round(seconds * 10)), 0)
     step = 0
+    if metrics:  # an earlier execution's records are all logged again: none twice
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)
 
     def log_metric() -> None:
         nonlocal step

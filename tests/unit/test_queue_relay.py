@@ -182,12 +182,15 @@ def test_sleep_stage_files_and_execution_count(tmp_path: Path) -> None:
     assert run_sleep(run_dir, 0.0, 0, checkpoints=2, metrics=3) == 0
     assert json.loads((run_dir / "progress.json").read_text())["status"] == "succeeded"
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+    assert run_sleep(run_dir, 0.0, 0, checkpoints=2, metrics=3) == 0  # run again (a handed-back job)
+    steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2]  # each step once
     outputs = json.loads((run_dir / "outputs.json").read_text())
     assert [c["step"] for c in outputs["checkpoints"]] == [1, 2] and outputs["checkpoints"][1]["final"]
     assert run_sleep(run_dir, 0.0, 4, fail_attempts=2) == 4  # second execution in this run dir
     assert run_sleep(run_dir, 0.0, 4, fail_attempts=2) == 0  # third: "resumed", succeeds
     record_inline_execution(tmp_path / "runs", 7)
-    assert count_executions(tmp_path / "runs", {1: run_dir, 7: tmp_path / "runs" / "b"}) == {1: 3, 7: 1}
+    assert count_executions(tmp_path / "runs", {1: run_dir, 7: tmp_path / "runs" / "b"}) == {1: 4, 7: 1}
 
 
 def test_parse_params() -> None:
