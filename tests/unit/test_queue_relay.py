@@ -187,8 +187,8 @@ def test_sleep_stage_files_and_execution_count(tmp_path: Path) -> None:
     assert steps == [0, 1, 2]  # each step once
     outputs = json.loads((run_dir / "outputs.json").read_text())
     assert [c["step"] for c in outputs["checkpoints"]] == [1, 2] and outputs["checkpoints"][1]["final"]
-    assert run_sleep(run_dir, 0.0, 4, fail_attempts=2) == 4  # second execution in this run dir
-    assert run_sleep(run_dir, 0.0, 4, fail_attempts=2) == 0  # third: "resumed", succeeds
+    assert run_sleep(run_dir, 0.0, 4, fail_attempts=3) == 4  # third execution in this run dir
+    assert run_sleep(run_dir, 0.0, 4, fail_attempts=3) == 0  # fourth: "resumed", succeeds
     record_inline_execution(tmp_path / "runs", 7)
     assert count_executions(tmp_path / "runs", {1: run_dir, 7: tmp_path / "runs" / "b"}) == {1: 4, 7: 1}
 
