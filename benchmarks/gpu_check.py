@@ -92,12 +92,14 @@ def posts() -> list[str]:
     return [json.loads(line)["post"] for line in (DATA_DIR / "posts.jsonl").read_text().splitlines() if line]
 
 
-def build_model_dir(cfg: dict, out: Path) -> tuple[Path, int]:
-    """Random-init Llama + the offline demo tokenizer, saved in HF format. Returns (dir, params)."""
+def build_model_dir(cfg: dict, out: Path, tokenizer_dir: str | None = None) -> tuple[Path, int]:
+    """Random-init Llama + the demo tokenizer (trained offline on the shipped posts, or read
+    from ``tokenizer_dir``), saved in HF format. Returns (dir, parameter count)."""
+    from transformers import AutoTokenizer
     from transformers import GenerationConfig as HFGenerationConfig
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tokenizer(posts())
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else build_tokenizer(posts())
     tokenizer.model_max_length = cfg["model"]["max_position_embeddings"]
     config = LlamaConfig(**cfg["model"], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
@@ -361,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="tiny model, gloo, float32 on the CPU: the same code path in seconds (for the tests)")
     parser.add_argument("--nproc", type=int, default=0, help="training processes (default: the GPU count; smoke: 1)")
     parser.add_argument("--work-dir", help="where the model, data and run go (default: a temporary directory, removed)")
+    parser.add_argument("--tokenizer", help="a saved tokenizer to use (e.g. the demo model's directory) "
+                        "instead of training the demo tokenizer on the shipped posts")
     parser.add_argument("--vllm-python", help="python of a venv with vllm installed, for the vLLM row")
     parser.add_argument("--vllm-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -380,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
         log(f"building the model in {work / 'model'}")
-        model_dir, n_params = build_model_dir(cfg, work / "model")
+        model_dir, n_params = build_model_dir(cfg, work / "model", args.tokenizer)
         data_dir = write_training_data(cfg, work / "data")
         log("training under torchrun")
         train = run_train(cfg, model_dir, data_dir, work / "run", nproc)
