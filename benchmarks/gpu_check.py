@@ -51,7 +51,9 @@ import torch  # noqa: E402
 
 from sami_core.contract import CHECKPOINTS_DIR, FINAL_CHECKPOINT, METRICS_FILE  # noqa: E402
 from sami_core.demo_model import DATA_DIR, build_tokenizer  # noqa: E402
-from sami_core.generation import GenerationConfig, generate_texts, generate_texts_vllm, load_model_and_tokenizer  # noqa: E402
+from sami_core.generation import (  # noqa: E402
+    GenerationConfig, generate_texts, generate_texts_vllm, load_model_and_tokenizer,
+)
 from sami_core.logprobs import MatrixBatch, logprob_matrix_naive, logprob_matrix_prefix  # noqa: E402
 from sami_core.prompts import build_prompt  # noqa: E402
 
@@ -232,7 +234,7 @@ def time_logprobs(cfg: dict, model_dir: Path, device: str, n_params: int, peak: 
                     L.sum().backward()
                     if cuda:
                         torch.cuda.synchronize()
-                except torch.OutOfMemoryError:
+                except torch.OutOfMemoryError:  # reported in the table, not fatal
                     failed[method] = "OOM"
                     L = None
                     model.zero_grad(set_to_none=True)
@@ -352,9 +354,12 @@ def report(info: dict, train: dict, lp_rows: list[dict], gen: dict, vllm: dict |
     else:
         print(f"{'generate, vLLM':<34} {'':>2} {vllm}")
     print("-" * len(header))
-    if not (train["ok_loss"] and train["ok_ckpt"]) or any(r["error"] for r in lp_rows):
+    # Out of memory is a figure of this GPU (the naive path at N = 4 on an 80 GB card may not
+    # fit); a non-finite matrix, loss or checkpoint is a failure of the path under test.
+    if not (train["ok_loss"] and train["ok_ckpt"]) or any(r["error"] not in (None, "OOM") for r in lp_rows):
         raise SystemExit("GPU check FAILED (see the table)")
-    return next(r["mfu"] for r in lp_rows if r["n"] == 4 and r["method"] == "prefix")
+    row = next(r for r in lp_rows if r["n"] == 4 and r["method"] == "prefix")
+    return math.nan if row["error"] else row["mfu"]
 
 
 def main(argv: list[str] | None = None) -> int:
