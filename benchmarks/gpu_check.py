@@ -118,6 +118,8 @@ def build_model_dir(cfg: dict, out: Path, tokenizer_dir: str | None = None) -> t
     model.save_pretrained(out)  # float32 safetensors: the trainer's master weights
     tokenizer.save_pretrained(out)
     del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the train stage's processes need the memory
     return out, n_params
 
 

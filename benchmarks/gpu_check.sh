@@ -2,7 +2,7 @@
 # GPU check, one command on a bare GPU machine with a copy of this repository:
 #   benchmarks/gpu_check.sh                 # set-up (first time) + the check; last line: mfu_prefix_n4: X
 #   benchmarks/gpu_check.sh --cpu-smoke     # the same path on a CPU: tiny model, gloo, float32
-# Set-up: reuses $VENV (default .venv) when it imports torch and sami_core; otherwise creates it with
+# Set-up: reuses $VENV (default .venv) when it has torch, transformers and sami_core; otherwise creates it with
 # `pip install $TORCH_SPEC` (default torch==2.13.0: PyPI's CUDA build on a GPU machine) and `pip install -e .`.
 # vLLM (optional) goes into a venv of its own, $VLLM_VENV (default .venv-vllm), since it pins its own
 # torch; GPU_CHECK_VLLM=0 skips it. Nothing is downloaded from a model hub: the model is random-initialised.
@@ -15,7 +15,10 @@ VLLM_VENV=${VLLM_VENV:-.venv-vllm}
 
 say() { echo "[gpu_check.sh] $*" >&2; }
 
-if ! "$VENV/bin/python" -c "import torch, transformers, sami_core" 2>/dev/null; then
+# Found, not imported (importing torch costs seconds): the venv is ours when it has these.
+has() { "$1" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))" "${@:2}" 2>/dev/null; }
+
+if ! has "$VENV/bin/python" torch transformers sami_core; then
     say "setting up $VENV ($TORCH_SPEC, then this package)"
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
@@ -27,14 +30,14 @@ extra=()
 is_smoke=0
 for a in "$@"; do [ "$a" = --cpu-smoke ] && is_smoke=1; done
 if [ "${GPU_CHECK_VLLM:-1}" = 1 ] && [ "$is_smoke" = 0 ]; then
-    if ! "$VLLM_VENV/bin/python" -c "import vllm" 2>/dev/null; then
+    if ! has "$VLLM_VENV/bin/python" vllm sami_core; then
         say "trying to install vLLM into $VLLM_VENV (optional; GPU_CHECK_VLLM=0 skips it)"
         { [ -x "$VLLM_VENV/bin/python" ] || python3 -m venv "$VLLM_VENV"; } &&
             timeout 300 "$VLLM_VENV/bin/python" -m pip install -q vllm &&
             timeout 120 "$VLLM_VENV/bin/python" -m pip install -q -e . ||
             say "vLLM did not install; its row will say so"
     fi
-    if "$VLLM_VENV/bin/python" -c "import vllm" 2>/dev/null; then
+    if has "$VLLM_VENV/bin/python" vllm sami_core; then
         extra+=(--vllm-python "$VLLM_VENV/bin/python")
     fi
 fi
