@@ -228,7 +228,11 @@ class SamiTrainer:
         self.device = torch.device(f"cuda:{self.local_rank}" if cuda else "cpu")
         if cuda:
             torch.cuda.set_device(self.device)
-        self.distributed = self.world_size > 1
+        # FSDP asked for by name under torchrun shards even over one process (a one-GPU
+        # node runs the same nccl + FSDP2 path as a multi-GPU one); otherwise one process
+        # trains without a process group.
+        launched = "TORCHELASTIC_RUN_ID" in os.environ
+        self.distributed = self.world_size > 1 or (self.cfg.fsdp == "yes" and launched)
         if self.distributed and not dist.is_initialized():
             if not cuda:  # two CPU processes on a small machine: don't oversubscribe cores
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
