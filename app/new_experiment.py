@@ -95,6 +95,8 @@ FIELDS: tuple[Field, ...] = (
     _f("n_constitutions", "N (constitution variants per query)", "int"),
     _f("iterations", "Iterations", "int"),
     _f("train_from", "Each iteration trains from", "select", _literal_options(experiment_spec.ExperimentSpec, "train_from")),
+    _f("max_prompt_tokens", "Prompt budget in tokens (empty = the model's length)", "opt_int",
+       help="Longer queries are cut to fit (never the constitution or the response); the demo model needs 200."),
     _f("training.lr", "Learning rate", "float"),
     _f("training.optimizer", "Optimizer", "select", _literal_options(spec_mod.TrainingSpec, "optimizer")),
     _f("training.grad_accum", "Gradient accumulation", "int"),

@@ -269,6 +269,7 @@ with form:
         widget("train_from")
     with c4:
         widget("task")
+    widget("max_prompt_tokens")
 
     st.subheader("Training")
     c1, c2, c3 = st.columns(3)
