@@ -36,7 +36,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from db.experiments import constitution_version, create_experiment, enqueue_plan, worker_capacity
+from db.experiments import constitution_version, create_experiment, enqueue_plan, experiment_named, worker_capacity
 from sami_core import constitutions
 from sami_core.contract import EXPERIMENT_KINDS
 from sami_core.data_paths import check_file_spec
@@ -226,6 +226,12 @@ def dry_run(conn: Connection, prepared: Prepared) -> Submitted:
     return Submitted(None, exp.name, str(Path(plans[0].run_dir).parent),
                      {"name": prepared.constitution_name, "origin": prepared.constitution_origin},
                      _job_rows(plans, None), warnings, dry_run=True)
+
+
+def already_submitted(conn: Connection, prepared: Prepared) -> int | None:
+    """The id of an experiment with the prepared one's name, if the workspace has one
+    (`sami submit --if-absent`, which `make run` uses to submit the demo once)."""
+    return experiment_named(conn, prepared.exp.name)
 
 
 def submit(conn: Connection, prepared: Prepared) -> Submitted:
