@@ -59,8 +59,9 @@ def test_the_demo_experiment_runs_end_to_end_and_sami_raises_mi_and_concision(
     """The demo experiment (shortened) through `sami submit` + `sami worker`: every job
     succeeds, outputs land in the database, and SAMI works: the held-out MI rises from the
     base model to the last iteration, and the concision rule prefers the last iteration's
-    summaries to the base model's. Margins are wide: seen here (seed 0) MI 0.04 -> ITER2_MI
-    nats, win rate ITER2_WR against base."""
+    summaries to the base model's. Margins are wide: seen here (seed 0, the same recipe on
+    16/32 posts) MI 0.025 -> 0.40 -> 0.67 nats, and win rates 0.88 and 0.94 on the first 16
+    posts (asserted: a rise of 0.05 nats and 0.6). Takes 4-6 min on 2 idle cores."""
     sami = sami_sqlite
     assert "workspace:" in sami.cli("init").stdout
     spec = short_demo_spec()
