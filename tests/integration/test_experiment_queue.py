@@ -53,6 +53,7 @@ def short_demo_spec() -> dict:
     return spec
 
 
+@pytest.mark.timeout(1800)  # 13 jobs, 2 of them training: minutes on a shared 2-core runner
 def test_the_demo_experiment_runs_end_to_end_and_sami_raises_mi_and_concision(
     sami_sqlite: Sami, demo_model_dir: Path
 ) -> None:
@@ -61,7 +62,8 @@ def test_the_demo_experiment_runs_end_to_end_and_sami_raises_mi_and_concision(
     base model to the last iteration, and the concision rule prefers the last iteration's
     summaries to the base model's. Margins are wide: seen here (seed 0, the same recipe on
     16/32 posts) MI 0.025 -> 0.40 -> 0.67 nats, and win rates 0.88 and 0.94 on the first 16
-    posts (asserted: a rise of 0.05 nats and 0.6). Takes 4-6 min on 2 idle cores."""
+    posts (asserted: a rise of 0.05 nats and 0.6). Not yet seen passing: on a 2-core machine
+    at load ~9 it ran past 15 min."""
     sami = sami_sqlite
     assert "workspace:" in sami.cli("init").stdout
     spec = short_demo_spec()
@@ -70,7 +72,7 @@ def test_the_demo_experiment_runs_end_to_end_and_sami_raises_mi_and_concision(
     out = sami.cli("submit", str(path), "--json", timeout=120)
     exp_id = json.loads(out.stdout)["experiment_id"]
     sami.worker("--exit-when-idle", *STAGE_WORKER)
-    assert sami.wait_workers(timeout=900) == [0], sami.worker_logs()
+    assert sami.wait_workers(timeout=1700) == [0], sami.worker_logs()
 
     check = sami.cli("jobs", "--experiment", "latest", "--check", check=False)
     assert check.returncode == 0, check.stdout + check.stderr
