@@ -33,19 +33,23 @@ test-unit: install
 demo: install
 	$(PY) -m sami_core demo --run-dir $(RUN_DIR)
 
-# The same demo through the queue: submit the demo experiment, run a local worker until
-# no work is left, list the jobs; fails unless every job of the experiment succeeded.
+# The demo experiment through the queue (3 SAMI iterations): submit it, run a local worker
+# until no work is left, list the jobs (fails unless every job succeeded), then print
+# per iteration the held-out MI and the win rate against the base model.
 demo-queue: install
 	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli init
 	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli submit sami_core/examples/demo.yaml
 	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli worker --exit-when-idle
 	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli jobs --experiment latest --check
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli summary --experiment latest
 
 # The workbench in the browser: workspace, the shipped published responses (content at
-# once), one local worker (stopped with the UI), the UI on 127.0.0.1.
+# once), the demo experiment (submitted once per workspace; the bundled worker runs it
+# while the UI is open), one local worker (stopped with the UI), the UI on 127.0.0.1.
 run: install
 	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli init
 	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli import-results --shipped
+	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli submit sami_core/examples/demo.yaml --if-absent
 	SAMI_HOME=$(SAMI_HOME) $(PY) -m cli ui --with-worker --port $(PORT)
 
 bench: install

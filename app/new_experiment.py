@@ -95,6 +95,8 @@ FIELDS: tuple[Field, ...] = (
     _f("n_constitutions", "N (constitution variants per query)", "int"),
     _f("iterations", "Iterations", "int"),
     _f("train_from", "Each iteration trains from", "select", _literal_options(experiment_spec.ExperimentSpec, "train_from")),
+    _f("max_prompt_tokens", "Prompt budget in tokens (empty = the model's length)", "opt_int",
+       help="Longer queries are cut to fit (never the constitution or the response); the demo model needs 200."),
     _f("prompts.preset", "Prompts", "select", _literal_options(spec_mod.PromptSpec, "preset"),
        help="builtin: this project's prompt per task, the same to generate and to train; paper-tldr: the SAMI "
             "paper's TL;DR scaffold to generate (the response continues a forced 'The post') and its short "

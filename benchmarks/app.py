@@ -97,7 +97,7 @@ def seed(engine) -> dict[str, int]:  # noqa: ANN001
 
     data = yaml.safe_load(DEMO_SPEC.read_text(encoding="utf-8"))
     data["iterations"] = ITERATIONS
-    data.setdefault("judge", {}).setdefault("judge", {})["provider"] = "hf"  # no API key needed, no note
+    data.setdefault("judge", {})["judge"] = {"provider": "hf", "model": "demo"}  # no API key needed, no note
     prepared = submit.prepare_data(data, source=str(DEMO_SPEC), name="bench")
     exp_id = transact(engine, lambda c: submit.submit(c, prepared)).experiment_id
     worker = transact(engine, lambda c: queue.register_worker(c, name="bench", host="bench", pid=os.getpid(),

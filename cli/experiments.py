@@ -17,6 +17,8 @@ def _configure_submit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="the experiment's name (overrides the spec's `name`)")
     p.add_argument("--dry-run", action="store_true", help="validate and show the jobs; enqueue nothing")
     p.add_argument("--json", action="store_true", help="print JSON: the experiment id and its jobs")
+    p.add_argument("--if-absent", action="store_true",
+                   help="submit only when the workspace has no experiment of this name (e.g. `make run`'s demo)")
 
 
 @command("submit", "expand an experiment spec into its jobs and enqueue them (prints the experiment id)",
@@ -24,6 +26,9 @@ def _configure_submit(p: argparse.ArgumentParser) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     prepared = experiments.prepare(args.spec, name=args.name)  # SpecError: exit 2, nothing written
     try:
+        if args.if_absent and (found := tx(lambda c: experiments.already_submitted(c, prepared), write=False)):
+            print(f"experiment {found} ({prepared.exp.name}) is already in the workspace: not submitted again")
+            return 0
         if args.dry_run:
             result = tx(lambda c: experiments.dry_run(c, prepared), write=False)
         else:

@@ -13,7 +13,7 @@ from typing import Any
 from cli.registry import (CliError, EnvironmentProblem, check_writable_folder, command, integer, number, print_table, tx,
                           workspace)
 from sami_core.judge.usage import job_usage_text
-from services import exports, judging, results
+from services import exports, jobs, judging, results
 
 # --- import-results, sources -----------------------------------------------------------------
 
@@ -63,9 +63,10 @@ def _configure_judge(p: argparse.ArgumentParser) -> None:
                    help="a response source (id, label or label#id; see `sami sources`) or a file/run directory")
     p.add_argument("--baseline", required=True, metavar="SRC", help="the source it is compared with")
     p.add_argument("--judge-model", default="gpt-4o", help="judge model (deployment on Azure; hub id/dir for hf)")
-    p.add_argument("--provider", choices=("openai", "azure", "hf", "auto"), default="openai",
+    p.add_argument("--provider", choices=("openai", "azure", "hf", "rule", "auto"), default="openai",
                    help="auto = OpenAI (--judge-model) when the key variable is set, Azure OpenAI when "
-                        "AZURE_OPENAI_API_KEY and AZURE_OPENAI_ENDPOINT are, else the local hf judge on the demo model")
+                        "AZURE_OPENAI_API_KEY and AZURE_OPENAI_ENDPOINT are, else the local hf judge on the demo model; "
+                        "rule = a deterministic rule named by --judge-model (concision)")
     p.add_argument("--base-url", help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     p.add_argument("--azure-endpoint", help="Azure: https://NAME.openai.azure.com")
     p.add_argument("--api-version", help="Azure: the API version")
@@ -181,6 +182,36 @@ def cmd_winrates(args: argparse.Namespace) -> int:
     print("\t".join(cols))
     for r in rows:
         print("\t".join(_fmt(r[c]) for c in cols))
+    return 0
+
+
+def _configure_summary(p: argparse.ArgumentParser) -> None:
+    from cli.jobs import _experiment_ref
+
+    p.add_argument("--experiment", type=_experiment_ref, default="latest", metavar="ID|latest",
+                   help="the experiment (default: the newest)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+@command("summary", "an experiment's held-out MI and win rates, per iteration", _configure_summary)
+def cmd_summary(args: argparse.Namespace) -> int:
+    def read(c: Any) -> tuple[int, list[dict]]:
+        exp = jobs.experiment_id(c, args.experiment)
+        return exp, exports.iteration_rows(c, exp)
+
+    exp, rows = tx(read, write=False)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"experiment {exp}: held-out MI lower bound (nats, 95% bootstrap interval; ln N is the most) and win "
+          "rate against the baseline (95% Wilson interval)")
+    table = [("ITER", "MODEL", "MI [95%]", "VS", "JUDGE", "N", "WIN RATE [95%]")]
+    for r in rows:
+        mi = "-" if r["mi"] is None else f"{r['mi']:.3f} [{_fmt(r['mi_ci_low'])}, {_fmt(r['mi_ci_high'])}]"
+        win = "-" if r["win_rate"] is None else f"{r['win_rate']:.3f} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+        table.append((str(r["iteration"]), r["label"], mi, r["baseline"] or "-", r["judge_model"] or "-",
+                      _fmt(r["n"]), win))
+    print_table(table, last_free=True)
     return 0
 
 

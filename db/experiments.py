@@ -69,6 +69,12 @@ def create_experiment(
     ).scalar_one()
 
 
+def experiment_named(conn: Connection, name: str) -> int | None:
+    """The newest experiment called ``name``, or None."""
+    return conn.execute(select(experiments.c.id).where(experiments.c.name == name)
+                        .order_by(experiments.c.id.desc()).limit(1)).scalar_one_or_none()
+
+
 def enqueue_plan(conn: Connection, items: Sequence[Mapping[str, Any]], *, now: datetime | None = None) -> dict[str, int]:
     """Enqueue a DAG whose items name each other by ``key``: each item is
     :func:`db.queue.enqueue`'s arguments plus ``key`` (unique) and ``depends_on`` as a

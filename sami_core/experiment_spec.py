@@ -81,6 +81,11 @@ class ExperimentSpec(StrictModel):
         "previous", description="Each iteration trains from the previous checkpoint, or from the base model."
     )
     shuffle_principles: bool = True
+    max_prompt_tokens: int | None = Field(
+        None, ge=8, description="Prompt budget of the generate, sample and evaluate jobs, in tokens: longer queries "
+                                "are cut (never the constitution or the response); default = the model's max length "
+                                "- max_new_tokens. The demo model needs 200: it was pretrained on posts of <= 300 "
+                                "characters.")
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     filters: FilterSpec = Field(default_factory=FilterSpec)
     prompts: PromptSpec = Field(default_factory=PromptSpec, description=(
@@ -221,14 +226,16 @@ AZURE_API_VERSION = "2024-06-01"
 class ExperimentLLMSpec(LLMSpec):
     """An experiment's judge: an :class:`LLMSpec` that may also say ``provider: auto``."""
 
-    provider: Literal["auto", "openai", "azure", "hf"] = Field(
+    provider: Literal["auto", "openai", "azure", "hf", "rule"] = Field(
         "openai",
         description="auto = chosen when the experiment is submitted: Azure OpenAI when AZURE_OPENAI_API_KEY and "
                     "AZURE_OPENAI_ENDPOINT are set (deployment: $AZURE_OPENAI_DEPLOYMENT or `model`; API version: "
                     "$OPENAI_API_VERSION or " + AZURE_API_VERSION + "), else OpenAI with `model` (default "
                     + AUTO_JUDGE_MODEL + ") when the key variable (`api_key_env`, default OPENAI_API_KEY) is set, "
                     "else the local hf judge on the demo model (mechanics only); the submitted spec records the "
-                    "choice. openai = any OpenAI-compatible endpoint; azure = Azure OpenAI; hf = a local causal LM.",
+                    "choice. openai = any OpenAI-compatible endpoint; azure = Azure OpenAI; hf = a local causal LM; "
+                    "rule = a deterministic rule on the two responses, named by `model` (concision: the demo's "
+                    "offline judge, fewer filler phrases then fewer words wins).",
     )
 
 

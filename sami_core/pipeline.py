@@ -57,7 +57,7 @@ def expand(exp: ExperimentSpec, runs_root: str | Path) -> list[JobPlan]:
     base = exp.model.model_dump(mode="json")
     common = {"data": exp.data.model_dump(mode="json"), "constitution": exp.constitution.model_dump(mode="json",
               exclude_none=True), "task": exp.task, "filters": exp.filters.model_dump(mode="json"),
-              "prompts": exp.prompts.model_dump(mode="json")}
+              "prompts": exp.prompts.model_dump(mode="json"), "max_prompt_tokens": exp.max_prompt_tokens}
     s = exp.sampling
     sample_gen = {"temperature": 0.0, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
                   "batch_size": s.batch_size, "seed": s.seed, "backend": exp.generation.backend}
@@ -120,6 +120,7 @@ def evaluate_job(exp: ExperimentSpec, root: Path, key: str, model: dict, label: 
     spec = {"model": model, "label": label, "data": exp.data.model_dump(mode="json"),
             "constitution": exp.constitution.model_dump(mode="json", exclude_none=True), "task": exp.task,
             "filters": exp.filters.model_dump(mode="json"), "prompts": exp.prompts.model_dump(mode="json"),
+            "max_prompt_tokens": exp.max_prompt_tokens,
             "split": "eval", "limit": ev.limit,
             "n_constitutions": exp.n_constitutions, "shuffle_principles": exp.shuffle_principles,
             "variant_seed": ev.variant_seed,

@@ -689,10 +689,13 @@ class LLMSpec(StrictModel):
     """An LLM reached through the `openai` client (OpenAI, Azure OpenAI, vLLM, Ollama, ...)
     or, for judging only, a local Hugging Face causal LM."""
 
-    provider: Literal["openai", "azure", "hf"] = Field(
-        "openai", description="openai = any OpenAI-compatible endpoint; azure = Azure OpenAI; hf = a local causal LM."
+    provider: Literal["openai", "azure", "hf", "rule"] = Field(
+        "openai", description="openai = any OpenAI-compatible endpoint; azure = Azure OpenAI; hf = a local causal LM; "
+                              "rule = a deterministic rule on the two responses (judging only; `model` names the "
+                              "rule, e.g. concision: the demo's judge)."
     )
-    model: str = Field("gpt-4o", description="Model name; the deployment name on Azure; a hub id, directory or `demo` for hf.")
+    model: str = Field("gpt-4o", description="Model name; the deployment name on Azure; a hub id, directory or `demo` "
+                                            "for hf; the rule's name for rule (concision).")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default: OpenAI's).")
     azure_endpoint: str | None = Field(None, description="Azure: https://NAME.openai.azure.com")
     api_version: str | None = Field(None, description="Azure: the API version, e.g. 2024-06-01.")
@@ -737,6 +740,12 @@ class LLMSpec(StrictModel):
         if (self.price_prompt_per_mtok is None) != (self.price_completion_per_mtok is None):
             raise ValueError("give both `price_prompt_per_mtok` and `price_completion_per_mtok` (USD per million "
                              "tokens), or neither")
+        if self.provider == "rule":
+            from sami_core.judge.rules import rule_names
+
+            if self.model not in rule_names():
+                raise ValueError(f"provider 'rule': `model` names the rule, one of {', '.join(rule_names())} "
+                                 f"(got {self.model!r})")
         return self
 
 

@@ -42,8 +42,8 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from db.experiments import (constitution_version, create_experiment, enqueue_plan, link_constitution_set,
-                            worker_capacity)
+from db.experiments import (constitution_version, create_experiment, enqueue_plan, experiment_named,
+                            link_constitution_set, worker_capacity)
 from sami_core import constitutions
 from sami_core.contract import EXPERIMENT_KINDS
 from sami_core.data_paths import check_file_spec
@@ -332,6 +332,12 @@ def dry_run(conn: Connection, prepared: Prepared) -> Submitted:
         constitution["members"] = [{"name": m["name"], "origin": m["origin"]} for m in prepared.members]
     return Submitted(None, exp.name, str(Path(plans[0].run_dir).parent), constitution,
                      _job_rows(plans, None), warnings, dry_run=True)
+
+
+def already_submitted(conn: Connection, prepared: Prepared) -> int | None:
+    """The id of an experiment with the prepared one's name, if the workspace has one
+    (`sami submit --if-absent`, which `make run` uses to submit the demo once)."""
+    return experiment_named(conn, prepared.exp.name)
 
 
 def submit(conn: Connection, prepared: Prepared) -> Submitted:

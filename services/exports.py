@@ -119,3 +119,36 @@ def export_rows(conn: Connection, what: str, *, experiment_id: int | None = None
     if what == "winrates":
         return winrates(rows), WINRATE_COLUMNS
     return rows, JUDGMENT_COLUMNS
+
+
+
+ITERATION_COLUMNS = ("iteration", "label", "mi", "mi_ci_low", "mi_ci_high", "baseline", "judge_model", "temperature",
+                     "n", "win_rate", "ci_low", "ci_high")
+
+
+def _iteration_of(label: str) -> int | None:
+    """0 for 'base', K for 'iteration-K', else None (another model)."""
+    if label == "base":
+        return 0
+    k = label.removeprefix("iteration-")
+    return int(k) if k != label and k.isdigit() else None
+
+
+def iteration_rows(conn: Connection, experiment_id: int) -> list[dict]:
+    """An experiment's progress, one row per model (the base model, then each iteration)
+    and judged comparison: its held-out MI as it scores its own responses (95% bootstrap
+    interval) and its win rate against a baseline (95% Wilson interval; ``n`` decided
+    judgments). What `sami summary` prints (and `make demo-queue` at its end)."""
+    mi = {r["label"]: r for r in ingest.mi_rows(conn, experiment_id=experiment_id) if r["scorer"] == r["label"]}
+    wr: dict[str, list[dict]] = {}
+    for r in winrates(ingest.judgment_rows(conn, experiment_id=experiment_id)):
+        wr.setdefault(r["candidate"], []).append(r)
+    labels = [x for x in set(mi) | set(wr) if _iteration_of(x) is not None]
+    out = []
+    for label in sorted(labels, key=_iteration_of):
+        m = mi.get(label, {})
+        row = {"iteration": _iteration_of(label), "label": label, "mi": m.get("mi_lower_bound"),
+               "mi_ci_low": m.get("mi_lower_bound_ci_low"), "mi_ci_high": m.get("mi_lower_bound_ci_high")}
+        for w in wr.get(label) or [{}]:
+            out.append({**row, **{c: w.get(c) for c in ITERATION_COLUMNS[5:]}})
+    return out

@@ -87,14 +87,22 @@ def enqueue_job(conn: Connection, kind: str, spec: dict[str, Any], *, workspace:
     return queue.enqueue(conn, kind, validate_job_spec(kind, spec), **kw)
 
 
+def experiment_id(conn: Connection, ref: int | str) -> int:
+    """An experiment id from ``ref``: an id, or ``"latest"`` for the newest experiment."""
+    if ref == "latest":
+        latest = job_reads.latest_experiment_id(conn)
+        if latest is None:
+            raise ServiceError("--experiment latest: no experiment has been submitted yet")
+        return latest
+    return int(ref)
+
+
 def list_jobs(conn: Connection, *, experiment: int | str | None = None, statuses: Sequence[str] | None = None,
               limit: int | None = None) -> tuple[list[Row], dict[int, list[int]]]:
     """Jobs, newest first, and each one's dependencies. ``experiment``: an id, or
     ``"latest"`` for the newest experiment."""
-    if experiment == "latest":
-        experiment = job_reads.latest_experiment_id(conn)
-        if experiment is None:
-            raise ServiceError("--experiment latest: no experiment has been submitted yet")
+    if experiment is not None:
+        experiment = experiment_id(conn, experiment)
     rows = queue.list_jobs(conn, experiment_id=experiment, statuses=statuses, limit=limit)
     return rows, queue.dependencies(conn, [r.id for r in rows])
 

@@ -135,7 +135,7 @@ def plan_judge(conn_tx: Callable[[Callable[[Connection], Any]], Any], ws: Worksp
         "unparseable": opts.unparseable})
     est = estimate_judge_job(JudgeSpec.model_validate(spec))
     key_env = judge["api_key_env"]
-    if est.to_send and key_env and judge["provider"] != "hf" and not env.get(key_env):
+    if est.to_send and key_env and judge["provider"] not in ("hf", "rule") and not env.get(key_env):
         raise JudgingError(f"${key_env} is not set (the judge's API key; --api-key-env names another "
                            "variable, '' for none)")
     return JudgePlan(spec, est, cand_src is not None and base_src is not None, notes)

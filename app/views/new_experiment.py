@@ -275,6 +275,7 @@ with form:
         widget("train_from")
     with c4:
         widget("task")
+    widget("max_prompt_tokens")
 
     st.subheader("Prompts and filters")
     c1, c2 = st.columns([1, 2])

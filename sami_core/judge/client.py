@@ -6,6 +6,8 @@
   ``usage`` tokens are returned for cost reports). The key is read from the environment
   variable the spec names; it is never written anywhere, and it is masked in every error
   message.
+- :class:`sami_core.judge.rules.RuleJudge` (provider ``rule``): a deterministic rule on
+  the two responses, e.g. concision (the demo's judge); no model, no request.
 - :class:`HFJudge`: a local Hugging Face causal LM that answers A or B by comparing the
   log-likelihood of "A" and "B" as the final answer after the prompt (torch is imported
   only when one is built, so this module stays cheap to import).
@@ -351,6 +353,10 @@ def make_client(spec: Any) -> ChatClient:
     """A client for an :class:`sami_core.spec.LLMSpec`."""
     if spec.provider == "hf":
         return HFJudge(spec)
+    if spec.provider == "rule":  # offline, no model (sami_core.judge.rules)
+        from sami_core.judge.rules import RuleJudge
+
+        return RuleJudge(spec)
     return OpenAIChat(spec)
 
 
@@ -360,4 +366,8 @@ def provider_id(spec: Any) -> str:
         return f"azure:{spec.azure_endpoint.rstrip('/')}"
     if spec.provider == "hf":
         return "hf"
+    if spec.provider == "rule":
+        from sami_core.judge.rules import RULES_VERSION
+
+        return f"rule:{RULES_VERSION}"
     return "openai" if spec.base_url is None else f"openai-compatible:{spec.base_url.rstrip('/')}"

@@ -169,6 +169,12 @@ class RunReport:
 
 async def _judge_one(task: JudgeTask, client: ChatClient, settings: JudgeSettings, policy: RetryPolicy,
                      rng: random.Random, limiter: AdaptiveLimit | None = None) -> dict:
+    judge_shown = getattr(client, "judge_shown", None)
+    if judge_shown is not None:  # a rule judge (sami_core.judge.rules): decides from the responses shown
+        text = judge_shown(*task.shown)
+        parsed = parse_answer(text)
+        return make_record(task, settings, status="ok" if parsed.choice else "invalid", choice=parsed.choice,
+                           raw=text, rationale=parsed.rationale, attempts=1)
     attempts = 0
     text = ""
     usage: dict[str, int | None] = {"prompt_tokens": None, "completion_tokens": None}  # summed over answers

@@ -202,8 +202,9 @@ def run_write_constitution(spec: WriteConstitutionSpec, run_dir: str | Path) -> 
     rd = RunDir(run_dir)
     if (done := rd.open_or_done("write_constitution", spec)) is not None:
         return done
-    if spec.writer.provider == "hf":
-        raise JudgeError("writer.provider: 'hf' can only judge; use an OpenAI-compatible endpoint to write principles")
+    if spec.writer.provider in ("hf", "rule"):
+        raise JudgeError(f"writer.provider: {spec.writer.provider!r} can only judge; use an OpenAI-compatible "
+                         "endpoint to write principles")
     prompt = WRITER_TEMPLATE.format(task=spec.task_description.strip(), n=spec.n_principles)
     rd.progress("write_constitution", 0, 1, "constitutions", "asking the writer")
     w = spec.writer

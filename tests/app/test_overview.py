@@ -53,7 +53,7 @@ def test_the_demo_button_submits_the_demo_experiment_and_links_to_the_queue(open
     (row,) = _frame(at, "latest win rate").to_dict("records")
     assert (row["id"], row["name"], row["state"], row["jobs"], row["queued"]) == (exp_id, "demo", "queued",
                                                                                   n_jobs, n_jobs)
-    assert row["blocked"] == 0 and row["iterations"] == 1
+    assert row["blocked"] == 0 and row["iterations"] == 3
 
 
 def test_workers_are_listed_with_their_current_job(open_page, workspace):

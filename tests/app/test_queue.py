@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import yaml
+
 from app.overview import DEMO_SPEC
 from db import queue
 from db.engine import transact
@@ -12,8 +14,10 @@ from services import experiments as submit
 
 
 def _submit_demo(engine) -> dict[str, int]:
-    """The demo experiment through the real submit path; its job ids by name, plus "exp"."""
-    prepared = submit.prepare(DEMO_SPEC)
+    """The demo experiment cut to one iteration, through the real submit path; its job ids
+    by name, plus "exp"."""
+    data = yaml.safe_load(DEMO_SPEC.read_text())
+    prepared = submit.prepare_data({**data, "iterations": 1}, source=str(DEMO_SPEC))
     result = transact(engine, lambda c: submit.submit(c, prepared))
     return {"exp": result.experiment_id, **{j["key"]: j["id"] for j in result.jobs}}
 

@@ -178,10 +178,11 @@ class StreamlitPage:
                  f" or .//*[@data-testid='stWidgetLabel'][normalize-space(.)={_literal(label)}]]")
         return bool(self.driver.find_elements(By.XPATH, xpath))
 
-    def type(self, label: str, value: str) -> None:
-        """Replace a text input's value and commit it (Enter), then wait for the rerun."""
+    def type(self, label: str, value: str, *, testid: str = "stTextInput") -> None:
+        """Replace a text input's value (a number input's with ``testid="stNumberInput"``)
+        and commit it (Enter), then wait for the rerun."""
         def do() -> bool:
-            box = self._widget("stTextInput", label).find_element(By.TAG_NAME, "input")
+            box = self._widget(testid, label).find_element(By.TAG_NAME, "input")
             box.click()
             box.send_keys(Keys.CONTROL, "a")
             box.send_keys(Keys.DELETE)

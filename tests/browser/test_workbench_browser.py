@@ -32,8 +32,9 @@ from services import exports, judging, results  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# The demo experiment takes about 40 s through the queue on an idle 2-core machine
-# (five jobs); the limit leaves room for a loaded CI runner.
+# The demo experiment cut to one iteration takes about 3 min through the queue on an idle
+# 2-core machine (seven jobs; evaluate-base and evaluate-1 score 64 posts); the limit leaves
+# room for a loaded CI runner.
 DEMO_TIMEOUT_S = 600
 TERMINAL = {"succeeded", "failed", "cancelled", "blocked"}
 # The README's screenshot: written by a run with SAMI_README_SCREENSHOT=1 (not on every run:
@@ -162,6 +163,9 @@ def test_researcher_flow(workbench: Workbench, browser, screenshot) -> None:  # 
     # New experiment: the demo experiment with that constitution, submitted.
     page.open("new_experiment", expect="New experiment")
     page.click("Load the demo experiment")
+    # One iteration on 8 sampled posts: the flow, in minutes (the demo's three take ~10).
+    page.type("Iterations", "1", testid="stNumberInput")
+    page.type("Eval queries to sample (empty = all held out)", "8", testid="stNumberInput")
     page.select("Constitution", f"{name} v{version}")
     page.click("Submit experiment", expect="submitted", timeout=120)
     submitted_at = time.monotonic()

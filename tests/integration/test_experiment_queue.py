@@ -6,6 +6,7 @@ torchrun and its ranks. Real processes, real torchrun (2 CPU ranks with gloo), S
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -25,6 +26,9 @@ pytestmark = pytest.mark.integration
 # Stages are heavier than `sleep`: a longer lease, so that two CPU-bound training
 # ranks on a 2-core machine never starve the worker's heartbeats into a lost lease.
 STAGE_WORKER = ["--lease-seconds", "30"]
+# The rise the shortened demo must show (see the test's docstring for what is seen).
+MI_RISE = 0.05
+WIN_RATE_LAST = 0.6
 
 
 def train_job(sami: Sami, demo_model_dir: Path, **training) -> int:
@@ -37,26 +41,48 @@ def train_job(sami: Sami, demo_model_dir: Path, **training) -> int:
     return int(sami.cli("enqueue", "train", "--spec", str(path), "--max-attempts", "3").stdout)
 
 
-def test_the_demo_experiment_runs_end_to_end(sami_sqlite: Sami, demo_model_dir: Path) -> None:
+# The demo experiment, shortened for the test: 2 iterations, 16 held-out posts to evaluate
+# and to sample (the shipped demo.yaml: 3 iterations on 64). Seeded like the demo.
+SHORT_DEMO = {"iterations": 2, "evaluation": {"limit": 16}, "sampling": {"limit": 16}}
+
+
+def short_demo_spec() -> dict:
+    spec = yaml.safe_load((EXAMPLES_DIR / "demo.yaml").read_text())
+    for section, value in SHORT_DEMO.items():
+        spec[section] = {**spec[section], **value} if isinstance(value, dict) else value
+    return spec
+
+
+@pytest.mark.timeout(1800)  # 13 jobs, 2 of them training: minutes on a shared 2-core runner
+def test_the_demo_experiment_runs_end_to_end_and_sami_raises_mi_and_concision(
+    sami_sqlite: Sami, demo_model_dir: Path
+) -> None:
+    """The demo experiment (shortened) through `sami submit` + `sami worker`: every job
+    succeeds, outputs land in the database, and SAMI works: the held-out MI rises from the
+    base model to the last iteration, and the concision rule prefers the last iteration's
+    summaries to the base model's. Margins are wide: seen here (seed 0, the same recipe on
+    16/32 posts) MI 0.025 -> 0.40 -> 0.67 nats, and win rates 0.88 and 0.94 on the first 16
+    posts (asserted: a rise of 0.05 nats and 0.6). Not yet seen passing: on a 2-core machine
+    at load ~9 it ran past 15 min."""
     sami = sami_sqlite
-    for var in ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT"):
-        sami.env.pop(var, None)  # the demo's `provider: auto` judge: the local demo judge here
     assert "workspace:" in sami.cli("init").stdout
-    out = sami.cli("submit", str(EXAMPLES_DIR / "demo.yaml"), "--json", timeout=120)
+    spec = short_demo_spec()
+    path = sami.home / "demo-short.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = sami.cli("submit", str(path), "--json", timeout=120)
     exp_id = json.loads(out.stdout)["experiment_id"]
     sami.worker("--exit-when-idle", *STAGE_WORKER)
-    assert sami.wait_workers(timeout=600) == [0], sami.worker_logs()
+    assert sami.wait_workers(timeout=1700) == [0], sami.worker_logs()
 
     check = sami.cli("jobs", "--experiment", "latest", "--check", check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     jobs = {r.name: r for r in sami.tx(lambda c: c.execute(
         select(Job.__table__).where(Job.experiment_id == exp_id)).all())}
-    assert {name: j.status for name, j in jobs.items()} == {
-        "sample-base": "succeeded", "generate-1": "succeeded", "train-1": "succeeded", "sample-1": "succeeded",
-        "judge-1": "succeeded", "evaluate-base": "succeeded", "evaluate-1": "succeeded"}
-    assert jobs["generate-1"].outputs["n_kept"] + jobs["generate-1"].outputs["n_dropped"] == 24
+    assert set(jobs) == {"sample-base", "evaluate-base", *(f"{k}-{t}" for t in (1, 2) for k in (
+        "generate", "train", "sample", "evaluate", "judge"))}
+    assert {j.status for j in jobs.values()} == {"succeeded"}
+    assert jobs["generate-1"].outputs["n_kept"] + jobs["generate-1"].outputs["n_dropped"] == spec["data"]["train_size"]
 
-    spec = yaml.safe_load((EXAMPLES_DIR / "demo.yaml").read_text())
     per_source = spec["sampling"]["limit"] * len(spec["sampling"]["temperatures"])
     sources = sami.tx(lambda c: c.execute(
         select(ResponseSource.label, ResponseSource.kind, ResponseSource.checkpoint_id, func.count(Response.id))
@@ -65,43 +91,52 @@ def test_the_demo_experiment_runs_end_to_end(sami_sqlite: Sami, demo_model_dir: 
         .group_by(ResponseSource.id).order_by(ResponseSource.id)).all())
     ckpts = sami.tx(lambda c: c.execute(
         select(Checkpoint.id, Checkpoint.step, Checkpoint.iteration, Checkpoint.final)
-        .where(Checkpoint.experiment_id == exp_id).order_by(Checkpoint.step)).all())
-    final = [c for c in ckpts if c.final]
-    assert len(final) == 1 and final[0].step == jobs["train-1"].outputs["steps"]
-    assert {c.iteration for c in ckpts} == {1}
+        .where(Checkpoint.experiment_id == exp_id).order_by(Checkpoint.iteration, Checkpoint.step)).all())
+    final = {c.iteration: c for c in ckpts if c.final}
+    assert set(final) == {1, 2} and final[1].step == jobs["train-1"].outputs["steps"]
     assert [tuple(s) for s in sources] == [("base", "baseline", None, per_source),
-                                           ("iteration-1", "checkpoint", final[0].id, per_source)]
+                                           ("iteration-1", "checkpoint", final[1].id, per_source),
+                                           ("iteration-2", "checkpoint", final[2].id, per_source)]
     steps = sami.tx(lambda c: c.execute(select(Metric.step).where(
         Metric.job_id == jobs["train-1"].id, Metric.name == "loss").order_by(Metric.step)).scalars().all())
-    assert steps == list(range(1, final[0].step + 1))  # relayed: one loss per optimizer step
+    assert steps == list(range(1, final[1].step + 1))  # relayed: one loss per optimizer step
+    # iteration 2 trained from iteration 1's checkpoint
+    assert jobs["train-2"].spec["model"]["path"] == jobs["sample-1"].spec["model"]["path"]
 
-    # judge-1 (the local HF judge on the demo model): one judgment per pair, in the database,
-    # and a win-rate row per sampling temperature for iteration-1 vs base.
+    # judge-t (the concision rule): one judgment per pair, in the database, with the rule's rationale
     n_judged = sami.tx(lambda c: c.execute(select(func.count()).select_from(Judgment)
-                                           .where(Judgment.job_id == jobs["judge-1"].id)).scalar_one())
-    assert n_judged == jobs["judge-1"].outputs["n_judgments"] == per_source
+                                           .where(Judgment.job_id == jobs["judge-2"].id)).scalar_one())
+    assert n_judged == jobs["judge-2"].outputs["n_judgments"] == per_source
+    rationale = sami.tx(lambda c: c.execute(select(Judgment.rationale).where(
+        Judgment.job_id == jobs["judge-2"].id).limit(1)).scalar_one())
+    assert re.match(r"A: (empty|\d+ words?, (no filler|\d+ filler phrases?)); B: ", rationale), rationale
     table = json.loads(sami.cli("winrates", "--experiment", str(exp_id), "--json").stdout)
-    assert {(r["candidate"], r["baseline"], r["judge_model"]) for r in table} == {("iteration-1", "base", "demo")}
-    assert sum(r["n"] + r["invalid"] + r["errors"] for r in table) == per_source
-    assert {r["temperature"] for r in table} == set(spec["sampling"]["temperatures"])
+    assert {(r["candidate"], r["baseline"], r["judge_model"]) for r in table} == {
+        ("iteration-1", "base", "concision"), ("iteration-2", "base", "concision")}
 
-    # evaluate-base and evaluate-1: held-out MI in the database, per scoring model (iteration 1's
-    # responses are scored by the base model too), as the jobs' outputs say, and as `sami export mi`
+    # evaluate-base and evaluate-t: held-out MI in the database, as the jobs' outputs say
     mi = sami.tx(lambda c: c.execute(select(MIResult.__table__).where(MIResult.experiment_id == exp_id)
                                      .order_by(MIResult.iteration, MIResult.scorer)).all())
     assert [(r.job_id, r.iteration, r.label, r.scorer) for r in mi] == [
-        (jobs["evaluate-base"].id, 0, "base", "base"), (jobs["evaluate-1"].id, 1, "iteration-1", "base"),
-        (jobs["evaluate-1"].id, 1, "iteration-1", "iteration-1")]
+        (jobs["evaluate-base"].id, 0, "base", "base"), (jobs["evaluate-1"].id, 1, "iteration-1", "iteration-1"),
+        (jobs["evaluate-2"].id, 2, "iteration-2", "iteration-2")]
     for r in mi:
-        figures = jobs["evaluate-1" if r.iteration else "evaluate-base"].outputs["by_model"][r.scorer]
+        figures = jobs[f"evaluate-{r.iteration or 'base'}"].outputs["by_model"][r.scorer]
         assert (r.n_queries, r.n_constitutions) == (spec["evaluation"]["limit"], 2)
         assert r.mi_lower_bound == pytest.approx(figures["mi_lower_bound"])
         assert r.mi_lower_bound_ci_low <= r.mi_lower_bound <= r.mi_lower_bound_ci_high
-        assert 0 <= r.row_accuracy <= 1 and 0 <= r.col_accuracy <= 1
-    mi_lines = (sami.run_dir(jobs["evaluate-1"].id) / "mi.jsonl").read_text().splitlines()
-    assert len(mi_lines) == 2 * spec["evaluation"]["limit"]
     sami.cli("export", "mi", "--out", "mi.csv", "--experiment", str(exp_id))
     assert len((sami.home / "mi.csv").read_text().splitlines()) == 1 + 3
+
+    # `sami summary`: per iteration the MI and the win rate; SAMI raised both
+    rows = json.loads(sami.cli("summary", "--experiment", str(exp_id), "--json").stdout)
+    assert [(r["iteration"], r["label"], r["baseline"]) for r in rows] == [
+        (0, "base", None), (1, "iteration-1", "base"), (2, "iteration-2", "base")]
+    base, last = rows[0], rows[-1]
+    assert last["mi"] >= base["mi"] + MI_RISE, rows
+    assert last["win_rate"] >= WIN_RATE_LAST, rows
+    text = sami.cli("summary", "--experiment", "latest").stdout
+    assert f"{last['mi']:.3f} [" in text and f"{last['win_rate']:.3f} [" in text
 
 
 def test_a_worker_killed_mid_training_is_replaced_and_training_resumes(

@@ -37,6 +37,8 @@ def test_a_model_baseline_is_sampled_by_the_worker_into_a_baseline_source(
         sami.env.pop(var, None)  # `provider: auto` -> the local demo judge, whatever this machine has
     spec = yaml.safe_load((EXAMPLES_DIR / "demo.yaml").read_text())
     spec["sampling"].update(temperatures=[0.0, 1.0], limit=3)
+    spec["iterations"] = 1
+    spec["judge"]["judge"] = {"provider": "auto", "model": "gpt-4o"}
     spec["judge"]["baselines"] = ["base", {"model": "demo", "label": "instruct"}]
     path = sami.home / "exp.yaml"
     path.write_text(yaml.safe_dump(spec))

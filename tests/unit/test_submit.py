@@ -87,9 +87,14 @@ def demo_spec(**changes: Any) -> dict:
 def test_the_example_specs_validate_and_expand() -> None:
     demo = submit.prepare(DEMO)
     plans = submit.expand(demo.exp, "runs/x")
-    assert [p.key for p in plans] == ["sample-base", "evaluate-base", "generate-1", "train-1", "sample-1", "evaluate-1",
-                                      "judge-1"]
+    per_iteration = [f"{k}-{t}" for t in (1, 2, 3) for k in ("generate", "train", "sample", "evaluate")]
+    assert [p.key for p in plans] == ["sample-base", "evaluate-base", *per_iteration, "judge-1", "judge-2", "judge-3"]
     assert {p.devices for p in plans} == {0}
+    by_key = {p.key: p for p in plans}
+    # the demo: prompts cut to 200 tokens, iteration t trains from t-1's checkpoint, the concision rule judges
+    assert {by_key[k].spec["max_prompt_tokens"] for k in ("generate-2", "sample-3", "evaluate-base")} == {200}
+    assert by_key["train-2"].spec["model"]["path"].endswith("train-1/checkpoints/final")
+    assert by_key["judge-3"].spec["judge"]["provider"] == "rule"
     assert demo.constitution_name == "demo:opus/0" and len(demo.principles) == 2
     tldr = submit.prepare(TLDR)
     plans = submit.expand(tldr.exp, "runs/x")
@@ -116,15 +121,19 @@ def test_submit_the_demo_creates_its_jobs_in_one_go(ws: Workspace, capsys: pytes
     rows = ws.tx(lambda c: queue.list_jobs(c, experiment_id=exp_id))
     edges = ws.tx(lambda c: queue.dependencies(c, [r.id for r in rows]))
     by_name = {r.name: r for r in rows}
-    assert set(by_name) == {"sample-base", "evaluate-base", "generate-1", "train-1", "sample-1", "evaluate-1", "judge-1"}
     names = {r.id: r.name for r in rows}
     deps = {r.name: sorted(names[d] for d in edges[r.id]) for r in rows}
-    assert deps == {"sample-base": [], "evaluate-base": [], "generate-1": [], "train-1": ["generate-1"],
-                    "sample-1": ["train-1"], "evaluate-1": ["train-1"], "judge-1": ["sample-1", "sample-base"]}
-    assert {(r.name, r.iteration, r.label) for r in rows} == {
-        ("sample-base", 0, "base"), ("evaluate-base", 0, "base"), ("generate-1", 1, "iteration-1 data"),
-        ("train-1", 1, "iteration-1"), ("sample-1", 1, "iteration-1"), ("evaluate-1", 1, "iteration-1"),
-        ("judge-1", 1, "iteration-1 vs base")}
+    expected = {"sample-base": [], "evaluate-base": []}
+    labels = {("sample-base", 0, "base"), ("evaluate-base", 0, "base")}
+    for t in (1, 2, 3):  # the demo's three iterations, each from the previous one's checkpoint
+        expected |= {f"generate-{t}": [f"train-{t - 1}"] if t > 1 else [], f"train-{t}": [f"generate-{t}"],
+                     f"sample-{t}": [f"train-{t}"], f"evaluate-{t}": [f"train-{t}"],
+                     f"judge-{t}": [f"sample-{t}", "sample-base"]}
+        labels |= {(f"generate-{t}", t, f"iteration-{t} data"), (f"train-{t}", t, f"iteration-{t}"),
+                   (f"sample-{t}", t, f"iteration-{t}"), (f"evaluate-{t}", t, f"iteration-{t}"),
+                   (f"judge-{t}", t, f"iteration-{t} vs base")}
+    assert deps == expected
+    assert {(r.name, r.iteration, r.label) for r in rows} == labels
     assert {r.status for r in rows} == {"queued"}
     assert {(r.devices_required, r.max_attempts) for r in rows} == {(0, 2)}
     assert all(r.run_dir == f"{result['runs_dir']}/{r.name}" for r in rows)
@@ -142,9 +151,10 @@ def test_submit_the_demo_creates_its_jobs_in_one_go(ws: Workspace, capsys: pytes
     assert (judge["candidate"], judge["baseline"]) == (
         {"path": f"{result['runs_dir']}/sample-1", "name": "iteration-1", "temperature": None},
         {"path": f"{result['runs_dir']}/sample-base", "name": "base", "temperature": None})
-    assert (judge["judge"]["provider"], judge["judge"]["model"], judge["shared_cache"]) == ("hf", "demo", "judge-cache")
+    assert (judge["judge"]["provider"], judge["judge"]["model"], judge["shared_cache"]) == (
+        "rule", "concision", "judge-cache")
     exp = ws.tx(lambda c: c.execute(select(Experiment.__table__)).one())
-    assert exp.name == "demo" and exp.spec["iterations"] == 1 and exp.spec["constitution"]["principles"]
+    assert exp.name == "demo" and exp.spec["iterations"] == 3 and exp.spec["constitution"]["principles"]
 
 
 def test_constitution_versions_are_reused_or_added(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
@@ -209,11 +219,8 @@ def test_more_devices_than_any_worker_has_is_refused(ws: Workspace, capsys: pyte
     # Within what the workers have: accepted, without a warning.
     spec = ws.spec_file(demo_spec(devices={"generate": 1, "train": 2, "sample": 1}))
     rc, out, err = ws.sami(capsys, "submit", str(spec))
-    assert rc == 0 and "experiment 1 (demo): 7 jobs" in out
-    assert err.splitlines() == [  # no device warning; only which judge `provider: auto` chose
-        "sami: warning: judge: provider auto -> the local hf judge on the demo model, because OPENAI_API_KEY is not "
-        "set: its verdicts show the mechanics only and mean nothing; set OPENAI_API_KEY (or AZURE_OPENAI_API_KEY "
-        "and AZURE_OPENAI_ENDPOINT) for a GPT-4-class judge"]
+    assert rc == 0 and "experiment 1 (demo): 17 jobs" in out
+    assert err.splitlines() == []  # no device warning (and the demo's rule judge needs no choosing)
 
 
 def test_dry_run_and_name_override(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
@@ -248,10 +255,10 @@ def test_jobs_check_exits_non_zero_unless_all_succeeded(ws: Workspace, capsys: p
     assert rc == 2 and "no experiment has been submitted yet" in err
     assert ws.sami(capsys, "submit", str(DEMO))[0] == 0
     rc, out, err = ws.sami(capsys, "jobs", "--experiment", "latest", "--check")
-    assert rc == 1 and "not done: 7 job(s): 7 queued" in err and "sample-base" in out
+    assert rc == 1 and "not done: 17 job(s): 17 queued" in err and "sample-base" in out
     ws.tx(lambda c: c.execute(Job.__table__.update().values(status="succeeded")))
     rc, out, err = ws.sami(capsys, "jobs", "--experiment", "1", "--check", "--json")
-    assert rc == 0 and "ok: 7 job(s): 7 succeeded" in err and len(json.loads(out)) == 7
+    assert rc == 0 and "ok: 17 job(s): 17 succeeded" in err and len(json.loads(out)) == 17
 
 
 def test_enqueue_validates_stage_specs(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
@@ -279,10 +286,10 @@ def _stored_text(ws: Workspace) -> str:
 def test_an_auto_judge_is_chosen_at_submit_and_recorded_without_the_key(
     ws: Workspace, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert demo_spec()["judge"]["judge"]["provider"] == "auto"
+    auto = ws.spec_file(demo_spec(iterations=1, judge__judge={"provider": "auto", "model": "gpt-4o"}))
 
     # No key in the environment: the local hf judge on the demo model, said on stderr.
-    rc, out, err = ws.sami(capsys, "submit", str(DEMO), "--json")
+    rc, out, err = ws.sami(capsys, "submit", str(auto), "--json")
     assert rc == 0, err
     assert "judge: provider auto -> the local hf judge on the demo model" in err
     result = json.loads(out)
@@ -293,7 +300,7 @@ def test_an_auto_judge_is_chosen_at_submit_and_recorded_without_the_key(
 
     # A planted key: OpenAI's GPT-4-class default; the spec names the variable, never its value.
     monkeypatch.setenv("OPENAI_API_KEY", PLANTED_KEY)
-    rc, out, err = ws.sami(capsys, "submit", str(DEMO), "--json")
+    rc, out, err = ws.sami(capsys, "submit", str(auto), "--json")
     assert rc == 0, err
     assert "judge: provider auto -> OpenAI 'gpt-4o' (OPENAI_API_KEY is set" in err
     exp_id = json.loads(out)["experiment_id"]
@@ -308,7 +315,7 @@ def test_an_auto_judge_is_chosen_at_submit_and_recorded_without_the_key(
     # Azure OpenAI when its key and endpoint are set (the app calls prepare_data directly).
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", PLANTED_KEY + "-azure")
     monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://lab.openai.azure.com")
-    prepared = submit.prepare_data(demo_spec(), source="form")
+    prepared = submit.prepare_data(demo_spec(judge__judge={"provider": "auto"}), source="form")
     judge = prepared.exp.judge.judge
     assert (judge.provider, judge.azure_endpoint, judge.api_key_env) == (
         "azure", "https://lab.openai.azure.com", "AZURE_OPENAI_API_KEY")
@@ -322,7 +329,7 @@ def test_an_instruct_model_baseline_is_enqueued_as_a_sample_job(
 ) -> None:
     (tmp_path / "models" / "my-instruct").mkdir(parents=True)  # a local model directory, relative to the cwd
     (tmp_path / "models" / "my-instruct" / "config.json").write_text("{}")
-    spec = demo_spec(judge__baselines=["base", {"model": "models/my-instruct", "label": "instruct"}])
+    spec = demo_spec(iterations=1, judge__baselines=["base", {"model": "models/my-instruct", "label": "instruct"}])
     rc, out, err = ws.sami(capsys, "submit", str(ws.spec_file(spec)), "--json")
     assert rc == 0, err
     result = json.loads(out)
@@ -395,3 +402,14 @@ def test_device_checks_cover_only_the_kinds_an_experiment_runs() -> None:
         submit.check_devices(expand(validate_experiment({"evaluation": {}, "devices": {"evaluate": 2}}), "runs/x"),
                              [(1, None)])
     assert [field for field, _ in info.value.errors] == ["devices.evaluate"]
+
+
+def test_submit_if_absent_submits_the_demo_once(ws: Workspace, capsys: pytest.CaptureFixture) -> None:
+    """`make run` submits the demo with --if-absent: once per workspace, whatever the reruns."""
+    rc, out, _ = ws.sami(capsys, "submit", str(DEMO), "--if-absent")
+    assert rc == 0 and "experiment 1 (demo): 17 jobs" in out
+    rc, out, _ = ws.sami(capsys, "submit", str(DEMO), "--if-absent")
+    assert rc == 0 and out.strip() == "experiment 1 (demo) is already in the workspace: not submitted again"
+    assert ws.count(Experiment) == 1 and ws.count(Job) == 17
+    rc, out, _ = ws.sami(capsys, "submit", str(DEMO), "--if-absent", "--name", "demo-2")  # another name: submitted
+    assert rc == 0 and ws.count(Experiment) == 2
