@@ -34,6 +34,7 @@ and its jobs (dependencies, devices, attempts, run directories under
 from __future__ import annotations
 
 import os
+import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from sami_core.data_paths import check_file_spec
 from sami_core.data_files import FILE_TYPES, read_records
 from sami_core.errors import ConstitutionError, DataError, SpecError
 from sami_core.pipeline import JobPlan, expand
+from sami_core.prompt_budget import budget_problem
 from sami_core.experiment_spec import ExperimentSpec, resolve_experiment_judge, validate_experiment
 from sami_core.spec import ConstitutionSpec, DataSpec, read_spec_file
 from services.errors import ServiceError
@@ -155,6 +157,8 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
             raise _field_error(source, *bad)
         update["data"] = exp.data.model_copy(update={"path": str(p.resolve())})
     update["model"] = _absolute_model(exp.model, source, "model.path")
+    if bad := _check_prompt_budget(exp, update["model"].path, members or [{"principles": principles}]):
+        raise _field_error(source, *bad)
     notes = [hub_data_note(exp.data)] if exp.data.source == "hf" else []
     if exp.judge is not None:
         exp, note = resolve_experiment_judge(exp, env)
@@ -172,6 +176,24 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
     exp = exp.model_copy(update=update)
     plans = expand(exp, PREVIEW_ROOT_PREFIX + slug(exp.name))  # every stage spec validates (raises SpecError)
     return Prepared(exp, source, c_name, principles, origin, notes, plans, members)
+
+
+def _check_prompt_budget(exp: Any, model_path: str, members: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """(field, reason) when, for a local model folder, a constitution variant's prompt
+    leaves no room for a query within the stages' budget (see sami_core.prompt_budget)."""
+    if model_path == "demo" or not Path(model_path).is_dir():
+        return None  # a hub id (the stage reads its tokenizer) or the demo model (known to fit)
+    texts: list[str] = []
+    for m in members:
+        c = constitutions.Constitution(tuple(constitutions.Principle(p["principle"], p.get("antithesis"))
+                                             for p in m["principles"]))
+        # every principle as written, then every one flipped: the variants' extremes
+        texts += [v.text for v in c.sample_variants(min(exp.n_constitutions, 2), random.Random(0), shuffle=False)]
+    new_tokens = max(exp.generation.max_new_tokens, exp.sampling.max_new_tokens,
+                     exp.evaluation.max_new_tokens if exp.evaluation is not None else 0)
+    return budget_problem(model_path, task=exp.task, prompt_format=exp.model.prompt_format, prompts=exp.prompts,
+                          max_prompt_tokens=exp.max_prompt_tokens, max_new_tokens=new_tokens,
+                          constitution_texts=dict.fromkeys(texts))
 
 
 MAX_PRINCIPLE_CHARS = 2000  # a principle is a sentence or two; its prompt must fit the model's context

@@ -57,7 +57,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 ARGS = {
     "init": ["--no-demo-model"], "submit": [str(DEMO), "--dry-run"], "enqueue": ["sleep"], "jobs": [],
     "cancel": ["1"], "retry": ["1"], "logs": ["1"], "workers": [], "import-results": ["--shipped"],
-    "sources": [], "judge": ["--candidate", "1", "--baseline", "2"], "winrates": [],
+    "sources": [], "judge": ["--candidate", "1", "--baseline", "2"], "winrates": [], "summary": [],
     "export": ["responses", "--out", "x.csv"], "import-training-data": ["missing.json", "--n", "2"], "ui": [],
 }
 NO_DATABASE = {"import-training-data"}  # reads no database: only the workspace cases apply

@@ -17,6 +17,7 @@ from db import queue
 from db.engine import make_engine, transact
 from db.models import Constitution, Experiment, Job
 from db.testing import BACKENDS, new_database_url, postgres_unavailable_reason
+from sami_core.errors import SpecError
 from sami_core.spec import EXAMPLES_DIR
 from cli import main as cli
 from services import experiments as submit
@@ -413,3 +414,21 @@ def test_submit_if_absent_submits_the_demo_once(ws: Workspace, capsys: pytest.Ca
     assert ws.count(Experiment) == 1 and ws.count(Job) == 17
     rc, out, _ = ws.sami(capsys, "submit", str(DEMO), "--if-absent", "--name", "demo-2")  # another name: submitted
     assert rc == 0 and ws.count(Experiment) == 2
+
+
+def test_a_prompt_that_leaves_no_room_for_a_query_is_refused_at_submit(demo_model_dir: Path) -> None:
+    """For a local model folder, the constitution's prompt is counted with its tokenizer.json
+    at submit: a budget it already fills is refused naming the field, not hours later."""
+    local = {"path": str(demo_model_dir), "prompt_format": "plain"}
+    ok = submit.prepare_data(demo_spec(model=local, max_prompt_tokens=200), source="t.yaml")
+    assert ok.exp.max_prompt_tokens == 200
+    with pytest.raises(SpecError) as err:
+        submit.prepare_data(demo_spec(model=local, max_prompt_tokens=24), source="t.yaml")
+    (field, reason), = err.value.errors
+    assert field == "max_prompt_tokens" and "leaving no room for a query" in reason
+    with pytest.raises(SpecError) as err:  # no budget given: the model's 1,024 tokens less the responses'
+        submit.prepare_data(demo_spec(model=local, max_prompt_tokens=None, generation__max_new_tokens=1020),
+                            source="t.yaml")
+    assert err.value.errors[0][0] == "generation.max_new_tokens"
+    # the demo shorthand and hub ids are left to the stage
+    assert submit.prepare_data(demo_spec(max_prompt_tokens=24), source="t.yaml").exp.max_prompt_tokens == 24
