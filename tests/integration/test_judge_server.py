@@ -114,7 +114,9 @@ def test_a_rate_limited_endpoint_slows_the_judge_down_and_every_pair_succeeds(tm
         out = run_judge(spec, tmp_path / "run")
         seconds = time.monotonic() - t0
     assert out["errors"] == 0 and out["wins"] + out["losses"] + out["ties"] + out["invalid"] == n
-    assert srv.within_limit == n and srv.limited < n / 2, (srv.limited, n)
+    # seen: 37-59 429s for 60-80 requests; a client that ignored Retry-After would send
+    # hundreds in these seconds (16 in flight, retrying every few ms)
+    assert srv.within_limit == n and srv.limited < 2 * n, (srv.limited, n)
     assert n / seconds >= 0.5 * rate, f"{n / seconds:.1f} judgments/s against a limit of {rate:g}/s"
 
 

@@ -59,7 +59,7 @@ def test_cli_refuses_bad_input(sami_sqlite: Sami) -> None:
     bad_kind = sami.cli("enqueue", "nap", check=False)
     assert bad_kind.returncode == 2 and "unknown job kind 'nap'" in bad_kind.stderr
     bad_param = sami.cli("enqueue", "sleep", "-p", "seconds=-1", check=False)
-    assert bad_param.returncode == 2 and "seconds must be >= 0" in bad_param.stderr
+    assert bad_param.returncode == 2 and "seconds must be a finite number >= 0" in bad_param.stderr
     bad_dep = sami.cli("enqueue", "sleep", "--depends-on", "99", check=False)
     assert bad_dep.returncode == 2 and "unknown job(s): 99" in bad_dep.stderr
     assert sami.cli("retry", "99", check=False).returncode == 2
