@@ -92,18 +92,23 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def format_fields(text: str) -> list[tuple[str, str, str]]:
+    """(name, format spec, conversion) of each ``{...}`` placeholder in ``text``, in order
+    (str.format syntax); ValueError for malformed braces. The prompt, query and judge
+    templates each check these against their own rules."""
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as err:
+        raise ValueError(f"{err} (write {{{{ and }}}} for literal braces)") from None
+    return [(name, fmt or "", conv or "") for _literal, name, fmt, conv in parsed if name is not None]
+
+
 def check_template(template: str) -> list[str]:
     """The placeholders of a prompt template, in order; ValueError saying what is wrong
     (malformed braces, a placeholder other than {constitution} / {query}, or one of them
     missing)."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as err:
-        raise ValueError(f"{err} (write {{{{ and }}}} for literal braces)") from None
     names = []
-    for _literal, name, fmt, conv in parsed:
-        if name is None:
-            continue
+    for name, fmt, conv in format_fields(template):
         if name not in PLACEHOLDERS or fmt or conv:
             shown = "{" + name + (f"!{conv}" if conv else "") + (f":{fmt}" if fmt else "") + "}"
             raise ValueError(f"unknown placeholder {shown}: a prompt template takes {{constitution}} and {{query}} "

@@ -22,7 +22,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       field_validator, model_serializer, model_validator)
 
 from sami_core.errors import SpecError
-from sami_core.prompts import PRESETS, check_template
+from sami_core.prompts import PRESETS, check_template, format_fields
 
 DATA_DIR = Path(__file__).parent / "data" / "sami_tldr"
 EXAMPLES_DIR = Path(__file__).parent / "examples"
@@ -62,16 +62,8 @@ EXTRACTORS = ("first_human_turn",)
 
 def template_fields(template: str) -> list[str]:
     """The placeholder names of a query template, in order; ValueError when malformed."""
-    import string
-
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as err:
-        raise ValueError(f"{err} (write {{{{ and }}}} for literal braces)") from None
     names = []
-    for _literal, name, fmt, conv in parsed:
-        if name is None:
-            continue
+    for name, fmt, conv in format_fields(template):
         if name == "" or name.isdigit():
             raise ValueError("a placeholder must name a field: {query} (the query text) or a field path such as "
                              "{title} or {info.title}")

@@ -82,7 +82,8 @@ def enqueue_job(conn: Connection, kind: str, spec: dict[str, Any], *, workspace:
             kw["run_dir"] = ws.inside(kw["run_dir"])
         except ValueError as err:
             raise ServiceError(f"--run-dir: {err}") from None
-        if ws.resolve(kw["run_dir"]).exists() and not ws.resolve(kw["run_dir"]).is_dir():
+        target = ws.resolve(kw["run_dir"])
+        if target.exists() and not target.is_dir():
             raise ServiceError(f"--run-dir: {kw['run_dir']} is a file, not a directory; give a new or empty folder")
     return queue.enqueue(conn, kind, validate_job_spec(kind, spec), **kw)
 

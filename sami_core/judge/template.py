@@ -26,8 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import string
 from pathlib import Path
+
+from sami_core.prompts import format_fields
 
 SHIPPED_DIR = Path(__file__).parent / "templates"
 PLACEHOLDERS = ("query", "constitution", "response_a", "response_b")
@@ -74,13 +75,11 @@ def read_template(ref: str) -> dict:
 def placeholders(text: str, where: str) -> list[str]:
     """The placeholder names in ``text``; ValueError for malformed braces or a format spec."""
     try:
-        parsed = list(string.Formatter().parse(text))
+        fields = format_fields(text)
     except ValueError as err:
-        raise ValueError(f"{where}: {err} (write {{{{ and }}}} for literal braces)") from None
+        raise ValueError(f"{where}: {err}") from None
     names = []
-    for _literal, name, fmt, conv in parsed:
-        if name is None:
-            continue
+    for name, fmt, conv in fields:
         if fmt or conv:
             raise ValueError(f"{where}: placeholder {{{name}}}: conversions and format specs (! and :) are not "
                              "supported")
