@@ -5,6 +5,7 @@
   same name become version ``latest + 1`` (``parent_id`` = the latest).
 * :func:`link_constitution_set` and :func:`set_members`: when an experiment's
   constitution is a set, the member versions each job draws from (``job_constitutions``).
+* :func:`create_sweep`: a sweep's row; each of its points is an experiment pointing at it.
 * :func:`create_experiment` and :func:`enqueue_plan`: an experiment row and its DAG of
   jobs. The caller runs both in one transaction (``db.engine.transact``), so either the
   whole experiment is enqueued or nothing is.
@@ -22,10 +23,11 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
 from db import queue
-from db.models import Constitution, Experiment, Worker, job_constitutions, utcnow
+from db.models import Constitution, Experiment, Sweep, Worker, job_constitutions, utcnow
 
 constitutions = Constitution.__table__
 experiments = Experiment.__table__
+sweeps = Sweep.__table__
 workers = Worker.__table__
 
 
@@ -60,13 +62,37 @@ def constitution_version(
 
 
 def create_experiment(
-    conn: Connection, name: str, spec: dict, *, description: str | None = None, now: datetime | None = None
+    conn: Connection, name: str, spec: dict, *, description: str | None = None, now: datetime | None = None,
+    sweep_id: int | None = None, sweep_point: dict | None = None,
 ) -> int:
+    """An experiments row (``sweep_id``, ``sweep_point``: the sweep it is a point of, and
+    the point's values {dotted path: value})."""
     return conn.execute(
         insert(experiments)
-        .values(name=name, spec=spec, description=description, created_at=now or utcnow())
+        .values(name=name, spec=spec, description=description, created_at=now or utcnow(), sweep_id=sweep_id,
+                sweep_point=sweep_point)
         .returning(experiments.c.id)
     ).scalar_one()
+
+
+def create_sweep(conn: Connection, name: str, grid: Mapping[str, Sequence[Any]], *,
+                 now: datetime | None = None) -> int:
+    """A sweeps row: ``grid`` is the spec's ``sweep`` section ({dotted path: [values]})."""
+    return conn.execute(
+        insert(sweeps).values(name=name, grid={k: list(v) for k, v in grid.items()}, created_at=now or utcnow())
+        .returning(sweeps.c.id)
+    ).scalar_one()
+
+
+def sweep_named(conn: Connection, name: str) -> int | None:
+    """The newest sweep called ``name``, or None."""
+    return conn.execute(select(sweeps.c.id).where(sweeps.c.name == name)
+                        .order_by(sweeps.c.id.desc()).limit(1)).scalar_one_or_none()
+
+
+def stored_spec(conn: Connection, experiment_id: int) -> dict | None:
+    """The resolved spec an experiment was submitted with, or None when there is no such experiment."""
+    return conn.execute(select(experiments.c.spec).where(experiments.c.id == experiment_id)).scalar_one_or_none()
 
 
 def experiment_named(conn: Connection, name: str) -> int | None:

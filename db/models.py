@@ -101,6 +101,22 @@ class Experiment(Base):
     spec: Mapped[dict] = mapped_column(JSONType, default=dict)  # the resolved experiment spec
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A sweep's point: the sweep it belongs to and its swept values ({dotted path: value});
+    # both null for an experiment submitted on its own.
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id"), index=True)
+    sweep_point: Mapped[dict | None] = mapped_column(JSONType)
+
+
+class Sweep(Base):
+    """A grid of experiments submitted together (a spec's ``sweep`` section): one
+    experiments row per point, each pointing here."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    grid: Mapped[dict] = mapped_column(JSONType)  # {dotted path: [values]}, as submitted
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Constitution(Base):

@@ -79,6 +79,7 @@ class Prepared:
     plans: list[JobPlan] = field(default_factory=list)  # the jobs, under a placeholder run root (exp-NEW)
     # A constitution set: {name, principles, origin} per member (principles above is then empty).
     members: list[dict[str, Any]] = field(default_factory=list)
+    sweep_point: dict[str, Any] | None = None  # a sweep's point: its values {dotted path: value}
 
 
 @dataclass
@@ -362,12 +363,13 @@ def already_submitted(conn: Connection, prepared: Prepared) -> int | None:
     return experiment_named(conn, prepared.exp.name)
 
 
-def submit(conn: Connection, prepared: Prepared) -> Submitted:
-    """Enqueue a prepared experiment (the caller's transaction makes it all or nothing)."""
+def submit(conn: Connection, prepared: Prepared, *, sweep_id: int | None = None) -> Submitted:
+    """Enqueue a prepared experiment (the caller's transaction makes it all or nothing);
+    ``sweep_id``: the sweep it is a point of (services.sweeps)."""
     exp = prepared.exp
     warnings = prepared.notes + check_devices(prepared.plans, worker_capacity(conn))
     if prepared.members:
-        return _submit_set(conn, prepared, warnings)
+        return _submit_set(conn, prepared, warnings, sweep_id)
     c_id, c_version, created = constitution_version(
         conn, prepared.constitution_name, prepared.principles, description=f"from {prepared.constitution_origin}")
     anti_id = c_id
@@ -375,18 +377,20 @@ def submit(conn: Connection, prepared: Prepared) -> Submitted:
         anti_id, _, _ = constitution_version(
             conn, f"{prepared.constitution_name} (antithesis)"[:200], _antithesis_principles(prepared.principles),
             description=f"the antithesis of {prepared.constitution_name} v{c_version}")
-    exp_id, root, plans, ids = _enqueue(conn, prepared, lambda p: anti_id if p.antithesis else c_id)
+    exp_id, root, plans, ids = _enqueue(conn, prepared, lambda p: anti_id if p.antithesis else c_id, sweep_id)
     constitution = {"id": c_id, "name": prepared.constitution_name, "version": c_version, "created": created,
                     "origin": prepared.constitution_origin}
     return Submitted(exp_id, exp.name, root, constitution, _job_rows(plans, ids), warnings)
 
 
-def _enqueue(conn: Connection, prepared: Prepared, constitution_id) -> tuple[int, str, list[JobPlan], dict[str, int]]:
+def _enqueue(conn: Connection, prepared: Prepared, constitution_id,
+             sweep_id: int | None = None) -> tuple[int, str, list[JobPlan], dict[str, int]]:
     """The experiment row and its jobs (``constitution_id(plan)``: the version a job points at)."""
     exp = prepared.exp
     judge_notes = [n for n in prepared.notes if n.startswith("judge: provider auto")]
     exp_id = create_experiment(conn, exp.name, exp.model_dump(mode="json"),
-                               description="; ".join([f"submitted from {prepared.source}"] + judge_notes))
+                               description="; ".join([f"submitted from {prepared.source}"] + judge_notes),
+                               sweep_id=sweep_id, sweep_point=prepared.sweep_point if sweep_id else None)
     root = runs_root(exp_id, exp.name)
     plans = expand(exp, root)  # the same jobs as prepared.plans, under the experiment's own run root
     ids = enqueue_plan(conn, [
@@ -398,7 +402,7 @@ def _enqueue(conn: Connection, prepared: Prepared, constitution_id) -> tuple[int
     return exp_id, root, plans, ids
 
 
-def _submit_set(conn: Connection, prepared: Prepared, warnings: list[str]) -> Submitted:
+def _submit_set(conn: Connection, prepared: Prepared, warnings: list[str], sweep_id: int | None) -> Submitted:
     """A constitution set: each member stored as a version under its own name (its antithesis
     too when the experiment samples under it), and every job linked to the versions it draws
     from; the jobs' own constitution_id stays null."""
@@ -415,7 +419,7 @@ def _submit_set(conn: Connection, prepared: Prepared, warnings: list[str]) -> Su
                                              _antithesis_principles(m["principles"]),
                                              description=f"the antithesis of {m['name']} v{version}")
             anti_ids.append(aid)
-    exp_id, root, plans, job_ids = _enqueue(conn, prepared, lambda p: None)
+    exp_id, root, plans, job_ids = _enqueue(conn, prepared, lambda p: None, sweep_id)
     for p in plans:
         link_constitution_set(conn, job_ids[p.key], anti_ids if p.antithesis else ids)
     constitution = {"id": None, "name": prepared.constitution_name, "version": None,
