@@ -6,6 +6,8 @@ no database), so that tests can check their traces and values directly.
 * :func:`winrate_figure`: win rate per checkpoint with 95% interval bars, one trace per
   baseline (and temperature, judge model); length-controlled on request.
 * :func:`length_figure`: mean response length (words) per checkpoint.
+* :func:`overlay_figure`: several experiments' curves on one chart (Experiments page).
+* :func:`sweep_figure`: a sweep's outcome against its swept values.
 """
 
 from __future__ import annotations
@@ -180,4 +182,51 @@ def mi_figure(df: pd.DataFrame) -> go.Figure:
                       xaxis_title="checkpoint", yaxis_title="log N - loss (nats)", legend_title_text="",
                       margin={"t": 110, "b": 40}, height=450)
     _category_axis(fig, order)
+    return fig
+
+
+def overlay_figure(df: pd.DataFrame, x: str, y: str, title: str, *, x_title: str = "", y_title: str = "",
+                   series: str = "experiment", markers: bool = True) -> go.Figure:
+    """Several experiments on one chart: ``y`` against ``x``, one trace per ``series``
+    value (in the frame's order)."""
+    fig = go.Figure()
+    for name in dict.fromkeys(df[series]) if not df.empty else []:
+        part = df[df[series] == name].sort_values(x, kind="stable")
+        fig.add_trace(go.Scatter(x=part[x].tolist(), y=part[y].astype(float).tolist(), name=short(name, 40),
+                                 mode="lines+markers" if markers else "lines"))
+    fig.update_layout(title=_title(title), xaxis_title=x_title or x, yaxis_title=y_title or y, legend_title_text="",
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
+                      margin={"t": 90, "b": 40}, height=380)
+    return fig
+
+
+def sweep_figure(df: pd.DataFrame, paths: Sequence[str], outcome: str, title: str = "") -> go.Figure:
+    """A sweep's ``outcome`` column against its swept values: x = the first swept path
+    (numbers on a log axis when they span a factor of 100 or more), one trace per value of
+    the other paths together (one trace when a single path was swept). Points without
+    the outcome (not judged / evaluated yet) are left out."""
+    fig = go.Figure()
+    paths = list(paths)
+    data = df[df[outcome].notna()] if not df.empty else df
+    x = paths[0] if paths else "point"
+    others = paths[1:]
+    groups = (data.groupby([data[p].map(str) for p in others], sort=False) if others and not data.empty
+              else [("", data)])
+    for key, part in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        name = " ".join(f"{p.rsplit('.', 1)[-1]}={v}" for p, v in zip(others, key, strict=False)) or outcome
+        part = part.sort_values(x, kind="stable") if x in part else part
+        fig.add_trace(go.Scatter(x=part[x].tolist(), y=part[outcome].astype(float).tolist(), name=name,
+                                 mode="lines+markers", text=part["point"].tolist(),
+                                 hovertemplate="%{text}: %{y:.3f}<extra></extra>"))
+    numeric = not data.empty and pd.to_numeric(data[x], errors="coerce").notna().all() and x != "point"
+    if numeric:
+        vals = pd.to_numeric(data[x]).abs()
+        vals = vals[vals > 0]
+        if not vals.empty and vals.max() / vals.min() >= 100:
+            fig.update_xaxes(type="log")
+    else:
+        fig.update_xaxes(type="category")
+    fig.update_layout(title=_title(title or f"{outcome} per point"), xaxis_title=x, yaxis_title=outcome,
+                      legend_title_text=", ".join(others), margin={"t": 60, "b": 40}, height=400)
     return fig

@@ -24,6 +24,7 @@ class PageInfo:
 
 PAGES = (
     PageInfo("overview.py", "Overview", "overview", default=True),
+    PageInfo("experiments.py", "Experiments", "experiments"),
     PageInfo("constitutions.py", "Constitutions", "constitutions"),
     PageInfo("new_experiment.py", "New experiment", "new_experiment"),
     PageInfo("queue.py", "Queue", "queue"),

@@ -106,6 +106,7 @@ def _on_yaml() -> None:
 def _on_demo() -> None:
     _push(new_experiment.demo_spec())
     ss[RESULT] = None
+    ss[K + "loaded_from"] = None
 
 
 def _on_submit() -> None:
@@ -128,6 +129,12 @@ def _on_submit() -> None:
             errors = list(err.errors)
     ss[ERRORS] = errors
 
+
+# "Edit and resubmit" (Experiments page): (experiment id, its stored spec) to show in the form.
+if (loaded := ss.pop(K + "load", None)) is not None:
+    _push(loaded[1])
+    ss[RESULT] = None
+    ss[K + "loaded_from"] = loaded[0]
 
 shown: set[tuple[str, str]] = set()
 
@@ -179,6 +186,9 @@ st.caption("Fill in the form or edit the YAML: they show the same spec. The YAML
            "experiment's jobs; workers run them.")
 st.button("Load the demo experiment", key=K + "demo", on_click=_on_demo,
           help="sami_core/examples/demo.yaml: the embedded demo model on the shipped posts (mechanics only).")
+if ss.get(K + "loaded_from") is not None and not ss.get(RESULT):
+    st.info(f"The spec of experiment {ss[K + 'loaded_from']}, as it was submitted (constitution inline, paths "
+            "absolute): edit it and submit it as a new experiment.")
 
 form, yaml_col = st.columns([3, 2])
 with form:
