@@ -108,7 +108,7 @@ def set_path(data: Mapping[str, Any], path: str, value: Any) -> dict[str, Any]:
         if isinstance(node, list) and key.isdigit() and int(key) < len(node):
             node = node[int(key)]
             continue
-        if not isinstance(node.get(key), dict):
+        if not isinstance(node.get(key), (dict, list)):
             node[key] = {}
         node = node[key]
     if isinstance(node, list) and keys[-1].isdigit() and int(keys[-1]) < len(node):

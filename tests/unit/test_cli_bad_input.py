@@ -60,6 +60,9 @@ ARGS = {
     "sources": [], "judge": ["--candidate", "1", "--baseline", "2"], "winrates": [], "summary": [],
     "export": ["responses", "--out", "x.csv"], "import-training-data": ["missing.json", "--n", "2"], "ui": [],
 }
+# Further flag usages that reach the database: a clone with an override, a sweep (the
+# test writes sweep.yaml: the demo with a `sweep` section).
+VARIANTS = [("submit", ["--from", "1", "--set", "training.lr=1e-6"]), ("submit", ["sweep.yaml", "--dry-run"])]
 NO_DATABASE = {"import-training-data"}  # reads no database: only the workspace cases apply
 
 BAD_ENVIRONMENTS = [  # (id, SAMI_HOME (None: the fixture's), SAMI_DATABASE_URL, exit code, named in the message)
@@ -89,7 +92,8 @@ def test_every_command_names_a_bad_environment_in_one_line(
         monkeypatch.setenv("SAMI_HOME", sami_home)
     if url is not None:
         monkeypatch.setenv("SAMI_DATABASE_URL", url)
-    for name, args in ARGS.items():
+    (tmp_path / "sweep.yaml").write_text(DEMO.read_text() + "\nsweep:\n  training.lr: [1.0e-6, 2.0e-6]\n")
+    for name, args in [*ARGS.items(), *VARIANTS]:
         if name in NO_DATABASE and url is not None:
             continue
         rc, out, err = sami(capsys, name, *args)

@@ -172,3 +172,27 @@ def test_upgrade_from_0004_keeps_jobs_and_adds_mi_results(url: str) -> None:
                     write=False)
     assert rows == ["iteration-1", "base"]
     engine.dispose()
+
+
+def test_upgrade_from_0007_keeps_experiments_and_adds_sweeps(url: str) -> None:
+    """0008: an experiment stored at 0007 is kept, outside any sweep; new ones can point at a sweep."""
+    from db.experiments import create_experiment, create_sweep
+
+    engine = make_engine(url)
+    upgrade(engine, "0007")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO experiments (name, spec, created_at) VALUES ('old', '{}', "
+                          "'2026-01-01 00:00:00')"))
+    engine.dispose()
+    engine = open_database(url)
+    assert current_revision(engine) == HEAD
+
+    def point(c):  # noqa: ANN001, ANN202
+        sweep = create_sweep(c, "grid", {"training.lr": [1e-6, 2e-6]})
+        return create_experiment(c, "grid lr=1e-06", {}, sweep_id=sweep, sweep_point={"training.lr": 1e-6})
+
+    new_id = transact(engine, point)
+    rows = transact(engine, lambda c: c.execute(text("SELECT id, name, sweep_id, sweep_point FROM experiments "
+                                                     "ORDER BY id")).all(), write=False)
+    assert [(r[1], r[2] is None) for r in rows] == [("old", True), ("grid lr=1e-06", False)] and rows[1][0] == new_id
+    engine.dispose()
