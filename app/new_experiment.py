@@ -425,14 +425,19 @@ def check_spec(spec: Mapping[str, Any], max_mb: float) -> list[tuple[str, str]]:
 
 def prepare(spec: Mapping[str, Any], max_mb: float):
     """Everything checked before anything is written: the app's checks and
-    services.experiments.prepare_data (what `sami submit` does). Returns (prepared or None,
+    services.experiments.prepare_data (what `sami submit` does; a spec with a ``sweep``
+    section: services.sweeps.prepare_sweep, every point). Returns (prepared or None,
     [(path, reason)]): every error found, the app's first; a field the app's checks
     already refused is not reported twice (:func:`merge_errors`)."""
     from services.experiments import prepare_data
+    from services.sweeps import is_sweep, prepare_sweep
 
     errors = check_spec(spec, max_mb)
     try:
-        prepared = prepare_data(copy.deepcopy(dict(spec)), source="form")
+        if is_sweep(spec):  # one experiment per point (services.sweeps.PreparedSweep)
+            prepared = prepare_sweep(copy.deepcopy(dict(spec)), source="form")
+        else:
+            prepared = prepare_data(copy.deepcopy(dict(spec)), source="form")
     except SpecError as err:
         return None, merge_errors(errors, err.errors)
     return (None, errors) if errors else (prepared, [])

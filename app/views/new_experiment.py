@@ -16,6 +16,7 @@ from sami_core.data_files import FILE_TYPES, DataFileError, check_upload
 from sami_core.contract import EXPERIMENT_KINDS
 from sami_core.errors import SpecError
 from sami_core.spec import shipped_constitution_sets, shipped_constitutions
+from services import sweeps
 from services.experiments import SubmitError, submit
 
 K = "new_experiment."
@@ -124,7 +125,10 @@ def _on_submit() -> None:
         errors = new_experiment.merge_errors(errors, spec_errors)
     if not errors:
         try:
-            ss[RESULT] = state.write(lambda conn: submit(conn, prepared)).as_dict()
+            if isinstance(prepared, sweeps.PreparedSweep):  # every point in one transaction
+                ss[RESULT] = {"sweep": state.write(lambda conn: sweeps.submit_sweep(conn, prepared)).as_dict()}
+            else:
+                ss[RESULT] = state.write(lambda conn: submit(conn, prepared)).as_dict()
         except (SubmitError, SpecError) as err:
             errors = list(err.errors)
     ss[ERRORS] = errors
@@ -382,7 +386,18 @@ if ss[ERRORS]:
         st.error(f"{p or 'spec'}: {r}")
 
 result = ss.get(RESULT)
-if result:
+if result and result.get("sweep"):
+    sw = result["sweep"]
+    st.success(f"Sweep {sw['sweep_id']} submitted: {len(sw['points'])} experiments, "
+               f"{sum(p['jobs'] for p in sw['points'])} jobs.")
+    for w in sw["warnings"]:
+        st.caption(w)
+    st.dataframe(pd.DataFrame([{"experiment": p["experiment_id"], "name": p["name"],
+                                **{k: sweeps.format_value(v) for k, v in p["values"].items()}, "jobs": p["jobs"]}
+                               for p in sw["points"]]), hide_index=True, key=K + "sweep_points")
+    st.page_link("views/experiments.py", label=f"Open sweep {sw['sweep_id']} on the Experiments page",
+                 query_params={"sweep": str(sw["sweep_id"])})
+elif result:
     c = result["constitution"]
     if c.get("members"):  # a set: each member its own version
         what = (f"constitution set {md_escape(c['name'])} ({len(c['members'])} constitutions, one drawn per query: "

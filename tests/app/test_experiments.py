@@ -14,6 +14,7 @@ from app.overview import DEMO_SPEC
 from db import ingest
 from db.engine import transact
 from db.models import Job
+from db.reads.experiments import sweep_rows as reads_sweeps
 from services import sweeps
 
 LRS = [1.0e-4, 3.0e-4]
@@ -116,3 +117,24 @@ def test_edit_and_resubmit_loads_the_spec_into_the_new_experiment_form(open_page
     at.text_input(key="new_experiment.name").input("lrs again").run()
     at.button(key="new_experiment.submit").click().run()
     assert not at.exception and [s.value for s in at.success][0].startswith(f"Experiment {ids[1] + 1} submitted")
+
+
+def test_a_sweep_written_in_the_new_experiment_yaml_submits_every_point(open_page, workspace):
+    at = open_page("new_experiment")
+    at.button(key="new_experiment.demo").click().run()
+    spec = yaml.safe_load(at.text_area(key="new_experiment.yaml").value)
+    spec.update(iterations=1, sweep={"training.lr": [1.0e-4, 2.0e-4], "training.beta": [0, -1]})
+    at.text_area(key="new_experiment.yaml").input(yaml.safe_dump(spec, sort_keys=False)).run()
+    at.button(key="new_experiment.submit").click().run()
+    errors = " ".join(e.value for e in at.error)
+    assert "sweep point 2 of 4 (lr=0.0001 beta=-1)" in errors and "training.beta" in errors
+    assert not at.success and not transact(workspace.engine, reads_sweeps, write=False)
+
+    spec["sweep"]["training.beta"] = [0, 0.1]
+    at.text_area(key="new_experiment.yaml").input(yaml.safe_dump(spec, sort_keys=False)).run()
+    at.button(key="new_experiment.submit").click().run()
+    assert [s.value for s in at.success][0].startswith("Sweep 1 submitted: 4 experiments")
+    points = at.dataframe[0].value
+    assert list(points["training.lr"]) == ["0.0001", "0.0001", "0.0002", "0.0002"]
+    (sweep,) = transact(workspace.engine, reads_sweeps, write=False)
+    assert sweep["n_experiments"] == 4
