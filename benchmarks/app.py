@@ -3,6 +3,7 @@ the app's import time.
 
     python benchmarks/app.py              # 3 timed renders per page
     python benchmarks/app.py --repeats 1
+    python benchmarks/app.py --experiments 1   # the single drained experiment only
 
 A fresh temporary workspace (SQLite, as `sami init` makes it) is seeded through the
 real write paths (services.experiments, db.queue, db.ingest) with what a researcher's
@@ -15,7 +16,11 @@ workspace holds after a real experiment:
 * each checkpoint gets a sample job and a response source with 100 responses (50
   queries x 2 temperatures: 10,000), the base model 100 more,
 * each judge job stores 1,250 judgments (25 checkpoints x 50 queries against the base
-  model: 5,000).
+  model: 5,000);
+* then 99 more experiments (``--experiments``, 100 in all) submitted as one sweep over
+  training.lr x training.beta (services.sweeps), whose train jobs each log the same 200
+  steps of metrics and whose evaluate jobs each store a held-out MI row: about 1.1
+  million metric rows in all. Their jobs stay queued.
 
 Then, per page of app.views.PAGES: a new AppTest of the real entry file
 (navigation + sidebar) switched to that page, ``at.run()`` timed (Streamlit's script
@@ -171,6 +176,47 @@ def seed(engine) -> dict[str, int]:  # noqa: ANN001
     return counts
 
 
+def seed_sweep(engine, points: int) -> dict[str, int]:  # noqa: ANN001
+    """``points`` more experiments as one sweep (services.sweeps, 3 betas x points // 3 lrs):
+    each of their train jobs logs STEPS steps of metrics as the drained experiment's do,
+    each evaluate job a held-out MI row; their jobs stay queued (no worker ran them)."""
+    from sqlalchemy import select
+
+    from db import ingest
+    from db.engine import transact
+    from db.models import Job
+    from services import sweeps
+
+    data = yaml.safe_load(DEMO_SPEC.read_text(encoding="utf-8"))
+    data["iterations"] = ITERATIONS
+    data.setdefault("judge", {})["judge"] = {"provider": "hf", "model": "demo"}
+    data["sweep"] = {"training.lr": [round(1e-6 * (k + 1), 12) for k in range(max(1, points // 3))],
+                     "training.beta": [0.0, 0.05, 0.1]}
+    prepared = sweeps.prepare_sweep(data, source=str(DEMO_SPEC), name="bench-sweep",
+                                    cap=max(sweeps.MAX_SWEEP_POINTS, points))
+    ids = [s.experiment_id for s in transact(engine, lambda c: sweeps.submit_sweep(c, prepared)).points]
+    counts = {"experiments": len(ids), "metrics": 0}
+
+    def fill(conn, exp_id: int, k: int) -> None:  # noqa: ANN001
+        for job in conn.execute(select(Job.id, Job.kind, Job.iteration).where(Job.experiment_id == exp_id)):
+            if job.kind == "train":
+                counts["metrics"] += ingest.upsert_metrics(conn, job.id, _train_metrics(job.iteration))
+            elif job.kind == "evaluate" and job.iteration:
+                mi = 0.05 * job.iteration + 0.001 * k
+                figures = {"model": "demo", "n_queries": 64, "n_constitutions": 2, "mi_lower_bound": mi,
+                           "mi_lower_bound_ci_low": mi - 0.05, "mi_lower_bound_ci_high": mi + 0.05,
+                           "row_accuracy": 0.6, "row_accuracy_ci_low": 0.5, "row_accuracy_ci_high": 0.7,
+                           "col_accuracy": 0.6, "col_accuracy_ci_low": 0.5, "col_accuracy_ci_high": 0.7,
+                           "loss": 0.69 - mi}
+                label = f"iteration-{job.iteration}"
+                ingest.upsert_mi_results(conn, job.id, label, {label: figures}, experiment_id=exp_id,
+                                         iteration=job.iteration)
+
+    for k, exp_id in enumerate(ids):
+        transact(engine, lambda c, e=exp_id, k=k: fill(c, e, k))
+    return counts
+
+
 def time_pages(repeats: int) -> list[tuple]:
     """Per page: (title, first render ever, median and worst of ``repeats`` renders with
     cleared caches, and what the page drew: tables, plotly charts, text elements)."""
@@ -236,6 +282,9 @@ def time_import() -> tuple[float, float, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed renders per page (default 3)")
+    ap.add_argument("--experiments", type=int, default=100,
+                    help="experiments in all (default 100): the drained one, and the others as one sweep whose "
+                         "train jobs log the same metrics (about 1,100,000 metric rows for 100)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="sami-bench-app-") as tmp:
@@ -249,11 +298,14 @@ def main() -> None:
         engine = open_database(ws.database_url)
         t0 = time.perf_counter()
         counts = seed(engine)
+        more = seed_sweep(engine, args.experiments - 1) if args.experiments > 1 else {"experiments": 0,
+                                                                                        "metrics": 0}
         seed_s = time.perf_counter() - t0
         engine.dispose()
         print(f"seeded in {seed_s:.1f} s: experiment {counts['experiment_id']}, {counts['jobs']} jobs, "
               f"{counts['checkpoints']} checkpoints, {counts['responses']} responses, {counts['judgments']} "
-              f"judgments, {counts['metrics']} metric rows")
+              f"judgments, {counts['metrics']} metric rows; a sweep of {more['experiments']} more experiments "
+              f"with {more['metrics']} metric rows ({counts['metrics'] + more['metrics']:,} in all)")
 
         import_s, import_wall_s, heavy = time_import()
         print(f"app import: {import_s:.2f} s in process ({import_wall_s:.2f} s with interpreter start); "
