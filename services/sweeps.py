@@ -32,7 +32,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel
@@ -41,8 +41,10 @@ from sqlalchemy.engine import Connection
 from db.experiments import create_sweep, stored_spec, sweep_named
 from sami_core.errors import SpecError
 from sami_core.experiment_spec import ExperimentSpec
-from services import experiments
-from services.experiments import Prepared, Submitted
+
+if TYPE_CHECKING:  # services.experiments is imported where a sweep is prepared or submitted: the app's
+    # Experiments page imports this module for its labels only, and starts faster without it
+    from services.experiments import Prepared, Submitted
 
 MAX_SWEEP_POINTS = 100  # each point is a whole experiment (a DAG of jobs): more is a typo, or a job for a scheduler
 SWEEP = "sweep"
@@ -227,6 +229,8 @@ def prepare_sweep(data: Mapping[str, Any], *, source: str = "<spec>", name: str 
                   env: Mapping[str, str] | None = None, cap: int = MAX_SWEEP_POINTS) -> PreparedSweep:
     """Expand a spec's ``sweep`` and resolve every point (SpecError naming the point and
     the field at the first point that fails; nothing is written)."""
+    from services import experiments
+
     env = os.environ if env is None else env
     base = {k: v for k, v in data.items() if k != SWEEP}
     if name is not None:
@@ -255,6 +259,8 @@ def prepare_sweep(data: Mapping[str, Any], *, source: str = "<spec>", name: str 
 
 def submit_sweep(conn: Connection, sweep: PreparedSweep) -> SubmittedSweep:
     """The sweep's row and one experiment per point (the caller's transaction: all or none)."""
+    from services import experiments
+
     sweep_id = create_sweep(conn, sweep.name, sweep.grid)
     done = [experiments.submit(conn, p, sweep_id=sweep_id) for p in sweep.points]
     warnings = list(dict.fromkeys(w for s in done for w in s.warnings))
@@ -263,6 +269,8 @@ def submit_sweep(conn: Connection, sweep: PreparedSweep) -> SubmittedSweep:
 
 def dry_run_sweep(conn: Connection, sweep: PreparedSweep) -> SubmittedSweep:
     """What :func:`submit_sweep` would enqueue (nothing is written)."""
+    from services import experiments
+
     done = [experiments.dry_run(conn, p) for p in sweep.points]
     warnings = list(dict.fromkeys(w for s in done for w in s.warnings))
     return SubmittedSweep(None, sweep.name, done, [p.sweep_point or {} for p in sweep.points], warnings,
