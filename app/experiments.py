@@ -11,6 +11,7 @@ lowest temperature; the latest evaluated model scored by itself).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -198,8 +199,6 @@ def sweep_frame(table: pd.DataFrame, rows: Sequence[Mapping], grid: Mapping[str,
 
 
 def _combos(grid: Mapping[str, Sequence[Any]]) -> list[tuple]:
-    import itertools
-
     return list(itertools.product(*[list(v) for v in grid.values()]))
 
 

@@ -102,10 +102,14 @@ sweep_id = st.selectbox("Sweep", list(by_sweep), key=K + "sweep",
                         format_func=lambda i: f"#{i}: {by_sweep[i]['name']} ({by_sweep[i]['n_experiments']} points)")
 grid = by_sweep[sweep_id]["grid"] or {}
 st.caption(experiments.sweep_caption(grid))
-points = state.load(reads.experiment_rows, sweep_id=sweep_id)
-p_ids = tuple(r["id"] for r in points)
-p_table = experiments.table_frame(points, state.load(reads.winrate_points, p_ids), state.load(reads.mi_points, p_ids),
-                                  state.load(reads.final_losses, p_ids))
+points = [r for r in rows if r.get("sweep_id") == sweep_id]
+if len(points) == by_sweep[sweep_id]["n_experiments"]:  # all in the table above: nothing more to read
+    p_table = table[table["id"].isin([r["id"] for r in points])]
+else:
+    points = state.load(reads.experiment_rows, sweep_id=sweep_id)
+    p_ids = tuple(r["id"] for r in points)
+    p_table = experiments.table_frame(points, state.load(reads.winrate_points, p_ids),
+                                      state.load(reads.mi_points, p_ids), state.load(reads.final_losses, p_ids))
 frame = experiments.sweep_frame(p_table, points, grid)
 st.dataframe(frame, hide_index=True, key=K + "sweep_table")
 outcome = st.selectbox("Outcome", list(experiments.OUTCOMES), key=K + "outcome")

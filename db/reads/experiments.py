@@ -134,20 +134,20 @@ def loss_points(conn: Connection, experiment_ids: Sequence[int]) -> list[dict[st
 
 def final_losses(conn: Connection, experiment_ids: Sequence[int]) -> list[dict[str, Any]]:
     """The loss each train job of these experiments logged at its last step: experiment_id,
-    iteration, job_id, step, value."""
+    iteration, job_id, step, value. Each job's last step is one index seek (metrics are
+    unique by job, name and step), not a scan of its steps."""
     if not experiment_ids:
         return []
-    ids = [int(i) for i in experiment_ids]
-    last = (select(metrics.c.job_id, func.max(metrics.c.step).label("step"))
-            .select_from(metrics.join(jobs, jobs.c.id == metrics.c.job_id))
-            .where(jobs.c.experiment_id.in_(ids), jobs.c.kind == "train", metrics.c.name == LOSS,
-                   metrics.c.value.is_not(None))
-            .group_by(metrics.c.job_id).subquery())
-    stmt = (select(jobs.c.experiment_id, jobs.c.iteration, metrics.c.job_id, metrics.c.step, metrics.c.value)
-            .select_from(metrics.join(last, and_(metrics.c.job_id == last.c.job_id, metrics.c.step == last.c.step))
-                         .join(jobs, jobs.c.id == metrics.c.job_id))
-            .where(metrics.c.name == LOSS)
-            .order_by(jobs.c.experiment_id, jobs.c.iteration, jobs.c.id))
+    last_step = (select(metrics.c.step)
+                 .where(metrics.c.job_id == jobs.c.id, metrics.c.name == LOSS, metrics.c.value.is_not(None))
+                 .order_by(metrics.c.step.desc()).limit(1).correlate(jobs).scalar_subquery())
+    train = (select(jobs.c.experiment_id, jobs.c.iteration, jobs.c.id.label("job_id"), last_step.label("step"))
+             .where(jobs.c.experiment_id.in_([int(i) for i in experiment_ids]), jobs.c.kind == "train")
+             .subquery())
+    stmt = (select(train.c.experiment_id, train.c.iteration, train.c.job_id, train.c.step, metrics.c.value)
+            .select_from(train.join(metrics, and_(metrics.c.job_id == train.c.job_id, metrics.c.name == LOSS,
+                                                  metrics.c.step == train.c.step)))
+            .order_by(train.c.experiment_id, train.c.iteration, train.c.job_id))
     return [dict(r) for r in conn.execute(stmt).mappings()]
 
 

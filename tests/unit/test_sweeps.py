@@ -60,7 +60,8 @@ def test_a_bad_grid_names_the_path(grid: object, where: str, reason: str) -> Non
 
 
 def test_the_number_of_points_is_capped() -> None:
-    grid = {"training.lr": [i * 1e-7 for i in range(1, 11)], "training.beta": [0, 0.1], "iterations": [1, 2, 3, 4, 5, 6]}
+    grid = {"training.lr": [i * 1e-7 for i in range(1, 11)], "training.beta": [0, 0.1],
+            "iterations": [1, 2, 3, 4, 5, 6]}
     (err,) = _errors(sweeps.expand_grid, grid)
     assert err == ("sweep", "120 points (10 x 2 x 6); a sweep has at most 100: drop values, or split it into "
                             "several sweeps")
