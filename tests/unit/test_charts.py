@@ -106,3 +106,21 @@ def test_long_checkpoint_labels_are_cut_on_the_axis_only():
 def test_empty_frames_give_empty_figures():
     empty = winrate_df().iloc[0:0]
     assert len(charts.winrate_figure(empty).data) == 0 and len(charts.length_figure(empty).data) == 0
+
+
+def test_sweep_figure_plots_the_outcome_against_the_first_path_one_trace_per_other_values():
+    df = pd.DataFrame([{"training.lr": lr, "training.beta": b, "point": f"lr={lr:g} beta={b:g}",
+                        "win rate": None if (lr, b) == (1e-5, 0.1) else lr * 1e4 + b}
+                       for lr in (1e-7, 1e-6, 1e-5) for b in (0.0, 0.1)])
+    fig = charts.sweep_figure(df, ["training.lr", "training.beta"], "win rate")
+    assert [t.name for t in fig.data] == ["beta=0.0", "beta=0.1"]
+    assert list(fig.data[1].x) == [1e-7, 1e-6]  # the point without an outcome is left out
+    assert abs(fig.data[0].y[2] - 0.1) < 1e-9 and fig.layout.xaxis.type == "log"  # lr spans 100x
+    one = charts.sweep_figure(df[df["training.beta"] == 0.0], ["training.lr"], "win rate")
+    assert len(one.data) == 1 and len(one.data[0].x) == 3
+
+
+def test_overlay_figure_has_one_trace_per_experiment():
+    df = pd.DataFrame({"experiment": ["1: a", "1: a", "2: b"], "iteration": [2, 1, 1], "mi": [0.2, 0.1, 0.05]})
+    fig = charts.overlay_figure(df, "iteration", "mi", "MI")
+    assert [t.name for t in fig.data] == ["1: a", "2: b"] and list(fig.data[0].x) == [1, 2]
