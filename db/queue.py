@@ -251,6 +251,33 @@ _CLAIM_RETURNS = [jobs.c[name] for name in (
 )]
 
 
+def adopt(
+    conn: Connection,
+    worker_id: int,
+    *,
+    name: str,
+    lease_seconds: float,
+    stale_s: float,
+    now: datetime | None = None,
+) -> list[Row]:
+    """Take over the running jobs of earlier workers of the same ``name`` that stopped or
+    have not been seen for ``stale_s`` (a restarted worker whose jobs run on without it,
+    e.g. as Slurm jobs). Each job keeps its attempt count; its lease restarts. Returns
+    the jobs' rows as :func:`claim` does."""
+    now = now or utcnow()
+    earlier = select(workers.c.id).where(
+        workers.c.name == name, workers.c.id != worker_id,
+        or_(workers.c.status != "running", workers.c.last_seen_at < now - timedelta(seconds=stale_s)),
+    )
+    return list(conn.execute(
+        update(jobs)
+        .where(jobs.c.status == RUNNING, jobs.c.worker_id.in_(earlier))
+        .values(worker_id=worker_id, heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now)
+        .returning(*_CLAIM_RETURNS)
+    ).all())
+
+
 def heartbeat(
     conn: Connection,
     job_id: int,
