@@ -58,6 +58,7 @@ METRICS_FILE = "metrics.jsonl"  # one JSON record per line, each with a "step"
 OUTPUTS_FILE = "outputs.json"  # written last, on success: what the stage produced
 EXIT_STATUS_FILE = "exit_status.json"  # written by a stage that fails knowing why
 LOG_FILE = "stage.log"  # the stage's stdout and stderr (written by the caller)
+SLURM_JOB_FILE = "slurm_job.json"  # the Slurm job running this stage (written by a Slurm executor)
 # What the stages produce (named in outputs.json too), read by other stages and by ingest.
 GENERATIONS_FILE = "generations.jsonl"  # generate: every sampled response, kept or not
 DATA_FILE = "data.jsonl"  # generate: the training data (kept queries)
@@ -70,7 +71,7 @@ CHECKPOINTS_DIR = "checkpoints"  # train: Hugging Face checkpoints (step-000032,
 FINAL_CHECKPOINT = "final"  # train: checkpoints/final links to the last one
 # Files the caller writes into a run directory before the stage starts; a fresh run
 # directory may already hold them.
-CALLER_FILES = (JOB_SPEC_FILE, LOG_FILE)
+CALLER_FILES = (JOB_SPEC_FILE, LOG_FILE, SLURM_JOB_FILE)
 
 
 class KindError(SamiError, ValueError):

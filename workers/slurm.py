@@ -45,7 +45,7 @@ from pathlib import Path
 
 from sami_core import contract
 
-RECORD_FILE = "slurm_job.json"
+RECORD_FILE = contract.SLURM_JOB_FILE
 COMMANDS = ("sbatch", "squeue", "scontrol", "scancel", "srun")
 RDZV_PORT_BASE = 29400  # + job id % 1000: two multi-node jobs on one head node get different ports
 
