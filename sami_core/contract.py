@@ -42,6 +42,8 @@ KNOWN_KINDS = STAGE_KINDS + DIAG_KINDS
 # The order in which an experiment's stage kinds run (what a submit checks devices for).
 EXPERIMENT_KINDS = ("generate", "train", "sample", "judge", "evaluate")
 CPU_TRAIN_PROCS = 2  # training ranks on a CPU-only caller (gloo)
+# The Slurm client commands a worker with `--executor slurm` runs (workers.slurm; `sami doctor` checks them).
+SLURM_COMMANDS = ("sbatch", "squeue", "scontrol", "scancel", "srun")
 
 # --- exit codes -------------------------------------------------------------------------------
 

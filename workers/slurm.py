@@ -46,7 +46,7 @@ from pathlib import Path
 from sami_core import contract
 
 RECORD_FILE = contract.SLURM_JOB_FILE
-COMMANDS = ("sbatch", "squeue", "scontrol", "scancel", "srun")
+COMMANDS = contract.SLURM_COMMANDS
 RDZV_PORT_BASE = 29400  # + job id % 1000: two multi-node jobs on one head node get different ports
 
 # Slurm job states (squeue/scontrol spelling) that mean "not finished yet". A requeued

@@ -124,3 +124,8 @@ def test_restart_adopts_requeue_resumes_and_cancel_scancels(sami_slurm: Sami, cl
 def test_the_worker_refuses_slurm_options_without_the_slurm_executor(sami_slurm: Sami) -> None:
     r = sami_slurm.cli("worker", "--partition", "gpu", check=False)
     assert r.returncode == 2 and "--partition is a Slurm option: add --executor slurm" in r.stderr
+
+
+def test_doctor_sees_the_slurm_controller(sami_slurm: Sami) -> None:
+    r = sami_slurm.cli("doctor", "--executor", "slurm", timeout=300)
+    assert "ok    slurm" in r.stdout and "UP" in r.stdout, r.stdout

@@ -59,6 +59,7 @@ ARGS = {
     "cancel": ["1"], "retry": ["1"], "logs": ["1"], "workers": [], "import-results": ["--shipped"],
     "sources": [], "judge": ["--candidate", "1", "--baseline", "2"], "winrates": [], "summary": [],
     "export": ["responses", "--out", "x.csv"], "import-training-data": ["missing.json", "--n", "2"], "ui": [],
+    "doctor": [],
 }
 NO_DATABASE = {"import-training-data"}  # reads no database: only the workspace cases apply
 
