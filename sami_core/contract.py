@@ -87,15 +87,28 @@ def check_kind(kind: str) -> str:
 
 
 def build_command(kind: str, *, spec_path: Path, run_dir: Path, devices: Sequence[str],
-                  python: str = sys.executable) -> list[str]:
-    """The command line that runs one stage of ``kind`` on ``devices`` (GPU ids; empty = CPU)."""
+                  python: str = sys.executable, nodes: int = 1,
+                  rendezvous: tuple[str, str] | None = None, procs_per_node: int | None = None) -> list[str]:
+    """The command line that runs one stage of ``kind`` on ``devices`` (GPU ids; empty = CPU).
+
+    A train job over ``nodes`` > 1 machines runs this same line on each of them, all
+    joining one c10d rendezvous ``(endpoint host:port, rendezvous id)`` instead of
+    ``--standalone``; torchrun numbers the nodes as they join. ``procs_per_node``
+    overrides the ranks per node (default: one per GPU, else :data:`CPU_TRAIN_PROCS`)."""
     io = ["--spec", str(spec_path), "--run-dir", str(run_dir)]
     check_kind(kind)
     if kind == "sleep":
         return [python, "-m", "workers.diag", "sleep", *io]
     if kind == "train":
-        nproc = len(devices) or CPU_TRAIN_PROCS
-        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        nproc = procs_per_node or len(devices) or CPU_TRAIN_PROCS
+        if nodes > 1:
+            if rendezvous is None:
+                raise KindError(f"a train job over {nodes} nodes needs a rendezvous endpoint and id")
+            where = [f"--nnodes={nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={rendezvous[0]}",
+                     f"--rdzv_id={rendezvous[1]}"]
+        else:
+            where = ["--standalone"]
+        return [python, "-m", "torch.distributed.run", *where, f"--nproc_per_node={nproc}",
                 "-m", "sami_core", "train", *io]
     return [python, "-m", "sami_core", kind, *io]
 

@@ -278,20 +278,49 @@ class Worker:
             return
         log.info("job %d (%s) claimed: attempt %d of %d, run dir %s", job.id, job.kind, job.attempts,
                  job.max_attempts, run_dir)
+        launch_spec = (spec.get("launch") or {}) if job.kind == "train" else {}
+        member_of = launch_spec.get("member_of")  # a member node of another (the leader's) train job
+        members: list[int] = []
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             spec_path = run_dir / contract.JOB_SPEC_FILE
-            _write_json_atomic(spec_path, spec)
-            (run_dir / contract.EXIT_STATUS_FILE).unlink(missing_ok=True)  # an earlier attempt's
+            if member_of is None:  # a member runs the leader's job_spec.json, in the leader's run dir
+                _write_json_atomic(spec_path, spec)
+                (run_dir / contract.EXIT_STATUS_FILE).unlink(missing_ok=True)  # an earlier attempt's
             devices = self.config.devices[: job.devices_required]
             if self.config.executor == "slurm":
+                if member_of is not None:
+                    raise contract.KindError(f"a member node of job {member_of} (launched by a local worker) "
+                                             "cannot run under Slurm; run local workers on the other nodes")
                 self._run_slurm(job, spec, run_dir, spec_path)
                 return
-            cmd = contract.build_command(job.kind, spec_path=spec_path, run_dir=run_dir, devices=devices)
+            nodes = int(launch_spec.get("nodes") or 1)
+            rendezvous = None
+            if nodes > 1 and member_of is None:
+                endpoint = launch_spec.get("endpoint") or f"{self.host}:{slurm.RDZV_PORT_BASE + job.id % 1000}"
+                rendezvous = (endpoint, f"sami-{job.id}-{job.attempts}")
+                members = self._db_until_done(lambda c: queue.enqueue_members(
+                    c, job, spec, nodes=nodes, endpoint=endpoint)) or []
+                log.info("job %d: node 0 of %d, rendezvous at %s; member jobs %s queued for the other nodes",
+                         job.id, nodes, endpoint, members)
+            elif nodes > 1:
+                rendezvous = (launch_spec["endpoint"], f"sami-{member_of}-{launch_spec.get('attempt')}")
+            cmd = contract.build_command(job.kind, spec_path=spec_path, run_dir=run_dir, devices=devices,
+                                         nodes=nodes, rendezvous=rendezvous,
+                                         procs_per_node=launch_spec.get("procs_per_node"))
         except (OSError, contract.KindError) as err:
             self._finish_failure(job, f"could not start: {err}", exit_code=None)
             return
+        try:
+            self._run_local(job, cmd, run_dir, devices, member_of=member_of,
+                            leader_attempt=launch_spec.get("attempt"))
+        finally:
+            if members:  # the leader ended: members that never started are not needed any more
+                self._db_or_none(lambda c: [queue.cancel(c, m) for m in members])
 
+    def _run_local(self, job: Row, cmd: list[str], run_dir: Path, devices: list[str], *,
+                   member_of: int | None = None, leader_attempt: int | None = None) -> None:
+        """Run the stage as a child process group on this host and see it through."""
         # Processes of earlier attempts of this job on this host (their worker died, and
         # a stage that ignores its parent-death signal, or its helpers, live on).
         leftovers = launch.tree_pids(None, key=launch.job_key(self.database_url, job.id))
@@ -316,9 +345,17 @@ class Worker:
             except OSError as err:
                 self._finish_failure(job, f"could not start: {err}", exit_code=None)
                 return
-        reader = relay.RunDirReader(run_dir, job.metrics_offset or 0)
-        outcome = self._watch(job, proc, reader)
+        reader = relay.RunDirReader(run_dir, job.metrics_offset or 0, metrics=member_of is None)
+        leader = (member_of, leader_attempt) if member_of is not None else None
+        outcome = self._watch(job, proc, reader, leader=leader)
 
+        if outcome == "leader":
+            survivors = launch.kill_tree(proc, key=key, grace_s=self.config.kill_grace_s)
+            note = f"its leader, job {member_of}, no longer runs the attempt it joined; node stopped"
+            _append_log(log_path, f"=== {_iso_now()} worker {self.name}: job {job.id}: {note}\n")
+            self._db_until_done(lambda c: queue.mark_cancelled(c, job.id, self.id, note=note))
+            log.info("job %d: %s%s", job.id, note, f" (survivors {sorted(survivors)})" if survivors else "")
+            return
         if outcome in ("cancel", "lost", "stop"):
             survivors = launch.kill_tree(proc, key=key, grace_s=self.config.kill_grace_s)
             gone = "process tree killed" if not survivors else f"processes still alive: {sorted(survivors)}"
@@ -339,7 +376,10 @@ class Worker:
         if strays:
             log.error("job %d: processes left after the stage exited survive: %s", job.id, sorted(strays))
         self._tick(job, reader)  # the stage's last progress and metrics
-        if rc == 0:
+        if rc == 0 and member_of is not None:  # the leader ingests the outputs
+            self._db_until_done(lambda c: queue.succeed(c, job.id, self.id))
+            log.info("job %d (a node of job %d) succeeded", job.id, member_of)
+        elif rc == 0:
             self._finish_success(job, run_dir)
         else:
             self._stage_failed(job, rc, recorded, log_path, start_offset)
@@ -359,9 +399,11 @@ class Worker:
         self._finish_failure(job, f"stage failed ({what}){why}; last lines of stage.log:\n{tail}",
                              exit_code=rc, transient=transient)
 
-    def _watch(self, job: Row, proc: subprocess.Popen, reader: relay.RunDirReader) -> str:
+    def _watch(self, job: Row, proc: subprocess.Popen, reader: relay.RunDirReader,
+               leader: tuple[int, int | None] | None = None) -> str:
         """Wait for the stage; heartbeat and relay every tick. Returns "exited",
-        "cancel", "lost" or "stop"."""
+        "cancel", "lost", "stop", or, for a member node (``leader`` = its leader's job id
+        and attempt), "leader" when the leader no longer runs that attempt."""
         next_tick = time.monotonic()
         first = True
         while True:
@@ -373,9 +415,9 @@ class Worker:
             if self.stopping:
                 return "stop"
             if time.monotonic() >= next_tick:
-                reply = self._tick(job, reader, pid=proc.pid if first else None)
+                reply = self._tick(job, reader, pid=proc.pid if first else None, leader=leader)
                 first = first and reply is None  # the pid is stored with the first tick that lands
-                if reply in ("cancel", "lost"):
+                if reply in ("cancel", "lost", "leader"):
                     return reply
                 next_tick = time.monotonic() + self.config.tick_interval
                 self._maintenance()
@@ -407,7 +449,8 @@ class Worker:
         if slurm_id is None:
             nodes = slurm.nodes_of(job.kind, spec)
             gpus = slurm.gpus_per_node(job.devices_required, nodes)
-            cmd = contract.build_command(job.kind, spec_path=spec_path, run_dir=run_dir, devices=["0"] * gpus)
+            cmd = contract.build_command(job.kind, spec_path=spec_path, run_dir=run_dir, devices=["0"] * gpus,
+                                         procs_per_node=(spec.get("launch") or {}).get("procs_per_node"))
             key = launch.job_key(self.database_url, job.id, job.attempts)
             extra_env = {launch.JOB_KEY_ENV: key, "PYTHONUNBUFFERED": "1",
                          "PYTHONPATH": launch.child_env(key, None, base={})["PYTHONPATH"],
@@ -499,7 +542,8 @@ class Worker:
             self._maintenance()
             self._sleep(self.config.tick_interval)
 
-    def _tick(self, job: Row, reader: relay.RunDirReader, pid: int | None = None) -> str | None:
+    def _tick(self, job: Row, reader: relay.RunDirReader, pid: int | None = None,
+              leader: tuple[int, int | None] | None = None) -> str | None:
         """Renew the lease, store progress and new metrics: one transaction. Returns the
         heartbeat's reply, or None if the database could not be reached this time (the
         lease outlives a few missed ticks)."""
@@ -519,6 +563,8 @@ class Worker:
                     log.warning("job %s: skipping %d metrics records the database refused: %s",
                                 job.id, len(records), str(err).splitlines()[0][:300])
                 ingest.set_metrics_offset(conn, job.id, offset)
+            if reply == "ok" and leader is not None and not queue.leader_running(conn, leader[0], leader[1] or 0):
+                return "leader"
             return reply
 
         reply = self._db_or_none(write, deadline_s=max(5.0, 3 * self.config.tick_interval))

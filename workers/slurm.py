@@ -96,10 +96,10 @@ def missing_commands() -> list[str]:
 
 
 def nodes_of(kind: str, spec: Mapping) -> int:
-    """Nodes a job runs on: a train job's ``train_nodes`` (default 1), every other kind 1."""
+    """Nodes a job runs on: a train job's ``launch.nodes`` (default 1), every other kind 1."""
     if kind != "train":
         return 1
-    n = spec.get("train_nodes", 1)
+    n = (spec.get("launch") or {}).get("nodes", 1)
     return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
 
 
@@ -136,13 +136,11 @@ def batch_script(cmd: Sequence[str], *, kind: str, job_id: int, nodes: int, gpus
     if kind == "train":
         cmd = list(cmd)
         i = cmd.index("--standalone")
-        if nodes > 1:
-            # nproc per node: the job's GPUs per node, else CPU_TRAIN_PROCS gloo ranks.
-            nproc = gpus or contract.CPU_TRAIN_PROCS
+        if nodes > 1:  # the ranks per node stay as build_command set them
             lines.append('head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)')
             lines.append(f"port=$(({RDZV_PORT_BASE} + SLURM_JOB_ID % 1000))")
-            cmd[i:i + 2] = [f"--nnodes={nodes}", f"--nproc_per_node={nproc}", "--rdzv_backend=c10d",
-                            "--rdzv_endpoint=$head:$port", "--rdzv_id=sami-$SLURM_JOB_ID"]
+            cmd[i:i + 1] = [f"--nnodes={nodes}", "--rdzv_backend=c10d", "--rdzv_endpoint=$head:$port",
+                            "--rdzv_id=sami-$SLURM_JOB_ID"]
         line = "srun --kill-on-bad-exit=1 --nodes=$SLURM_NNODES --ntasks-per-node=1 " + " ".join(
             a if a.startswith(("--rdzv_endpoint", "--rdzv_id")) else shlex.quote(a) for a in cmd)
     else:
