@@ -44,6 +44,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db import ingest, queue
+from db.experiments import SLURM_CAPACITY, SLURM_DEVICES
 from db.engine import is_retryable, transact
 from db.workspace import Workspace, default_run_dir
 from sami_core import contract, launch
@@ -77,8 +78,6 @@ class WorkerConfig:
         """GPUs a claimed job may need: this host's, or, with Slurm, any number (Slurm allocates)."""
         return SLURM_CAPACITY if self.executor == "slurm" else len(self.devices)
 
-
-SLURM_CAPACITY = 1 << 20
 
 
 class Worker:
@@ -143,10 +142,11 @@ class Worker:
         cfg = self.config
         self.workspace.runs_dir.mkdir(parents=True, exist_ok=True)
         while self.id is None and not self.stopping:
+            registered = cfg.devices if cfg.executor == "local" else list(SLURM_DEVICES)
             self.id = self._db_or_none(lambda c: queue.register_worker(
-                c, name=self.name, host=self.host, pid=os.getpid(), devices=cfg.devices, kinds=cfg.kinds))
+                c, name=self.name, host=self.host, pid=os.getpid(), devices=registered, kinds=cfg.kinds))
         log.info("worker %s (%s) started: devices %s, kinds %s, lease %gs", self.id, self.name,
-                 ",".join(cfg.devices) or "none (CPU)", ",".join(cfg.kinds) if cfg.kinds else "all",
+                 "allocated by Slurm" if cfg.executor == "slurm" else ",".join(cfg.devices) or "none (CPU)", ",".join(cfg.kinds) if cfg.kinds else "all",
                  cfg.lease_seconds)
         try:
             if cfg.executor == "slurm":

@@ -10,6 +10,7 @@ import pytest
 
 from db import queue
 from db.engine import open_database, transact
+from db.experiments import SLURM_DEVICES, worker_capacity
 from db.testing import new_database_url
 from sami_core import contract
 from workers import slurm
@@ -76,4 +77,9 @@ def test_member_jobs_follow_their_leader_and_a_restarted_worker_adopts_its_jobs(
     adopted = tx(lambda c: queue.adopt(c, new, name="n:slurm", lease_seconds=30, stale_s=90))
     assert [(r.id, r.attempts, r.worker_id) for r in adopted] == [(job, 1, new)]
     assert tx(lambda c: queue.adopt(c, new, name="n:slurm", lease_seconds=30, stale_s=90)) == []  # already its own
+
+    # A Slurm worker registers devices ["slurm"]: a submit check lets any GPU count through.
+    tx(lambda c: queue.register_worker(c, name="s", host="n", pid=4, devices=list(SLURM_DEVICES),
+                                       kinds=None))
+    assert max(n for n, _ in tx(worker_capacity)) >= 1024
     engine.dispose()
