@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time", help="slurm: sbatch --time, e.g. 4:00:00 (a job that runs out of time is retried "
                                   "and resumes from its run directory)")
     s.add_argument("--qos", help="slurm: sbatch --qos")
-    s.add_argument("--gpus-per-node", type=int, help="slurm: --gres=gpu:N per node (default: the job's GPUs, "
-                                                     "split over its nodes)")
+    s.add_argument("--gpus-per-node", type=int, help="slurm: --gres=gpu:N per node (default: the GPUs the job "
+                                                     "needs on each node)")
     s.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                    help="slurm: one more sbatch argument, e.g. --sbatch-arg=--constraint=a100 (repeatable)")
     p.add_argument("--name", help="worker name (default host:pid; with --executor slurm host:slurm, the name a "

@@ -448,12 +448,13 @@ class Worker:
         start_offset = log_path.stat().st_size if log_path.exists() else 0
         if slurm_id is None:
             nodes = slurm.nodes_of(job.kind, spec)
-            gpus = slurm.gpus_per_node(job.devices_required, nodes)
+            gpus = self.config.slurm.gpus_per_node if self.config.slurm.gpus_per_node is not None \
+                else job.devices_required  # per node
             cmd = contract.build_command(job.kind, spec_path=spec_path, run_dir=run_dir, devices=["0"] * gpus,
                                          procs_per_node=(spec.get("launch") or {}).get("procs_per_node"))
             key = launch.job_key(self.database_url, job.id, job.attempts)
             extra_env = {launch.JOB_KEY_ENV: key, "PYTHONUNBUFFERED": "1",
-                         "PYTHONPATH": launch.child_env(key, None, base={})["PYTHONPATH"],
+                         "PYTHONPATH": launch.child_env(key, None)["PYTHONPATH"],  # this project first
                          **contract.stage_env(job.kind, ["0"] * gpus)}
             if gpus == 0:
                 extra_env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU job sees no GPU, as with a local worker

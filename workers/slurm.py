@@ -14,8 +14,8 @@ What the worker submits (:func:`batch_script`, :func:`sbatch_args`):
   ``--requeue`` (a preempted or node-failed job goes back to Slurm's queue and, when
   it starts again, resumes from the run directory as every stage does), and the
   operator's ``--partition`` / ``--account`` / ``--time`` / extra arguments.
-- GPUs: ``--gres=gpu:G`` per node for a job that needs G > 0; a CPU-only job asks for no
-  GRES (a CPU train job asks ``--cpus-per-task`` for its gloo ranks).
+- GPUs: ``--gres=gpu:G`` per node for a job that needs G > 0 (a train job over several
+  nodes needs G on each: ``devices.train``); a CPU-only job asks for no GRES (a CPU train job asks ``--cpus-per-task`` for its gloo ranks).
 - ``train`` over K nodes: ``--nodes=K --ntasks-per-node=1``, and the script runs
   ``srun`` + ``torchrun`` on every node, all joining one c10d rendezvous at the first
   node of the allocation, with the Slurm job id as its id. One node: ``torchrun
@@ -71,7 +71,7 @@ class SlurmOptions:
     account: str | None = None
     time: str | None = None  # Slurm's time format, e.g. 4:00:00
     qos: str | None = None
-    gpus_per_node: int | None = None  # default: the job's GPUs (one node), or split over its nodes
+    gpus_per_node: int | None = None  # default: the job's GPUs (per node: devices.train over train_nodes)
     extra: list[str] = field(default_factory=list)  # further sbatch arguments, as given
 
 
@@ -103,14 +103,11 @@ def nodes_of(kind: str, spec: Mapping) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
 
 
-def gpus_per_node(devices_required: int, nodes: int) -> int:
-    return -(-devices_required // nodes) if devices_required > 0 else 0
-
-
 def sbatch_args(options: SlurmOptions, *, job_id: int, kind: str, devices_required: int, nodes: int,
                 run_dir: Path, workdir: Path) -> list[str]:
     """The ``sbatch`` options of one job (the script comes on stdin)."""
-    gpus = options.gpus_per_node if options.gpus_per_node is not None else gpus_per_node(devices_required, nodes)
+    # A job's devices_required is per node (a train job over K nodes runs that many ranks on each).
+    gpus = options.gpus_per_node if options.gpus_per_node is not None else devices_required
     args = [f"--job-name=sami-{job_id}", f"--output={run_dir / contract.LOG_FILE}", "--open-mode=append",
             f"--chdir={workdir}", "--requeue", "--parsable", f"--nodes={nodes}", "--ntasks-per-node=1"]
     if gpus > 0:

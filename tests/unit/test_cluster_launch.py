@@ -24,7 +24,7 @@ def test_a_cpu_job_asks_for_no_gpus_and_a_gpu_train_job_spans_its_nodes() -> Non
     assert not any(a.startswith("--gres") for a in cpu)
     assert {"--partition=cpu", "--nodes=1", "--requeue", "--job-name=sami-3", f"--output={RUN}/stage.log"} <= set(cpu)
     gpu = slurm.sbatch_args(slurm.SlurmOptions(account="lab", time="4:00:00", extra=["--constraint=a100"]), job_id=7,
-                            kind="train", devices_required=8, nodes=2, run_dir=RUN, workdir=Path("/ws"))
+                            kind="train", devices_required=4, nodes=2, run_dir=RUN, workdir=Path("/ws"))
     assert {"--gres=gpu:4", "--nodes=2", "--ntasks-per-node=1", "--account=lab", "--time=4:00:00",
             "--constraint=a100"} <= set(gpu)
     cmd = contract.build_command("train", spec_path=RUN / "job_spec.json", run_dir=RUN, devices=["0"] * 4)
