@@ -98,7 +98,10 @@ def test_restart_adopts_requeue_resumes_and_cancel_scancels(sami_slurm: Sami, cl
 
     # Preemption: Slurm requeues the job (and holds it 2 minutes: released at once here).
     cluster.run("scontrol", "requeue", slurm_id)
-    sami.wait_for("the requeued job", lambda: slurm_state(cluster, slurm_id) == "PENDING", timeout=30)
+    # Released once its first run is cleaned up on the node (sooner, slurmd may refuse to
+    # launch it: "already killed").
+    sami.wait_for("the requeued job", lambda: slurm_state(cluster, slurm_id) == "PENDING"
+                  and cluster.run("sinfo", "-h", "-o", "%t").strip() == "idle", timeout=30)
     cluster.run("scontrol", "update", f"JobId={slurm_id}", "StartTime=now")
 
     # A restarted worker of the same name adopts it: same attempt, same Slurm job.
@@ -119,6 +122,26 @@ def test_restart_adopts_requeue_resumes_and_cancel_scancels(sami_slurm: Sami, cl
                         timeout=SLACK_S)
     assert f"scancel {doomed_id}" in row.error
     assert slurm_state(cluster, doomed_id) == "CANCELLED"
+
+
+def test_a_killed_workers_slurm_job_is_watched_by_the_next_claimer(sami_slurm: Sami, cluster: SlurmCluster) -> None:
+    """SIGKILL: no hand-over. The lease expires, the job is requeued (attempt counted), and
+    the worker that claims it finds its Slurm job still running: it watches that one
+    instead of submitting another, and the stage runs once."""
+    sami = sami_slurm
+    job = sami.enqueue(spec={"seconds": 8})
+    first = sami.worker("--executor", "slurm")
+    rec = sami.wait_for("the Slurm job to start", lambda: (r := record(sami, job)) and
+                        slurm_state(cluster, r["slurm_job_id"]) == "RUNNING" and r, timeout=60)
+    first.kill()
+    first.wait()
+    sami.worker("--executor", "slurm", "--exit-when-idle")
+    assert sami.wait_workers(timeout=120)[1] == 0
+    row = sami.job(job)
+    assert (row.status, row.attempts) == ("succeeded", 2), (row.error, sami.worker_logs())
+    assert record(sami, job) == {**rec, "attempt": 2, "submitted_at": record(sami, job)["submitted_at"]}
+    assert len((sami.run_dir(job) / "executions.log").read_text().splitlines()) == 1
+    assert f"watching its Slurm job {rec['slurm_job_id']} again" in sami.worker_logs()
 
 
 def test_the_worker_refuses_slurm_options_without_the_slurm_executor(sami_slurm: Sami) -> None:
