@@ -40,8 +40,8 @@ class SamplingSpec(StrictModel):
 
 class DevicesSpec(StrictModel):
     generate: int = Field(1, ge=0, description="GPUs per generate job (0 = CPU).")
-    train: int = Field(1, ge=0, description="GPUs per train job = torchrun processes (CPU-only workers run 2 with gloo); "
-                       "per node when train_nodes > 1.")
+    train: int = Field(1, ge=0, description="GPUs per train job = torchrun processes (CPU-only workers run 2 "
+                       "with gloo); per node when train_nodes > 1.")
     train_nodes: int = Field(1, ge=1, le=1024, description="Machines a train job spans (torchrun --nnodes): one "
                              "worker per node joins it (README: On a cluster), or one Slurm allocation of that many.")
     train_rendezvous: str | None = Field(None, description="host:port of the nodes' c10d rendezvous; default: the "

@@ -128,7 +128,8 @@ class SlurmCluster:
 
     def logs(self) -> str:
         parts = []
-        for f in sorted(self.root.glob("*.log")) + sorted(self.root.glob("*.out")) + [self.root / "munge" / "munged.log"]:
+        files = sorted(self.root.glob("*.log")) + sorted(self.root.glob("*.out")) + [self.root / "munge" / "munged.log"]
+        for f in files:
             if f.exists():
                 parts.append(f"--- {f.name}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-30:]))
         return "\n".join(parts)

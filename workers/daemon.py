@@ -18,6 +18,17 @@ node to split its GPUs). The loop, in order:
 SIGTERM or SIGINT: stop claiming; a running job's tree is killed and the job handed
 back to the queue, its attempt not counted (db.queue.release); then exit.
 
+Beyond one machine (README, "On a cluster"):
+
+- ``--executor slurm``: step 3 submits the stage with sbatch instead (workers.slurm),
+  polls its state with scontrol every tick, cancels with scancel; on SIGTERM the Slurm
+  job runs on and the job row stays running, for this worker restarted under the same
+  name (:meth:`Worker._adopt`) or the next claimer to watch again.
+- A train job whose spec's ``launch.nodes`` is K > 1: the claiming worker (the leader)
+  queues K-1 member jobs (db.queue.enqueue_members) and runs torchrun with a c10d
+  rendezvous; a worker that claims a member joins it, relays progress only, ingests
+  nothing, and stops when the leader no longer runs the attempt it joined.
+
 The database may be busy or briefly unreachable: every operation retries
 (db.engine.transact); one that still fails is logged and tried again on the next
 round, so a locked database slows a worker down but never stops it.
@@ -77,7 +88,6 @@ class WorkerConfig:
     def capacity(self) -> int:
         """GPUs a claimed job may need: this host's, or, with Slurm, any number (Slurm allocates)."""
         return SLURM_CAPACITY if self.executor == "slurm" else len(self.devices)
-
 
 
 class Worker:
@@ -145,9 +155,9 @@ class Worker:
             registered = cfg.devices if cfg.executor == "local" else list(SLURM_DEVICES)
             self.id = self._db_or_none(lambda c: queue.register_worker(
                 c, name=self.name, host=self.host, pid=os.getpid(), devices=registered, kinds=cfg.kinds))
-        log.info("worker %s (%s) started: devices %s, kinds %s, lease %gs", self.id, self.name,
-                 "allocated by Slurm" if cfg.executor == "slurm" else ",".join(cfg.devices) or "none (CPU)", ",".join(cfg.kinds) if cfg.kinds else "all",
-                 cfg.lease_seconds)
+        devices = "allocated by Slurm" if cfg.executor == "slurm" else ",".join(cfg.devices) or "none (CPU)"
+        log.info("worker %s (%s) started: devices %s, kinds %s, lease %gs", self.id, self.name, devices,
+                 ",".join(cfg.kinds) if cfg.kinds else "all", cfg.lease_seconds)
         try:
             if cfg.executor == "slurm":
                 self._adopt()

@@ -15,7 +15,8 @@ What the worker submits (:func:`batch_script`, :func:`sbatch_args`):
   it starts again, resumes from the run directory as every stage does), and the
   operator's ``--partition`` / ``--account`` / ``--time`` / extra arguments.
 - GPUs: ``--gres=gpu:G`` per node for a job that needs G > 0 (a train job over several
-  nodes needs G on each: ``devices.train``); a CPU-only job asks for no GRES (a CPU train job asks ``--cpus-per-task`` for its gloo ranks).
+  nodes needs G on each: ``devices.train``); a CPU-only job asks for no GRES (a CPU
+  train job asks ``--cpus-per-task`` for its gloo ranks).
 - ``train`` over K nodes: ``--nodes=K --ntasks-per-node=1``, and the script runs
   ``srun`` + ``torchrun`` on every node, all joining one c10d rendezvous at the first
   node of the allocation, with the Slurm job id as its id. One node: ``torchrun
