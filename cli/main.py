@@ -12,6 +12,7 @@
     sami winrates [--experiment ID] [--csv FILE]
     sami export responses|judgments|winrates|mi --out FILE.csv [--out-dir DIR]
     sami ui [--port P] [--host 127.0.0.1] [--with-worker]
+    sami doctor [--executor slurm]
 
 Every command finds the workspace at ``$SAMI_HOME`` (default ``./.sami``) and the
 database at ``$SAMI_DATABASE_URL`` (default: the workspace's SQLite file); the schema
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.exc import DBAPIError
 
-from cli import experiments, jobs, results, training_data, worker  # noqa: F401 (each registers its commands)
+from cli import doctor, experiments, jobs, results, training_data, worker  # noqa: F401 (each registers its commands)
 from cli import workspace as workspace_commands  # noqa: F401
 from cli.jobs import parse_params  # noqa: F401 (part of the command line's interface)
 from cli.registry import COMMANDS, CliError, workspace
@@ -44,7 +45,7 @@ from sami_core.errors import SamiError
 
 # The order `sami --help` lists them in.
 ORDER = ("init", "submit", "enqueue", "jobs", "cancel", "retry", "logs", "worker", "workers", "import-results",
-         "sources", "judge", "winrates", "export", "import-training-data", "ui")
+         "sources", "judge", "winrates", "export", "import-training-data", "ui", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -135,6 +135,12 @@ def check_writable_folder(folder: Path, what: str, fix: str) -> None:
 @functools.lru_cache(maxsize=1)
 def engine():  # noqa: ANN201 (sqlalchemy Engine)
     """The workspace's database, migrated; bad settings are refused naming the variable."""
+    return open_database(checked_database_url())
+
+
+def checked_database_url() -> str:
+    """The workspace's database URL, refused (naming the variable) when it is no URL we
+    support, or, for SQLite, when its folder cannot be written."""
     ws = workspace()
     url = ws.database_url
     try:
@@ -148,7 +154,7 @@ def engine():  # noqa: ANN201 (sqlalchemy Engine)
                                   f"point {DATABASE_URL_ENV} at a file in a writable folder")
         else:
             check_writable_folder(folder, f"workspace {HOME_ENV}={ws.home}", f"point {HOME_ENV} at a writable folder")
-    return open_database(url)
+    return url
 
 
 WRITE_DEADLINE_S = 60.0  # how long a command's transaction may wait for a busy database in all

@@ -128,8 +128,14 @@ def enqueue_plan(conn: Connection, items: Sequence[Mapping[str, Any]], *, now: d
 
 def worker_capacity(conn: Connection) -> list[tuple[int, list[str] | None]]:
     """(device count, kinds or None = all) of every registered worker, whatever its
-    status: a stopped worker tells what the cluster has, and may be started again."""
-    return [(len(r.devices or []), r.kinds) for r in conn.execute(select(workers.c.devices, workers.c.kinds))]
+    status: a stopped worker tells what the cluster has, and may be started again. A
+    Slurm worker (devices ``["slurm"]``) fits any count: Slurm allocates the GPUs."""
+    return [(SLURM_CAPACITY if list(r.devices or []) == list(SLURM_DEVICES) else len(r.devices or []), r.kinds)
+            for r in conn.execute(select(workers.c.devices, workers.c.kinds))]
+
+
+SLURM_DEVICES = ("slurm",)  # what a Slurm worker registers as its devices: Slurm allocates the GPUs
+SLURM_CAPACITY = 1 << 20  # the GPU count such a worker fits (and claims)
 
 
 def link_constitution_set(conn: Connection, job_id: int, constitution_ids: Sequence[int]) -> None:

@@ -251,6 +251,57 @@ _CLAIM_RETURNS = [jobs.c[name] for name in (
 )]
 
 
+def adopt(
+    conn: Connection,
+    worker_id: int,
+    *,
+    name: str,
+    lease_seconds: float,
+    stale_s: float,
+    now: datetime | None = None,
+) -> list[Row]:
+    """Take over the running jobs of earlier workers of the same ``name`` that stopped or
+    have not been seen for ``stale_s`` (a restarted worker whose jobs run on without it,
+    e.g. as Slurm jobs). Each job keeps its attempt count; its lease restarts. Returns
+    the jobs' rows as :func:`claim` does."""
+    now = now or utcnow()
+    earlier = select(workers.c.id).where(
+        workers.c.name == name, workers.c.id != worker_id,
+        or_(workers.c.status != "running", workers.c.last_seen_at < now - timedelta(seconds=stale_s)),
+    )
+    return list(conn.execute(
+        update(jobs)
+        .where(jobs.c.status == RUNNING, jobs.c.worker_id.in_(earlier))
+        .values(worker_id=worker_id, heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now)
+        .returning(*_CLAIM_RETURNS)
+    ).all())
+
+
+def enqueue_members(conn: Connection, leader: Row, spec: dict, *, nodes: int, endpoint: str,
+                    now: datetime | None = None) -> list[int]:
+    """A train job over ``nodes`` machines, claimed by its leader (node 0): enqueue the
+    K-1 member jobs that other workers claim to join it. Each is a ``train`` row on the
+    leader's run directory whose spec's ``launch`` names the leader and its attempt
+    (``member_of``, ``attempt``) and the rendezvous ``endpoint``; it needs the leader's
+    GPUs, runs first among queued jobs (priority + 1), once (max_attempts 1: a retry is
+    the leader's), and belongs to no experiment (its outputs are the leader's)."""
+    member_spec = {**spec, "launch": {**(spec.get("launch") or {}), "nodes": nodes, "endpoint": endpoint,
+                                      "member_of": leader.id, "attempt": leader.attempts}}
+    base = leader.name or f"job {leader.id}"
+    return enqueue_many(conn, [
+        {"kind": "train", "spec": member_spec, "name": f"{base} node {k}", "devices_required": leader.devices_required,
+         "priority": leader.priority + 1, "max_attempts": 1, "run_dir": leader.run_dir, "label": leader.label}
+        for k in range(1, nodes)
+    ], now=now)
+
+
+def leader_running(conn: Connection, leader_id: int, attempt: int) -> bool:
+    """Whether a member's leader still runs the attempt the member joined."""
+    row = conn.execute(select(jobs.c.status, jobs.c.attempts).where(jobs.c.id == leader_id)).first()
+    return row is not None and row.status == RUNNING and row.attempts == attempt
+
+
 def heartbeat(
     conn: Connection,
     job_id: int,

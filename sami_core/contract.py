@@ -42,6 +42,8 @@ KNOWN_KINDS = STAGE_KINDS + DIAG_KINDS
 # The order in which an experiment's stage kinds run (what a submit checks devices for).
 EXPERIMENT_KINDS = ("generate", "train", "sample", "judge", "evaluate")
 CPU_TRAIN_PROCS = 2  # training ranks on a CPU-only caller (gloo)
+# The Slurm client commands a worker with `--executor slurm` runs (workers.slurm; `sami doctor` checks them).
+SLURM_COMMANDS = ("sbatch", "squeue", "scontrol", "scancel", "srun")
 
 # --- exit codes -------------------------------------------------------------------------------
 
@@ -58,6 +60,7 @@ METRICS_FILE = "metrics.jsonl"  # one JSON record per line, each with a "step"
 OUTPUTS_FILE = "outputs.json"  # written last, on success: what the stage produced
 EXIT_STATUS_FILE = "exit_status.json"  # written by a stage that fails knowing why
 LOG_FILE = "stage.log"  # the stage's stdout and stderr (written by the caller)
+SLURM_JOB_FILE = "slurm_job.json"  # the Slurm job running this stage (written by a Slurm executor)
 # What the stages produce (named in outputs.json too), read by other stages and by ingest.
 GENERATIONS_FILE = "generations.jsonl"  # generate: every sampled response, kept or not
 DATA_FILE = "data.jsonl"  # generate: the training data (kept queries)
@@ -70,7 +73,7 @@ CHECKPOINTS_DIR = "checkpoints"  # train: Hugging Face checkpoints (step-000032,
 FINAL_CHECKPOINT = "final"  # train: checkpoints/final links to the last one
 # Files the caller writes into a run directory before the stage starts; a fresh run
 # directory may already hold them.
-CALLER_FILES = (JOB_SPEC_FILE, LOG_FILE)
+CALLER_FILES = (JOB_SPEC_FILE, LOG_FILE, SLURM_JOB_FILE)
 
 
 class KindError(SamiError, ValueError):
@@ -84,15 +87,28 @@ def check_kind(kind: str) -> str:
 
 
 def build_command(kind: str, *, spec_path: Path, run_dir: Path, devices: Sequence[str],
-                  python: str = sys.executable) -> list[str]:
-    """The command line that runs one stage of ``kind`` on ``devices`` (GPU ids; empty = CPU)."""
+                  python: str = sys.executable, nodes: int = 1,
+                  rendezvous: tuple[str, str] | None = None, procs_per_node: int | None = None) -> list[str]:
+    """The command line that runs one stage of ``kind`` on ``devices`` (GPU ids; empty = CPU).
+
+    A train job over ``nodes`` > 1 machines runs this same line on each of them, all
+    joining one c10d rendezvous ``(endpoint host:port, rendezvous id)`` instead of
+    ``--standalone``; torchrun numbers the nodes as they join. ``procs_per_node``
+    overrides the ranks per node (default: one per GPU, else :data:`CPU_TRAIN_PROCS`)."""
     io = ["--spec", str(spec_path), "--run-dir", str(run_dir)]
     check_kind(kind)
     if kind == "sleep":
         return [python, "-m", "workers.diag", "sleep", *io]
     if kind == "train":
-        nproc = len(devices) or CPU_TRAIN_PROCS
-        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        nproc = procs_per_node or len(devices) or CPU_TRAIN_PROCS
+        if nodes > 1:
+            if rendezvous is None:
+                raise KindError(f"a train job over {nodes} nodes needs a rendezvous endpoint and id")
+            where = [f"--nnodes={nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={rendezvous[0]}",
+                     f"--rdzv_id={rendezvous[1]}"]
+        else:
+            where = ["--standalone"]
+        return [python, "-m", "torch.distributed.run", *where, f"--nproc_per_node={nproc}",
                 "-m", "sami_core", "train", *io]
     return [python, "-m", "sami_core", kind, *io]
 

@@ -18,7 +18,7 @@ from pydantic import Discriminator, Field, Tag, ValidationError, field_validator
 from sami_core.errors import SpecError
 from sami_core.spec import (ConstitutionSpec, DataSpec, FilterSpec, GenerateSpec, GenerationSpec, JudgeTemplateSpec,
                             LLMSpec, ModelSpec, PromptSpec, SampleSpec, StrictModel, TrainingSpec, _field_errors,
-                            check_prompt_task)
+                            check_endpoint, check_prompt_task)
 
 
 class SamplingSpec(StrictModel):
@@ -40,7 +40,17 @@ class SamplingSpec(StrictModel):
 
 class DevicesSpec(StrictModel):
     generate: int = Field(1, ge=0, description="GPUs per generate job (0 = CPU).")
-    train: int = Field(1, ge=0, description="GPUs per train job = torchrun processes (CPU-only workers run 2 with gloo).")
+    train: int = Field(1, ge=0, description="GPUs per train job = torchrun processes (CPU-only workers run 2 "
+                       "with gloo); per node when train_nodes > 1.")
+    train_nodes: int = Field(1, ge=1, le=1024, description="Machines a train job spans (torchrun --nnodes): one "
+                             "worker per node joins it (README: On a cluster), or one Slurm allocation of that many.")
+    train_rendezvous: str | None = Field(None, description="host:port of the nodes' c10d rendezvous; default: the "
+                                         "host of the worker that claims the job, port 29400 + job id % 1000.")
+
+    @field_validator("train_rendezvous")
+    @classmethod
+    def _rendezvous(cls, v: str | None) -> str | None:
+        return check_endpoint(v)
     sample: int = Field(1, ge=0, description="GPUs per sample job.")
     judge: int = Field(0, ge=0, description="GPUs per judge job (0 for an API judge; 1 for a local hf judge on GPU).")
     evaluate: int = Field(1, ge=0, description="GPUs per evaluate job (held-out MI).")

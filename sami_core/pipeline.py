@@ -97,6 +97,8 @@ def expand(exp: ExperimentSpec, runs_root: str | Path) -> list[JobPlan]:
                       "training": {**exp.training.model_dump(mode="json"), "seed": exp.training.seed + t}}
         if exp.training.beta > 0:
             train_spec["reference_model"] = base
+        if exp.devices.train_nodes > 1:
+            train_spec["launch"] = {"nodes": exp.devices.train_nodes, "endpoint": exp.devices.train_rendezvous}
         jobs.append(JobPlan(train_key, "train", _checked("train", train_spec, train_key), str(root / train_key),
                             [gen_key], exp.devices.train, t, f"iteration-{t}"))
         policy = {**base, "path": final_checkpoint(root / train_key)}
@@ -175,4 +177,6 @@ def judge_jobs(exp: ExperimentSpec, root: Path) -> list[JobPlan]:
 
 
 def _checked(kind: str, spec: dict, key: str) -> dict:
-    return validate_spec(kind, spec, source=f"job {key}").model_dump(mode="json")
+    model = validate_spec(kind, spec, source=f"job {key}")
+    # A one-node train job's spec reads as before (no `launch: null`).
+    return model.model_dump(mode="json", exclude={"launch"} if getattr(model, "launch", 0) is None else None)

@@ -396,6 +396,36 @@ class TrainingSpec(StrictModel):
         return self
 
 
+class LaunchSpec(StrictModel):
+    """How a train job is launched over several machines (torchrun's c10d rendezvous). Read
+    by the worker that launches it, not by the recipe: it is left out of the run
+    directory's fingerprint, so a run may resume on another number of nodes."""
+
+    nodes: int = Field(1, ge=1, le=1024, description="Machines (workers) the job trains on, each running its "
+                       "devices ranks: torchrun --nnodes.")
+    endpoint: str | None = Field(None, description="host:port of the rendezvous; default: the host of the worker "
+                                 "that claims the job, port 29400 + job id % 1000.")
+    procs_per_node: int | None = Field(None, ge=1, le=1024, description="Ranks per node (default: one per GPU "
+                                       "of the job, or 2 gloo ranks on a CPU node).")
+    member_of: int | None = Field(None, ge=1, description="Set by the queue on a member node's job: the job it "
+                                  "joins (the leader, node 0).")
+    attempt: int | None = Field(None, ge=1, description="Set with member_of: the leader's attempt it joins.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        return check_endpoint(v)
+
+
+def check_endpoint(v: str | None) -> str | None:
+    """A rendezvous endpoint ``host:port`` (None passes)."""
+    if v is not None:
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{v!r} is not host:port; e.g. node01:29400")
+    return v
+
+
 class TrainSpec(StrictModel):
     """Stage `train`: one SAMI iteration."""
 
@@ -403,6 +433,7 @@ class TrainSpec(StrictModel):
     reference_model: ModelSpec | None = Field(None, description="Frozen reference for the KL term; default = model.")
     data: TrainDataSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    launch: LaunchSpec | None = Field(None, description="Several nodes: see LaunchSpec (default: one node).")
 
 
 class SampleSpec(StrictModel):
@@ -633,7 +664,8 @@ def load_spec(kind: str, path: str | Path) -> StrictModel:
 
 def spec_fingerprint(spec: BaseModel) -> str:
     """A stable hash of a validated spec (defaults filled in), used to guard run dirs."""
-    canon = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    launch_only = {"launch"} if "launch" in type(spec).model_fields else None  # how, not what, it trains
+    canon = json.dumps(spec.model_dump(mode="json", exclude=launch_only), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 

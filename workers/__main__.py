@@ -2,6 +2,7 @@
 
     python -m workers [--devices 0,1] [--kinds train,generate] [--exit-when-idle]
                       [--lease-seconds S] [--poll-interval S] [--tick-interval S] ...
+                      [--executor slurm [--partition P] [--account A] [--time T] ...]
 
 It finds the workspace at ``$SAMI_HOME`` (default ``./.sami``) and the database at
 ``$SAMI_DATABASE_URL`` (default: the workspace's SQLite file). Exit codes: 0 = stopped
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-backoff", type=float, default=30.0,
                    help="seconds before a transiently failed job (exit 75: endpoint unreachable, timeout, rate "
                         "limit, hub offline) may run again; doubles per attempt, at most 600 (default 30)")
-    p.add_argument("--name", help="worker name (default host:pid)")
+    s = p.add_argument_group("executor", "where a claimed job's stage runs")
+    s.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="local: a child process on this host (default); slurm: a Slurm batch job submitted "
+                        "with sbatch (this host only claims, watches and relays; the run directories must be "
+                        "on a file system the compute nodes share, at the same path)")
+    s.add_argument("--partition", help="slurm: sbatch --partition")
+    s.add_argument("--account", help="slurm: sbatch --account")
+    s.add_argument("--time", help="slurm: sbatch --time, e.g. 4:00:00 (a job that runs out of time is retried "
+                                  "and resumes from its run directory)")
+    s.add_argument("--qos", help="slurm: sbatch --qos")
+    s.add_argument("--gpus-per-node", type=int, help="slurm: --gres=gpu:N per node (default: the GPUs the job "
+                                                     "needs on each node)")
+    s.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="slurm: one more sbatch argument, e.g. --sbatch-arg=--constraint=a100 (repeatable)")
+    p.add_argument("--name", help="worker name (default host:pid; with --executor slurm host:slurm, the name a "
+                                  "restarted worker adopts its running Slurm jobs by)")
     p.add_argument("--stats-file", type=Path, help="write claim latencies here on exit (benchmarks)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return p
@@ -80,15 +97,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = f"{', '.join(map(repr, bad))} is no GPU id" if bad else "a GPU is listed twice"
         parser.exit(2, f"sami worker: error: --devices {args.devices!r}: {what}; give GPU indices such as 0,1 "
                        f"(or GPU-/MIG- UUIDs; '' = CPU only)\n")
+    if args.executor == "slurm":
+        from workers.slurm import SlurmOptions, missing_commands
+
+        if missing := missing_commands():
+            parser.exit(2, f"sami worker: error: --executor slurm: {', '.join(missing)} not found on PATH; "
+                           "install Slurm's client commands here (or run `sami doctor --executor slurm`)\n")
+        if args.gpus_per_node is not None and args.gpus_per_node < 0:
+            parser.exit(2, "sami worker: error: --gpus-per-node must be >= 0\n")
+        if args.devices is None:
+            devices = []  # Slurm allocates the GPUs, not this host
+        bad_arg = [a for a in args.sbatch_arg if not a.startswith("-")]
+        if bad_arg:
+            parser.exit(2, f"sami worker: error: --sbatch-arg {bad_arg[0]!r}: give an sbatch option such as "
+                           "--sbatch-arg=--constraint=a100\n")
+        slurm_options = SlurmOptions(partition=args.partition, account=args.account, time=args.time, qos=args.qos,
+                                     gpus_per_node=args.gpus_per_node, extra=list(args.sbatch_arg))
+    else:
+        given = [f for f in ("partition", "account", "time", "qos", "gpus_per_node") if getattr(args, f) is not None]
+        if given or args.sbatch_arg:
+            flag = "--" + (given[0] if given else "sbatch_arg").replace("_", "-")
+            parser.exit(2, f"sami worker: error: {flag} is a Slurm option: add --executor slurm\n")
+        slurm_options = None
+    name = args.name or (f"{socket.gethostname()}:slurm" if args.executor == "slurm" else None)
     ws = Workspace.from_env()
     try:
         ws.create()
         config = WorkerConfig(
             devices=devices, kinds=kinds, lease_seconds=args.lease_seconds, poll_interval=args.poll_interval,
             tick_interval=args.tick_interval, kill_grace_s=args.kill_grace, exit_when_idle=args.exit_when_idle,
-            name=args.name, stats_file=args.stats_file, allow_remote_code=args.allow_remote_code,
-            retry_backoff_s=args.retry_backoff,
+            name=name, stats_file=args.stats_file, allow_remote_code=args.allow_remote_code,
+            retry_backoff_s=args.retry_backoff, executor=args.executor,
         )
+        if slurm_options is not None:
+            config.slurm = slurm_options
         return Worker(open_database(ws.database_url), ws, config, database_url=ws.database_url).run()
     except DBAPIError as err:
         first = str(err.orig or err).strip().splitlines()[0]

@@ -18,6 +18,17 @@ node to split its GPUs). The loop, in order:
 SIGTERM or SIGINT: stop claiming; a running job's tree is killed and the job handed
 back to the queue, its attempt not counted (db.queue.release); then exit.
 
+Beyond one machine (README, "On a cluster"):
+
+- ``--executor slurm``: step 3 submits the stage with sbatch instead (workers.slurm),
+  polls its state with scontrol every tick, cancels with scancel; on SIGTERM the Slurm
+  job runs on and the job row stays running, for this worker restarted under the same
+  name (:meth:`Worker._adopt`) or the next claimer to watch again.
+- A train job whose spec's ``launch.nodes`` is K > 1: the claiming worker (the leader)
+  queues K-1 member jobs (db.queue.enqueue_members) and runs torchrun with a c10d
+  rendezvous; a worker that claims a member joins it, relays progress only, ingests
+  nothing, and stops when the leader no longer runs the attempt it joined.
+
 The database may be busy or briefly unreachable: every operation retries
 (db.engine.transact); one that still fails is logged and tried again on the next
 round, so a locked database slows a worker down but never stops it.
@@ -44,10 +55,11 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db import ingest, queue
+from db.experiments import SLURM_CAPACITY, SLURM_DEVICES
 from db.engine import is_retryable, transact
 from db.workspace import Workspace, default_run_dir
 from sami_core import contract, launch
-from workers import relay
+from workers import relay, slurm
 from workers.diag import record_inline_execution, runs_inline
 
 log = logging.getLogger("sami.worker")
@@ -69,6 +81,13 @@ class WorkerConfig:
     allow_remote_code: bool = False  # run specs with trust_remote_code: true (the operator's choice)
     retry_backoff_s: float = 30.0  # a transient failure (exit 75) waits this, doubling per attempt
     retry_backoff_max_s: float = 600.0
+    executor: str = "local"  # "local": a child process group; "slurm": a Slurm batch job (workers.slurm)
+    slurm: slurm.SlurmOptions = field(default_factory=slurm.SlurmOptions)
+
+    @property
+    def capacity(self) -> int:
+        """GPUs a claimed job may need: this host's, or, with Slurm, any number (Slurm allocates)."""
+        return SLURM_CAPACITY if self.executor == "slurm" else len(self.devices)
 
 
 class Worker:
@@ -133,12 +152,15 @@ class Worker:
         cfg = self.config
         self.workspace.runs_dir.mkdir(parents=True, exist_ok=True)
         while self.id is None and not self.stopping:
+            registered = cfg.devices if cfg.executor == "local" else list(SLURM_DEVICES)
             self.id = self._db_or_none(lambda c: queue.register_worker(
-                c, name=self.name, host=self.host, pid=os.getpid(), devices=cfg.devices, kinds=cfg.kinds))
-        log.info("worker %s (%s) started: devices %s, kinds %s, lease %gs", self.id, self.name,
-                 ",".join(cfg.devices) or "none (CPU)", ",".join(cfg.kinds) if cfg.kinds else "all",
-                 cfg.lease_seconds)
+                c, name=self.name, host=self.host, pid=os.getpid(), devices=registered, kinds=cfg.kinds))
+        devices = "allocated by Slurm" if cfg.executor == "slurm" else ",".join(cfg.devices) or "none (CPU)"
+        log.info("worker %s (%s) started: devices %s, kinds %s, lease %gs", self.id, self.name, devices,
+                 ",".join(cfg.kinds) if cfg.kinds else "all", cfg.lease_seconds)
         try:
+            if cfg.executor == "slurm":
+                self._adopt()
             while not self.stopping:
                 try:
                     if not self._step():
@@ -154,6 +176,21 @@ class Worker:
             log.info("worker %s stopped after %d job(s)", self.id, self.jobs_done)
         return 0
 
+    def _adopt(self) -> None:
+        """Slurm executor, at start: take over the running jobs of this worker's earlier
+        incarnation (same name, stopped or silent), whose Slurm jobs ran on meanwhile,
+        and watch each again (its run directory names its Slurm job)."""
+        timeout = max(3 * self.config.lease_seconds, 30.0)
+        jobs = self._db_or_none(lambda c: queue.adopt(c, self.id, name=self.name,
+                                                      lease_seconds=self.config.lease_seconds, stale_s=timeout)) or []
+        for job in jobs:
+            log.info("job %d (%s): adopted from an earlier worker named %s", job.id, job.kind, self.name)
+        for job in jobs:
+            if self.stopping:
+                break
+            self._run_job(job)
+            self.jobs_done += 1
+
     def _step(self) -> bool:
         """One round: maintenance, then claim and run one job or idle. False = exit."""
         self._maintenance()
@@ -168,7 +205,7 @@ class Worker:
             return True
         if self.config.exit_when_idle:
             pending = self._db_or_none(lambda c: queue.has_pending_work(
-                c, devices=len(self.config.devices), kinds=self.config.kinds), write=False)
+                c, devices=self.config.capacity, kinds=self.config.kinds), write=False)
             if pending is False:
                 log.info("no work left: exiting (--exit-when-idle)")
                 return False
@@ -198,7 +235,7 @@ class Worker:
         def claim(conn: Connection) -> Row | None:
             if deferred is not None:
                 queue.succeed(conn, deferred, self.id)
-            return queue.claim(conn, self.id, devices=len(self.config.devices), kinds=self.config.kinds,
+            return queue.claim(conn, self.id, devices=self.config.capacity, kinds=self.config.kinds,
                                lease_seconds=self.config.lease_seconds)
 
         t0 = time.perf_counter()
@@ -251,17 +288,49 @@ class Worker:
             return
         log.info("job %d (%s) claimed: attempt %d of %d, run dir %s", job.id, job.kind, job.attempts,
                  job.max_attempts, run_dir)
+        launch_spec = (spec.get("launch") or {}) if job.kind == "train" else {}
+        member_of = launch_spec.get("member_of")  # a member node of another (the leader's) train job
+        members: list[int] = []
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             spec_path = run_dir / contract.JOB_SPEC_FILE
-            _write_json_atomic(spec_path, spec)
-            (run_dir / contract.EXIT_STATUS_FILE).unlink(missing_ok=True)  # an earlier attempt's
+            if member_of is None:  # a member runs the leader's job_spec.json, in the leader's run dir
+                _write_json_atomic(spec_path, spec)
+                (run_dir / contract.EXIT_STATUS_FILE).unlink(missing_ok=True)  # an earlier attempt's
             devices = self.config.devices[: job.devices_required]
-            cmd = contract.build_command(job.kind, spec_path=spec_path, run_dir=run_dir, devices=devices)
+            if self.config.executor == "slurm":
+                if member_of is not None:
+                    raise contract.KindError(f"a member node of job {member_of} (launched by a local worker) "
+                                             "cannot run under Slurm; run local workers on the other nodes")
+                self._run_slurm(job, spec, run_dir, spec_path)
+                return
+            nodes = int(launch_spec.get("nodes") or 1)
+            rendezvous = None
+            if nodes > 1 and member_of is None:
+                endpoint = launch_spec.get("endpoint") or f"{self.host}:{slurm.RDZV_PORT_BASE + job.id % 1000}"
+                rendezvous = (endpoint, f"sami-{job.id}-{job.attempts}")
+                members = self._db_until_done(lambda c: queue.enqueue_members(
+                    c, job, spec, nodes=nodes, endpoint=endpoint)) or []
+                log.info("job %d: node 0 of %d, rendezvous at %s; member jobs %s queued for the other nodes",
+                         job.id, nodes, endpoint, members)
+            elif nodes > 1:
+                rendezvous = (launch_spec["endpoint"], f"sami-{member_of}-{launch_spec.get('attempt')}")
+            cmd = contract.build_command(job.kind, spec_path=spec_path, run_dir=run_dir, devices=devices,
+                                         nodes=nodes, rendezvous=rendezvous,
+                                         procs_per_node=launch_spec.get("procs_per_node"))
         except (OSError, contract.KindError) as err:
             self._finish_failure(job, f"could not start: {err}", exit_code=None)
             return
+        try:
+            self._run_local(job, cmd, run_dir, devices, member_of=member_of,
+                            leader_attempt=launch_spec.get("attempt"))
+        finally:
+            if members:  # the leader ended: members that never started are not needed any more
+                self._db_or_none(lambda c: [queue.cancel(c, m) for m in members])
 
+    def _run_local(self, job: Row, cmd: list[str], run_dir: Path, devices: list[str], *,
+                   member_of: int | None = None, leader_attempt: int | None = None) -> None:
+        """Run the stage as a child process group on this host and see it through."""
         # Processes of earlier attempts of this job on this host (their worker died, and
         # a stage that ignores its parent-death signal, or its helpers, live on).
         leftovers = launch.tree_pids(None, key=launch.job_key(self.database_url, job.id))
@@ -286,9 +355,17 @@ class Worker:
             except OSError as err:
                 self._finish_failure(job, f"could not start: {err}", exit_code=None)
                 return
-        reader = relay.RunDirReader(run_dir, job.metrics_offset or 0)
-        outcome = self._watch(job, proc, reader)
+        reader = relay.RunDirReader(run_dir, job.metrics_offset or 0, metrics=member_of is None)
+        leader = (member_of, leader_attempt) if member_of is not None else None
+        outcome = self._watch(job, proc, reader, leader=leader)
 
+        if outcome == "leader":
+            survivors = launch.kill_tree(proc, key=key, grace_s=self.config.kill_grace_s)
+            note = f"its leader, job {member_of}, no longer runs the attempt it joined; node stopped"
+            _append_log(log_path, f"=== {_iso_now()} worker {self.name}: job {job.id}: {note}\n")
+            self._db_until_done(lambda c: queue.mark_cancelled(c, job.id, self.id, note=note))
+            log.info("job %d: %s%s", job.id, note, f" (survivors {sorted(survivors)})" if survivors else "")
+            return
         if outcome in ("cancel", "lost", "stop"):
             survivors = launch.kill_tree(proc, key=key, grace_s=self.config.kill_grace_s)
             gone = "process tree killed" if not survivors else f"processes still alive: {sorted(survivors)}"
@@ -309,24 +386,34 @@ class Worker:
         if strays:
             log.error("job %d: processes left after the stage exited survive: %s", job.id, sorted(strays))
         self._tick(job, reader)  # the stage's last progress and metrics
-        if rc == 0:
+        if rc == 0 and member_of is not None:  # the leader ingests the outputs
+            self._db_until_done(lambda c: queue.succeed(c, job.id, self.id))
+            log.info("job %d (a node of job %d) succeeded", job.id, member_of)
+        elif rc == 0:
             self._finish_success(job, run_dir)
         else:
-            tail = relay.redact(relay.log_tail(log_path, start_offset))
-            what = f"exit code {rc}" if rc > 0 else f"killed by {_signame(-rc)}"
-            if rc == contract.EXIT_BAD_INPUT:
-                what += ": bad input, not retried; fix the spec and enqueue it again"
-            why = f": {relay.redact(str(recorded['reason']))}" if recorded and recorded.get("reason") else ""
-            transient = rc == contract.EXIT_TRANSIENT
-            if transient:
-                delay = self.retry_delay_s(job.attempts)
-                what += f": transient, retried after {delay:g} s while attempts are left"
-            self._finish_failure(job, f"stage failed ({what}){why}; last lines of stage.log:\n{tail}",
-                                 exit_code=rc, transient=transient)
+            self._stage_failed(job, rc, recorded, log_path, start_offset)
 
-    def _watch(self, job: Row, proc: subprocess.Popen, reader: relay.RunDirReader) -> str:
+    def _stage_failed(self, job: Row, rc: int, recorded: dict | None, log_path: Path, start_offset: int,
+                      note: str = "") -> None:
+        """Record a stage's failure: its exit code (or signal), its own reason, the log's tail."""
+        tail = relay.redact(relay.log_tail(log_path, start_offset))
+        what = note or (f"exit code {rc}" if rc > 0 else f"killed by {_signame(-rc)}")
+        if rc == contract.EXIT_BAD_INPUT:
+            what += ": bad input, not retried; fix the spec and enqueue it again"
+        why = f": {relay.redact(str(recorded['reason']))}" if recorded and recorded.get("reason") else ""
+        transient = rc == contract.EXIT_TRANSIENT
+        if transient:
+            delay = self.retry_delay_s(job.attempts)
+            what += f": transient, retried after {delay:g} s while attempts are left"
+        self._finish_failure(job, f"stage failed ({what}){why}; last lines of stage.log:\n{tail}",
+                             exit_code=rc, transient=transient)
+
+    def _watch(self, job: Row, proc: subprocess.Popen, reader: relay.RunDirReader,
+               leader: tuple[int, int | None] | None = None) -> str:
         """Wait for the stage; heartbeat and relay every tick. Returns "exited",
-        "cancel", "lost" or "stop"."""
+        "cancel", "lost", "stop", or, for a member node (``leader`` = its leader's job id
+        and attempt), "leader" when the leader no longer runs that attempt."""
         next_tick = time.monotonic()
         first = True
         while True:
@@ -338,14 +425,136 @@ class Worker:
             if self.stopping:
                 return "stop"
             if time.monotonic() >= next_tick:
-                reply = self._tick(job, reader, pid=proc.pid if first else None)
+                reply = self._tick(job, reader, pid=proc.pid if first else None, leader=leader)
                 first = first and reply is None  # the pid is stored with the first tick that lands
-                if reply in ("cancel", "lost"):
+                if reply in ("cancel", "lost", "leader"):
                     return reply
                 next_tick = time.monotonic() + self.config.tick_interval
                 self._maintenance()
 
-    def _tick(self, job: Row, reader: relay.RunDirReader, pid: int | None = None) -> str | None:
+    # --- the Slurm executor (workers.slurm) -----------------------------------------------
+
+    def _run_slurm(self, job: Row, spec: dict, run_dir: Path, spec_path: Path) -> None:
+        """Run one claimed (or adopted) job as a Slurm batch job and see it through:
+        submit it, or watch again the Slurm job its run directory names when that one is
+        still pending or running (or finished within this very attempt); heartbeat and
+        relay every tick; cancel = scancel. On SIGTERM the Slurm job runs on: the job row
+        stays running, and this worker restarted under the same name (or, once the lease
+        expired, whoever claims the job) takes it up again."""
+        log_path = run_dir / contract.LOG_FILE
+        slurm_id = None
+        record = slurm.read_record(run_dir)
+        if record is not None:
+            try:
+                st = slurm.state(record["slurm_job_id"])
+            except slurm.SlurmError as err:
+                log.warning("job %d: cannot ask Slurm about job %s: %s", job.id, record["slurm_job_id"], err)
+                st = None
+            if st is not None and (st.active or record.get("attempt") == job.attempts):
+                slurm_id = record["slurm_job_id"]
+                log.info("job %d: watching its Slurm job %s again (%s)", job.id, slurm_id, st.state)
+                if record.get("attempt") != job.attempts:
+                    slurm.write_record(run_dir, slurm_id, job.attempts)
+        start_offset = log_path.stat().st_size if log_path.exists() else 0
+        if slurm_id is None:
+            nodes = slurm.nodes_of(job.kind, spec)
+            gpus = self.config.slurm.gpus_per_node if self.config.slurm.gpus_per_node is not None \
+                else job.devices_required  # per node
+            cmd = contract.build_command(job.kind, spec_path=spec_path, run_dir=run_dir, devices=["0"] * gpus,
+                                         procs_per_node=(spec.get("launch") or {}).get("procs_per_node"))
+            key = launch.job_key(self.database_url, job.id, job.attempts)
+            extra_env = {launch.JOB_KEY_ENV: key, "PYTHONUNBUFFERED": "1",
+                         "PYTHONPATH": launch.child_env(key, None)["PYTHONPATH"],  # this project first
+                         **contract.stage_env(job.kind, ["0"] * gpus)}
+            if gpus == 0:
+                extra_env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU job sees no GPU, as with a local worker
+            script = slurm.batch_script(cmd, kind=job.kind, job_id=job.id, nodes=nodes, gpus=gpus, env=extra_env)
+            args = slurm.sbatch_args(self.config.slurm, job_id=job.id, kind=job.kind,
+                                     devices_required=job.devices_required, nodes=nodes, run_dir=run_dir,
+                                     workdir=self.workspace.home)
+            _append_log(log_path, f"=== {_iso_now()} worker {self.name}: job {job.id} ({job.kind}), attempt "
+                                  f"{job.attempts} of {job.max_attempts}\n=== $ sbatch {shlex.join(args)}\n")
+            start_offset = log_path.stat().st_size
+            env = {k: v for k, v in os.environ.items() if not (gpus and k == "CUDA_VISIBLE_DEVICES")}
+            try:
+                slurm_id = slurm.submit(script, args, env)
+            except slurm.SlurmError as err:
+                self._finish_failure(job, f"could not submit to Slurm: {err}", exit_code=None, transient=True)
+                return
+            slurm.write_record(run_dir, slurm_id, job.attempts)
+            log.info("job %d (%s): submitted as Slurm job %s (%d node(s), %d GPU(s) per node)",
+                     job.id, job.kind, slurm_id, nodes, gpus)
+
+        reader = relay.RunDirReader(run_dir, job.metrics_offset or 0)
+        st, outcome = self._watch_slurm(job, slurm_id, reader)
+        if outcome == "stop":
+            log.info("job %d: worker stopping; Slurm job %s runs on (a restarted worker named %s adopts it)",
+                     job.id, slurm_id, self.name)
+            return
+        if outcome == "lost":
+            log.warning("job %d is no longer ours (lease expired); its Slurm job %s is left to whoever claims it",
+                        job.id, slurm_id)
+            return
+        if outcome == "cancel":
+            try:
+                slurm.cancel(slurm_id)
+                st = slurm.wait_finished(slurm_id, timeout_s=max(30.0, 10 * self.config.kill_grace_s))
+                gone = f"scancel {slurm_id}: {st.state if st else 'gone'}"
+            except slurm.SlurmError as err:
+                gone = f"scancel {slurm_id} failed: {err}"
+            _append_log(log_path, f"=== {_iso_now()} worker {self.name}: cancel: {gone}\n")
+            self._db_until_done(lambda c: queue.mark_cancelled(c, job.id, self.id,
+                                                               note=f"cancelled while running: {gone}"))
+            log.info("job %d cancelled (%s)", job.id, gone)
+            return
+        self._tick(job, reader)  # the stage's last progress and metrics
+        if st is None:
+            self._stage_failed(job, contract.EXIT_TRANSIENT, None, log_path, start_offset,
+                               note=f"Slurm job {slurm_id} is unknown to scontrol and sacct")
+            return
+        if st.state == "COMPLETED" and st.exit_code == 0:
+            self._finish_success(job, run_dir)
+            return
+        if st.state in slurm.TRANSIENT_STATES:
+            rc, recorded, note = contract.EXIT_TRANSIENT, None, f"Slurm job {slurm_id} ended {st.state}"
+        elif st.state == "CANCELLED":
+            rc, recorded, note = 1, None, f"Slurm job {slurm_id} was cancelled outside sami (scancel?)"
+        else:
+            raw = -st.signal if st.signal and not st.exit_code else (st.exit_code if st.exit_code else 1)
+            rc, recorded = contract.stage_exit_code(raw, run_dir)
+            note = f"Slurm job {slurm_id} {st.state}, exit code {rc}" if rc >= 0 else \
+                f"Slurm job {slurm_id} {st.state}, killed by {_signame(-rc)}"
+        self._stage_failed(job, rc, recorded, log_path, start_offset, note=note)
+
+    def _watch_slurm(self, job: Row, slurm_id: str, reader: relay.RunDirReader
+                     ) -> tuple[slurm.SlurmState | None, str]:
+        """Poll the Slurm job and heartbeat every tick until it leaves the active states.
+        Returns (its last state, "exited" | "cancel" | "lost" | "stop"). A job Slurm does
+        not know for a whole lease counts as ended (state None)."""
+        unknown_since: float | None = None
+        st: slurm.SlurmState | None = None
+        while True:
+            if self.stopping:
+                return st, "stop"
+            try:
+                st = slurm.state(slurm_id)
+            except slurm.SlurmError as err:  # the controller is busy or down: the job may be fine
+                log.warning("job %d: %s", job.id, err)
+                st = slurm.SlurmState("UNKNOWN")
+            if st is None:
+                unknown_since = unknown_since or time.monotonic()
+                if time.monotonic() - unknown_since > self.config.lease_seconds:
+                    return None, "exited"
+            elif st.state != "UNKNOWN" and not st.active:
+                return st, "exited"
+            reply = self._tick(job, reader)
+            if reply in ("cancel", "lost"):
+                return st, reply
+            self._maintenance()
+            self._sleep(self.config.tick_interval)
+
+    def _tick(self, job: Row, reader: relay.RunDirReader, pid: int | None = None,
+              leader: tuple[int, int | None] | None = None) -> str | None:
         """Renew the lease, store progress and new metrics: one transaction. Returns the
         heartbeat's reply, or None if the database could not be reached this time (the
         lease outlives a few missed ticks)."""
@@ -365,6 +574,8 @@ class Worker:
                     log.warning("job %s: skipping %d metrics records the database refused: %s",
                                 job.id, len(records), str(err).splitlines()[0][:300])
                 ingest.set_metrics_offset(conn, job.id, offset)
+            if reply == "ok" and leader is not None and not queue.leader_running(conn, leader[0], leader[1] or 0):
+                return "leader"
             return reply
 
         reply = self._db_or_none(write, deadline_s=max(5.0, 3 * self.config.tick_interval))

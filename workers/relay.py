@@ -41,9 +41,10 @@ _MAX_METRICS_CHUNK = 4 << 20  # bytes read per poll; the rest waits for the next
 class RunDirReader:
     """Incremental reader of one attempt's run directory."""
 
-    def __init__(self, run_dir: Path, metrics_offset: int = 0) -> None:
+    def __init__(self, run_dir: Path, metrics_offset: int = 0, *, metrics: bool = True) -> None:
         self.run_dir = run_dir
         self.metrics_offset = metrics_offset
+        self.metrics = metrics  # False: progress only (a member node's job: the leader relays the metrics)
         self._progress_sig: tuple[int, int] | None = None
         self._metrics_inode: int | None = None
         self._first: tuple[float, int] | None = None  # (time, done) when first seen: for the ETA
@@ -98,6 +99,8 @@ class RunDirReader:
         try:
             st = path.stat()
         except FileNotFoundError:
+            return [], self.metrics_offset
+        if not self.metrics:
             return [], self.metrics_offset
         size = st.st_size
         if self._metrics_inode is not None and st.st_ino != self._metrics_inode:

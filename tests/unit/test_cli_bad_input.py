@@ -59,6 +59,7 @@ ARGS = {
     "cancel": ["1"], "retry": ["1"], "logs": ["1"], "workers": [], "import-results": ["--shipped"],
     "sources": [], "judge": ["--candidate", "1", "--baseline", "2"], "winrates": [], "summary": [],
     "export": ["responses", "--out", "x.csv"], "import-training-data": ["missing.json", "--n", "2"], "ui": [],
+    "doctor": [],
 }
 # Further flag usages that reach the database: a clone with an override, a sweep (the
 # test writes sweep.yaml: the demo with a `sweep` section).
