@@ -30,6 +30,11 @@ ADAPTER_NAME = "default"  # peft's name for a model's one adapter
 _PEFT_PREFIX = "base_model.model."  # what peft puts before the wrapped model's parameter names
 
 
+def _field_error(path: str, reason: str) -> SpecError:
+    """Bad input found while building the model: the message names the field, as a spec error does."""
+    return SpecError(errors=[(path, reason)])
+
+
 def _require_peft():
     try:
         import peft
@@ -52,8 +57,8 @@ def check_targets(model: torch.nn.Module, spec: LoraSpec) -> None:
     have = linear_names(model)
     missing = [t for t in spec.target_modules if t.rsplit(".", 1)[-1] not in have]
     if missing:
-        raise SpecError(f"{missing[0]!r} is not a linear layer of {type(model).__name__}; its linear layers are "
-                        f"{', '.join(have)} (or use all-linear)", path="training.lora.target_modules")
+        raise _field_error("training.lora.target_modules", f"{missing[0]!r} is not a linear layer of "
+                           f"{type(model).__name__}; its linear layers are {', '.join(have)} (or use all-linear)")
 
 
 def add_adapter(model: torch.nn.Module, spec: LoraSpec, seed: int):
@@ -73,12 +78,13 @@ def add_adapter(model: torch.nn.Module, spec: LoraSpec, seed: int):
         wrapped = peft.get_peft_model(model, config)
     lora_layers = [(n, m) for n, m in wrapped.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
     if not lora_layers:
-        raise SpecError(f"no layer of {type(model).__name__} matches {spec.target_modules}; its linear layers are "
-                        f"{', '.join(linear_names(model))}", path="training.lora.target_modules")
+        raise _field_error("training.lora.target_modules", f"no layer of {type(model).__name__} matches "
+                           f"{spec.target_modules}; its linear layers are {', '.join(linear_names(model))}")
     for name, layer in lora_layers:
         if not isinstance(layer.get_base_layer(), torch.nn.Linear):
-            raise SpecError(f"{name} is a {type(layer.get_base_layer()).__name__}, not a linear layer; only linear "
-                            "layers take adapters here: name linear ones", path="training.lora.target_modules")
+            raise _field_error("training.lora.target_modules", f"{name} is a "
+                               f"{type(layer.get_base_layer()).__name__}, not a linear layer; only linear layers "
+                               "take adapters here: name linear ones")
     return wrapped
 
 
@@ -110,13 +116,13 @@ def load_adapter_weights(wrapped, adapter: Path) -> None:
     saved = json.loads((adapter / "adapter_config.json").read_text())
     ours = wrapped.peft_config[ADAPTER_NAME]
     if saved.get("r") != ours.r or float(saved.get("lora_alpha", 0)) != float(ours.lora_alpha):
-        raise SpecError(f"the adapter to continue ({adapter}) has r={saved.get('r')}, alpha={saved.get('lora_alpha')}; "
-                        f"the spec asks r={ours.r}, alpha={ours.lora_alpha}: give the same, or set "
-                        "continue_adapter: false", path="training.lora")
+        raise _field_error("training.lora", f"the adapter to continue ({adapter}) has r={saved.get('r')}, "
+                           f"alpha={saved.get('lora_alpha')}; the spec asks r={ours.r}, alpha={ours.lora_alpha}: "
+                           "give the same, or set continue_adapter: false")
     if sorted(saved.get("target_modules") or []) != sorted(ours.target_modules or []):
-        raise SpecError(f"the adapter to continue ({adapter}) adapts {sorted(saved.get('target_modules') or [])}, "
-                        f"the spec {sorted(ours.target_modules or [])}: give the same, or set continue_adapter: false",
-                        path="training.lora.target_modules")
+        raise _field_error("training.lora.target_modules", f"the adapter to continue ({adapter}) adapts "
+                           f"{sorted(saved.get('target_modules') or [])}, the spec "
+                           f"{sorted(ours.target_modules or [])}: give the same, or set continue_adapter: false")
     weights = load_file(adapter / "adapter_model.safetensors")
     result = peft.set_peft_model_state_dict(wrapped, weights, adapter_name=ADAPTER_NAME)
     unexpected = list(getattr(result, "unexpected_keys", []) or [])

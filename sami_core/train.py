@@ -359,7 +359,9 @@ class SamiTrainer:
         from sami_core.lora import add_adapter, load_adapter_weights, scalings
 
         wrapped = add_adapter(model, self.cfg.lora, self.cfg.seed)
-        wrapped.peft_config["default"].base_model_name_or_path = base_path  # recorded in adapter/
+        # Recorded in adapter/ for continue_adapter: a local folder as an absolute path.
+        recorded = os.path.abspath(base_path) if Path(base_path).is_dir() else base_path
+        wrapped.peft_config["default"].base_model_name_or_path = recorded
         if adapter is not None:
             load_adapter_weights(wrapped, adapter)
         self.lora_scale = scalings(wrapped)
