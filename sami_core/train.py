@@ -11,6 +11,11 @@ needs the model, the optimizer, the scheduler, the step and the RNG. A run kille
 restarted on its run directory continues from the last state to the same final step;
 metrics after that state are dropped and recomputed.
 
+With ``training.lora`` the model is wrapped with peft LoRA adapters before it is sharded
+(:mod:`sami_core.lora`): only the adapters train, the KL reference is the same model with
+its adapters off, checkpoints hold the merged model and ``adapter/``, and the resumable
+state holds the adapters only.
+
 Per optimizer step each process consumes ``grad_accum × queries_per_microbatch``
 queries; the loss of each micro-batch is ``sami_loss(L) + beta · KL`` divided by
 ``grad_accum`` (FSDP averages gradients over processes).
