@@ -16,6 +16,7 @@ processes, FSDP2, the demo model.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -83,7 +84,7 @@ def test_lora_trains_only_the_adapters_and_merges_exactly(lora_run: SimpleNamesp
             assert torch.equal(merged_sd[k], base_sd[k]), k  # frozen: never updated
 
     config = json.loads((final / "adapter" / "adapter_config.json").read_text())
-    assert config["r"] == 4 and config["base_model_name_or_path"] == str(demo_model_dir)
+    assert config["r"] == 4 and config["base_model_name_or_path"] == os.path.abspath(demo_model_dir)
     peft_model = PeftModel.from_pretrained(base, final / "adapter")
     ids = torch.randint(3, 4000, (2, 48), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -143,14 +144,15 @@ def train_once(spec: Path, run_dir: Path) -> tuple[str, dict]:
 def test_next_iteration_continues_the_adapter_or_adapts_the_merged_model(lora_run: SimpleNamespace,
                                                                          demo_model_dir: Path):
     final = lora_run.run_dir / "checkpoints" / "final"
+    base = os.path.abspath(demo_model_dir)  # how the adapter records a local base model
     one_step = {"max_steps": 1, "save_every": 1, "warmup_steps": 0, "beta": 0.1}
     cont = lora_spec(lora_run.tmp, str(final), lora_run.data, {"continue_adapter": True}, **one_step)
     fresh = lora_spec(lora_run.tmp, str(final), lora_run.data, {"continue_adapter": False}, **one_step)
     log_c, m_c = train_once(cont, lora_run.tmp / "continued")
     log_f, m_f = train_once(fresh, lora_run.tmp / "fresh")
 
-    assert f"continuing the adapter of {final} on its base model {demo_model_dir}" in log_c
-    assert f"reading the weights of {demo_model_dir}" in log_c
+    assert f"continuing the adapter of {final} on its base model {base}" in log_c
+    assert f"reading the weights of {base}" in log_c
     assert f"reading the weights of {final}" in log_f
     # the same function at the start: base + adapter = the merged model
     assert m_c["loss"] == pytest.approx(m_f["loss"], abs=1e-4)
@@ -158,7 +160,7 @@ def test_next_iteration_continues_the_adapter_or_adapts_the_merged_model(lora_ru
     assert abs(m_c["kl"]) > 1e-4 and m_f["kl"] == pytest.approx(0.0, abs=1e-6)
     bases = [json.loads((lora_run.tmp / d / "checkpoints/final/adapter/adapter_config.json").read_text())
              ["base_model_name_or_path"] for d in ("continued", "fresh")]
-    assert bases == [str(demo_model_dir), str(final)]
+    assert bases == [base, os.path.abspath(final)]
 
 
 def test_a_target_module_the_model_lacks_exits_as_bad_input(tmp_path: Path, demo_model_dir: Path):
