@@ -70,6 +70,7 @@ MI_FILE = "mi.jsonl"  # evaluate: one N×N log-prob matrix per (query, scoring m
 WINRATES_FILE = "winrates.json"  # judge: the run's own win-rate table
 CONSTITUTION_FILE = "constitution.json"  # write_constitution: the drafted principles
 CHECKPOINTS_DIR = "checkpoints"  # train: Hugging Face checkpoints (step-000032, ..., final)
+ADAPTER_DIR = "adapter"  # train with LoRA: in each checkpoint, the adapter in peft format (beside the merged model)
 FINAL_CHECKPOINT = "final"  # train: checkpoints/final links to the last one
 # Files the caller writes into a run directory before the stage starts; a fresh run
 # directory may already hold them.

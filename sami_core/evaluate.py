@@ -74,7 +74,7 @@ def run_evaluate(spec: EvaluateSpec, run_dir: str | Path) -> dict:
 
     # 1. queries and variants -------------------------------------------------------------
     backend = choose_backend(spec.generation)
-    model, tokenizer = load_for_generation(spec.model, backend)
+    model, tokenizer = load_for_generation(spec.model, backend, spec.generation)
     build = prompt_builder(spec, model, tokenizer)
     items = variant_items(queries, constitution, n, spec.variant_seed, spec.shuffle_principles, build)
 

@@ -134,6 +134,15 @@ class ExperimentSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _lora_iterations(self) -> "ExperimentSpec":
+        lora = self.training.lora
+        if lora is not None and lora.continue_adapter and self.train_from == "base":
+            raise ValueError("training.lora.continue_adapter: every iteration trains from the base model "
+                             "(train_from: base), so there is no adapter to continue; set train_from: previous "
+                             "or continue_adapter: false")
+        return self
+
+    @model_validator(mode="after")
     def _judge_baselines(self) -> "ExperimentSpec":
         if self.judge is None:
             return self

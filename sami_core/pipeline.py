@@ -28,7 +28,7 @@ from pathlib import Path
 
 from sami_core.contract import CHECKPOINTS_DIR, FINAL_CHECKPOINT
 from sami_core.experiment_spec import ExperimentSpec, resolve_experiment_judge
-from sami_core.spec import validate_spec
+from sami_core.spec import VLLM_OPTIONS, validate_spec
 
 
 @dataclass
@@ -60,7 +60,7 @@ def expand(exp: ExperimentSpec, runs_root: str | Path) -> list[JobPlan]:
               "prompts": exp.prompts.model_dump(mode="json"), "max_prompt_tokens": exp.max_prompt_tokens}
     s = exp.sampling
     sample_gen = {"temperature": 0.0, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
-                  "batch_size": s.batch_size, "seed": s.seed, "backend": exp.generation.backend}
+                  "batch_size": s.batch_size, "seed": s.seed, **engine_options(exp)}
 
     def sample_job(key: str, model: dict, deps: list[str], iteration: int, label: str) -> JobPlan:
         spec = {**common, "model": model, "split": "eval", "limit": s.limit, "temperatures": s.temperatures,
@@ -95,7 +95,7 @@ def expand(exp: ExperimentSpec, runs_root: str | Path) -> list[JobPlan]:
         init = policy if exp.train_from == "previous" else base
         train_spec = {"model": init, "data": {"path": str(root / gen_key)},
                       "training": {**exp.training.model_dump(mode="json"), "seed": exp.training.seed + t}}
-        if exp.training.beta > 0:
+        if exp.training.beta > 0 and exp.training.lora is None:  # LoRA: the reference is the adapters switched off
             train_spec["reference_model"] = base
         if exp.devices.train_nodes > 1:
             train_spec["launch"] = {"nodes": exp.devices.train_nodes, "endpoint": exp.devices.train_rendezvous}
@@ -127,7 +127,7 @@ def evaluate_job(exp: ExperimentSpec, root: Path, key: str, model: dict, label: 
             "n_constitutions": exp.n_constitutions, "shuffle_principles": exp.shuffle_principles,
             "variant_seed": ev.variant_seed,
             "generation": {"temperature": ev.temperature, "max_new_tokens": ev.max_new_tokens,
-                           "batch_size": ev.batch_size, "seed": ev.seed, "backend": exp.generation.backend},
+                           "batch_size": ev.batch_size, "seed": ev.seed, **engine_options(exp)},
             "reduction": exp.training.reduction, "append_eos": exp.training.append_eos,
             "logprob_impl": exp.training.logprob_impl, "score_batch_size": ev.score_batch_size,
             "score_models": [{"model": exp.model.model_dump(mode="json"), "label": "base"}]
@@ -135,6 +135,13 @@ def evaluate_job(exp: ExperimentSpec, root: Path, key: str, model: dict, label: 
             "n_boot": ev.n_boot, "seed": ev.seed}
     return JobPlan(key, "evaluate", _checked("evaluate", spec, key), str(root / key), deps,
                    exp.devices.evaluate, iteration, label)
+
+
+def engine_options(exp: ExperimentSpec) -> dict:
+    """The experiment's generation backend and vLLM engine options, which its sample and
+    evaluate jobs share with its generate jobs (unset ones left out)."""
+    gen = exp.generation.model_dump(mode="json")
+    return {k: gen[k] for k in ("backend", *VLLM_OPTIONS) if k in gen}
 
 
 def _iteration_of(label: str) -> int | None:

@@ -231,6 +231,9 @@ class ConstitutionSpec(StrictModel):
         return data
 
 
+VLLM_OPTIONS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len")
+
+
 class GenerationSpec(StrictModel):
     temperature: float = Field(1.0, ge=0.0, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -240,6 +243,37 @@ class GenerationSpec(StrictModel):
     backend: Literal["auto", "transformers", "vllm"] = Field(
         "auto", description="auto = vLLM when installed (and on CUDA), else transformers."
     )
+    # vLLM engine options for large models (used only where generation runs on vLLM).
+    tensor_parallel_size: int | None = Field(
+        None, ge=1, description="vLLM: GPUs one model is split over (e.g. 8 for a 70B model on one node); "
+        "default: vLLM's (1)."
+    )
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0.0, le=1.0, description="vLLM: share of each GPU's memory the engine may take (weights + KV "
+        "cache), in (0, 1]; default: vLLM's (0.9)."
+    )
+    max_model_len: int | None = Field(
+        None, ge=1, description="vLLM: longest sequence (prompt + response) the engine plans its KV cache for; "
+        "lower it when a long-context model's KV cache does not fit. Default: the model's."
+    )
+
+    @model_validator(mode="after")
+    def _vllm_options(self) -> "GenerationSpec":
+        given = [k for k in VLLM_OPTIONS if getattr(self, k) is not None]
+        if given and self.backend == "transformers":
+            raise ValueError(f"{given[0]}: a vLLM engine option, but backend is 'transformers'; set backend to "
+                             "'vllm' (or 'auto') or remove it")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict:
+        """vLLM options left unset are not dumped: spec fingerprints of run directories
+        made before they existed still match, so those runs resume."""
+        data = handler(self)
+        for key in VLLM_OPTIONS:
+            if data.get(key, 0) is None:
+                data.pop(key)
+        return data
 
 
 class FilterSpec(StrictModel):
@@ -341,6 +375,35 @@ class TrainDataSpec(StrictModel):
     path: str = Field(..., description="A generate run directory or its data.jsonl.")
 
 
+class LoraSpec(StrictModel):
+    """LoRA adapters (peft) instead of full fine-tuning: only the adapters train, under
+    FSDP2 like the full model; every checkpoint holds the adapter (`adapter/`, peft format)
+    and the merged model (Hugging Face format, what the other stages load)."""
+
+    r: int = Field(16, ge=1, description="Rank of each adapter (the low-rank update B·A has rank <= r).")
+    alpha: float = Field(32.0, gt=0.0, description="Scale: the update added to a weight is (alpha / r)·B·A.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapters' input (0 = none).")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Names of the linear layers that get adapters (the last part of the module "
+        "name, e.g. [q_proj, k_proj, v_proj, o_proj]); all-linear = every linear layer but the output head.",
+    )
+    continue_adapter: bool = Field(
+        False, description="When model.path is a LoRA checkpoint of an earlier run (it has `adapter/`), keep "
+        "training that adapter on its base model; false = a fresh adapter on the merged model. A model "
+        "without `adapter/` (the first iteration) always gets a fresh one.",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str] | str) -> list[str] | str:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("is empty: name the linear layers to adapt (e.g. [q_proj, v_proj]) or use all-linear")
+            if bad := [t for t in v if not re.fullmatch(r"[A-Za-z0-9_.]+", t)]:
+                raise ValueError(f"{bad[0]!r} is not a module name (letters, digits, '_' and '.', e.g. q_proj)")
+        return v
+
+
 class TrainingSpec(StrictModel):
     optimizer: Literal["rmsprop", "adamw"] = "rmsprop"
     lr: float = Field(5e-7, description="Peak learning rate (paper: 5e-7 with RMSprop).")
@@ -380,6 +443,18 @@ class TrainingSpec(StrictModel):
     eval_every: int | None = Field(None, ge=1, description=(
         "Score the held-out queries every K optimizer steps (and after the last); default: after the last only."))
     eval_before_training: bool = Field(False, description="Also score them before the first step (logged as step 0).")
+    lora: LoraSpec | None = Field(None, description=(
+        "Train LoRA adapters (peft) instead of every weight: {r, alpha, dropout, target_modules, "
+        "continue_adapter}; null = full fine-tuning. The KL reference (beta > 0) is the model with its "
+        "adapters disabled."))
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict:
+        """Without LoRA, dumped as before it existed: fingerprints of earlier run directories match."""
+        data = handler(self)
+        if data.get("lora", 0) is None:
+            data.pop("lora")
+        return data
 
     @field_validator("lr")
     @classmethod
@@ -434,6 +509,13 @@ class TrainSpec(StrictModel):
     data: TrainDataSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     launch: LaunchSpec | None = Field(None, description="Several nodes: see LaunchSpec (default: one node).")
+
+    @model_validator(mode="after")
+    def _lora_reference(self) -> "TrainSpec":
+        if self.training.lora is not None and self.reference_model is not None:
+            raise ValueError("reference_model: with training.lora the KL reference is the model with its adapters "
+                             "disabled (no second copy); remove reference_model")
+        return self
 
 
 class SampleSpec(StrictModel):

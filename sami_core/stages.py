@@ -19,7 +19,7 @@ from sami_core.data import load_split
 from sami_core.errors import ModelLoadError, SpecError
 from sami_core.prompts import PromptBuilder, PromptTemplates, apply_filters, use_chat_format
 from sami_core.rundir import JsonlWriter, RunDir
-from sami_core.spec import GenerateSpec, GenerationSpec, ModelSpec, SampleSpec
+from sami_core.spec import VLLM_OPTIONS, GenerateSpec, GenerationSpec, ModelSpec, SampleSpec
 
 
 def resolve_model_path(path: str) -> str:
@@ -49,8 +49,20 @@ def choose_backend(gen: GenerationSpec) -> str:
     return "vllm" if usable and gen.backend in ("auto", "vllm") else "hf"
 
 
-def load_for_generation(model_spec: ModelSpec, backend: str = "hf"):
-    """(model, tokenizer); for vLLM the model is a `vllm.LLM` and the tokenizer HF's."""
+def vllm_engine_kwargs(path: str, model_spec: ModelSpec, gen: GenerationSpec | None = None) -> dict:
+    """Keyword arguments of ``vllm.LLM`` for a model and a generation spec: the model, its
+    dtype and trust_remote_code, and the large-model options the spec sets
+    (``tensor_parallel_size``, ``gpu_memory_utilization``, ``max_model_len``; unset ones are
+    left to vLLM's defaults)."""
+    kwargs: dict = {"model": path, "dtype": model_spec.dtype, "trust_remote_code": model_spec.trust_remote_code}
+    if gen is not None:
+        kwargs.update({k: getattr(gen, k) for k in VLLM_OPTIONS if getattr(gen, k) is not None})
+    return kwargs
+
+
+def load_for_generation(model_spec: ModelSpec, backend: str = "hf", gen: GenerationSpec | None = None):
+    """(model, tokenizer); for vLLM the model is a `vllm.LLM` (built with
+    :func:`vllm_engine_kwargs`) and the tokenizer HF's."""
     from sami_core.generation import load_model_and_tokenizer
 
     path = resolve_model_path(model_spec.path)
@@ -58,8 +70,7 @@ def load_for_generation(model_spec: ModelSpec, backend: str = "hf"):
         from transformers import AutoTokenizer
         from vllm import LLM
 
-        dtype = "auto" if model_spec.dtype == "auto" else model_spec.dtype
-        llm = LLM(model=path, dtype=dtype, trust_remote_code=model_spec.trust_remote_code)
+        llm = LLM(**vllm_engine_kwargs(path, model_spec, gen))
         return llm, AutoTokenizer.from_pretrained(path, trust_remote_code=model_spec.trust_remote_code)
     return load_model_and_tokenizer(path, dtype=model_spec.dtype, trust_remote_code=model_spec.trust_remote_code)
 
@@ -162,7 +173,7 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
     queries = load_split(spec.data, "train")
     _log_data("generate", queries)
     t0 = time.time()
-    model, tokenizer = load_for_generation(spec.model, choose_backend(spec.generation))
+    model, tokenizer = load_for_generation(spec.model, choose_backend(spec.generation), spec.generation)
     build = prompt_builder(spec, model, tokenizer)
     n = spec.n_constitutions
 
@@ -241,7 +252,7 @@ def run_sample(spec: SampleSpec, run_dir: str | Path) -> dict:
     loaded = load_split(spec.data, spec.split)
     _log_data("sample", loaded)
     queries = loaded[: spec.limit]
-    model, tokenizer = load_for_generation(spec.model, choose_backend(spec.generation))
+    model, tokenizer = load_for_generation(spec.model, choose_backend(spec.generation), spec.generation)
     build = prompt_builder(spec, model, tokenizer)
     drawn = [used[constitution.draw(q.id).name] for q in queries]  # per query: (name, text)
     prompts = [build(text, q.text) for q, (_, text) in zip(queries, drawn)]  # generation prompts (with any forced prefix)

@@ -11,6 +11,11 @@ needs the model, the optimizer, the scheduler, the step and the RNG. A run kille
 restarted on its run directory continues from the last state to the same final step;
 metrics after that state are dropped and recomputed.
 
+With ``training.lora`` the model is wrapped with peft LoRA adapters before it is sharded
+(:mod:`sami_core.lora`): only the adapters train, the KL reference is the same model with
+its adapters off, checkpoints hold the merged model and ``adapter/``, and the resumable
+state holds the adapters only.
+
 Per optimizer step each process consumes ``grad_accum × queries_per_microbatch``
 queries; the loss of each micro-batch is ``sami_loss(L) + beta · KL`` divided by
 ``grad_accum`` (FSDP averages gradients over processes).
@@ -130,15 +135,21 @@ def example_order(n_examples: int, seed: int, start: int, count: int) -> list[in
 # One micro-batch
 # ---------------------------------------------------------------------------------------
 def batch_loss(model, batch: MatrixBatch, cfg: TrainingSpec, pad_token_id: int, reference=None):
-    """Loss and metrics of one micro-batch. Returns (loss, metrics dict, L detached)."""
-    L = logprob_matrix(model, batch, impl=cfg.logprob_impl, reduction=cfg.reduction, pad_token_id=pad_token_id)
-    out = sami_loss(L)  # L: (B, N, N)
-    loss = out.loss
-    metrics = out.metrics()
+    """Loss and metrics of one micro-batch. Returns (loss, metrics dict, L detached).
+
+    The reference is scored first, without gradients: with LoRA it is the policy itself
+    with its adapters switched off, so its forward must not fall between the policy's
+    forward and backward."""
+    L_ref = None
     if reference is not None and cfg.beta > 0:
         with torch.no_grad():
             L_ref = logprob_matrix(reference, batch, impl=cfg.logprob_impl, reduction=cfg.reduction,
                                    pad_token_id=pad_token_id)
+    L = logprob_matrix(model, batch, impl=cfg.logprob_impl, reduction=cfg.reduction, pad_token_id=pad_token_id)
+    out = sami_loss(L)  # L: (B, N, N)
+    loss = out.loss
+    metrics = out.metrics()
+    if L_ref is not None:
         kl = kl_to_reference(L, L_ref)
         loss = loss + cfg.beta * kl
         metrics["kl"] = float(kl.detach())
@@ -270,7 +281,11 @@ class SamiTrainer:
 
         self.model = self._load_model(self.spec.model, trainable=True)
         self.reference = None
-        if self.cfg.beta > 0:
+        if self.cfg.beta > 0 and self.cfg.lora is not None:  # the same weights, adapters off: no second copy
+            from sami_core.lora import WithoutAdapters
+
+            self.reference = WithoutAdapters(self.model)
+        elif self.cfg.beta > 0:
             self.reference = self._load_model(self.spec.reference_model or self.spec.model, trainable=False)
         self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], self.cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg, self.max_steps))
@@ -293,14 +308,24 @@ class SamiTrainer:
         path = resolve_model_path(mspec.path)
         dtype = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16,
                  "float16": torch.float16}[mspec.dtype]  # master weights: fp32 unless asked
+        lora = self.cfg.lora if trainable else None
+        adapter = None
+        if lora is not None:
+            path, adapter = self._lora_source(path)
         if not self.use_fsdp:
-            return self._prepare(self._from_pretrained(path, dtype, mspec), trainable).to(self.device)
+            model = self._prepare(self._from_pretrained(path, dtype, mspec), trainable)
+            if lora is not None:
+                model = self._with_adapter(model, path, adapter)
+            return model.to(self.device)
 
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         loaded = self._from_pretrained(path, dtype, mspec) if self.is_main else None
         model = self._prepare(self._on_meta(path, dtype, mspec), trainable)
+        if lora is not None:  # the same adapter layers on every rank; their values come from rank 0
+            loaded = self._with_adapter(loaded, path, adapter) if self.is_main else None
+            model = self._with_adapter(model, path, None)
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.bf16 else MixedPrecisionPolicy()
         for layer in decoder_layers(model):
             fully_shard(layer, mp_policy=mp)
@@ -315,6 +340,42 @@ class SamiTrainer:
             dist.broadcast(buf, src=0)
         del loaded
         return model
+
+    def _lora_source(self, path: str) -> tuple[str, Path | None]:
+        """(the model to put adapters on, the adapter to continue or None). With
+        ``continue_adapter`` and a LoRA checkpoint as model.path: its adapter, on the base
+        model it was trained on; otherwise a fresh adapter on model.path itself (for a LoRA
+        checkpoint, its merged model)."""
+        from sami_core.lora import adapter_base, adapter_dir
+
+        adapter = adapter_dir(path) if self.cfg.lora.continue_adapter else None
+        if adapter is None:
+            if self.cfg.lora.continue_adapter and self.is_main:
+                _log(f"{path} holds no adapter/: training a fresh adapter on it")
+            return path, None
+        base = adapter_base(adapter)
+        if self.is_main:
+            _log(f"continuing the adapter of {path} on its base model {base}")
+        return resolve_model_path(base), adapter
+
+    def _with_adapter(self, model, base_path: str, adapter: Path | None):
+        """``model`` with LoRA adapters (peft): fresh (seeded by training.seed) or, when
+        ``adapter`` is given, holding that adapter's weights. Only the adapters train."""
+        from sami_core.lora import add_adapter, load_adapter_weights, scalings
+
+        wrapped = add_adapter(model, self.cfg.lora, self.cfg.seed)
+        # Recorded in adapter/ for continue_adapter: a local folder as an absolute path.
+        recorded = os.path.abspath(base_path) if Path(base_path).is_dir() else base_path
+        wrapped.peft_config["default"].base_model_name_or_path = recorded
+        if adapter is not None:
+            load_adapter_weights(wrapped, adapter)
+        self.lora_scale = scalings(wrapped)
+        if self.is_main and model.device.type != "meta":
+            n_train = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+            n_all = sum(p.numel() for p in wrapped.parameters())
+            _log(f"LoRA r={self.cfg.lora.r} alpha={self.cfg.lora.alpha} on {len(self.lora_scale)} layers: "
+                 f"{n_train} of {n_all} parameters train ({100 * n_train / n_all:.2f}%)")
+        return wrapped
 
     def _prepare(self, model, trainable: bool):
         """Training or frozen mode, no KV cache, activation checkpointing if asked."""
@@ -370,7 +431,7 @@ class SamiTrainer:
         return sorted(p for p in d.glob("step-*") if (p / "COMPLETE").exists()) if d.exists() else []
 
     def _resume(self) -> None:
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import set_state_dict
         import torch.distributed.checkpoint as dcp
 
         states = self._state_dirs()
@@ -379,12 +440,13 @@ class SamiTrainer:
                 atomic_write_text(self.rd / METRICS_FILE, "")
             return
         last = states[-1]
-        msd, osd = get_state_dict(self.model, self.optimizer)
+        msd, osd = self._resumable_state()
         state = {"model": msd, "optim": osd}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             dcp.load(state, checkpoint_id=str(last), no_dist=not self.distributed)
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=self._state_options())
         meta = json.loads((last / "trainer.json").read_text())
         self.step = meta["step"]
         self.scheduler.load_state_dict(meta["scheduler"])
@@ -397,13 +459,26 @@ class SamiTrainer:
             atomic_write_text(self.rd / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in kept))
             _log(f"resuming from {last.name}")
 
+    def _state_options(self):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions() if self.cfg.lora is None else StateDictOptions(ignore_frozen_params=True, strict=False)
+
+    def _resumable_state(self) -> tuple[dict, dict]:
+        """(model, optimizer) state dicts of the resumable state: every weight, or with LoRA
+        the adapters only (the frozen base is read again from model.path), so a 70B run's
+        state stays small. A tied head, which is no parameter of its own, is left out too."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        msd, osd = get_state_dict(self.model, self.optimizer, options=self._state_options())
+        if self.cfg.lora is not None:
+            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            msd = {k: v for k, v in msd.items() if k in trainable}
+        return msd, osd
+
     def save(self, final: bool) -> None:
         """HF-format checkpoint (full state dict, rank 0) + resumable state (all ranks)."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_state_dict,
-        )
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         import torch.distributed.checkpoint as dcp
 
         name = f"step-{self.step:06d}"
@@ -415,8 +490,11 @@ class SamiTrainer:
         if self.is_main:
             tmp = ckpt.with_name(f".tmp-{name}")
             shutil.rmtree(tmp, ignore_errors=True)
-            sd = {k: v.to(self.save_dtype) if v.is_floating_point() else v for k, v in full.items()}
-            self.model.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
+            if self.cfg.lora is None:
+                sd = {k: v.to(self.save_dtype) if v.is_floating_point() else v for k, v in full.items()}
+                self.model.save_pretrained(tmp, state_dict=sd, safe_serialization=True)
+            else:
+                self._save_lora(tmp, full)
             self.tokenizer.save_pretrained(tmp)
             shutil.rmtree(ckpt, ignore_errors=True)
             os.replace(tmp, ckpt)
@@ -436,7 +514,7 @@ class SamiTrainer:
             shutil.rmtree(tmp_state, ignore_errors=True)
             tmp_state.mkdir(parents=True)
         self._barrier()
-        msd, osd = get_state_dict(self.model, self.optimizer)
+        msd, osd = self._resumable_state()
         with warnings.catch_warnings():  # single process: dcp warns that it saves without a group
             warnings.simplefilter("ignore", UserWarning)
             dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp_state), no_dist=not self.distributed)
@@ -455,6 +533,18 @@ class SamiTrainer:
                 shutil.rmtree(old, ignore_errors=True)
             _log(f"saved {ckpt}")
         self._barrier()
+
+    def _save_lora(self, ckpt: Path, full: dict) -> None:
+        """A LoRA checkpoint (rank 0): the merged model in Hugging Face format at ``ckpt``
+        (what the other stages load) and the adapter in peft format in ``ckpt/adapter``."""
+        from sami_core.contract import ADAPTER_DIR
+        from sami_core.lora import merged_state_dict
+
+        merged = merged_state_dict(full, self.lora_scale)
+        sd = {k: v.to(self.save_dtype) if v.is_floating_point() else v for k, v in merged.items()}
+        self.model.get_base_model().save_pretrained(ckpt, state_dict=sd, safe_serialization=True)
+        self.model.save_pretrained(ckpt / ADAPTER_DIR, state_dict=full, safe_serialization=True,
+                                   save_embedding_layers=False)
 
     # ---- train -----------------------------------------------------------------------------
     def _microbatches(self, step: int) -> list[MatrixBatch]:
