@@ -12,7 +12,7 @@ restarted on its run directory continues from the last state to the same final s
 metrics after that state are dropped and recomputed.
 
 Per optimizer step each process consumes ``grad_accum × queries_per_microbatch``
-queries; the loss of each micro-batch is ``sami_loss(L) + beta · KL`` divided by
+queries; the loss of each micro-batch is ``sami_loss(L) + beta · kl_penalty`` divided by
 ``grad_accum`` (FSDP averages gradients over processes).
 """
 
@@ -36,7 +36,7 @@ import torch.distributed as dist
 from sami_core.contract import CHECKPOINTS_DIR, DATA_FILE, FINAL_CHECKPOINT, METRICS_FILE, OUTPUTS_FILE
 from sami_core.errors import DataError, ModelLoadError, ModelUnreachable, TrainingDiverged, is_unreachable
 from sami_core.logprobs import MatrixBatch, logprob_matrix
-from sami_core.loss import kl_to_reference, sami_loss
+from sami_core.loss import kl_penalty, kl_to_reference, sami_loss
 from sami_core.prompts import response_separator
 from sami_core.rundir import RunDir, atomic_write_json, atomic_write_text
 from sami_core.spec import ModelSpec, TrainingSpec, TrainSpec
@@ -139,9 +139,10 @@ def batch_loss(model, batch: MatrixBatch, cfg: TrainingSpec, pad_token_id: int, 
         with torch.no_grad():
             L_ref = logprob_matrix(reference, batch, impl=cfg.logprob_impl, reduction=cfg.reduction,
                                    pad_token_id=pad_token_id)
-        kl = kl_to_reference(L, L_ref)
-        loss = loss + cfg.beta * kl
-        metrics["kl"] = float(kl.detach())
+        penalty = kl_penalty(L, L_ref)
+        loss = loss + cfg.beta * penalty
+        metrics["kl"] = float(kl_to_reference(L, L_ref).detach())
+        metrics["kl_penalty"] = float(penalty.detach())
     metrics["total_loss"] = float(loss.detach())
     return loss, metrics, L.detach().float()
 
