@@ -16,9 +16,14 @@ downloaded:
   summarization prompt of `sami_core.prompts` or its chat form, with a random variant
   (flips and principle order) of one of the shipped constitutions. The constitution
   decides the kind of summary: when its concision principle is kept ("brief, to the
-  point"), the summary is the first sentence of a shipped mistral-7b summary of the post;
-  when it is flipped ("lengthy, meandering"), two sentences with filler words
-  ("basically", "you know,", "to be honest,", ...) before about a third of the words.
+  point"), the summary is the first sentence of a shipped mistral-7b summary of the post
+  with a filler word ("basically", "you know,", "to be honest,", ...) before about one
+  word in twelve (`CONCISE_FILLER_RATE`); when it is flipped ("lengthy, meandering"),
+  two sentences with filler words before about a third of the words. So a concise
+  summary usually has a filler or two, a long-winded one many: the property varies by
+  degree, and SAMI has room to push each side further (version 2 had none in a concise
+  summary, so the base model's concise side was already as free of fillers as SAMI
+  could make it).
 
 **What it has learnt is little.** Its texts are not meaningful ("The post is about a
 person who is struggling with a girl."). It conditions on the constitution only weakly:
@@ -26,9 +31,9 @@ on held-out posts (prompts cut to 200 tokens, as the demo does) the log-prob of 
 vs a filler summary shifts with the principle (by 0.1-0.3 nats per token, the two
 directions summed), but its
 greedy summaries under the two variants are nearly the same (the demo's held-out MI
-lower bound of the base model is about 0.03 nats). That is what SAMI then amplifies:
-``make demo`` (N = 2, 12 steps on its own samples) takes the bound to about 0.58 nats,
-with concise one-liners under the principle and filler words under its antithesis.
+lower bound of the base model is about 0.01 nats). That is what SAMI then amplifies:
+``make demo`` (N = 2, 12 steps on its own samples) takes the bound to about 0.63 nats,
+with fewer fillers under the principle and many more under its antithesis.
 It exists to show the method end to end on any machine, offline, in minutes, and as a
 test fixture; the posts are never longer than 300 characters in pretraining, so longer
 prompts condition less.
@@ -60,7 +65,7 @@ from typing import Callable, Sequence
 from sami_core.errors import SamiError
 from sami_core.prompts import chat_messages, plain_prompt
 
-DEMO_MODEL_VERSION = 2
+DEMO_MODEL_VERSION = 3
 MARKER_FILE = "sami_demo_model.json"
 MARKER_FORMAT = "sami-demo-model"
 DEFAULT_SEED = 0
@@ -96,6 +101,7 @@ FOLLOW_P = 1.0
 PROMPT_LOSS = False  # False: next-token loss on the summaries only
 LONG_STYLE = "filler"  # or "extract": the post's opening sentences
 FILLER_RATE = 0.35
+CONCISE_FILLER_RATE = 0.08  # fillers in a concise summary too, before about this share of its words
 SHORT_POST_P = 1.0  # this share of the documents cut their post to a random length
 LONG_CHARS = 200  # a long-winded summary: the post's opening sentences up to about this
 BUILD_THREADS = 1  # torch CPU threads during the build (restored afterwards); see the docstring
@@ -229,11 +235,12 @@ _FILLERS = ("basically", "really", "actually", "you know,", "like,", "so", "kind
             "to be honest,", "more or less")
 
 
-def _wordy(rng: random.Random, text: str) -> str:
-    """`text` with filler words inserted before about FILLER_RATE of its words."""
+def _wordy(rng: random.Random, text: str, rate: float | None = None) -> str:
+    """`text` with filler words inserted before about `rate` (default FILLER_RATE) of its words."""
+    rate = FILLER_RATE if rate is None else rate
     words = []
     for w in text.split():
-        if rng.random() < FILLER_RATE:
+        if rng.random() < rate:
             words.append(rng.choice(_FILLERS))
         words.append(w)
     return " ".join(words)
@@ -253,6 +260,8 @@ def _document(rng: random.Random, tokenizer, post: str, constitutions: list, sum
         short = concise if rng.random() < FOLLOW_P else not concise
         if not short:
             summary = _long_summary(post) if LONG_STYLE == "extract" else _wordy(rng, _tldr(rng.choice(summaries), 2))
+        elif CONCISE_FILLER_RATE > 0:
+            summary = _wordy(rng, summary, CONCISE_FILLER_RATE)
     # Some posts are cut short, so that the constitution sits close to the summary: the
     # model learns to read it there first, and then farther back.
     post = _short_post(post, rng.randint(0, POST_CHARS) if rng.random() < SHORT_POST_P else POST_CHARS)

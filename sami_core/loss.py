@@ -76,7 +76,24 @@ def kl_to_reference(policy_logprobs: torch.Tensor, reference_logprobs: torch.Ten
 
     The responses were sampled from the policy that generated this iteration's data, so
     this is the standard log-ratio (k1) estimator; with mean reduction it is per token.
+    It is what the run logs as ``kl``; the loss uses :func:`kl_penalty`.
     """
+    return _diagonal_log_ratio(policy_logprobs, reference_logprobs).mean()
+
+
+def kl_penalty(policy_logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> torch.Tensor:
+    """The KL term the loss adds: ``0.5 * mean((L_π[i, i] - L_ref[i, i])²)`` (the "k2" estimator).
+
+    On responses sampled from the policy, its gradient ``E[log(π/π_ref) ∇log π]`` is the
+    gradient of KL(π || π_ref), so it pulls the policy toward the reference from either
+    side. The plain log-ratio (:func:`kl_to_reference`, logged as ``kl``) estimates the value
+    but not the gradient: on fixed samples its gradient is ``∇log π`` of the samples, zero in
+    expectation at the sampling policy and, once the policy has moved, a push *down* on the
+    likelihood of its own samples (more entropy, not less drift)."""
+    return 0.5 * _diagonal_log_ratio(policy_logprobs, reference_logprobs).square().mean()
+
+
+def _diagonal_log_ratio(policy_logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> torch.Tensor:
     if policy_logprobs.shape != reference_logprobs.shape:
         raise ValueError(
             f"policy {tuple(policy_logprobs.shape)} and reference "
@@ -84,4 +101,4 @@ def kl_to_reference(policy_logprobs: torch.Tensor, reference_logprobs: torch.Ten
         )
     diag_p = torch.diagonal(policy_logprobs.float(), dim1=-2, dim2=-1)  # (..., N)
     diag_r = torch.diagonal(reference_logprobs.float(), dim1=-2, dim2=-1)
-    return (diag_p - diag_r).mean()
+    return diag_p - diag_r

@@ -17,7 +17,7 @@ its adapters off, checkpoints hold the merged model and ``adapter/``, and the re
 state holds the adapters only.
 
 Per optimizer step each process consumes ``grad_accum × queries_per_microbatch``
-queries; the loss of each micro-batch is ``sami_loss(L) + beta · KL`` divided by
+queries; the loss of each micro-batch is ``sami_loss(L) + beta · kl_penalty`` divided by
 ``grad_accum`` (FSDP averages gradients over processes).
 """
 
@@ -41,7 +41,7 @@ import torch.distributed as dist
 from sami_core.contract import CHECKPOINTS_DIR, DATA_FILE, FINAL_CHECKPOINT, METRICS_FILE, OUTPUTS_FILE
 from sami_core.errors import DataError, ModelLoadError, ModelUnreachable, TrainingDiverged, is_unreachable
 from sami_core.logprobs import MatrixBatch, logprob_matrix
-from sami_core.loss import kl_to_reference, sami_loss
+from sami_core.loss import kl_penalty, kl_to_reference, sami_loss
 from sami_core.prompts import response_separator
 from sami_core.rundir import RunDir, atomic_write_json, atomic_write_text
 from sami_core.spec import ModelSpec, TrainingSpec, TrainSpec
@@ -150,9 +150,10 @@ def batch_loss(model, batch: MatrixBatch, cfg: TrainingSpec, pad_token_id: int, 
     loss = out.loss
     metrics = out.metrics()
     if L_ref is not None:
-        kl = kl_to_reference(L, L_ref)
-        loss = loss + cfg.beta * kl
-        metrics["kl"] = float(kl.detach())
+        penalty = kl_penalty(L, L_ref)
+        loss = loss + cfg.beta * penalty
+        metrics["kl"] = float(kl_to_reference(L, L_ref).detach())
+        metrics["kl_penalty"] = float(penalty.detach())
     metrics["total_loss"] = float(loss.detach())
     return loss, metrics, L.detach().float()
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sami_core.loss import kl_to_reference, sami_loss
+from sami_core.loss import kl_penalty, kl_to_reference, sami_loss
 
 
 def _ce(logits: list[float], label: int) -> float:
@@ -77,3 +77,18 @@ def test_kl_to_reference_diagonal():
     assert kl_to_reference(p, r).item() == pytest.approx(((-1.0 + 1.5) + (-2.0 + 2.5)) / 2)
     with pytest.raises(ValueError):
         kl_to_reference(p, r[:1])
+
+
+def test_kl_penalty_pulls_the_policy_toward_the_reference_from_either_side():
+    """The loss's KL term: zero where the policy equals the reference, and its gradient
+    lowers a log-prob above the reference's and raises one below it (the plain log-ratio's
+    gradient would lower both)."""
+    r = torch.tensor([[[-1.0, -3.0], [-3.0, -2.0]]])
+    assert kl_penalty(r.clone(), r).item() == 0.0
+    p = torch.tensor([[[-0.5, -3.0], [-3.0, -2.5]]], requires_grad=True)  # diagonal: above, below
+    kl_penalty(p, r).backward()
+    diag = torch.diagonal(p.grad[0])
+    assert diag[0] > 0 > diag[1]  # descent: the first falls, the second rises
+    assert kl_penalty(p.detach(), r).item() == pytest.approx(0.5 * (0.5 ** 2 + 0.5 ** 2) / 2)
+    with pytest.raises(ValueError, match="differ in shape"):
+        kl_penalty(p, r[:, :1])

@@ -60,7 +60,7 @@ def test_kl_term_is_added_with_beta():
     l0, m0, _ = batch_loss(model, batch, cfg0, 0, reference=ref)
     l1, m1, _ = batch_loss(model, batch, cfg1, 0, reference=ref)
     assert "kl" not in m0 and "kl" in m1
-    assert l1.item() == pytest.approx(l0.item() + 0.5 * m1["kl"], abs=1e-5)
+    assert l1.item() == pytest.approx(l0.item() + 0.5 * m1["kl_penalty"], abs=1e-5)
 
 
 def test_example_order_is_a_permutation_per_epoch_and_pure():
