@@ -143,3 +143,19 @@ def test_main(tmp_path: Path, capsys: pytest.CaptureFixture):
     (tmp_path / "junk" / "f").write_text("")
     assert demo_model.main([str(tmp_path / "junk")]) == 2
     assert "not a demo model" in capsys.readouterr().err
+
+
+def test_concise_and_long_winded_summaries_differ_by_degree_of_filler():
+    """The recipe's cue is graded: a concise summary has a few fillers, a long-winded one
+    many, so that the base model leaves SAMI room to push the principle's side further."""
+    import random
+
+    def filler_share(rate: float | None) -> float:
+        words = demo_model._wordy(random.Random(0), " ".join(["w"] * 4000), rate).split()
+        starts = sum(1 for a, b in zip(words, words[1:]) if a != "w" and b == "w")  # a filler ends before a word
+        return starts / 4000
+
+    concise, long_winded = filler_share(demo_model.CONCISE_FILLER_RATE), filler_share(None)
+    assert 0.5 * demo_model.CONCISE_FILLER_RATE < concise < 1.5 * demo_model.CONCISE_FILLER_RATE
+    assert 0.8 * demo_model.FILLER_RATE < long_winded < 1.2 * demo_model.FILLER_RATE
+    assert long_winded > 3 * concise
