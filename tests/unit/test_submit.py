@@ -92,9 +92,12 @@ def test_the_example_specs_validate_and_expand() -> None:
     assert [p.key for p in plans] == ["sample-base", "evaluate-base", *per_iteration, "judge-1", "judge-2", "judge-3"]
     assert {p.devices for p in plans} == {0}
     by_key = {p.key: p for p in plans}
-    # the demo: prompts cut to 200 tokens, iteration t trains from t-1's checkpoint, the concision rule judges
+    # the demo: prompts cut to 200 tokens, iteration t samples from t-1's checkpoint and trains the base
+    # model (train_from: base), with a KL to it; the concision rule judges
     assert {by_key[k].spec["max_prompt_tokens"] for k in ("generate-2", "sample-3", "evaluate-base")} == {200}
-    assert by_key["train-2"].spec["model"]["path"].endswith("train-1/checkpoints/final")
+    assert by_key["generate-2"].spec["model"]["path"].endswith("train-1/checkpoints/final")
+    assert by_key["train-2"].spec["model"]["path"] == by_key["train-1"].spec["model"]["path"] == "demo"
+    assert by_key["train-2"].spec["reference_model"]["path"] == "demo"
     assert by_key["judge-3"].spec["judge"]["provider"] == "rule"
     assert demo.constitution_name == "demo:opus/0" and len(demo.principles) == 2
     tldr = submit.prepare(TLDR)
