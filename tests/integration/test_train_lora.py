@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,7 +27,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.integration.test_train_torchrun import complete_states, finish, kill_tree, metrics, torchrun
+from tests.integration.test_train_torchrun import complete_states, finish, kill_at_first_state, metrics, torchrun
 from tests.training_data import make_training_data
 
 pytestmark = pytest.mark.integration
@@ -106,16 +105,7 @@ def test_lora_trains_only_the_adapters_and_merges_exactly(lora_run: SimpleNamesp
 def test_lora_kill_resume_matches_an_uninterrupted_run(lora_run: SimpleNamespace):
     ref = metrics(lora_run.run_dir)
     run_dir = lora_run.tmp / "killed"
-    proc = torchrun(lora_run.spec, run_dir)
-    deadline = time.monotonic() + 600
-    while not complete_states(run_dir):
-        if proc.poll() is not None:
-            pytest.fail(f"training ended before it could be killed:\n{proc.stdout.read()[-4000:]}")
-        if time.monotonic() > deadline:
-            kill_tree(proc)
-            pytest.fail("no resumable state in time")
-        time.sleep(0.02)
-    kill_tree(proc)
+    kill_at_first_state(lora_run.spec, run_dir)
     resume_step = complete_states(run_dir)[-1]
     assert resume_step < MAX_STEPS and not (run_dir / "outputs.json").exists()
 

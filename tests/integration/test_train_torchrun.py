@@ -116,6 +116,20 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     return out
 
 
+def kill_at_first_state(spec: Path, run_dir: Path) -> None:
+    """Start training `spec` on `run_dir` and kill -9 its process tree once a resumable state exists."""
+    proc = torchrun(spec, run_dir)
+    deadline = time.monotonic() + 600
+    while not complete_states(run_dir):
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before it could be killed:\n{proc.stdout.read()[-4000:]}")
+        if time.monotonic() > deadline:
+            kill_tree(proc)
+            pytest.fail("no resumable state in time")
+        time.sleep(0.02)
+    kill_tree(proc)
+
+
 def complete_states(run_dir: Path) -> list[int]:
     return sorted(int(p.parent.name.removeprefix("step-")) for p in (run_dir / "state").glob("step-*/COMPLETE"))
 
@@ -142,16 +156,7 @@ def test_fsdp_train_kill_resume_matches_an_uninterrupted_run(reference: SimpleNa
 
     # 1. Start the same spec on another directory; kill -9 it once a resumable state exists.
     run_dir = reference.tmp / "killed"
-    proc = torchrun(reference.spec, run_dir)
-    deadline = time.monotonic() + 600
-    while not complete_states(run_dir):
-        if proc.poll() is not None:
-            pytest.fail(f"training ended before it could be killed:\n{proc.stdout.read()[-4000:]}")
-        if time.monotonic() > deadline:
-            kill_tree(proc)
-            pytest.fail("no resumable state in time")
-        time.sleep(0.02)
-    kill_tree(proc)
+    kill_at_first_state(reference.spec, run_dir)
     resume_step = complete_states(run_dir)[-1]
     killed_at = max(m["step"] for m in metrics(run_dir))
     # the kill landed before the last step: the restart has steps to recompute

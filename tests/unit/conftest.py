@@ -1,4 +1,4 @@
-"""Fixtures shared by unit tests that need a migrated database."""
+"""Fixtures shared by unit tests: a migrated database, an empty workspace for the CLI."""
 
 from __future__ import annotations
 
@@ -17,3 +17,13 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path):  # noqa: ANN201
     e = open_database(new_database_url(request.param, tmp_path, migrated=True))
     yield e
     e.dispose()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """$SAMI_HOME: a workspace folder (not created) under tmp_path, the current directory."""
+    h = tmp_path / "ws"
+    monkeypatch.setenv("SAMI_HOME", str(h))
+    monkeypatch.delenv("SAMI_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return h

@@ -44,15 +44,6 @@ def one_line(err: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    h = tmp_path / "ws"
-    monkeypatch.setenv("SAMI_HOME", str(h))
-    monkeypatch.delenv("SAMI_DATABASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return h
-
-
 # Every command, with arguments that would reach its workspace and database.
 ARGS = {
     "init": ["--no-demo-model"], "submit": [str(DEMO), "--dry-run"], "enqueue": ["sleep"], "jobs": [],

@@ -134,15 +134,6 @@ def test_a_sweep_is_one_group_of_experiments_written_in_one_transaction(engine) 
 
 
 # ---- the CLI ------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    h = tmp_path / "ws"
-    monkeypatch.setenv("SAMI_HOME", str(h))
-    monkeypatch.delenv("SAMI_DATABASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return h
-
-
 def sami(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     cli._engine.cache_clear()
     try:
