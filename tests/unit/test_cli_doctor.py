@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_cli_bad_input import home, one_line, sami  # noqa: F401 (fixture)
+from tests.unit.test_cli_bad_input import one_line, sami
 
 
 def test_a_worker_ready_machine_passes_every_check(home: Path, capsys: pytest.CaptureFixture) -> None:  # noqa: F811
