@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -98,10 +99,12 @@ def test_restart_adopts_requeue_resumes_and_cancel_scancels(sami_slurm: Sami, cl
 
     # Preemption: Slurm requeues the job (and holds it 2 minutes: released at once here).
     cluster.run("scontrol", "requeue", slurm_id)
-    # Released once its first run is cleaned up on the node (sooner, slurmd may refuse to
-    # launch it: "already killed").
+    # Released once its first run is cleaned up on the node, and in a later second than that
+    # clean-up: slurmd revokes the job's credentials up to the second of the kill and refuses
+    # ("already killed, do not launch batch job") a launch whose credential is not newer.
     sami.wait_for("the requeued job", lambda: slurm_state(cluster, slurm_id) == "PENDING"
                   and cluster.run("sinfo", "-h", "-o", "%t").strip() == "idle", timeout=30)
+    time.sleep(2.0)
     cluster.run("scontrol", "update", f"JobId={slurm_id}", "StartTime=now")
 
     # A restarted worker of the same name adopts it: same attempt, same Slurm job.
