@@ -75,7 +75,7 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
-def _cli(args: list[str], env: dict[str, str], timeout: float) -> str:
+def sami_cli(args: list[str], env: dict[str, str], timeout: float) -> str:
     done = subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert done.returncode == 0, f"sami {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
@@ -114,8 +114,8 @@ def workbench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workbench]:
     for var in ("SAMI_DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_API_KEY",
                 "AZURE_OPENAI_ENDPOINT"):
         env.pop(var, None)
-    _cli(["init"], env, timeout=900)  # builds the demo model into .cache once per checkout
-    _cli(["import-results", "--shipped"], env, timeout=300)
+    sami_cli(["init"], env, timeout=900)  # builds the demo model into .cache once per checkout
+    sami_cli(["import-results", "--shipped"], env, timeout=300)
     port = free_port()
     logs = {"worker": base / "worker.log", "ui": base / "ui.log"}
     worker = _start(["worker", "--poll-interval", "0.5"], env, logs["worker"])

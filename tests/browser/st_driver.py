@@ -244,6 +244,42 @@ class StreamlitPage:
         assert value == picked[-1], f"{label!r} shows {value!r} after picking {picked[-1]!r}"
         return picked[-1]
 
+    def multiselect(self, label: str, options: list[str]) -> list[str]:
+        """Make multiselect ``label`` hold exactly ``options`` (their exact texts, in this
+        order): remove every chosen value, then pick each option from the list (typed into
+        the search box first, the list being virtualized). Returns the values it shows."""
+        def remove_one() -> bool:
+            box = self._widget("stMultiSelect", label)
+            buttons = [b for b in box.find_elements(By.CSS_SELECTOR, "button[aria-label^='Remove ']")
+                       if b.is_displayed()]
+            if not buttons:
+                return True
+            self._click(buttons[0])
+            self.wait_idle()
+            return False
+
+        self.until(remove_one, f"{label!r} emptied")
+        for option in options:
+            def pick(option: str = option) -> bool:
+                field = self._widget("stMultiSelect", label).find_element(By.CSS_SELECTOR, "input[role='combobox']")
+                self._click(field)
+                field.send_keys(Keys.CONTROL, "a")
+                field.send_keys(option)
+                for o in self.driver.find_elements(By.CSS_SELECTOR, "[role='option']"):
+                    if o.text.strip() == option:
+                        self._click(o)
+                        return True
+                self._close_select()
+                raise NoSuchElementException(f"no option {option!r} of {label!r} in view")
+
+            self.until(pick, f"option {option!r} of {label!r}")
+            self._close_select()
+            self.wait_idle()
+        shown = [t.get_attribute("aria-label") for t in self._widget("stMultiSelect", label).find_elements(
+            By.CSS_SELECTOR, "[data-tag]") if t.is_displayed()]
+        assert shown == options, f"{label!r} shows {shown} after picking {options}"
+        return shown
+
     def upload(self, path: Path, *, label: str | None = None) -> None:
         """Give ``path`` to a file uploader (the one labelled ``label``, else the first)."""
         if label is None:

@@ -26,7 +26,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 
 from db import ingest, queue  # noqa: E402
 from db.engine import transact  # noqa: E402
-from tests.browser.conftest import ROOT, Workbench  # noqa: E402
+from tests.browser.conftest import ROOT, Workbench, sami_cli  # noqa: E402
 from tests.browser.st_driver import StreamlitPage  # noqa: E402
 from services import exports, judging, results  # noqa: E402
 
@@ -340,3 +340,71 @@ def test_without_the_token_or_from_a_foreign_host_the_page_shows_nothing(workben
     page = StreamlitPage(browser, workbench.url, token=workbench.token)
     page.open("queue", expect="Queue")
     page.assert_no_exception()
+
+
+# --- compare experiments and a sweep -----------------------------------------------------------
+
+
+def _figures(page: StreamlitPage) -> dict[str, list[dict]]:
+    """The page's plotly charts as drawn: title -> traces (name, x, y)."""
+    return page.driver.execute_script(
+        "const out = {};"
+        "for (const g of document.querySelectorAll('.js-plotly-plot')) {"
+        "  const t = g.layout && g.layout.title; const title = (t && (t.text || t)) || '';"
+        "  out[String(title).replace(/<[^>]*>/g, '')] = (g.data || []).map(d => ({name: d.name, x: Array.from(d.x || []),"
+        "                                            y: Array.from(d.y || [])}));"
+        "} return out;")
+
+
+def test_a_sweep_submitted_then_compared_and_read_per_point(workbench: Workbench, browser, screenshot,
+                                                            tmp_path) -> None:  # noqa: ANN001
+    """`sami submit` of a spec with a `sweep:` section makes one experiment per point; the
+    Experiments page filters to them, overlays the picked points' loss curves and shows the
+    sweep's outcome against the swept value. The points' jobs are cancelled at once (running
+    them is the queue tests' business) and each point's train job gets the loss records a
+    train job's metrics.jsonl holds, stored by the ingest code the worker uses."""
+    import yaml
+
+    lrs = [3.0e-5, 1.0e-4]
+    spec = yaml.safe_load((ROOT / "sami_core" / "examples" / "demo.yaml").read_text())
+    spec.update(name="browser-sweep", iterations=1, sweep={"training.lr": lrs})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = sami_cli(["submit", str(path)], workbench.env, timeout=120)
+    points = {float(m.group(2)): int(m.group(1)) for m in re.finditer(r"experiment (\d+): training\.lr=(\S+)", out)}
+    assert sorted(points) == lrs, out
+    sweep_id = int(re.search(r"sweep (\d+) \(browser-sweep\): 2 experiments", out).group(1))
+
+    slopes = {lrs[0]: 0.01, lrs[1]: 0.03}  # the larger lr's loss falls faster
+
+    def cancel_and_log(conn) -> None:  # noqa: ANN001
+        for lr, exp in points.items():
+            jobs = queue.list_jobs(conn, experiment_id=exp)
+            for job in jobs:
+                queue.cancel(conn, job.id)  # a running one: its worker kills it
+            train = min(j.id for j in jobs if j.kind == "train")
+            ingest.upsert_metrics(conn, train, [{"step": s, "loss": 0.69 - slopes[lr] * s} for s in range(1, 9)])
+
+    _write(workbench, cancel_and_log)
+    labels = {lr: f"{exp}: browser-sweep lr={lr:g}" for lr, exp in points.items()}
+
+    page = StreamlitPage(browser, workbench.url, token=workbench.token)
+    page.open("experiments", expect="Compare")
+    page.type("Filter", "browser-sweep")
+    page.wait_text("2 of ")
+    page.multiselect("Experiments to compare", [labels[lrs[0]], labels[lrs[1]]])
+    loss = page.until(lambda: _figures(page).get("Train loss per step"), "the loss overlay")
+    assert sorted(t["name"] for t in loss) == sorted(labels.values()), loss
+    for trace in loss:
+        lr = next(lr for lr, label in labels.items() if label == trace["name"])
+        assert trace["y"] == pytest.approx([0.69 - slopes[lr] * s for s in range(1, 9)]), trace
+    page.assert_no_exception()
+    screenshot(browser, "experiments")
+
+    page.select("Sweep", lambda t: t.startswith(f"#{sweep_id}: browser-sweep"), search=f"#{sweep_id}:")
+    page.select("Outcome", "final train loss")
+    chart = page.until(lambda: _figures(page).get("final train loss per point"), "the sweep chart")
+    assert len(chart) == 1 and chart[0]["x"] == pytest.approx(lrs), chart
+    assert chart[0]["y"] == pytest.approx([0.69 - slopes[lr] * 8 for lr in lrs]), chart
+    page.assert_no_exception()
+    screenshot(browser, "sweep")
