@@ -93,12 +93,30 @@ def test_overview_reads_counts_workers_and_failures(engine):
     ({"running": 1, "failed": 1, "queued": 2}, "running"),
     ({"failed": 1, "queued": 2}, "failed"),
     ({"succeeded": 2, "queued": 1}, "queued"),
-    ({"succeeded": 2, "blocked": 1, "cancelled": 1}, "blocked"),
+    ({"succeeded": 2, "blocked": 1, "cancelled": 1}, "cancelled"),  # the cancel blocked the rest
+    ({"succeeded": 1, "cancelled": 1, "queued": 1}, "queued"),  # the rest still runs
+    ({"failed": 1, "cancelled": 1, "blocked": 2}, "failed"),
+    ({"succeeded": 2, "blocked": 1}, "blocked"),
     ({"succeeded": 3, "queued": 0}, "succeeded"),
     ({"succeeded": 3, "cancelled": 1}, "cancelled"),
 ])
 def test_experiment_state(counts, state):
     assert ov.experiment_state(counts) == state
+
+
+def test_empty_state_names_only_the_steps_not_done():
+    fresh = ov.empty_state_text(workers_alive=0, imported_sources=0)
+    assert "`sami worker`" in fresh and "`sami import-results --shipped`" in fresh
+    done = ov.empty_state_text(workers_alive=1, imported_sources=10)
+    assert "sami worker" not in done and "import-results" not in done
+    assert "1 worker alive" in done and "10 imported response sources are already in the workspace" in done
+    assert "2 workers alive" in ov.empty_state_text(2, 0) and "import-results" in ov.empty_state_text(2, 0)
+
+
+def test_workers_alive_counts_running_workers_heard_from():
+    rows = [{"status": "running", "last_seen_at": T0}, {"status": "running", "last_seen_at": T0 - timedelta(hours=1)},
+            {"status": "stopped", "last_seen_at": T0}]
+    assert ov.workers_alive(rows, now=T0 + timedelta(seconds=5)) == 1
 
 
 def test_latest_winrate_picks_the_last_iteration_against_the_first_baseline_at_the_lowest_temperature():
