@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pandas as pd
 import pytest
 
 from app import overview as ov
@@ -199,3 +200,24 @@ def test_latest_mi_is_the_latest_model_scored_by_itself_beside_the_base():
     frame = ov.experiments_frame([{"id": 3, "name": "e", "counts": {"succeeded": 2}, "iterations": 2,
                                    "created_at": T0}], {}, now=T0, mi={3: (latest, base)})
     assert frame.loc[0, "held-out MI (nats)"] == "iteration-2: 0.21 [0.16, 0.26] (base 0.01)"
+
+
+def test_job_times_and_what_the_buttons_can_do():
+    ran = {"status": "succeeded", "started_at": T0, "finished_at": T0 + timedelta(seconds=75)}
+    assert qv.job_times(ran, T0 + timedelta(hours=1)) == (T0, T0 + timedelta(seconds=75), 75.0)
+    running = {"status": "running", "started_at": T0, "finished_at": None}
+    assert qv.job_times(running, T0 + timedelta(seconds=30)) == (T0, None, 30.0)
+    # re-queued after a failed attempt: that attempt's start no longer applies
+    assert qv.job_times({"status": "queued", "started_at": T0, "finished_at": None}, T0) == (None, None, None)
+    # cancelled before it ran: an end, no start, no duration
+    assert qv.job_times({"status": "cancelled", "started_at": None, "finished_at": T0}, T0) == (None, T0, None)
+    assert [s for s in ("queued", "running", "blocked", "succeeded", "failed", "cancelled") if qv.can_cancel(s)] == [
+        "queued", "running", "blocked"]
+    assert not qv.can_cancel("running", T0)  # cancellation already requested
+    assert [s for s in ("queued", "running", "blocked", "succeeded", "failed", "cancelled") if qv.can_retry(s)] == [
+        "blocked", "failed", "cancelled"]
+    assert qv.job_label({"id": 3, "name": None, "kind": "train", "status": "running",
+                         "cancel_requested_at": T0}) == "#3 train (cancelling)"
+    df = qv.jobs_frame([{"id": 1, "kind": "sleep", "status": "succeeded", "started_at": T0,
+                         "finished_at": T0 + timedelta(seconds=5), "depends_on": []}], now=T0)
+    assert df.loc[0, "duration"] == "5s" and df.loc[0, "ended"] == pd.Timestamp("2026-01-01 12:00:05")
