@@ -116,7 +116,8 @@ def can_retry(status: str) -> bool:
 
 def job_label(row: dict) -> str:
     """``#12 train-1 (cancelling)``: the job picker's label, with the status shown live."""
-    return f"#{row['id']} {row.get('name') or row['kind']} ({display_status(row['status'], row.get('cancel_requested_at'))})"
+    status = display_status(row["status"], row.get("cancel_requested_at"))
+    return f"#{row['id']} {row.get('name') or row['kind']} ({status})"
 
 
 def jobs_frame(rows: Sequence[dict], now: datetime | None = None) -> pd.DataFrame:

@@ -63,7 +63,8 @@ def test_value_range_shows_a_constant_at_its_value():
 
 
 def test_training_figure_y_axis_spans_a_constant_learning_rate():
-    df = pd.DataFrame([("iteration 1", s, "lr", 2e-5) for s in (1, 2, 3)], columns=["iteration", "step", "name", "value"])
+    df = pd.DataFrame([("iteration 1", s, "lr", 2e-5) for s in (1, 2, 3)],
+                      columns=["iteration", "step", "name", "value"])
     fig = charts.training_figure(df, ("lr",), "Learning rate", smoothing=0.9)
     lo, hi = fig.layout.yaxis.range
     assert lo < 2e-5 < hi and hi - lo < 1e-5 and fig.layout.yaxis.exponentformat == "e"
