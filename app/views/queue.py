@@ -107,7 +107,8 @@ _live_table(experiment_id)
 # --- one job ---------------------------------------------------------------------------------
 
 # A ?job=ID link picks the job (read once per page run, so that a bad link's error stays).
-bad_job = _from_link("job", "queue.job", {r["id"] for r in state.read(lambda c: reads.job_rows(c, experiment_id))})
+known = {r["id"] for r in state.read(lambda c: reads.job_rows(c, experiment_id))}
+bad_job = _from_link("job", "queue.job", known)
 if bad_job is not None:
     st.error(f"No job {md_escape(repr(bad_job))}" + ("" if experiment_id is None else f" in experiment {experiment_id}") + ".")
 
