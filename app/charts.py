@@ -156,8 +156,9 @@ def logprob_heatmap(matrix: pd.DataFrame, title: str = "", *, view: str = "log p
     """Heatmap of an N x N matrix (rows: constitutions c_i, columns: responses y_j), the
     values written in the cells; the diagonal pairs are the positives of the loss.
     ``view`` (a key of :data:`MATRIX_VIEWS`): the raw log-probs, or their softmax over each
-    row (p(y_j | c_i)) or each column (p(c_i | y_j)), which takes out what every
-    constitution agrees on (a response likelier under all of them) so the diagonal shows.
+    row (p(y_j | c_i): takes out what a row shares) or each column (p(c_i | y_j): takes
+    out what a column shares, e.g. a response likelier under every constitution), so
+    that the diagonal shows.
     The colour scale is fixed: [0, 1] for the softmax views, ``z_range`` (e.g. the run's
     range over all its steps) for the raw one, so colours compare across steps."""
     if view not in MATRIX_VIEWS:

@@ -69,9 +69,9 @@ job_id = left.selectbox("Iteration", [j["id"] for j in with_matrix], key="traini
                         format_func=lambda i: training.job_label(by_id[i]))
 view = right.radio("Show", list(charts.MATRIX_VIEWS), key="training.matrix_view", horizontal=True,
                    format_func=training.MATRIX_VIEW_LABELS.get,
-                   help="Raw log-probs mix in how likely each response is under every constitution (a short "
-                        "response scores higher everywhere); a softmax over each row or column takes that out, so "
-                        "the diagonal the loss pushes up shows.")
+                   help="Raw log-probs carry what a whole column shares (a response likely under every "
+                        "constitution, e.g. a short one) and what a whole row shares; the column softmax takes out "
+                        "the first, the row softmax the second, so that the diagonal the loss pushes up shows.")
 steps = state.load(reads.matrix_steps, job_id)
 step = steps[0] if len(steps) == 1 else st.select_slider("Step", steps, value=steps[-1],
                                                            key=f"training.matrix_step.{job_id}")
