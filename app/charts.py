@@ -1,19 +1,24 @@
 """The app's figures: pure functions from a DataFrame to a plotly Figure (no Streamlit,
 no database), so that tests can check their traces and values directly.
 
-* :func:`training_figure`: metrics against step, one trace per iteration (and metric).
-* :func:`logprob_heatmap`: the N x N log-prob matrix L[i, j] = log p(y_j | x, c_i).
+* :func:`training_figure`: metrics against step, one trace per iteration (and metric),
+  optionally smoothed (:func:`ema`), on a y range from the data (:func:`value_range`).
+* :func:`logprob_heatmap`: the N x N log-prob matrix L[i, j] = log p(y_j | x, c_i), raw
+  or as a row / column softmax (:data:`MATRIX_VIEWS`), on a fixed colour scale.
 * :func:`winrate_figure`: win rate per checkpoint with 95% interval bars, one trace per
-  baseline (and temperature, judge model); length-controlled on request.
-* :func:`length_figure`: mean response length (words) per checkpoint.
+  baseline (and temperature, judge model), side by side; length-controlled on request.
+* :func:`length_figure`: mean response length (words) per checkpoint, each baseline's
+  as a horizontal line.
 * :func:`overlay_figure`: several experiments' curves on one chart (Experiments page).
 * :func:`sweep_figure`: a sweep's outcome against its swept values.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -56,35 +61,118 @@ def _category_axis(fig: go.Figure, order: list[str]) -> None:
     fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0})
 
 
-def training_figure(df: pd.DataFrame, names: Sequence[str], title: str, y_title: str = "") -> go.Figure:
+def ema(values: Sequence[float], weight: float) -> list[float]:
+    """Exponential moving average with bias correction (as TensorBoard's smoothing):
+    s_t = sum_{k<=t} weight^(t-k) x_k / sum_{k<=t} weight^(t-k), so the first point is x_1
+    and each later one leans on the past by ``weight`` in [0, 1). ``weight`` 0 returns
+    the values unchanged."""
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"smoothing weight must be in [0, 1), got {weight}")
+    out, num, den = [], 0.0, 0.0
+    for x in values:
+        num = weight * num + float(x)
+        den = weight * den + 1.0
+        out.append(num / den)
+    return out
+
+
+def value_range(values: Sequence[float], pad: float = 0.05) -> list[float] | None:
+    """A y-axis range that shows ``values`` at their size: [min, max] widened by ``pad``
+    of the span on each side; a constant v (or a span below 1e-9 of its size) gets
+    v ± 10% of |v| (± 1 for 0), so a constant learning rate of 2e-5 is drawn at 2e-5, not
+    on plotly's default -1..1. None without finite values."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return None
+    lo, hi = min(finite), max(finite)
+    span = hi - lo
+    size = max(abs(lo), abs(hi))
+    if span <= 1e-9 * size or span == 0.0:
+        half = 0.1 * size if size > 0 else 1.0
+        return [lo - half, hi + half]
+    return [lo - pad * span, hi + pad * span]
+
+
+# Panels whose curves are not smoothed (a schedule, not a noisy measurement).
+UNSMOOTHED = frozenset({"lr"})
+# One colour per iteration, shared by its raw and smoothed traces.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+
+
+def training_figure(df: pd.DataFrame, names: Sequence[str], title: str, y_title: str = "", *,
+                    smoothing: float = 0.0) -> go.Figure:
     """Lines of ``value`` against ``step``: one trace per (``iteration``, metric ``name``)
     for the given names, in the frame's iteration order. ``df`` columns: iteration (a
-    display label), step, name, value."""
+    display label), step, name, value. ``smoothing`` > 0 draws each training curve as its
+    :func:`ema` with the raw values faint behind it (held-out ``eval_`` points and the
+    learning rate are never smoothed). The y axis spans the values (:func:`value_range`)."""
     fig = go.Figure()
+    plotted: list[float] = []
     if not df.empty:
         sub = df[df["name"].isin(list(names))]
         present = set(sub["name"])  # a metric with no values (no held-out evaluation) adds no trace
-        for iteration in dict.fromkeys(sub["iteration"]):
+        for n_it, iteration in enumerate(dict.fromkeys(sub["iteration"])):
+            color = PALETTE[n_it % len(PALETTE)]
             for k, name in enumerate(names):
                 part = sub[(sub["iteration"] == iteration) & (sub["name"] == name)].sort_values("step")
                 if part.empty:
                     continue
                 label = str(iteration) if len(present) == 1 else f"{iteration} · {name}"
-                fig.add_trace(go.Scatter(x=part["step"].tolist(), y=part["value"].tolist(), mode="lines+markers",
-                                         name=label, line={"dash": _DASH[k % len(_DASH)]}))
+                x, y = part["step"].tolist(), part["value"].astype(float).tolist()
+                plotted += y
+                line = {"dash": _DASH[k % len(_DASH)], "color": color}
+                smooth = smoothing > 0 and name not in UNSMOOTHED and not name.startswith("eval_")
+                if smooth:
+                    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{label} (raw)", legendgroup=label,
+                                             showlegend=False, opacity=0.3, line=line, hoverinfo="skip"))
+                    y = ema(y, smoothing)
+                fig.add_trace(go.Scatter(x=x, y=y, mode="lines" if smooth else "lines+markers", name=label,
+                                         legendgroup=label, line=line))
     fig.update_layout(title=title, xaxis_title="step", yaxis_title=y_title, legend_title_text="iteration",
                       margin={"t": 50, "b": 40}, height=320)
+    if (y_range := value_range(plotted)) is not None:
+        fig.update_yaxes(range=y_range, exponentformat="e")
     return fig
 
 
-def logprob_heatmap(matrix: pd.DataFrame, title: str = "") -> go.Figure:
+# How the log-prob matrix can be shown: (the colour bar's title, what a cell holds).
+MATRIX_VIEWS = {
+    "log p": ("log p", "L[i, j] = mean log p(y_j | x, c_i)"),
+    "row softmax": ("p(y | c)", "p(y_j | c_i): softmax of row i over the N responses (the row loss's probabilities)"),
+    "column softmax": ("p(c | y)", "p(c_i | y_j): softmax of column j over the N constitutions (the column loss's)"),
+}
+
+
+def softmax(matrix: Sequence[Sequence[float]], axis: int) -> np.ndarray:
+    """Softmax of an N x N matrix along ``axis`` (1: each row sums to 1; 0: each column)."""
+    m = np.asarray(matrix, dtype=float)  # (N, N)
+    e = np.exp(m - m.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def logprob_heatmap(matrix: pd.DataFrame, title: str = "", *, view: str = "log p",
+                    z_range: Sequence[float] | None = None) -> go.Figure:
     """Heatmap of an N x N matrix (rows: constitutions c_i, columns: responses y_j), the
-    values written in the cells; the diagonal pairs are the positives of the loss."""
-    fig = go.Figure(go.Heatmap(z=matrix.to_numpy().tolist(), x=[str(c) for c in matrix.columns],
-                               y=[str(i) for i in matrix.index], colorscale="Viridis",
-                               text=[[f"{v:.3f}" for v in row] for row in matrix.to_numpy().tolist()],
-                               texttemplate="%{text}", colorbar={"title": {"text": "log p"}},
-                               hovertemplate="c=%{y}, y=%{x}: %{z:.4f}<extra></extra>"))
+    values written in the cells; the diagonal pairs are the positives of the loss.
+    ``view`` (a key of :data:`MATRIX_VIEWS`): the raw log-probs, or their softmax over each
+    row (p(y_j | c_i): takes out what a row shares) or each column (p(c_i | y_j): takes
+    out what a column shares, e.g. a response likelier under every constitution), so
+    that the diagonal shows.
+    The colour scale is fixed: [0, 1] for the softmax views, ``z_range`` (e.g. the run's
+    range over all its steps) for the raw one, so colours compare across steps."""
+    if view not in MATRIX_VIEWS:
+        raise ValueError(f"view must be one of {', '.join(MATRIX_VIEWS)}, got {view!r}")
+    raw = matrix.to_numpy(dtype=float)
+    z = raw if view == "log p" else softmax(raw, axis=1 if view == "row softmax" else 0)
+    bar, _ = MATRIX_VIEWS[view]
+    lo, hi = (0.0, 1.0) if view != "log p" else (tuple(z_range) if z_range is not None else (None, None))
+    fig = go.Figure(go.Heatmap(z=z.tolist(), x=[str(c) for c in matrix.columns], y=[str(i) for i in matrix.index],
+                               colorscale="Viridis", zmin=lo, zmax=hi,
+                               text=[[f"{v:.3f}" for v in row] for row in z.tolist()], texttemplate="%{text}",
+                               customdata=raw.tolist(), colorbar={"title": {"text": bar}},
+                               hovertemplate="c=%{y}, y=%{x}: " + bar + " %{z:.4f} (log p %{customdata:.4f})"
+                                             "<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="response y_j", yaxis_title="constitution c_i",
                       yaxis_autorange="reversed", margin={"t": 50, "b": 40}, height=360)
     return fig
@@ -106,11 +194,20 @@ def _series(df: pd.DataFrame) -> pd.Series:
     return df.apply(series_name, axis=1, temperatures=temps, judges=judges)
 
 
+def _side_by_side(fig: go.Figure) -> None:
+    """Traces that share an x category are drawn side by side, each in its own slot
+    (plotly's scattermode "group"), so that their interval bars do not overlap."""
+    for k, trace in enumerate(fig.data):
+        trace.offsetgroup = str(k)
+    fig.update_layout(scattermode="group", scattergap=0.5)
+
+
 def winrate_figure(df: pd.DataFrame, *, length_controlled: bool = False) -> go.Figure:
     """Win rate per checkpoint (x: ``checkpoint``, in the frame's row order), one trace per
-    baseline (and temperature and judge model when they vary), with 95% Wilson interval
-    bars from ``ci_low``/``ci_high``. ``length_controlled`` plots ``lc_win_rate`` instead
-    (it has no interval: no bars). A dashed line marks 0.5 (as good as the baseline)."""
+    baseline (and temperature and judge model when they vary), side by side within a
+    checkpoint, with 95% Wilson interval bars from ``ci_low``/``ci_high``.
+    ``length_controlled`` plots ``lc_win_rate`` instead (it has no interval: no bars). A
+    dashed line marks 0.5 (as good as the baseline)."""
     fig = go.Figure()
     value = "lc_win_rate" if length_controlled else "win_rate"
     order = list(dict.fromkeys(df["checkpoint"])) if not df.empty else []
@@ -127,6 +224,7 @@ def winrate_figure(df: pd.DataFrame, *, length_controlled: bool = False) -> go.F
                                     "array": (part["ci_high"].astype(float) - y).tolist(),
                                     "arrayminus": (y - part["ci_low"].astype(float)).tolist()}
             fig.add_trace(go.Scatter(**trace))
+    _side_by_side(fig)
     fig.add_hline(y=0.5, line_dash="dash", line_color="grey")
     fig.update_layout(title=_title("Length-controlled win rate per checkpoint" if length_controlled
                                    else "Win rate per checkpoint (95% interval)"),
@@ -139,7 +237,9 @@ def winrate_figure(df: pd.DataFrame, *, length_controlled: bool = False) -> go.F
 def length_figure(df: pd.DataFrame) -> go.Figure:
     """Mean response length (words) per checkpoint: the checkpoints' (one trace per
     temperature when it varies; the mean over baselines and judges, which judged the same
-    responses), and each baseline's as a dotted line."""
+    responses), and each baseline's (per temperature when it varies) as a dotted
+    horizontal line across the chart, named in the legend and labelled with its value (a
+    baseline is one model: one length, however many checkpoints it was compared with)."""
     fig = go.Figure()
     order = list(dict.fromkeys(df["checkpoint"])) if not df.empty else []
     if not df.empty:
@@ -149,10 +249,15 @@ def length_figure(df: pd.DataFrame) -> go.Figure:
             mean = part.groupby("checkpoint", sort=False)["mean_len_candidate"].mean()
             fig.add_trace(go.Scatter(x=mean.index.tolist(), y=mean.astype(float).tolist(), mode="lines+markers",
                                      name=f"checkpoints · T={t}" if temps else "checkpoints"))
-        for baseline in dict.fromkeys(df["baseline"]):
-            mean = df[df["baseline"] == baseline].groupby("checkpoint", sort=False)["mean_len_baseline"].mean()
-            fig.add_trace(go.Scatter(x=mean.index.tolist(), y=mean.astype(float).tolist(), mode="lines",
-                                     line={"dash": "dot"}, name=f"{baseline} (baseline)"))
+        for (baseline, t), part in df.groupby(["baseline", "temperature"], sort=False, dropna=False):
+            words = float(part["mean_len_baseline"].astype(float).mean())
+            if words != words:
+                continue
+            name = f"{baseline} (baseline{f', T={t}' if temps else ''})"
+            fig.add_shape(type="line", xref="paper", x0=0, x1=1, y0=words, y1=words, name=name, showlegend=True,
+                          line={"dash": "dot", "color": "grey"},
+                          label={"text": f"{short(baseline)}: {words:.1f}", "textposition": "end",
+                                 "yanchor": "bottom", "font": {"size": 11}})
     fig.update_layout(title=_title("Mean response length per checkpoint"), xaxis_title="checkpoint",
                       yaxis_title="words", margin={"t": 110, "b": 40}, height=440)
     _category_axis(fig, order)
@@ -177,6 +282,7 @@ def mi_figure(df: pd.DataFrame) -> go.Figure:
             error_y={"type": "data", "symmetric": False,
                      "array": (part["mi_lower_bound_ci_high"].astype(float) - y).tolist(),
                      "arrayminus": (y - part["mi_lower_bound_ci_low"].astype(float)).tolist()}))
+    _side_by_side(fig)
     fig.add_hline(y=0.0, line_dash="dash", line_color="grey")
     fig.update_layout(title=_title("Held-out MI lower bound per checkpoint (nats, 95% interval)"),
                       xaxis_title="checkpoint", yaxis_title="log N - loss (nats)", legend_title_text="",

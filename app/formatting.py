@@ -46,6 +46,15 @@ def format_duration(seconds: float | None) -> str:
     return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
+def format_time(ts: datetime | None) -> str:
+    """``2026-01-01 12:00:05 UTC``; ``-`` for None."""
+    if ts is None:
+        return "-"
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(timezone.utc)
+    return ts.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 # --- ids and statuses ------------------------------------------------------------------------
 
 

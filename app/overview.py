@@ -22,16 +22,35 @@ _ITERATION = re.compile(r"^iteration-(\d+)$")
 
 def experiment_state(counts: dict[str, int]) -> str:
     """One word for an experiment from its jobs' statuses: ``running`` while any job
-    runs; else ``failed`` if any failed; ``queued`` while any waits; ``blocked`` when
-    only blocked jobs are left; ``succeeded`` when all did; ``cancelled`` otherwise;
-    ``empty`` without jobs."""
+    runs; else ``failed`` if any failed; ``queued`` while any waits; ``cancelled`` when a
+    job was cancelled and nothing runs or waits (its dependants are blocked by the cancel,
+    so the experiment stopped because someone stopped it); ``blocked`` when only blocked
+    jobs are left for another reason; ``succeeded`` when all did; ``empty`` without jobs."""
     n = {k: v for k, v in counts.items() if v}
     if not n:
         return "empty"
-    for state in ("running", "failed", "queued", "blocked"):
+    for state in ("running", "failed", "queued", "cancelled", "blocked"):
         if n.get(state):
             return state
     return "succeeded" if set(n) == {"succeeded"} else "cancelled"
+
+
+def empty_state_text(workers_alive: int, imported_sources: int) -> str:
+    """What the Overview says when there is no experiment: how to submit one, and only
+    the steps not yet done (start a worker; import the published responses)."""
+    text = ("No experiment yet. Submit the demo experiment above (or one of your own on the New experiment page, "
+            "or with `sami submit SPEC.yaml`)")
+    if workers_alive:
+        text += f"; {workers_alive} worker{'s' if workers_alive != 1 else ''} alive will run its jobs."
+    else:
+        text += ", and start a worker with `sami worker` to run its jobs."
+    if imported_sources:
+        text += (f" {imported_sources} imported response source{'s are' if imported_sources != 1 else ' is'} "
+                 "already in the workspace: open Responses or Win rates to look at them.")
+    else:
+        text += (" To look at published responses without running anything, import them with "
+                 "`sami import-results --shipped` and open Responses or Win rates.")
+    return text
 
 
 def _iteration(label: Any) -> int | None:
@@ -116,6 +135,12 @@ def worker_state(row: dict, now: datetime) -> str:
     if row["status"] == "running" and (age_s(row.get("last_seen_at"), now) or 0) > SILENT_AFTER_S:
         return "silent"
     return row["status"]
+
+
+def workers_alive(rows: Sequence[dict], now: datetime | None = None) -> int:
+    """How many registered workers are running and heard from (:func:`worker_state`)."""
+    now = now or datetime.now(timezone.utc)
+    return sum(worker_state(r, now) == "running" for r in rows)
 
 
 def workers_frame(rows: Sequence[dict], now: datetime | None = None) -> pd.DataFrame:

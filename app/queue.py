@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from app.formatting import age_s, display_status, format_duration
+from db.models import BLOCKED, CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
 from db.workspace import Workspace
 from sami_core.contract import LOG_FILE
 from sami_core.judge.usage import job_usage_text
@@ -40,8 +41,15 @@ STATUS_COLORS = {
 COLOR_NAMES = {"queued": "grey", "running": "blue", "cancelling": "light orange", "succeeded": "green",
                "failed": "red", "cancelled": "dark grey", "blocked": "orange"}
 
-TABLE_COLUMNS = ("id", "name", "kind", "experiment", "status", "progress", "progress_text", "eta", "devices", "attempt",
-                 "worker", "constitution", "depends_on", "age", "updated")
+TABLE_COLUMNS = ("id", "name", "kind", "experiment", "status", "progress", "progress_text", "eta", "started", "ended",
+                 "duration", "devices", "attempt", "worker", "constitution", "depends_on", "age", "updated")
+
+# The progress bars' colour: a neutral one (the theme's primary colour is red, which reads as an error).
+PROGRESS_COLOR = "blue"
+
+# What the Cancel and Retry buttons can act on (db.queue.cancel, db.queue.retry); elsewhere they are disabled.
+CANCELLABLE = frozenset({QUEUED, BLOCKED, RUNNING})
+RETRYABLE = frozenset({FAILED, CANCELLED, BLOCKED})
 
 
 def eta_s(row: dict, now: datetime) -> float | None:
@@ -82,25 +90,61 @@ def constitution_label(row: dict) -> str:
     return f"{row['constitution_name']} v{row['constitution_version']}"
 
 
+def job_times(row: dict, now: datetime) -> tuple[datetime | None, datetime | None, float | None]:
+    """(started, ended, duration in seconds) of a job's latest attempt: started while it
+    runs or once it ran (not while it waits: a re-queued job's earlier start no longer
+    applies); ended once it succeeded, failed or was cancelled; the duration from start to
+    end, or to ``now`` while it runs. None where a time does not apply."""
+    status = row.get("status")
+    started = None if status in (QUEUED, BLOCKED) else row.get("started_at")
+    ended = row.get("finished_at") if status in (SUCCEEDED, FAILED, CANCELLED) else None
+    if started is None:
+        return None, ended, None
+    return started, ended, age_s(started, ended or now) if (ended is not None or status == RUNNING) else None
+
+
+def can_cancel(status: str, cancel_requested_at: object = None) -> bool:
+    """Whether Cancel does something: a queued or blocked job, or a running one whose
+    cancellation was not requested yet."""
+    return status in CANCELLABLE and not (status == RUNNING and cancel_requested_at is not None)
+
+
+def can_retry(status: str) -> bool:
+    """Whether Retry does something: a failed, cancelled or blocked job."""
+    return status in RETRYABLE
+
+
+def job_label(row: dict) -> str:
+    """``#12 train-1 (cancelling)``: the job picker's label, with the status shown live."""
+    status = display_status(row["status"], row.get("cancel_requested_at"))
+    return f"#{row['id']} {row.get('name') or row['kind']} ({status})"
+
+
 def jobs_frame(rows: Sequence[dict], now: datetime | None = None) -> pd.DataFrame:
     """db.reads.jobs.job_rows -> the table the Queue page shows (:data:`TABLE_COLUMNS`);
-    ``progress`` is a fraction (a succeeded job without a total counts as 1)."""
+    ``progress`` is a fraction (a succeeded job without a total counts as 1); ``started``
+    and ``ended`` are times, ``duration`` text (:func:`job_times`)."""
     now = now or datetime.now(timezone.utc)
     out = []
     for r in rows:
         frac = progress_fraction(r.get("progress_done"), r.get("progress_total"))
         if frac is None and r["status"] == "succeeded":
             frac = 1.0
+        started, ended, took = job_times(r, now)
         out.append({
             "id": r["id"], "name": r.get("name") or r["kind"], "kind": r["kind"], "experiment": r.get("experiment_id"),
             "status": display_status(r["status"], r.get("cancel_requested_at")),
             "progress": frac, "progress_text": progress_text(r), "eta": format_duration(eta_s(r, now)),
+            "started": started, "ended": ended, "duration": format_duration(took),
             "devices": r.get("devices_required") or 0, "attempt": f"{r.get('attempts') or 0}/{r.get('max_attempts')}",
             "worker": r.get("worker") or "", "constitution": constitution_label(r), "depends_on": ", ".join(map(str, r.get("depends_on") or [])),
             "age": format_duration(age_s(r.get("created_at"), now)),
             "updated": format_duration(age_s(r.get("updated_at"), now)),
         })
-    return pd.DataFrame(out, columns=list(TABLE_COLUMNS))
+    df = pd.DataFrame(out, columns=list(TABLE_COLUMNS))
+    for col in ("started", "ended"):  # UTC times (NaT where none) for a datetime column
+        df[col] = pd.to_datetime(df[col], utc=True).dt.tz_localize(None)
+    return df
 
 
 def judge_usage(job: dict) -> str | None:

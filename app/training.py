@@ -38,3 +38,23 @@ def matrix_frame(matrix: Sequence[Sequence[float]]) -> pd.DataFrame:
     n = len(matrix)
     return pd.DataFrame([list(map(float, row)) for row in matrix], index=[f"c_{i + 1}" for i in range(n)],
                         columns=[f"y_{j + 1}" for j in range(len(matrix[0]) if n else 0)])
+
+
+# The Training page's names for app.charts.MATRIX_VIEWS.
+MATRIX_VIEW_LABELS = {"log p": "log p (raw)", "row softmax": "p(response | constitution)",
+                      "column softmax": "p(constitution | response)"}
+
+
+def matrix_caption(view: str, z_range: Sequence[float] | None = None) -> str:
+    """What the heatmap shows in ``view`` and on which colour scale."""
+    if view == "log p":
+        scale = ("" if z_range is None else
+                 f" Colour scale fixed over the run's steps: {z_range[0]:.3g} to {z_range[1]:.3g}.")
+        return ("L[i, j] = mean log p(y_j | x, c_i) over the step's queries; the loss pushes the diagonal up "
+                "relative to its row and column." + scale)
+    if view == "row softmax":
+        return ("p(y_j | c_i): each row of the step's mean matrix as a softmax over the N responses (each row sums "
+                "to 1; the row loss wants 1 on the diagonal; 1/N is chance). Colour scale fixed to [0, 1].")
+    return ("p(c_i | y_j): each column of the step's mean matrix as a softmax over the N constitutions (each "
+            "column sums to 1; the column loss wants 1 on the diagonal; 1/N is chance). Colour scale fixed to "
+            "[0, 1].")

@@ -91,6 +91,19 @@ def chart_frame(rows: Sequence[dict]) -> pd.DataFrame:
     return df
 
 
+def chart_caption(length_controlled: bool) -> str:
+    """What the win-rate chart shows, and which interval its bars are (none when length-controlled)."""
+    if length_controlled:
+        what = ("Length-controlled win rate: the win rate a logistic fit of the verdict on the length difference "
+                "predicts at equal lengths; no interval is shown (the table's ci_low / ci_high are the raw win "
+                "rate's).")
+    else:
+        what = ("Win rate = (wins + ties/2) / decided judgments; bars: 95% Wilson interval; invalid answers and "
+                "errors are counted apart.")
+    return (f"{what} Series that share a checkpoint sit side by side. PNG of the chart: use the camera icon in the "
+            "chart's toolbar.")
+
+
 def to_csv(rows: Sequence[dict], columns: Sequence[str] = COLUMNS) -> bytes:
     """UTF-8 CSV with a header, every cell through csv_safe: what write_csv writes to a file."""
     buf = io.StringIO()

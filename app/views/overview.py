@@ -22,7 +22,7 @@ def _submit_demo() -> tuple[int, list[str]]:
 left, right = st.columns([1, 3])
 with left:
     if st.button("Submit the demo experiment", key="overview.submit_demo", type="primary",
-                 help=f"Submits {overview.DEMO_SPEC.name}: the embedded demo model, one SAMI iteration, CPU only"):
+                 help=f"Submits {overview.DEMO_SPEC.name}: the embedded demo model, three SAMI iterations, CPU only"):
         try:
             st.session_state["overview.submitted"] = _submit_demo()
             st.session_state.pop("overview.submit_error", None)
@@ -48,10 +48,7 @@ def _live() -> None:
 
     st.subheader("Experiments")
     if not experiments:
-        st.info("No experiment yet. Submit the demo experiment above (or one of your own on the New experiment "
-                "page, or with `sami submit SPEC.yaml`), and start a worker with `sami worker` to run its jobs. "
-                "To look at published responses without running anything, import them with "
-                "`sami import-results --shipped` and open Responses or Win rates.")
+        st.info(overview.empty_state_text(overview.workers_alive(workers), state.load(reads.imported_sources)))
     else:
         winrates, mi = {}, {}
         for e in experiments:
@@ -89,7 +86,7 @@ def _live() -> None:
             # The error holds the stage's last log lines: untrusted text, shown as text
             # (labels carry ids only: they are rendered as markdown).
             with st.expander(f"Job {f['id']}: full error"):
-                st.code(f["error"] or "(no error recorded)", language=None)
+                st.code(f["error"] or "(no error recorded)", language=None, wrap_lines=True)
                 st.page_link("views/queue.py", label=f"Open job {f['id']} in the queue",
                              query_params={"job": str(f["id"])})
 

@@ -75,7 +75,7 @@ experiment_id = st.selectbox(
 
 @st.fragment(run_every=LIVE_EVERY_S)
 def _live_table(experiment_id: int | None) -> None:
-    rows = state.load(reads.job_rows, experiment_id)
+    rows = state.read(lambda c: reads.job_rows(c, experiment_id))  # fresh: this view is live
     if not rows:
         st.info("No jobs here yet. Submit an experiment (Overview or New experiment page, or `sami submit`); "
                 "a worker (`sami worker`) runs them.")
@@ -85,15 +85,18 @@ def _live_table(experiment_id: int | None) -> None:
     st.dataframe(
         queue.jobs_frame(rows), hide_index=True, key="queue.table",
         column_config={
-            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent",
+                                                        color=queue.PROGRESS_COLOR),
             "progress_text": st.column_config.TextColumn("done"),
+            "started": st.column_config.DatetimeColumn("started (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+            "ended": st.column_config.DatetimeColumn("ended (UTC)", format="YYYY-MM-DD HH:mm:ss"),
             "devices": st.column_config.NumberColumn("GPUs"),
             "experiment": st.column_config.NumberColumn("experiment", format="%d"),
             "depends_on": st.column_config.TextColumn("depends on"),
         },
     )
     if experiment_id is not None:
-        graph = state.load(reads.experiment_graph, experiment_id)
+        graph = state.read(lambda c: reads.experiment_graph(c, experiment_id))
         with st.expander("Job graph", expanded=True):
             st.graphviz_chart(queue.dag_dot(graph["nodes"], graph["edges"]))
             st.caption(f"Colors: {queue.legend()}. Arrows point from a job to the jobs that wait for it.")
@@ -103,24 +106,17 @@ _live_table(experiment_id)
 
 # --- one job ---------------------------------------------------------------------------------
 
-job_rows = state.load(reads.job_rows, experiment_id)
-labels = {r["id"]: f"#{r['id']} {r['name'] or r['kind']} ({r['status']})" for r in job_rows}
-bad_job = _from_link("job", "queue.job", set(labels))
+# A ?job=ID link picks the job (read once per page run, so that a bad link's error stays).
+known = {r["id"] for r in state.read(lambda c: reads.job_rows(c, experiment_id))}
+bad_job = _from_link("job", "queue.job", known)
 if bad_job is not None:
     st.error(f"No job {md_escape(repr(bad_job))}" + ("" if experiment_id is None else f" in experiment {experiment_id}") + ".")
-if st.session_state.get("queue.job") not in (None, *labels):
-    st.session_state["queue.job"] = None
-job_id = st.selectbox("Job", [None, *labels], key="queue.job", on_change=_to_link, args=("job", "queue.job"),
-                      format_func=lambda i: "Pick a job to see its spec, error and log" if i is None else labels[i])
-if job_id is None:
-    st.stop()
 
 
 def _note(kind: str, text: str) -> None:
     st.session_state["queue.note"] = (kind, text)
 
 
-# Buttons act in callbacks, before the page reruns: everything below shows the new state.
 def _cancel(job_id: int) -> None:
     try:
         result, blocked = state.write(lambda c: (jobs.cancel(c, job_id), reads.blocked_by(c, job_id)))
@@ -144,17 +140,6 @@ def _retry(job_id: int) -> None:
           + (f"; unblocked {', '.join(map(str, unblocked))}" if unblocked else "") + ".")
 
 
-cancel_col, retry_col, note_col = st.columns([1, 1, 4])
-cancel_col.button("Cancel", key="queue.cancel", on_click=_cancel, args=(job_id,),
-                  help="queued or blocked: cancelled now; running: its worker kills the whole process tree; "
-                       "its dependants are blocked")
-retry_col.button("Retry", key="queue.retry", on_click=_retry, args=(job_id,),
-                 help="re-queue a failed, cancelled or blocked job with a fresh attempt budget, and unblock "
-                      "its dependants")
-if note := st.session_state.pop("queue.note", None):
-    getattr(note_col, note[0])(note[1])
-
-
 @st.cache_data(ttl=30, show_spinner=False)
 def _judge_estimate(job_id: int, status: str, updated_at: object) -> str | None:
     """queue.judge_estimate, read again when the job changes (it reads response files)."""
@@ -163,26 +148,57 @@ def _judge_estimate(job_id: int, status: str, updated_at: object) -> str | None:
 
 
 @st.fragment(run_every=LIVE_EVERY_S)
-def _live_job(job_id: int) -> None:
-    job = state.load(reads.job_detail, job_id)
+def _live_job(experiment_id: int | None) -> None:
+    """The job picker (its labels carry each job's status, read again at every refresh),
+    Cancel and Retry (enabled only where they act), and the picked job's detail."""
+    job_rows = state.read(lambda c: reads.job_rows(c, experiment_id))
+    labels = {r["id"]: queue.job_label(r) for r in job_rows}
+    if st.session_state.get("queue.job") not in (None, *labels):
+        st.session_state["queue.job"] = None
+    job_id = st.selectbox("Job", [None, *labels], key="queue.job", on_change=_to_link, args=("job", "queue.job"),
+                          format_func=lambda i: "Pick a job to see its spec, error and log" if i is None else labels[i])
+    if job_id is None:
+        return
+    job = state.read(lambda c: reads.job_detail(c, job_id))
     if job is None:
         st.error(f"Job {job_id} no longer exists.")
         return
     status = formatting.display_status(job["status"], job["cancel_requested_at"])
-    cols = st.columns(5)
+
+    cancel_col, retry_col, note_col = st.columns([1, 1, 4])
+    # The action, then a rerun of the whole page: the table, the picker and the sidebar
+    # all show the new state at once.
+    if cancel_col.button("Cancel", key="queue.cancel", disabled=not queue.can_cancel(job["status"],
+                                                                                      job["cancel_requested_at"]),
+                         help="queued or blocked: cancelled now; running: its worker kills the whole process "
+                              "tree; its dependants are blocked. Disabled once a job has ended (or its "
+                              "cancellation was requested)."):
+        _cancel(job_id)
+        st.rerun()
+    if retry_col.button("Retry", key="queue.retry", disabled=not queue.can_retry(job["status"]),
+                        help="re-queue a failed, cancelled or blocked job with a fresh attempt budget, and "
+                             "unblock its dependants. Disabled for queued, running and succeeded jobs."):
+        _retry(job_id)
+        st.rerun()
+    if note := st.session_state.pop("queue.note", None):
+        getattr(note_col, note[0])(note[1])
+
+    cols = st.columns(6)
     cols[0].metric("Status", status)
-    cols[1].metric("Attempt", f"{job['attempts']}/{job['max_attempts']}")
-    cols[2].metric("GPUs", job["devices_required"])
-    cols[3].metric("ETA", formatting.format_duration(queue.eta_s(job, formatting.now())))
-    cols[4].metric("Worker", md_escape(job["worker"] or "-"))  # a metric's value is markdown
     frac = queue.progress_fraction(job["progress_done"], job["progress_total"])
-    if frac is not None:
-        st.progress(frac)
+    cols[1].metric("Progress", "-" if frac is None else f"{frac:.0%}")  # a number: no red bar
+    cols[2].metric("Attempt", f"{job['attempts']}/{job['max_attempts']}")
+    cols[3].metric("GPUs", job["devices_required"])
+    cols[4].metric("ETA", formatting.format_duration(queue.eta_s(job, formatting.now())))
+    cols[5].metric("Worker", md_escape(job["worker"] or "-"))  # a metric's value is markdown
     if progress := queue.progress_text(job):
         st.text(progress[:500])  # the stage's own message: shown as text
+    started, ended, took = queue.job_times(job, formatting.now())
     st.caption(f"kind {job['kind']}; experiment {job['experiment_id'] or '-'}; depends on "
                f"{', '.join(map(str, job['depends_on'])) or 'nothing'}; needed by "
-               f"{', '.join(map(str, job['dependants'])) or 'nothing'}")
+               f"{', '.join(map(str, job['dependants'])) or 'nothing'}; started "
+               f"{formatting.format_time(started)}, ended {formatting.format_time(ended)}, "
+               f"took {formatting.format_duration(took)}")
     if constitution := queue.constitution_label(job):
         st.text(f"constitution: {constitution}")  # a user-given name: shown as text
     if usage := queue.judge_usage(job):
@@ -191,7 +207,7 @@ def _live_job(job_id: int) -> None:
         st.text(f"judge estimate before sending: {estimate}")
     if job["error"]:
         st.markdown("**Error**")
-        st.code(job["error"], language=None)  # the stage's last log lines: untrusted, shown as text
+        st.code(job["error"], language=None, wrap_lines=True)  # the stage's last log lines: untrusted, as text
     st.markdown("**Run directory**")
     path = queue.log_path(state.workspace(), job)
     st.code(str(path.parent), language=None)
@@ -211,4 +227,4 @@ def _live_job(job_id: int) -> None:
         st.code(tail or "(empty)", language=None, height=420)
 
 
-_live_job(job_id)
+_live_job(experiment_id)

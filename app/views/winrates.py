@@ -59,8 +59,7 @@ if not shown:
 frame = winrates.chart_frame(shown)
 st.plotly_chart(charts.winrate_figure(frame, length_controlled=length_controlled), key="winrates.chart",
                 config={"toImageButtonOptions": {"format": "png", "filename": "winrates"}})
-st.caption("PNG of the chart: use the camera icon in the chart's toolbar. Win rate = (wins + ties/2) / decided "
-           "judgments; bars: 95% Wilson interval; invalid answers and errors are counted apart.")
+st.caption(winrates.chart_caption(length_controlled))
 st.plotly_chart(charts.length_figure(frame), key="winrates.lengths")
 
 table = winrates.table_frame(shown)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from db.models import FAILED, RUNNING, Experiment, Job, Worker, utcnow
+from db.models import FAILED, RUNNING, Experiment, Job, ResponseSource, Worker, utcnow
 from db.queue import status_counts
 
 jobs = Job.__table__
@@ -35,6 +35,12 @@ def demo_experiments(conn: Connection, limit: int = 500) -> int:
     (``model.path: demo``), whose texts carry no meaning: the sidebar says so when any do."""
     specs = conn.execute(select(Experiment.spec).order_by(Experiment.id.desc()).limit(limit)).scalars()
     return sum(1 for spec in specs if ((spec or {}).get("model") or {}).get("path") == "demo")
+
+
+def imported_sources(conn: Connection) -> int:
+    """How many response sources were imported from results files (`sami import-results`)."""
+    return conn.execute(select(func.count()).select_from(ResponseSource)
+                        .where(ResponseSource.kind == "import")).scalar_one()
 
 
 def experiment_rows(conn: Connection, limit: int = 100) -> list[dict[str, Any]]:

@@ -69,3 +69,19 @@ def matrix_at(conn: Connection, job_id: int, step: int) -> list[list[float]] | N
     stmt = select(metrics.c.value_json).where(metrics.c.job_id == job_id, metrics.c.name == MATRIX,
                                               metrics.c.step == step)
     return conn.execute(stmt).scalar_one_or_none()
+
+
+def matrix_range(conn: Connection, job_id: int) -> tuple[float, float] | None:
+    """The smallest and largest entry of every log-prob matrix a job logged (all its
+    steps): a colour scale that stays put while one steps through the run. None when it
+    logged none (or only non-finite entries)."""
+    stmt = select(metrics.c.value_json).where(metrics.c.job_id == job_id, metrics.c.name == MATRIX,
+                                              metrics.c.value_json.is_not(None))
+    lo = hi = None
+    for matrix in conn.execute(stmt).scalars():
+        for row in matrix or []:
+            for v in row or []:
+                if isinstance(v, (int, float)) and v == v and abs(v) != float("inf"):
+                    lo = v if lo is None or v < lo else lo
+                    hi = v if hi is None or v > hi else hi
+    return None if lo is None else (float(lo), float(hi))

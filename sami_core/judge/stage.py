@@ -42,6 +42,28 @@ def _log(msg: str) -> None:
     print(f"[sami] {msg}", file=sys.stderr, flush=True)
 
 
+def winrate_summary(table: list[dict]) -> str:
+    """The win rates a judge job computed (sami_core.stats.winrate_table rows), as the
+    Win rates page shows them: ``0.625 [0.306, 0.863] (n=8)`` for one group; for several
+    (e.g. responses sampled at two temperatures) one such figure per group, named by the
+    keys that differ (``T=0.0: 0.500 [...] (n=64); T=1.0: ...``); ``n/a`` for a group with
+    no decided judgment."""
+    def one(r: dict) -> str:
+        wr = r.get("win_rate")
+        if wr is None or wr != wr:
+            return "n/a"
+        return f"{wr:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] (n={r['n']})"
+
+    if not table:
+        return "n/a"
+    if len(table) == 1:
+        return one(table[0])
+    varying = [k for k in ("candidate", "baseline", "judge_model", "temperature")
+               if len({str(r.get(k)) for r in table}) > 1]
+    names = {"temperature": "T", "judge_model": "judge"}
+    return "; ".join(", ".join(f"{names.get(k, k)}={r.get(k)}" for k in varying) + f": {one(r)}" for r in table)
+
+
 def shared_cache_path(spec: JudgeSpec) -> Path | None:
     if spec.shared_cache is None:
         return None
@@ -155,8 +177,7 @@ def run_judge(spec: JudgeSpec, run_dir: str | Path) -> dict:
                   f"{counts['invalid']} invalid, {counts['error']} errors")
     rd.progress("judge", total, total, "judgments", status_msg, "succeeded")
     rd.write_outputs(outputs)
-    wr = outputs["win_rate"]
-    _log(f"judge: {status_msg}; win rate {'n/a' if wr is None else f'{wr:.3f}'}; "
+    _log(f"judge: {status_msg}; win rate {winrate_summary(table)}; "
          f"{report.sent} requests sent, {report.cached} cached -> {rd / 'judgments.jsonl'}")
     _log(f"judge: {usage_text(prompt_tokens, completion_tokens, cost)}")
     if counts["error"]:

@@ -34,6 +34,34 @@ def test_empty_workspace_says_how_to_start(open_page):
     assert at.button(key="overview.submit_demo").label == "Submit the demo experiment"
 
 
+def test_empty_state_leaves_out_what_is_done(open_page, workspace):
+    """With a worker alive and the published responses imported, the empty state no
+    longer asks for either."""
+    from services import results
+
+    transact(workspace.engine, lambda c: queue.register_worker(c, name="n:1", host="n", pid=1, devices=[],
+                                                               kinds=None))
+    transact(workspace.engine, lambda c: results.import_results_file(c, results.shipped_results()[0]))
+    at = open_page("overview")
+    text = " ".join(i.value for i in at.info)
+    assert "No experiment yet" in text and "1 worker alive" in text
+    assert "sami worker" not in text and "import-results" not in text
+    assert "1 imported response source is already in the workspace" in text
+
+
+def test_a_cancelled_experiment_shows_as_cancelled(open_page, workspace):
+    exp_id = _submit_demo(workspace.engine)
+    jobs = transact(workspace.engine, lambda c: queue.list_jobs(c, experiment_id=exp_id), write=False)
+    parents = transact(workspace.engine, lambda c: queue.dependencies(c, [j.id for j in jobs]), write=False)
+    roots = [j.id for j in jobs if not parents[j.id]]
+    for job_id in roots:  # cancelling the jobs that wait for nothing blocks every other one
+        transact(workspace.engine, lambda c, job_id=job_id: queue.cancel(c, job_id))
+    at = open_page("overview")
+    (exp,) = _frame(at, "latest win rate").to_dict("records")
+    assert exp["cancelled"] == len(roots) and exp["blocked"] == len(jobs) - len(roots) > 0
+    assert exp["state"] == "cancelled"
+
+
 def test_the_demo_button_submits_the_demo_experiment_and_links_to_the_queue(open_page, workspace):
     at = open_page("overview")
     at.button(key="overview.submit_demo").click().run()
@@ -82,6 +110,8 @@ def test_failures_show_their_error_as_text(open_page, workspace):
     assert row["job"] == job.id and row["experiment"] == f"{exp_id}: demo"
     assert row["error"] == "RuntimeError: <b>CUDA out of memory</b> [x](javascript:1)"
     assert error in [c.value for c in at.code]  # the whole error, as text
+    (code,) = [c for c in at.code if c.value == error]
+    assert code.proto.wrap_lines  # a long line wraps instead of scrolling out of sight
     assert not any("CUDA" in m.value for m in at.markdown)
     (exp,) = _frame(at, "latest win rate").to_dict("records")
     assert (exp["state"], exp["failed"]) == ("failed", 1)

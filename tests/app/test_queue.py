@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
 import yaml
 
 from app.overview import DEMO_SPEC
@@ -115,9 +116,9 @@ def test_cancel_a_queued_job_blocks_its_dependants(open_page, workspace):
     assert msg == (f"Job {ids['train-1']} cancelled; blocked its dependants {ids['sample-1']}, {ids['evaluate-1']}, "
                    f"{ids['judge-1']}.")
     assert _table(at).set_index("id").loc[ids["train-1"], "status"] == "cancelled"
-    # Cancelling again changes nothing and says so.
-    at.button(key="queue.cancel").click().run()
-    assert [w.value for w in at.warning] == [f"Job {ids['train-1']} is cancelled: nothing to cancel."]
+    # The picker's label says so; Cancel has nothing left to do, Retry has.
+    assert at.selectbox(key="queue.job").format_func(ids["train-1"]) == f"#{ids['train-1']} train-1 (cancelled)"
+    assert at.button(key="queue.cancel").disabled and not at.button(key="queue.retry").disabled
 
 
 def test_retry_a_failed_job_requeues_it_and_unblocks_its_dependants(open_page, workspace):
@@ -131,10 +132,75 @@ def test_retry_a_failed_job_requeues_it_and_unblocks_its_dependants(open_page, w
     assert not at.exception
     assert _status(workspace.engine, failed.id) == "queued" and _status(workspace.engine, ids["judge-1"]) == "queued"
     assert [s.value for s in at.success] == [f"Job {failed.id} is queued; unblocked {ids['judge-1']}."]
-    # A queued job cannot be retried: the refusal is shown, nothing changes.
-    at.button(key="queue.retry").click().run()
-    assert "only failed, cancelled or blocked jobs can be retried" in at.error[0].value
-    assert _status(workspace.engine, failed.id) == "queued"
+    # A queued job cannot be retried: Retry is disabled, Cancel is not.
+    assert at.button(key="queue.retry").disabled and not at.button(key="queue.cancel").disabled
+
+
+def test_buttons_are_enabled_only_where_they_act(open_page, workspace):
+    ids = _submit_demo(workspace.engine)
+    w = _worker(workspace.engine)
+    done = _run_first(workspace.engine, w)
+    running = _run_first(workspace.engine, w, outcome="running")
+
+    def buttons(job_id: int) -> tuple[bool, bool]:
+        at = open_page("queue", job=str(job_id))
+        return at.button(key="queue.cancel").disabled, at.button(key="queue.retry").disabled
+
+    assert buttons(done.id) == (True, True)  # succeeded: nothing to cancel or retry
+    assert buttons(running.id) == (False, True)
+    assert buttons(ids["judge-1"]) == (False, True)  # queued
+    transact(workspace.engine, lambda c: queue.cancel(c, running.id))  # running: cancellation requested
+    at = open_page("queue", job=str(running.id))
+    assert at.button(key="queue.cancel").disabled
+    assert at.selectbox(key="queue.job").format_func(running.id).endswith("(cancelling)")
+
+
+def test_the_picker_label_follows_a_cancel_by_the_worker(open_page, workspace):
+    """A running job cancelled from the Queue page: its label goes from (running) to
+    (cancelling) at once, and to (cancelled) once its worker has stopped it, without
+    leaving the page."""
+    _submit_demo(workspace.engine)
+    w = _worker(workspace.engine)
+    running = _run_first(workspace.engine, w, outcome="running")
+    at = open_page("queue", job=str(running.id))
+    label = lambda: at.selectbox(key="queue.job").format_func(running.id)  # noqa: E731
+    assert label().endswith("(running)")
+    at.button(key="queue.cancel").click().run()
+    assert [i.value for i in at.info][-1].startswith(f"Job {running.id}: cancellation requested")
+    assert label().endswith("(cancelling)")
+    transact(workspace.engine, lambda c: queue.mark_cancelled(c, running.id, w))
+    at.run()  # the next refresh
+    assert label().endswith("(cancelled)") and at.button(key="queue.cancel").disabled
+    assert _table(at).set_index("id").loc[running.id, "status"] == "cancelled"
+
+
+def test_table_has_start_end_and_duration_and_a_neutral_progress_colour(open_page, workspace):
+    import json
+
+    ids = _submit_demo(workspace.engine)
+    w = _worker(workspace.engine)
+    done = _run_first(workspace.engine, w)
+    running = _run_first(workspace.engine, w, outcome="running", progress={"done": 1, "total": 4})
+    at = open_page("queue", experiment=str(ids["exp"]))
+    table = _table(at).set_index("id")
+    assert {"started", "ended", "duration"} <= set(table.columns)
+    assert table.loc[done.id, "ended"] >= table.loc[done.id, "started"]
+    assert re.fullmatch(r"\d+s", table.loc[done.id, "duration"])
+    assert pd.isna(table.loc[running.id, "ended"]) and re.fullmatch(r"\d+s", table.loc[running.id, "duration"])
+    queued = table.loc[ids["judge-1"]]
+    assert pd.isna(queued["started"]) and queued["duration"] == "-"
+    (frame,) = [df for df in at.dataframe if "progress" in df.value.columns]
+    config = json.loads(frame.proto.columns)
+    assert config["progress"]["type_config"]["color"] == "blue"
+
+
+def test_a_long_error_wraps(open_page, workspace):
+    _submit_demo(workspace.engine)
+    w = _worker(workspace.engine)
+    failed = _run_first(workspace.engine, w, outcome="fail")
+    at = open_page("queue", job=str(failed.id))
+    (error,) = [c for c in at.code if "bad batch" in c.value]
+    assert error.proto.wrap_lines
 
 
 def test_log_tail_shows_the_last_lines_of_the_stage_log(open_page, workspace):

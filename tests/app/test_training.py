@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import yaml
 
+from app import charts
 from app.overview import DEMO_SPEC
 from db import ingest
 from db.engine import transact
@@ -105,3 +107,39 @@ def test_an_experiment_without_metrics_says_so(open_page, workspace):
     at = open_page("training", experiment=str(ids["exp"]))
     assert any("No metrics logged yet" in i.value for i in at.info)
     assert not at.get("plotly_chart")
+
+
+def test_lr_axis_smoothing_and_the_matrix_views(open_page, workspace):
+    ids = seed(workspace.engine)
+    at = open_page("training", experiment=str(ids["exp"]))
+    lr = by_title(at)["Learning rate"]
+    lo, hi = lr["layout"]["yaxis"]["range"]
+    assert 0 < lo < 1e-5 and 2e-5 < hi < 3e-5  # the lr at its size, not a flat line on -1..1
+
+    # smoothing: an EMA over each loss curve, the raw values faint behind it
+    at.slider(key="training.smoothing").set_value(0.5).run()
+    loss = by_title(at)["Loss"]["data"]
+    assert [t["name"] for t in loss] == ["iteration 1 (raw)", "iteration 1", "iteration 2 (raw)", "iteration 2"]
+    raw = [record(2, s, kl=False)["loss"] for s in range(1, STEPS + 1)]
+    assert loss[3]["y"] == pytest.approx(charts.ema(raw, 0.5))
+    assert len(by_title(at)["Learning rate"]["data"]) == 2  # the schedule is not smoothed
+
+    # the log-prob matrix: raw on a scale fixed over the run's steps, or a softmax on [0, 1]
+    def heat(at):  # noqa: ANN001, ANN202
+        return next(s["data"][0] for s in specs(at) if s["data"] and s["data"][0]["type"] == "heatmap")
+
+    all_entries = [v for s in range(1, STEPS + 1) for row in record(1, s, kl=False)["matrix"] for v in row]
+    first = heat(at)
+    assert (first["zmin"], first["zmax"]) == (min(all_entries), max(all_entries))
+    at.select_slider(key=f"training.matrix_step.{ids['train-1']}").set_value(2).run()
+    assert (heat(at)["zmin"], heat(at)["zmax"]) == (first["zmin"], first["zmax"])  # the same scale at every step
+    at.radio(key="training.matrix_view").set_value("row softmax").run()
+    z = heat(at)["z"]
+    m = record(1, 2, kl=False)["matrix"]
+    assert z[0][0] == pytest.approx(math.exp(m[0][0]) / (math.exp(m[0][0]) + math.exp(m[0][1])))
+    assert [sum(r) for r in z] == pytest.approx([1.0, 1.0])
+    assert (heat(at)["zmin"], heat(at)["zmax"]) == (0.0, 1.0)
+    assert any("p(y_j | c_i)" in c.value for c in at.caption)
+    at.radio(key="training.matrix_view").set_value("column softmax").run()
+    z = heat(at)["z"]
+    assert [z[0][j] + z[1][j] for j in (0, 1)] == pytest.approx([1.0, 1.0])

@@ -132,6 +132,32 @@ def test_length_controlled_toggle_changes_the_plotted_values(open_page, workspac
     assert "length" in lengths["layout"]["title"]["text"]
 
 
+def test_captions_name_the_interval_shown_and_series_and_baselines_are_visible(open_page, workspace):
+    import json
+
+    seed(workspace.engine)
+    at = open_page("winrates")
+    captions = " ".join(c.value for c in at.caption)
+    assert "95% Wilson interval" in captions
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    # two baselines at each checkpoint: side by side, each in its own slot
+    assert chart["layout"]["scattermode"] == "group"
+    assert len({t["offsetgroup"] for t in chart["data"]}) == len(chart["data"]) == 2
+    # each baseline's mean length: a horizontal line across the chart, named in the legend
+    lengths = json.loads(at.get("plotly_chart")[1].proto.spec)
+    lines = {s["name"]: s for s in lengths["layout"]["shapes"]}
+    assert set(lines) == {f"{b} (baseline)" for b in BASES}
+    expected = exports.winrates(transact(workspace.engine, ingest.judgment_rows))
+    base = [r["mean_len_baseline"] for r in expected if r["baseline"] == BASES[0]]
+    line = lines[f"{BASES[0]} (baseline)"]
+    assert line["showlegend"] and (line["x0"], line["x1"], line["xref"]) == (0, 1, "paper")
+    assert line["y0"] == pytest.approx(sum(base) / len(base))
+
+    at.toggle(key="winrates.lc").set_value(True).run()
+    captions = " ".join(c.value for c in at.caption)
+    assert "Wilson" not in captions and "no interval is shown" in captions
+
+
 def test_empty_state_without_judgments(open_page):
     at = open_page("winrates")
     assert any("No judgments yet" in i.value for i in at.info)

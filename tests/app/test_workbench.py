@@ -35,6 +35,17 @@ def test_sidebar_counts_queued_jobs_and_says_no_worker_is_alive(open_page, works
     assert any("No worker is alive" in c.value for c in at.sidebar.caption)
 
 
+def test_sidebar_counts_are_read_afresh_at_every_rerun(open_page, workspace):
+    """A job queued by someone else (a CLI, another browser) between two refreshes is
+    counted at the next one: the sidebar does not reuse a cached count."""
+    at = open_page("queue")
+    at.run()  # warm: this run takes well under the read cache's ttl (2 s)
+    assert "0 running, 0 queued" in " ".join(m.value for m in at.sidebar.markdown)
+    transact(workspace.engine, lambda c: queue.enqueue(c, "sleep", {"seconds": 1}))
+    at.run()
+    assert "0 running, 1 queued" in " ".join(m.value for m in at.sidebar.markdown)
+
+
 def test_the_demo_note_appears_once_an_experiment_trains_the_demo_model(open_page, workspace):
     note = "embedded demo model show the mechanics only"
     at = open_page("overview")

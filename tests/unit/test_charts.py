@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
+import pytest
 
 from app import charts
 
@@ -38,6 +41,60 @@ def test_training_figure_adds_held_out_lines_only_where_they_were_logged():
     fig = charts.training_figure(pd.concat([metrics_df(), held_out]), ("loss", "eval_loss"), "Loss")
     assert [t.name for t in fig.data] == ["iteration 1 · loss", "iteration 1 · eval_loss", "iteration 2 · loss"]
     assert list(fig.data[1].x) == [0, 3] and fig.data[1].line.dash == "dash"
+
+
+def test_ema_hand_computed_and_zero_weight_is_the_identity():
+    assert charts.ema([1.0, 3.0, 3.0], 0.0) == [1.0, 3.0, 3.0]
+    # weight 0.5: s_2 = (0.5 * 1 + 3) / (0.5 + 1); s_3 = (0.25 * 1 + 0.5 * 3 + 3) / (0.25 + 0.5 + 1)
+    got = charts.ema([1.0, 3.0, 3.0], 0.5)
+    assert got[0] == 1.0 and abs(got[1] - 3.5 / 1.5) < 1e-12 and abs(got[2] - 4.75 / 1.75) < 1e-12
+    assert charts.ema([], 0.9) == []
+    with pytest.raises(ValueError, match="smoothing weight"):
+        charts.ema([1.0], 1.0)
+
+
+def test_value_range_shows_a_constant_at_its_value():
+    lo, hi = charts.value_range([2e-5] * 6)
+    assert lo < 2e-5 < hi and abs(hi - lo - 4e-6) < 1e-12  # +-10% of the value, not plotly's -1..1
+    assert charts.value_range([0.0, 0.0]) == [-1.0, 1.0]
+    lo, hi = charts.value_range([0.2, 0.7, float("nan"), None])
+    assert abs(lo - 0.175) < 1e-12 and abs(hi - 0.725) < 1e-12  # 5% of the span either side
+    assert charts.value_range([]) is None and charts.value_range([float("nan")]) is None
+
+
+def test_training_figure_y_axis_spans_a_constant_learning_rate():
+    df = pd.DataFrame([("iteration 1", s, "lr", 2e-5) for s in (1, 2, 3)],
+                      columns=["iteration", "step", "name", "value"])
+    fig = charts.training_figure(df, ("lr",), "Learning rate", smoothing=0.9)
+    lo, hi = fig.layout.yaxis.range
+    assert lo < 2e-5 < hi and hi - lo < 1e-5 and fig.layout.yaxis.exponentformat == "e"
+    assert [t.name for t in fig.data] == ["iteration 1"]  # the lr is a schedule: never smoothed
+
+
+def test_training_figure_smoothing_draws_the_ema_over_faint_raw_values():
+    fig = charts.training_figure(metrics_df(), ("loss",), "Loss", smoothing=0.5)
+    raw, smooth = fig.data[0], fig.data[1]
+    assert (raw.name, raw.showlegend, raw.opacity) == ("iteration 1 (raw)", False, 0.3)
+    assert smooth.name == "iteration 1" and list(smooth.y) == charts.ema(list(raw.y), 0.5)
+    assert raw.line.color == smooth.line.color != fig.data[3].line.color  # one colour per iteration
+    assert list(fig.data[3].y) == charts.ema([0.30000000000000004, 0.2], 0.5)
+
+
+def test_logprob_heatmap_softmax_views_have_a_fixed_unit_scale():
+    m = pd.DataFrame([[-4.7, -5.1], [-6.8, -3.2]], index=["c_1", "c_2"], columns=["y_1", "y_2"])
+    (row,) = charts.logprob_heatmap(m, view="row softmax").data
+    z = [list(r) for r in row.z]
+    assert abs(sum(z[0]) - 1) < 1e-12 and abs(sum(z[1]) - 1) < 1e-12
+    assert abs(z[0][0] - 1 / (1 + math.exp(-0.4))) < 1e-12  # e^-4.7 / (e^-4.7 + e^-5.1)
+    assert (row.zmin, row.zmax) == (0.0, 1.0) and row.colorbar.title.text == "p(y | c)"
+    assert [list(r) for r in row.customdata] == [[-4.7, -5.1], [-6.8, -3.2]]  # the raw values in the hover
+    (col,) = charts.logprob_heatmap(m, view="column softmax").data
+    z = [list(r) for r in col.z]
+    assert abs(z[0][0] + z[1][0] - 1) < 1e-12 and z[0][0] > 0.5 and z[1][1] > 0.5  # the diagonal shows
+    (raw,) = charts.logprob_heatmap(m, z_range=(-9.0, -1.0)).data
+    assert (raw.zmin, raw.zmax) == (-9.0, -1.0) and raw.colorbar.title.text == "log p"
+    with pytest.raises(ValueError, match="view must be one of"):
+        charts.logprob_heatmap(m, view="softmax")
 
 
 def test_logprob_heatmap_keeps_rows_as_constitutions_and_writes_values():
@@ -87,13 +144,37 @@ def test_winrate_traces_split_by_temperature_and_judge_only_when_they_vary():
     assert {t.name for t in charts.winrate_figure(df).data} == {"vs base · a", "vs instruct · b"}
 
 
-def test_length_figure_shows_checkpoints_once_and_each_baseline():
+def test_length_figure_shows_checkpoints_once_and_each_baseline_as_a_horizontal_line():
     fig = charts.length_figure(winrate_df())
-    assert [t.name for t in fig.data] == ["checkpoints", "base (baseline)", "instruct (baseline)"]
+    assert [t.name for t in fig.data] == ["checkpoints"]
     assert list(fig.data[0].x) == ["iteration-1", "iteration-2"] and list(fig.data[0].y) == [30.0, 40.0]
-    assert list(fig.data[2].y) == [50.0, 50.0] and fig.data[2].line.dash == "dot"
+    lines = {s.name: s for s in fig.layout.shapes}
+    assert set(lines) == {"base (baseline)", "instruct (baseline)"}
+    instruct = lines["instruct (baseline)"]
+    # across the whole plot (paper x), at its length, in the legend, with its value written
+    assert (instruct.xref, instruct.x0, instruct.x1, instruct.y0, instruct.y1) == ("paper", 0, 1, 50.0, 50.0)
+    assert instruct.showlegend and instruct.line.dash == "dot" and instruct.label.text == "instruct: 50.0"
     df = winrate_df().assign(temperature=[0.0, 0.0, 1.0, 1.0])
-    assert [t.name for t in charts.length_figure(df).data][:2] == ["checkpoints · T=0.0", "checkpoints · T=1.0"]
+    fig = charts.length_figure(df)
+    assert [t.name for t in fig.data] == ["checkpoints · T=0.0", "checkpoints · T=1.0"]
+    assert {s.name for s in fig.layout.shapes} == {"base (baseline, T=0.0)", "instruct (baseline, T=0.0)",
+                                                   "base (baseline, T=1.0)", "instruct (baseline, T=1.0)"}
+
+
+def test_a_baseline_judged_against_one_checkpoint_is_still_visible():
+    one = winrate_df().iloc[:1]  # a single point: a line trace of it would draw nothing
+    (line,) = charts.length_figure(one).layout.shapes
+    assert (line.name, line.y0, line.x0, line.x1) == ("base (baseline)", 20.0, 0, 1)
+
+
+def test_winrate_series_at_the_same_checkpoint_sit_side_by_side():
+    df = winrate_df()
+    df.loc[df.index[1::2], "temperature"] = 1.0  # T=0.0 and T=1.0 of the same checkpoints
+    df["baseline"] = "base"
+    fig = charts.winrate_figure(df)
+    assert [t.name for t in fig.data] == ["vs base · T=0.0", "vs base · T=1.0"]
+    assert fig.layout.scattermode == "group"
+    assert len({t.offsetgroup for t in fig.data}) == 2  # one slot each: the interval bars do not overlap
 
 
 def test_long_checkpoint_labels_are_cut_on_the_axis_only():

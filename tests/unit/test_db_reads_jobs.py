@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pandas as pd
 import pytest
 
 from app import overview as ov
@@ -93,12 +94,30 @@ def test_overview_reads_counts_workers_and_failures(engine):
     ({"running": 1, "failed": 1, "queued": 2}, "running"),
     ({"failed": 1, "queued": 2}, "failed"),
     ({"succeeded": 2, "queued": 1}, "queued"),
-    ({"succeeded": 2, "blocked": 1, "cancelled": 1}, "blocked"),
+    ({"succeeded": 2, "blocked": 1, "cancelled": 1}, "cancelled"),  # the cancel blocked the rest
+    ({"succeeded": 1, "cancelled": 1, "queued": 1}, "queued"),  # the rest still runs
+    ({"failed": 1, "cancelled": 1, "blocked": 2}, "failed"),
+    ({"succeeded": 2, "blocked": 1}, "blocked"),
     ({"succeeded": 3, "queued": 0}, "succeeded"),
     ({"succeeded": 3, "cancelled": 1}, "cancelled"),
 ])
 def test_experiment_state(counts, state):
     assert ov.experiment_state(counts) == state
+
+
+def test_empty_state_names_only_the_steps_not_done():
+    fresh = ov.empty_state_text(workers_alive=0, imported_sources=0)
+    assert "`sami worker`" in fresh and "`sami import-results --shipped`" in fresh
+    done = ov.empty_state_text(workers_alive=1, imported_sources=10)
+    assert "sami worker" not in done and "import-results" not in done
+    assert "1 worker alive" in done and "10 imported response sources are already in the workspace" in done
+    assert "2 workers alive" in ov.empty_state_text(2, 0) and "import-results" in ov.empty_state_text(2, 0)
+
+
+def test_workers_alive_counts_running_workers_heard_from():
+    rows = [{"status": "running", "last_seen_at": T0}, {"status": "running", "last_seen_at": T0 - timedelta(hours=1)},
+            {"status": "stopped", "last_seen_at": T0}]
+    assert ov.workers_alive(rows, now=T0 + timedelta(seconds=5)) == 1
 
 
 def test_latest_winrate_picks_the_last_iteration_against_the_first_baseline_at_the_lowest_temperature():
@@ -181,3 +200,24 @@ def test_latest_mi_is_the_latest_model_scored_by_itself_beside_the_base():
     frame = ov.experiments_frame([{"id": 3, "name": "e", "counts": {"succeeded": 2}, "iterations": 2,
                                    "created_at": T0}], {}, now=T0, mi={3: (latest, base)})
     assert frame.loc[0, "held-out MI (nats)"] == "iteration-2: 0.21 [0.16, 0.26] (base 0.01)"
+
+
+def test_job_times_and_what_the_buttons_can_do():
+    ran = {"status": "succeeded", "started_at": T0, "finished_at": T0 + timedelta(seconds=75)}
+    assert qv.job_times(ran, T0 + timedelta(hours=1)) == (T0, T0 + timedelta(seconds=75), 75.0)
+    running = {"status": "running", "started_at": T0, "finished_at": None}
+    assert qv.job_times(running, T0 + timedelta(seconds=30)) == (T0, None, 30.0)
+    # re-queued after a failed attempt: that attempt's start no longer applies
+    assert qv.job_times({"status": "queued", "started_at": T0, "finished_at": None}, T0) == (None, None, None)
+    # cancelled before it ran: an end, no start, no duration
+    assert qv.job_times({"status": "cancelled", "started_at": None, "finished_at": T0}, T0) == (None, T0, None)
+    assert [s for s in ("queued", "running", "blocked", "succeeded", "failed", "cancelled") if qv.can_cancel(s)] == [
+        "queued", "running", "blocked"]
+    assert not qv.can_cancel("running", T0)  # cancellation already requested
+    assert [s for s in ("queued", "running", "blocked", "succeeded", "failed", "cancelled") if qv.can_retry(s)] == [
+        "blocked", "failed", "cancelled"]
+    assert qv.job_label({"id": 3, "name": None, "kind": "train", "status": "running",
+                         "cancel_requested_at": T0}) == "#3 train (cancelling)"
+    df = qv.jobs_frame([{"id": 1, "kind": "sleep", "status": "succeeded", "started_at": T0,
+                         "finished_at": T0 + timedelta(seconds=5), "depends_on": []}], now=T0)
+    assert df.loc[0, "duration"] == "5s" and df.loc[0, "ended"] == pd.Timestamp("2026-01-01 12:00:05")

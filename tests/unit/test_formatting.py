@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 
-from app.formatting import display_status, format_duration, md_escape, parse_id
+from datetime import datetime, timedelta, timezone
+
+from app.formatting import display_status, format_duration, format_time, md_escape, parse_id
 
 
 def test_markdown_and_html_specials_are_escaped():
@@ -33,3 +35,8 @@ def test_parse_id():
 def test_a_running_job_being_cancelled_shows_as_cancelling():
     assert display_status("running", cancel_requested_at="2026-01-01") == "cancelling"
     assert display_status("running") == "running" and display_status("queued", "2026-01-01") == "queued"
+
+
+def test_format_time_writes_utc():
+    t = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+    assert format_time(t) == "2026-01-02 01:04:05 UTC" and format_time(None) == "-"

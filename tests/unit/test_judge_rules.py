@@ -13,7 +13,7 @@ from sami_core.experiment_spec import validate_experiment
 from sami_core.judge.client import JudgeError, make_client, provider_id
 from sami_core.judge.prompt import parse_answer
 from sami_core.judge.rules import RULES_VERSION, Concision, judge_concision
-from sami_core.judge.stage import run_judge, run_write_constitution
+from sami_core.judge.stage import run_judge, run_write_constitution, winrate_summary
 from sami_core.pipeline import expand
 from sami_core.spec import validate_spec
 
@@ -93,6 +93,33 @@ def test_judge_stage_with_the_concision_rule(tmp_path: Path) -> None:
     # a second run on a fresh directory reuses nothing without a shared cache but decides the same
     again = run_judge(spec, tmp_path / "judge2")
     assert again["win_rate"] == out["win_rate"]
+
+
+def test_the_judge_log_prints_the_win_rate_of_each_temperature(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Responses sampled at two temperatures make two win rates (as the Win rates page shows
+    them): the stage's log line prints both, not 'n/a'."""
+    def two_temperatures(path: Path, texts: list[str]) -> Path:
+        path.mkdir(parents=True)
+        rows = [{"query_id": str(q), "query": f"post {q}", "temperature": t, "constitution": CONST,
+                 "response": text} for t in (0.0, 1.0) for q, text in enumerate(texts)]
+        (path / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    cand = two_temperatures(tmp_path / "cand", ["He quit.", "Basically he, you know, quit."])
+    base = two_temperatures(tmp_path / "base", ["He quit his job.", "He quit."])
+    spec = validate_spec("judge", {"judge": {"provider": "rule", "model": "concision", "api_key_env": None},
+                                   "candidate": {"path": str(cand), "name": "iteration-1"},
+                                   "baseline": {"path": str(base), "name": "base"}, "shared_cache": None})
+    out = run_judge(spec, tmp_path / "judge")
+    assert out["win_rate"] is None  # two groups: no single figure in outputs.json
+    table = json.loads((tmp_path / "judge" / "winrates.json").read_text())
+    assert [r["temperature"] for r in table] == [0.0, 1.0] and all(r["win_rate"] == 0.5 for r in table)
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "win rate" in ln]
+    assert "n/a" not in line
+    for r in table:
+        assert f"T={r['temperature']}: {r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] (n=2)" in line
+    assert winrate_summary(table[:1]) == f"0.500 [{table[0]['ci_low']:.3f}, {table[0]['ci_high']:.3f}] (n=2)"
+    assert winrate_summary([]) == "n/a" and winrate_summary([{**table[0], "win_rate": float("nan")}]) == "n/a"
 
 
 def test_experiment_prompt_budget_reaches_generate_sample_and_evaluate(tmp_path: Path) -> None:
