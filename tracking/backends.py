@@ -134,20 +134,29 @@ def write_wandb(section: Mapping[str, Any], state: dict, save: Callable[[], None
             run.define_metric(f"{group}/*", step_metric=f"{group}/step")
         for (group, step), values in sorted(by_step.items(), key=lambda kv: kv[0][1]):
             run.log({f"{group}/step": step, **values})
-        run.summary.update({**rec.figures, **rec.tags, "iteration": rec.figure_step})
+        run.summary.update({**rec.figures, **rec.tags, **({"iteration": rec.iteration} if in_iteration else {})})
         for name, content in rec.artifacts.items():
             path = Path(run.dir) / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(content, indent=1))
             run.save(str(path), base_path=run.dir, policy="now")
+        if not in_iteration:
+            _log_figures(run, rec)
     finally:
         run.finish()
-    if in_iteration and rec.figures:  # the experiment's series: one point per iteration
+    if in_iteration and rec.figures:
         run = open_run("experiment", experiment_name, "experiment")
         try:
-            run.define_metric("iteration")
-            for key in rec.figures:
-                run.define_metric(key, step_metric="iteration")
-            run.log({"iteration": rec.figure_step, **rec.figures})
+            _log_figures(run, rec)
         finally:
             run.finish()
+
+
+def _log_figures(run: Any, rec: JobRecord) -> None:
+    """The experiment's series in its W&B run: one point per iteration (0 = the base model)."""
+    if not rec.figures:
+        return
+    run.define_metric("iteration")
+    for key in rec.figures:
+        run.define_metric(key, step_metric="iteration")
+    run.log({"iteration": rec.figure_step, **rec.figures})

@@ -4,7 +4,9 @@
 holds, per tracker, the run ids created so far and the jobs already mirrored (``job id:
 attempt``); a lock file beside it serialises workers that finish jobs of the same
 experiment at once. A job mirrored already is skipped, so a worker restarted after a crash
-(or a second call) logs nothing twice. A tracker that fails is reported, never raised.
+(or a second call) logs nothing twice; a job that was not mirrored (its tracker was down,
+or its worker died first) is caught up when the experiment's next job finishes. A tracker
+that fails is reported, never raised.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import select
+from sqlalchemy.engine import Connection, Engine, Row
 
 from db import queue
 from db.engine import transact
+from db.models import Job
 from db.workspace import Workspace
 from sami_core.contract import LOG_FILE
 from tracking.installed import install_problem
@@ -71,46 +75,59 @@ def locked_state(folder: Path) -> Iterator[tuple[dict, Callable[[], None]]]:
 
 
 def mirror_job(engine: Engine, job_id: int, workspace: Workspace) -> list[str]:
-    """Mirror succeeded job ``job_id`` to the trackers its experiment's spec names; return
-    the warnings (also appended to the job's stage.log). Never raises for a tracker's
-    failure; a job outside an experiment, or of one without ``tracking``, costs one read."""
+    """Mirror succeeded job ``job_id`` to the trackers its experiment's spec names, and with
+    it every earlier succeeded job of the experiment not mirrored yet (a tracker that was
+    down, a worker that died between storing a job and mirroring it); return the warnings
+    (also appended to the job's stage.log). Never raises for a tracker's failure; a job
+    outside an experiment, or of one without ``tracking``, costs one read."""
 
-    def read(conn: Connection) -> tuple[JobRecord, dict, str | None, int] | None:
+    def read(conn: Connection) -> tuple[str, dict, dict, list[Row]] | None:
         job = queue.get_job(conn, job_id)
         if job is None or job.experiment_id is None or job.status != "succeeded":
             return None
         found = experiment_tracking(conn, job.experiment_id)
         if found is None:
             return None
-        name, spec, section = found
-        return job_record(conn, job, name, spec, workspace), section, job.run_dir, job.attempts
+        jobs = Job.__table__
+        done = conn.execute(select(jobs.c.id, jobs.c.attempts).where(
+            jobs.c.experiment_id == job.experiment_id, jobs.c.status == "succeeded", jobs.c.id != job.id)
+            .order_by(jobs.c.finished_at, jobs.c.id)).all()
+        return (*found, [*done, job])
 
     got = transact(engine, read, write=False)
     if got is None:
         return []
-    rec, section, run_dir, attempts = got
-    folder = experiment_dir(run_dir, rec.experiment_id, workspace)
-    done_key = f"{rec.job_id}:{attempts}"
-    warnings = []
+    name, spec, section, done = got
+    job = done[-1]
+    folder = experiment_dir(job.run_dir, job.experiment_id, workspace)
+    warnings: list[str] = []
     with locked_state(folder) as (state, save):
-        for tracker in requested(section):
-            part = state.setdefault(tracker, {})
-            if done_key in part.get("mirrored", []):
+        failed: set[str] = set()  # a tracker that failed once in this call is not tried again in it
+        for row in done:
+            done_key = f"{row.id}:{row.attempts}"
+            todo = [t for t in requested(section) if t not in failed
+                    and done_key not in state.get(t, {}).get("mirrored", [])]
+            if not todo:
                 continue
-            try:
-                if problem := install_problem(tracker):
-                    raise RuntimeError(problem)
-                _write(tracker, section[tracker], part, save, rec, folder)
-            except Exception as err:  # noqa: BLE001 - any tracker failure: warn, the job stands
-                why = " ".join(str(err).split())[:500] or type(err).__name__
-                warnings.append(f"tracking: {tracker}: job {rec.key} was not mirrored ({why}); its results are "
-                                f"in the workbench, and the next jobs try {tracker} again")
-                save()  # the run ids created before the failure
-                continue
-            part.setdefault("mirrored", []).append(done_key)
-            save()
-    if warnings and run_dir:
-        _append_log(workspace.resolve(run_dir) / LOG_FILE, warnings)
+            rec = transact(engine, lambda c: job_record(c, queue.get_job(c, row.id), name, spec, workspace),
+                           write=False)
+            for tracker in todo:
+                part = state.setdefault(tracker, {})
+                try:
+                    if problem := install_problem(tracker):
+                        raise RuntimeError(problem)
+                    _write(tracker, section[tracker], part, save, rec, folder)
+                except Exception as err:  # noqa: BLE001 - any tracker failure: warn, the job stands
+                    why = " ".join(str(err).split())[:500] or type(err).__name__
+                    warnings.append(f"tracking: {tracker}: job {rec.key} was not mirrored ({why}); its results are "
+                                    f"in the workbench, and the experiment's next job to finish tries again")
+                    failed.add(tracker)
+                    save()  # the run ids created before the failure
+                    continue
+                part.setdefault("mirrored", []).append(done_key)
+                save()
+    if warnings and job.run_dir:
+        _append_log(workspace.resolve(job.run_dir) / LOG_FILE, warnings)
     for w in warnings:
         log.warning("job %d: %s", job_id, w)
     return warnings
