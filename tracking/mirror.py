@@ -109,10 +109,13 @@ def mirror_job(engine: Engine, job_id: int, workspace: Workspace) -> list[str]:
                     and done_key not in state.get(t, {}).get("mirrored", [])]
             if not todo:
                 continue
-            rec = transact(engine, lambda c: job_record(c, queue.get_job(c, row.id), name, spec, workspace),
+            rec = transact(engine, lambda c, i=row.id: job_record(c, queue.get_job(c, i), name, spec, workspace),
                            write=False)
             for tracker in todo:
                 part = state.setdefault(tracker, {})
+                if rec.empty:
+                    part.setdefault("mirrored", []).append(done_key)
+                    continue
                 try:
                     if problem := install_problem(tracker):
                         raise RuntimeError(problem)
@@ -125,7 +128,7 @@ def mirror_job(engine: Engine, job_id: int, workspace: Workspace) -> list[str]:
                     save()  # the run ids created before the failure
                     continue
                 part.setdefault("mirrored", []).append(done_key)
-                save()
+            save()
     if warnings and job.run_dir:
         _append_log(workspace.resolve(job.run_dir) / LOG_FILE, warnings)
     for w in warnings:

@@ -44,6 +44,11 @@ class JobRecord:
     tags: dict[str, str] = field(default_factory=dict)
 
     @property
+    def empty(self) -> bool:
+        """Nothing to mirror (a sample job, say): no tracker run is opened for it."""
+        return not (self.series or self.figures or self.artifacts or set(self.tags) - {"sami.job"})
+
+    @property
     def figure_step(self) -> int:
         return self.iteration or 0
 
