@@ -62,8 +62,16 @@ def write_mlflow(section: Mapping[str, Any], state: dict, save: Callable[[], Non
         name = section.get("experiment") or "sami"
         if state.get("experiment_id") is None or state.get("experiment") != name:
             found = client.get_experiment_by_name(name)
-            state["experiment_id"] = found.experiment_id if found is not None else client.create_experiment(
-                name, artifact_location=section.get("artifact_location"))
+            if found is None:
+                try:
+                    state["experiment_id"] = client.create_experiment(
+                        name, artifact_location=section.get("artifact_location"))
+                except Exception:  # noqa: BLE001 - another experiment's worker created it just now
+                    found = client.get_experiment_by_name(name)
+                    if found is None:
+                        raise
+            if found is not None:
+                state["experiment_id"] = found.experiment_id
             state["experiment"] = name
             save()
         exp_id = state["experiment_id"]
@@ -98,6 +106,9 @@ def write_mlflow(section: Mapping[str, Any], state: dict, save: Callable[[], Non
             client.log_batch(target, tags=[RunTag(k, v) for k, v in rec.tags.items()])
         for name, content in rec.artifacts.items():
             client.log_text(target, json.dumps(content, indent=1), name)
+        # Shown as finished between jobs (MLflow takes later logging on a finished run).
+        for run_id in dict.fromkeys([target, parent]):
+            client.set_terminated(run_id, "FINISHED")
 
 
 def write_wandb(section: Mapping[str, Any], state: dict, save: Callable[[], None], rec: JobRecord,

@@ -101,6 +101,7 @@ def test_mlflow_gets_params_metrics_artifacts_and_nested_runs_once(engine, ws, t
     assert parent.data.params["training.lr"] == "5e-07" and parent.data.params["n_constitutions"] == "2"
     assert parent.data.tags["sami.experiment_id"] == "1"
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.info.status == child.info.status == "FINISHED"
     loss = client.get_metric_history(child.info.run_id, "loss")
     assert [(m.step, m.value) for m in loss] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
     assert [m.step for m in client.get_metric_history(child.info.run_id, "kl")] == [1, 2, 3]
