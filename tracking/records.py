@@ -46,7 +46,7 @@ class JobRecord:
     @property
     def empty(self) -> bool:
         """Nothing to mirror (a sample job, say): no tracker run is opened for it."""
-        return not (self.series or self.figures or self.artifacts or set(self.tags) - {"sami.job"})
+        return not (self.series or self.figures or self.artifacts or self.tags)
 
     @property
     def figure_step(self) -> int:
@@ -84,8 +84,7 @@ def job_record(conn: Connection, job: Row, name: str, spec: dict, workspace: Wor
     """The record of succeeded job ``job`` of experiment ``name`` (its resolved ``spec``)."""
     iteration = job.iteration if job.iteration else None
     key = job.name or f"job-{job.id}"
-    rec = JobRecord(job.experiment_id, name, job.id, key, job.kind, iteration, spec,
-                    tags={"sami.job": key})
+    rec = JobRecord(job.experiment_id, name, job.id, key, job.kind, iteration, spec)
     prefix = "" if job.kind == "train" else f"{job.kind}/"
     matrices: dict[int, Any] = {}
     m = Metric.__table__
