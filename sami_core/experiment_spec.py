@@ -74,6 +74,112 @@ class EvaluationSpec(StrictModel):
     seed: int = Field(0, description="Seeds the sampling and the bootstrap.")
 
 
+TRACKERS = ("mlflow", "wandb")  # tracker name -> the Python module that must be importable is the same name
+_SECRET_KEYS = {"api_key": "WANDB_API_KEY", "token": "MLFLOW_TRACKING_TOKEN", "password": "MLFLOW_TRACKING_PASSWORD",
+                "username": "MLFLOW_TRACKING_USERNAME"}
+_URI_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
+def _refuse_secrets(data: Any) -> Any:
+    """A key/token/password written into the spec: refused, naming the variable to set instead."""
+    if isinstance(data, dict):
+        for key, env in _SECRET_KEYS.items():
+            if key in data:
+                raise ValueError(f"{key}: secrets are never stored with an experiment; set ${env} "
+                                 "in the environment of the workers (and remove the key)")
+    return data
+
+
+class MLflowTrackingSpec(StrictModel):
+    """Mirror to MLflow: one parent run per experiment, a nested run per iteration."""
+
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI: http(s)://host:port of a tracking server, sqlite:///path.db or a "
+                          "folder (a local store; a relative one is made absolute at submit); default: the workers' "
+                          "$MLFLOW_TRACKING_URI, else MLflow's own default. Credentials come from the environment "
+                          "(MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD).")
+    experiment: str = Field("sami", min_length=1, max_length=500,
+                            description="The MLflow experiment the runs go to (created when missing).")
+    artifact_location: str | None = Field(
+        None, description="Where a newly created MLflow experiment keeps its artifacts (default: the server's or "
+                          "MLflow's own choice); a relative folder is made absolute at submit.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        return _refuse_secrets(data)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if not v:
+            raise ValueError("empty; leave it out to use the workers' $MLFLOW_TRACKING_URI")
+        m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", v)
+        if m:
+            scheme = m[1].lower().split("+")[0]
+            if scheme not in _URI_SCHEMES:
+                raise ValueError(f"{v!r}: unknown scheme {m[1]!r}; use http(s)://host:port, sqlite:///path.db, "
+                                 "file:///folder or a folder")
+            if re.match(r"[^:]+://[^/@\s]*:[^/@\s]*@", v):
+                raise ValueError("credentials in the URI would be stored with the experiment; set "
+                                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
+                                 "in the workers' environment instead")
+        return v
+
+
+class WandbTrackingSpec(StrictModel):
+    """Mirror to Weights & Biases: one run per iteration grouped by the experiment (and a run
+    of job type ``experiment`` with the per-iteration series)."""
+
+    project: str = Field(..., min_length=1, max_length=128, description="The W&B project.")
+    entity: str | None = Field(None, min_length=1, description="The W&B team or user (default: the key's own).")
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "online", description="online: sent as it is logged (WANDB_API_KEY in the workers' environment); offline: "
+                              "written under $WANDB_DIR for `wandb sync`; disabled: nothing is logged.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        return _refuse_secrets(data)
+
+    @field_validator("project", "entity")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError(f"{v!r}: use letters, digits, '.', '_' or '-' (a W&B project or entity name)")
+        return v
+
+
+class TrackingSpec(StrictModel):
+    """Optional mirroring of an experiment to experiment trackers (installable extras); the
+    workbench's own database stays the record, a tracker that fails never fails a job."""
+
+    mlflow: MLflowTrackingSpec | None = Field(None, description="Mirror to MLflow (pip install "
+                                              "'sami-workbench[mlflow]').")
+    wandb: WandbTrackingSpec | None = Field(None, description="Mirror to Weights & Biases (pip install "
+                                            "'sami-workbench[wandb]').")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in TRACKERS]
+            if unknown:
+                raise ValueError(f"unknown tracker {unknown[0]!r}; the trackers are {', '.join(TRACKERS)} "
+                                 "(e.g. tracking: {mlflow: {tracking_uri: ..., experiment: ...}})")
+        elif data is not None:
+            raise ValueError("must be a mapping such as {mlflow: {...}} or {wandb: {project: ...}}")
+        return data
+
+    def requested(self) -> list[str]:
+        """The trackers this experiment mirrors to (a W&B section in mode disabled is none)."""
+        return [name for name in TRACKERS if getattr(self, name) is not None
+                and not (name == "wandb" and self.wandb.mode == "disabled")]
+
+
 MAX_ITERATIONS = 100  # the paper runs a handful; more is a typo, and would enqueue thousands of jobs
 
 
@@ -108,6 +214,10 @@ class ExperimentSpec(StrictModel):
     evaluation: EvaluationSpec | None = Field(
         None, description="Held-out MI per iteration and for the base model (jobs `evaluate-base`, `evaluate-t`); "
                           "null = none."
+    )
+    tracking: TrackingSpec | None = Field(
+        None, description="Mirror the experiment to experiment trackers: {mlflow: {tracking_uri, experiment}} and/or "
+                          "{wandb: {project, entity, mode}} (installable extras); null = none."
     )
     judge: "ExperimentJudgeSpec | None" = Field(
         None, description="Judge each iteration's samples against baselines (a `judge-t` job per iteration; "

@@ -52,9 +52,10 @@ from sami_core.data_files import FILE_TYPES, read_records
 from sami_core.errors import ConstitutionError, DataError, SpecError
 from sami_core.pipeline import JobPlan, expand
 from sami_core.prompt_budget import budget_problem
-from sami_core.experiment_spec import ExperimentSpec, resolve_experiment_judge, validate_experiment
+from sami_core.experiment_spec import ExperimentSpec, TrackingSpec, resolve_experiment_judge, validate_experiment
 from sami_core.spec import ConstitutionSpec, DataSpec, read_spec_file
 from services.errors import ServiceError
+from tracking import install_problem
 
 
 class SubmitError(ServiceError):
@@ -160,6 +161,8 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
     update["model"] = _absolute_model(exp.model, source, "model.path")
     if bad := _check_prompt_budget(exp, update["model"].path, members or [{"principles": principles}]):
         raise _field_error(source, *bad)
+    if exp.tracking is not None:
+        update["tracking"] = _resolved_tracking(exp.tracking, source)
     notes = [hub_data_note(exp.data)] if exp.data.source == "hf" else []
     if exp.judge is not None:
         exp, note = resolve_experiment_judge(exp, env)
@@ -195,6 +198,27 @@ def _check_prompt_budget(exp: Any, model_path: str, members: list[dict[str, Any]
     return budget_problem(model_path, task=exp.task, prompt_format=exp.model.prompt_format, prompts=exp.prompts,
                           max_prompt_tokens=exp.max_prompt_tokens, max_new_tokens=new_tokens,
                           constitution_texts=dict.fromkeys(texts))
+
+
+def _resolved_tracking(t: TrackingSpec, source: str) -> TrackingSpec:
+    """The tracking section checked here: each tracker's client importable (else refused
+    with the pip extra to install), a local MLflow store or artifact folder made absolute
+    (relative to where `sami submit` runs: workers run elsewhere)."""
+    for tracker in t.requested():
+        if problem := install_problem(tracker):
+            raise _field_error(source, f"tracking.{tracker}", problem)
+    if t.mlflow is None:
+        return t
+    update = {}
+    uri = t.mlflow.tracking_uri
+    if uri is not None and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        update["tracking_uri"] = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).expanduser().resolve())
+    elif uri is not None and "://" not in uri:
+        update["tracking_uri"] = str(Path(uri).expanduser().resolve())
+    loc = t.mlflow.artifact_location
+    if loc is not None and "://" not in loc:
+        update["artifact_location"] = str(Path(loc).expanduser().resolve())
+    return t.model_copy(update={"mlflow": t.mlflow.model_copy(update=update)}) if update else t
 
 
 MAX_PRINCIPLE_CHARS = 2000  # a principle is a sentence or two; its prompt must fit the model's context

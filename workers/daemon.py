@@ -11,7 +11,9 @@ node to split its GPUs). The loop, in order:
    logging to ``RUN_DIR/stage.log``; every ``tick_interval`` renew the lease and relay
    progress and new metrics (one transaction), learning meanwhile whether the job was
    cancelled or taken away;
-4. finish: on exit 0 ingest ``outputs.json`` and mark it succeeded (one transaction);
+4. finish: on exit 0 ingest ``outputs.json`` and mark it succeeded (one transaction),
+   then mirror it to the trackers its experiment names (tracking.mirror_job; a
+   tracker's failure is a warning in stage.log, never the job's);
    otherwise record the log's last lines as its error (exit 75 = transient: requeued
    while attempts remain). Cancelled: kill the tree, confirm it gone, mark cancelled.
 
@@ -59,6 +61,7 @@ from db.experiments import SLURM_CAPACITY, SLURM_DEVICES
 from db.engine import is_retryable, transact
 from db.workspace import Workspace, default_run_dir
 from sami_core import contract, launch
+import tracking
 from workers import relay, slurm
 from workers.diag import record_inline_execution, runs_inline
 
@@ -609,8 +612,19 @@ class Worker:
             return
         if done:
             log.log(logging.INFO if run_dir is not None else logging.DEBUG, "job %d succeeded", job.id)
+            self._mirror(job)
         elif done is False:
             log.warning("job %d finished but was no longer ours (lease expired); result not recorded", job.id)
+
+    def _mirror(self, job: Row) -> None:
+        """Copy a succeeded job to the trackers its experiment names (tracking.mirror_job:
+        a tracker's failure is a warning in the job's log, never the job's failure)."""
+        if job.experiment_id is None:
+            return
+        try:
+            tracking.mirror_job(self.engine, job.id, self.workspace)
+        except Exception:  # noqa: BLE001 - the job succeeded; mirroring is best effort
+            log.exception("job %d: mirroring to the trackers failed", job.id)
 
     def retry_delay_s(self, attempts: int) -> float:
         """The backoff after a transient failure of attempt ``attempts`` (1, 2, ...):

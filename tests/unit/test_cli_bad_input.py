@@ -263,3 +263,13 @@ def test_an_empty_data_file_is_named_as_empty_by_the_stage(tmp_path: Path) -> No
     empty.write_text("\n\n")
     with pytest.raises(DataError, match=r"^data\.path: .*queries\.jsonl is empty; it needs one query per row$"):
         load_queries(DataSpec(source="file", path=str(empty)))
+
+
+def test_submit_names_a_bad_tracking_section_in_one_line(home: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    spec = tmp_path / "tracked.yaml"
+    bad = {"wandb": {"project": "sami", "mode": "sometimes"}}
+    spec.write_text(yaml.safe_dump({**yaml.safe_load(DEMO.read_text()), "tracking": bad}))
+    rc, _, err = sami(capsys, "submit", str(spec), "--dry-run")
+    assert rc == 2 and "Traceback" not in err and err.startswith("sami: error: ")
+    assert "  tracking.wandb.mode: Input should be 'online', 'offline' or 'disabled'" in err.splitlines()

@@ -3,8 +3,10 @@ with no exception list:
 
     app, cli   -> services, db, torch-free sami_core
     services   -> db, torch-free sami_core
-    workers    -> db, the stage contract (sami_core.contract, sami_core.launch); stages run
-                  as subprocesses
+    workers    -> db, the stage contract (sami_core.contract, sami_core.launch), tracking;
+                  stages run as subprocesses
+    tracking   -> db, sami_core.contract (mlflow, wandb imported lazily); the services and the
+                  worker call it
     db         -> sqlalchemy, alembic (tests/unit/test_queue_layers.py)
     sami_core  -> the ML stack; never db, services, cli, workers, app, streamlit
     nothing    -> app or cli
@@ -19,17 +21,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 ML_STACK = {"torch", "transformers", "datasets", "accelerate"}
-PACKAGES = ("sami_core", "db", "services", "cli", "workers", "app")
+PACKAGES = ("sami_core", "db", "services", "cli", "workers", "app", "tracking")
 
 # What each package may never import (top-level names). Every package is listed; none has
 # an exception.
 FORBIDDEN = {
-    "sami_core": {"db", "services", "cli", "workers", "app", "streamlit"},
-    "db": ML_STACK | {"services", "cli", "workers", "app", "streamlit", "sami_core"},
+    "sami_core": {"db", "services", "cli", "workers", "app", "streamlit", "tracking"},
+    "db": ML_STACK | {"services", "cli", "workers", "app", "streamlit", "sami_core", "tracking"},
     "services": ML_STACK | {"cli", "workers", "app", "streamlit"},
     "cli": ML_STACK | {"workers", "app", "streamlit"},
     "workers": ML_STACK | {"services", "cli", "app", "streamlit"},
     "app": ML_STACK | {"cli", "workers"},
+    "tracking": ML_STACK | {"services", "cli", "workers", "app", "streamlit"},
 }
 # The stage contract: the only sami_core modules the daemon imports.
 WORKER_CORE = {"sami_core.contract", "sami_core.launch"}
@@ -80,6 +83,9 @@ def test_source_imports_respect_layers() -> None:
             for top, full in found:
                 if top in forbidden:
                     bad.append(f"{f.relative_to(ROOT)} imports {full}")
+                if pkg == "tracking" and top == "sami_core" and full != "sami_core.contract":
+                    bad.append(f"{f.relative_to(ROOT)} imports {full} (the worker calls tracking; it may import "
+                               "only sami_core.contract)")
                 if pkg == "workers" and top == "sami_core" and full not in WORKER_CORE:
                     bad.append(f"{f.relative_to(ROOT)} imports {full} (workers run stages as subprocesses; "
                                f"they import only {sorted(WORKER_CORE)})")
@@ -113,11 +119,12 @@ def test_front_ends_and_services_pull_in_no_ml_stack_nor_the_daemon() -> None:
                for pkg in ("services", "cli") for f in (ROOT / pkg).rglob("*.py") if f.name != "__main__.py"}
     modules |= {"app.state", "app.sidebar", "app.views"}
     loaded = loaded_after_import(modules)
-    assert not (loaded & (ML_STACK | {"workers", "workers.daemon"}))
+    assert not (loaded & (ML_STACK | {"workers", "workers.daemon", "mlflow", "wandb"}))
     assert {"services.experiments", "cli.main"} <= loaded
 
 
 def test_the_daemon_pulls_in_no_ml_stack_nor_the_services() -> None:
     loaded = loaded_after_import({"workers.daemon", "workers.relay", "workers.diag", "workers.__main__"})
-    assert not (loaded & (ML_STACK | {"services", "cli", "app"}))
+    assert not (loaded & (ML_STACK | {"services", "cli", "app", "mlflow", "wandb"}))  # trackers: only when asked
+    assert "tracking.mirror" in loaded
     assert {m for m in loaded if m.startswith("sami_core.")} <= WORKER_CORE | {"sami_core.errors"}
