@@ -426,11 +426,15 @@ class TrainingSpec(StrictModel):
     @field_validator("mixed_precision", "fsdp", mode="before")
     @classmethod
     def _yaml_booleans(cls, v: Any, info: Any) -> Any:
-        """YAML 1.1 reads a bare `no` / `yes` as a boolean: take it as the word written."""
+        """YAML 1.1 reads a bare `no` / `off` / `yes` / `on` as a boolean: take it as the word
+        written (off = no, on = yes); `mixed_precision` has no `yes`, so true is refused saying why."""
         if v is False:
             return "no"
         if v is True:
-            return "yes" if info.field_name == "fsdp" else v  # mixed_precision: true says nothing
+            if info.field_name == "fsdp":
+                return "yes"
+            raise ValueError("YAML read a bare yes/on/true as the boolean true, which names no precision: "
+                             "write bf16 (or auto; no for full float32)")
         return v
     seed: int = 0
     append_eos: bool | Literal["auto"] = Field("auto", description=(

@@ -161,8 +161,11 @@ def test_yaml_booleans_for_switches_with_an_off_value(tmp_path):
     f.write_text("data: {path: x}\ntraining: {mixed_precision: bf16, fsdp: no}\n")
     t = load_spec("train", f).training
     assert (t.mixed_precision, t.fsdp) == ("bf16", "no")
-    with pytest.raises(SpecError, match="training.mixed_precision"):
+    with pytest.raises(SpecError, match="training.mixed_precision: YAML read a bare yes/on/true .* write bf16"):
         validate_spec("train", {"data": {"path": "x"}, "training": {"mixed_precision": True}})
+    f.write_text("data: {path: x}\ntraining: {mixed_precision: off, fsdp: on}\n")
+    t = load_spec("train", f).training
+    assert (t.mixed_precision, t.fsdp) == ("no", "yes")
 
 
 def test_yaml_floats_without_a_dot_are_numbers(tmp_path):
