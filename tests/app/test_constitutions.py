@@ -261,6 +261,14 @@ def test_a_draft_with_bad_input_names_every_field_and_queues_nothing(open_page, 
     assert any(e.startswith("task_description: say what the model should do") for e in errors), errors
     assert any(e.startswith("writer.api_key_env: must be the NAME of an environment variable") for e in errors)
     assert any(e.startswith("writer.model: name the writer's model") for e in errors)
+    # Azure OpenAI: its endpoint and API version replace the base URL
+    at.selectbox(key=K + "draft.provider").select("azure").run()
+    assert not [t for t in at.text_input if t.key == K + "draft.base_url"]
+    at.text_input(key=K + "draft.model").input("my-deployment")
+    at.text_input(key=K + "draft.api_key_env").input("AZURE_OPENAI_API_KEY")
+    at.text_area(key=K + "draft.task").input("summarise posts")
+    at.button(key=K + "draft.queue").click().run()
+    assert [e.value for e in at.error] == ["writer: provider 'azure' needs `azure_endpoint` and `api_version`"]
     assert transact(workspace.engine, lambda c: c.execute(select(func.count()).select_from(Job)).scalar_one(),
                     write=False) == 0
 

@@ -127,9 +127,13 @@ def test_the_same_command_with_the_spec_fixed_runs_in_the_refused_run_dir(tmp_pa
     from tests.openai_server import OpenAIServer
 
     run_dir, spec_file = tmp_path / "draft", tmp_path / "writer.yaml"
-    spec_file.write_text("writer: {provider: hf, model: demo}\ntask_description: summarise posts\nn_principles: 2\n")
-    assert main(["write_constitution", "--spec", str(spec_file), "--run-dir", str(run_dir)]) == 2
-    assert json.loads((run_dir / "exit_status.json").read_text())["code"] == 2
+    # refused by the schema (before the run directory is claimed), then by the stage (after)
+    for refused in ("writer: {model: w}\ntask_description: summarise posts\nn_principles: 0\n",
+                    "writer: {provider: hf, model: demo}\ntask_description: summarise posts\nn_principles: 2\n"):
+        spec_file.write_text(refused)
+        assert main(["write_constitution", "--spec", str(spec_file), "--run-dir", str(run_dir)]) == 2
+        assert json.loads((run_dir / "exit_status.json").read_text())["code"] == 2
+    assert (run_dir / "spec.json").exists()
     with OpenAIServer() as srv:
         spec_file.write_text(f"writer: {{base_url: '{srv.base_url}', model: writer, api_key_env: null, "
                              "max_attempts: 2, backoff_initial_s: 0.01}\ntask_description: summarise posts\n"
