@@ -9,8 +9,9 @@ Layout (all stages):
 A run directory belongs to one spec: running a stage again with the same spec resumes,
 with a different one it refuses (naming the keys that differ), unless the earlier attempt
 failed before producing anything (a stage that refused its spec, data or model): then the
-new spec starts afresh there, so the same command with the spec fixed just runs. Files are replaced
-atomically (write to a temporary file, then rename), so a crash never leaves half a file.
+new spec starts afresh there, so the same command with the spec fixed just runs. Files
+are replaced atomically (write to a temporary file, then rename), so a crash never leaves
+half a file.
 """
 
 from __future__ import annotations
