@@ -155,6 +155,8 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
         except SpecError as err:
             errors += err.errors
         update["constitution"] = ConstitutionSpec.model_validate(inline)
+    if exp.data.source == "demo" and (bad := _window_problem(exp.data, _demo_rows(), "the demo set")):
+        errors.append(bad)
     if exp.data.source == "file" and exp.data.path:
         if bad := _check_data_file(exp.data):
             errors.append(bad)
@@ -250,15 +252,29 @@ def _check_data_size(data: Any, path: Path) -> tuple[str, str] | None:
         n_rows = len(read_records(path.name, path.read_bytes()))
     except DataError as err:
         return "data.path", str(err) or f"{path.name}: cannot be read"
+    return _window_problem(data, n_rows, path.name)
+
+
+def _window_problem(data: Any, n_rows: int, what: str) -> tuple[str, str] | None:
+    """(field, reason) when ``n_rows`` rows leave no query after ``start``, or none to train
+    on once ``eval_size`` are held out (without a separate eval split)."""
     window = max(0, n_rows - data.start)
     if data.max_queries is not None:
         window = min(window, data.max_queries)
     if window == 0:
-        return "data.start", f"{path.name} has {n_rows} rows, none left after start={data.start}"
+        return "data.start", f"{what} has {n_rows} rows, none left after start={data.start}"
     if data.eval_split is None and data.eval_size >= window:
-        return "data.eval_size", (f"{data.eval_size} held out but {path.name} gives at most {window} queries, "
+        return "data.eval_size", (f"{data.eval_size} held out but {what} gives at most {window} queries, "
                                   f"so none are left to train on; lower data.eval_size to at most {window - 1}")
     return None
+
+
+def _demo_rows() -> int:
+    """The shipped posts (data.source: demo)."""
+    from sami_core.spec import DATA_DIR
+
+    with (DATA_DIR / "posts.jsonl").open(encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def _resolve_set(c_spec: ConstitutionSpec, n: int, source: str) -> tuple[str, str, list[dict[str, Any]], dict]:

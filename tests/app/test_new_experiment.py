@@ -380,3 +380,9 @@ def test_a_submitted_shipped_constitution_is_listed_once(open_page, workspace):
     transact(workspace.engine, lambda c: constitution_version(c, "demo:opus/0", edited))
     st.cache_data.clear()  # the page's cached read of the versions (written here, not through the app)
     assert "demo:opus/0 v2" in open_page("new_experiment").selectbox(key=K + "constitution").options
+
+
+def test_the_demo_set_too_is_checked_against_eval_size(open_page, workspace):
+    at = open_page("new_experiment")
+    at.number_input(key=K + "data.eval_size").set_value(250).run()
+    _refused(_submit(at), workspace, "data.eval_size", "the demo set gives at most 250 queries")
