@@ -49,6 +49,25 @@ def clean_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, str | None]]
     return out
 
 
+def full_text(row: Mapping[str, Any], column: str) -> str:
+    """A cell's whole text ('' for an empty one)."""
+    return _text(row.get(column))
+
+
+def row_stamp(row: Mapping[str, Any]) -> str:
+    """A short fingerprint of a row's texts (widget keys that change when the row does)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps([full_text(row, c) for c in COLUMNS]).encode()).hexdigest()[:10]
+
+
+def replace_row(rows: Sequence[Mapping[str, Any]], i: int, principle: str, antithesis: str) -> list[dict[str, Any]]:
+    """The editor's rows with row ``i`` set to these texts (an empty antithesis -> None)."""
+    out = [{c: r.get(c) for c in COLUMNS} for r in rows]
+    out[i] = {"principle": principle, "antithesis": antithesis if antithesis.strip() else None}
+    return out
+
+
 def apply_editor_state(rows: Sequence[Mapping[str, Any]], state: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """``st.data_editor``'s edit state (edited_rows, added_rows, deleted_rows) applied to
     the rows it was given: what the editor shows."""

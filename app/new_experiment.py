@@ -279,7 +279,7 @@ def to_yaml(spec: Mapping[str, Any]) -> str:
 def from_yaml(text: str) -> dict[str, Any]:
     """YAML text -> spec dict; SpecError naming the line for invalid YAML or a non-mapping."""
     try:
-        data = yaml.safe_load(text)
+        data = spec_mod.yaml_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -317,6 +317,17 @@ def _norm(principles: Any) -> list[tuple[str, str | None]] | None:
         return None
 
 
+def is_shipped_copy(v: Mapping[str, Any], shipped: Sequence[str]) -> bool:
+    """Whether a saved version is a shipped constitution as shipped: submitting
+    ``path: demo:opus/0`` stores it as version ``demo:opus/0 v1``, which the choices list
+    once, as the shipped one (its version is reused when it is submitted again)."""
+    if v["name"] not in shipped:
+        return False
+    from app.constitutions import load_shipped
+
+    return _norm(v["principles"]) == _norm(load_shipped(v["name"]))
+
+
 def constitution_choices(versions: Sequence[Mapping[str, Any]], shipped: Sequence[str],
                          shipped_sets: Sequence[str] = ()) -> dict[str, dict]:
     """Selectbox label -> the spec's ``constitution`` value: saved versions ("<name> v<k>",
@@ -324,7 +335,7 @@ def constitution_choices(versions: Sequence[Mapping[str, Any]], shipped: Sequenc
     then the shipped constitutions (by path), then the shipped folders as sets (``paths``)."""
     out = {version_label(v): {"name": v["name"], "principles": [
         {"principle": p["principle"], "antithesis": p.get("antithesis")} for p in v["principles"]]}
-        for v in versions}
+        for v in versions if not is_shipped_copy(v, shipped)}
     out.update({shipped_label(s): {"path": s} for s in shipped})
     out.update({shipped_set_label(s): {"paths": s} for s in shipped_sets})
     return out
@@ -345,7 +356,8 @@ def constitution_label(c: Any, versions: Sequence[Mapping[str, Any]]) -> str:
         if mine is not None:
             for v in versions:  # newest first within a name, as constitution_version matches
                 if v["name"] == c.get("name") and _norm(v["principles"]) == mine:
-                    return version_label(v)
+                    shipped = spec_mod.shipped_constitutions()
+                    return shipped_label(v["name"]) if is_shipped_copy(v, shipped) else version_label(v)
             return f"inline: {c.get('name') or 'unnamed'} ({len(mine)} principles, from the YAML)"
     return "(set in the YAML)"
 

@@ -7,8 +7,11 @@ Layout (all stages):
     outputs.json    written last, on success: what the stage produced
 
 A run directory belongs to one spec: running a stage again with the same spec resumes,
-with a different one it refuses (naming the keys that differ). Files are replaced
-atomically (write to a temporary file, then rename), so a crash never leaves half a file.
+with a different one it refuses (naming the keys that differ), unless the earlier attempt
+failed before producing anything (a stage that refused its spec, data or model): then the
+new spec starts afresh there, so the same command with the spec fixed just runs. Files
+are replaced atomically (write to a temporary file, then rename), so a crash never leaves
+half a file.
 """
 
 from __future__ import annotations
@@ -90,6 +93,16 @@ class RunDir:
                 old = json.loads(spec_file.read_text())
             except json.JSONDecodeError:
                 raise RunDirError(f"{spec_file} is corrupt; move the run directory away to start over") from None
+            if (old.get("stage") != stage or old.get("fingerprint") != fp) and self._failed_empty():
+                # The attempt that made it refused its input (or failed) before producing
+                # anything: nothing of it can mix with this run, so this spec starts afresh.
+                print(f"[sami] {stage}: {self.path} holds only a failed attempt of another spec, which "
+                      "produced nothing; starting afresh with this one", file=sys.stderr, flush=True)
+                if self.is_writer:
+                    for name in (PROGRESS_FILE, EXIT_STATUS_FILE):
+                        (self.path / name).unlink(missing_ok=True)
+                    atomic_write_json(spec_file, {"stage": stage, "fingerprint": fp, "spec": dumped})
+                return False
             if old.get("stage") != stage or old.get("fingerprint") != fp:
                 if old.get("stage") != stage:
                     why = f"it belongs to stage {old.get('stage')!r}, not {stage!r}"
@@ -109,6 +122,22 @@ class RunDir:
         if self.is_writer:
             atomic_write_json(spec_file, {"stage": stage, "fingerprint": fp, "spec": dumped})
         return False
+
+    def _failed_empty(self) -> bool:
+        """Whether the directory holds only what a failed attempt writes before any output
+        (its spec.json, a progress.json that says failed, its exit record, the caller's files)."""
+        allowed = {SPEC_FILE, PROGRESS_FILE, EXIT_STATUS_FILE, *CALLER_FILES}
+        if any(p.name not in allowed for p in self.path.iterdir() if not p.name.startswith(".")):
+            return False
+        try:
+            progress = json.loads((self.path / PROGRESS_FILE).read_text())
+        except FileNotFoundError:
+            progress = None
+        except (OSError, ValueError):
+            return False
+        if progress is None:  # no progress yet: failed only when it left its exit record
+            return (self.path / EXIT_STATUS_FILE).exists()
+        return isinstance(progress, dict) and progress.get("status") == "failed" and not progress.get("done")
 
     def open_or_done(self, stage: str, spec: BaseModel) -> dict | None:
         """Claim the directory; if the stage already finished here, return its outputs."""

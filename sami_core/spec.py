@@ -426,11 +426,15 @@ class TrainingSpec(StrictModel):
     @field_validator("mixed_precision", "fsdp", mode="before")
     @classmethod
     def _yaml_booleans(cls, v: Any, info: Any) -> Any:
-        """YAML 1.1 reads a bare `no` / `yes` as a boolean: take it as the word written."""
+        """YAML 1.1 reads a bare `no` / `off` / `yes` / `on` as a boolean: take it as the word
+        written (off = no, on = yes); `mixed_precision` has no `yes`, so true is refused saying why."""
         if v is False:
             return "no"
         if v is True:
-            return "yes" if info.field_name == "fsdp" else v  # mixed_precision: true says nothing
+            if info.field_name == "fsdp":
+                return "yes"
+            raise ValueError("YAML read a bare yes/on/true as the boolean true, which names no precision: "
+                             "write bf16 (or auto; no for full float32)")
         return v
     seed: int = 0
     append_eos: bool | Literal["auto"] = Field("auto", description=(
@@ -720,6 +724,27 @@ def read_text_file(path: Path, what: str = "file") -> str:
         raise SpecError(f"{what} {str(path)!r} cannot be read: {err.strerror or err}") from None
 
 
+_YAML_LOADER: Any = None
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that also reads YAML 1.2's floats without a dot (``lr: 1e-5``,
+    ``5E-7``): PyYAML follows YAML 1.1, where they are strings, so a learning rate typed the
+    way people write it would reach the spec as text."""
+    global _YAML_LOADER
+    import yaml
+
+    if _YAML_LOADER is None:
+        class SpecLoader(yaml.SafeLoader):
+            pass
+
+        SpecLoader.add_implicit_resolver(
+            "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+            list("-+0123456789"))
+        _YAML_LOADER = SpecLoader
+    return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_spec_file(path: str | Path) -> dict:
     """Parse a YAML or JSON spec file into a dict (no validation)."""
     import yaml
@@ -734,7 +759,7 @@ def read_spec_file(path: str | Path) -> dict:
         raise SpecError(f"spec file {str(p)!r} is empty; write the fields to change (see sami_core/examples/), "
                         "or `{}` for every default")
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if p.suffix == ".json" else yaml_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise SpecError(f"not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {err}", source=str(p)) from None
     return {} if data is None else data

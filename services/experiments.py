@@ -118,63 +118,80 @@ def prepare_data(data: Any, *, source: str = "<spec>", name: str | None = None,
         data = {**data, "name": name}
     exp = validate_experiment(data, source=source)
 
+    # Every problem below is collected, so that one submit names all of them (each a
+    # (field, reason) pair); a check that needs an earlier part (the prompt budget needs the
+    # constitution and the model) runs only when that part is sound.
+    errors: list[tuple[str, str]] = []
     c_spec = exp.constitution
     members: list[dict[str, Any]] = []
+    principles: list[dict[str, str | None]] = []
+    c_name, origin, inline = exp.name, "inline", None
+    where = "constitution.paths" if c_spec.is_set else (
+        "constitution.path" if c_spec.path is not None else "constitution.principles")
     if c_spec.is_set:
-        c_name, origin, members, inline = _resolve_set(c_spec, exp.n_constitutions, source)
-        principles: list[dict[str, str | None]] = []
+        try:
+            c_name, origin, members, inline = _resolve_set(c_spec, exp.n_constitutions, source)
+        except SpecError as err:
+            errors += err.errors
     else:
-        where = "constitution.path" if c_spec.path is not None else "constitution.principles"
         try:
             constitution = constitutions.from_spec(c_spec).validate(exp.n_constitutions)
         except (ConstitutionError, SpecError) as err:
-            raise _field_error(source, where, str(err)) from None
-        if c_spec.name:
-            c_name = c_spec.name
-        elif c_spec.path is not None:
-            c_name = c_spec.path if c_spec.path.startswith("demo:") else (constitution.name or Path(c_spec.path).stem)
+            errors.append((where, str(err)))
         else:
-            c_name = exp.name
-        principles = [{"principle": p.principle, "antithesis": p.antithesis} for p in constitution.principles]
-        origin = c_spec.path if c_spec.path is not None else "inline"
-        if c_spec.path is not None and not c_spec.path.startswith("demo:"):
-            origin = str(Path(c_spec.path).resolve())
-        inline = {"name": c_name, "principles": principles}
-
-    _check_principle_sizes(members or [{"principles": principles}], source,
-                           "constitution.paths" if c_spec.is_set else where)
-    update: dict[str, Any] = {"constitution": ConstitutionSpec.model_validate(inline)}
+            if c_spec.name:
+                c_name = c_spec.name
+            elif c_spec.path is not None:
+                c_name = c_spec.path if c_spec.path.startswith("demo:") else (
+                    constitution.name or Path(c_spec.path).stem)
+            principles = [{"principle": p.principle, "antithesis": p.antithesis} for p in constitution.principles]
+            origin = c_spec.path if c_spec.path is not None else "inline"
+            if c_spec.path is not None and not c_spec.path.startswith("demo:"):
+                origin = str(Path(c_spec.path).resolve())
+            inline = {"name": c_name, "principles": principles}
+    update: dict[str, Any] = {}
+    if inline is not None:
+        try:
+            _check_principle_sizes(members or [{"principles": principles}], source, where)
+        except SpecError as err:
+            errors += err.errors
+        update["constitution"] = ConstitutionSpec.model_validate(inline)
+    if exp.data.source == "demo" and (bad := _window_problem(exp.data, _demo_rows(), "the demo set")):
+        errors.append(bad)
     if exp.data.source == "file" and exp.data.path:
-        p = Path(exp.data.path).expanduser()
-        splits = [exp.data.split] + ([exp.data.eval_split] if exp.data.eval_split else [])
-        for split in splits if "{split}" in exp.data.path else [None]:
-            f = Path(str(p).replace("{split}", split)) if split else p
-            if not f.is_file():
-                which = f" (split {split!r})" if split else ""
-                raise _field_error(source, "data.path", f"file {str(f) if split else exp.data.path!r}{which} "
-                                   "does not exist")
-        if bad := check_file_spec(exp.data, splits):  # a field, id field or placeholder the file lacks
-            raise _field_error(source, *bad)
-        if bad := _check_data_size(exp.data, p):
-            raise _field_error(source, *bad)
-        update["data"] = exp.data.model_copy(update={"path": str(p.resolve())})
-    update["model"] = _absolute_model(exp.model, source, "model.path")
-    if bad := _check_prompt_budget(exp, update["model"].path, members or [{"principles": principles}]):
-        raise _field_error(source, *bad)
+        if bad := _check_data_file(exp.data):
+            errors.append(bad)
+        else:
+            update["data"] = exp.data.model_copy(update={"path": str(Path(exp.data.path).expanduser().resolve())})
+    try:
+        update["model"] = _absolute_model(exp.model, source, "model.path")
+    except SpecError as err:
+        errors += err.errors
+    if not errors and (bad := _check_prompt_budget(exp, update["model"].path, members or [{"principles": principles}])):
+        errors.append(bad)
     if exp.tracking is not None:
-        update["tracking"] = _resolved_tracking(exp.tracking, source)
+        try:
+            update["tracking"] = _resolved_tracking(exp.tracking, source)
+        except SpecError as err:
+            errors += err.errors
     notes = [hub_data_note(exp.data)] if exp.data.source == "hf" else []
     if exp.judge is not None:
         exp, note = resolve_experiment_judge(exp, env)
         notes += [note] if note else []
-        baselines = [b if isinstance(b, str) else b.model_copy(
-                         update={"model": _absolute_model(b.model, source, f"judge.baselines.{i}.model")})
-                     for i, b in enumerate(exp.judge.baselines)]
+        baselines = []
+        for i, b in enumerate(exp.judge.baselines):
+            try:
+                baselines.append(b if isinstance(b, str) else b.model_copy(
+                    update={"model": _absolute_model(b.model, source, f"judge.baselines.{i}.model")}))
+            except SpecError as err:
+                errors += err.errors
         update["judge"] = exp.judge.model_copy(update={"baselines": baselines})
         llm = exp.judge.judge
         if llm.provider in ("openai", "azure") and llm.api_key_env and not env.get(llm.api_key_env):
             notes.append(f"judge: ${llm.api_key_env} is not set here; the workers that run the judge jobs need it "
                          "in their environment")
+    if errors:
+        raise SpecError(errors=errors, source=source)
     # Every value in `update` is already validated (built by a spec model, or a path
     # string made absolute): the resolved experiment is not validated a second time.
     exp = exp.model_copy(update=update)
@@ -224,6 +241,19 @@ def _resolved_tracking(t: TrackingSpec, source: str) -> TrackingSpec:
 MAX_PRINCIPLE_CHARS = 2000  # a principle is a sentence or two; its prompt must fit the model's context
 
 
+def _check_data_file(data: DataSpec) -> tuple[str, str] | None:
+    """(field, reason) when a local data file (each split's, for a ``{split}`` path) is
+    missing, lacks a field the spec reads, or holds too few queries for ``eval_size``."""
+    p = Path(data.path).expanduser()
+    splits = [data.split] + ([data.eval_split] if data.eval_split else [])
+    for split in splits if "{split}" in data.path else [None]:
+        f = Path(str(p).replace("{split}", split)) if split else p
+        if not f.is_file():
+            which = f" (split {split!r})" if split else ""
+            return "data.path", f"file {str(f) if split else data.path!r}{which} does not exist"
+    return check_file_spec(data, splits) or _check_data_size(data, p)
+
+
 def _check_principle_sizes(members: list[dict[str, Any]], source: str, where: str) -> None:
     """Refuse a principle or antithesis longer than MAX_PRINCIPLE_CHARS (SpecError naming ``where``)."""
     for m in members:
@@ -249,15 +279,29 @@ def _check_data_size(data: Any, path: Path) -> tuple[str, str] | None:
         n_rows = len(read_records(path.name, path.read_bytes()))
     except DataError as err:
         return "data.path", str(err) or f"{path.name}: cannot be read"
+    return _window_problem(data, n_rows, path.name)
+
+
+def _window_problem(data: Any, n_rows: int, what: str) -> tuple[str, str] | None:
+    """(field, reason) when ``n_rows`` rows leave no query after ``start``, or none to train
+    on once ``eval_size`` are held out (without a separate eval split)."""
     window = max(0, n_rows - data.start)
     if data.max_queries is not None:
         window = min(window, data.max_queries)
     if window == 0:
-        return "data.start", f"{path.name} has {n_rows} rows, none left after start={data.start}"
+        return "data.start", f"{what} has {n_rows} rows, none left after start={data.start}"
     if data.eval_split is None and data.eval_size >= window:
-        return "data.eval_size", (f"{data.eval_size} held out but {path.name} gives at most {window} queries, "
+        return "data.eval_size", (f"{data.eval_size} held out but {what} gives at most {window} queries, "
                                   f"so none are left to train on; lower data.eval_size to at most {window - 1}")
     return None
+
+
+def _demo_rows() -> int:
+    """The shipped posts (data.source: demo)."""
+    from sami_core.spec import DATA_DIR
+
+    with (DATA_DIR / "posts.jsonl").open(encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def _resolve_set(c_spec: ConstitutionSpec, n: int, source: str) -> tuple[str, str, list[dict[str, Any]], dict]:

@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection
 from db.experiments import create_sweep, stored_spec, sweep_named
 from sami_core.errors import SpecError
 from sami_core.experiment_spec import ExperimentSpec
+from sami_core.spec import yaml_load
 
 if TYPE_CHECKING:  # services.experiments is imported where a sweep is prepared or submitted: the app's
     # Experiments page imports this module for its labels only, and starts faster without it
@@ -130,7 +131,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if problem := path_problem(path):
         raise SpecError(f"{path}: {problem}", source="--set", path=path)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: {raw!r} is not a YAML value ({getattr(err, 'problem', err)})", source="--set",
                         path=path) from None

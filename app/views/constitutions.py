@@ -4,13 +4,16 @@ reference JSON format, and a preview of the exact prompts on a sample post."""
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import streamlit as st
 
 from app import constitutions, state
 from db.experiments import constitution_version
 from db.reads import constitutions as reads
-from sami_core.errors import ConstitutionError
+from sami_core.errors import ConstitutionError, SpecError
+from services import constitution_drafts as drafts
 
 NEW = "(new constitution)"
 K = "constitutions."
@@ -100,6 +103,96 @@ flash = st.session_state.pop(K + "flash", None)
 if flash:
     st.success(flash)
 
+# ---- draft with a model ---------------------------------------------------------------------
+D = K + "draft."  # the draft form's keys
+DRAFT_JOB, DRAFT_LOADED = K + "draft_job", K + "draft_loaded"
+LIVE_S = 2.0  # how often a queued or running draft is looked at
+
+
+def _queue_draft() -> None:
+    ss = st.session_state
+    req = drafts.DraftRequest(
+        task_description=ss.get(D + "task") or "", n_principles=int(ss.get(D + "n") or 0),
+        provider=ss.get(D + "provider") or "openai", model=ss.get(D + "model") or "",
+        base_url=ss.get(D + "base_url") if ss.get(D + "provider") == "openai" else None,
+        azure_endpoint=ss.get(D + "azure_endpoint") if ss.get(D + "provider") == "azure" else None,
+        api_version=ss.get(D + "api_version") if ss.get(D + "provider") == "azure" else None,
+        api_key_env=ss.get(D + "api_key_env"), name=ss.get(D + "name"))
+    try:
+        plan = drafts.plan_draft(req, os.environ)
+    except SpecError as err:
+        ss[D + "errors"] = err.errors
+        return
+    ss[D + "errors"] = []
+    ss[DRAFT_JOB] = state.write(lambda conn: drafts.queue_draft(conn, plan))
+    ss[D + "notes"] = plan.notes
+
+
+with st.expander("Draft with a model", expanded=DRAFT_JOB in st.session_state):
+    st.caption("A model writes principles and their antitheses for a task (the SAMI paper's constitutions were "
+               "written by Claude Opus and Mistral). A worker runs the draft as a write_constitution job; the "
+               "draft then appears in the editor below, to edit and save as a version. API keys are never "
+               "stored: the worker reads the key from the environment variable named here.")
+    c1, c2 = st.columns(2)
+    provider = c1.selectbox("Writer provider", drafts.WRITER_PROVIDERS, key=D + "provider",
+                            help="openai: any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama); azure: Azure OpenAI.")
+    c2.text_input("Writer model (the deployment name on Azure)", value="gpt-4o", key=D + "model")
+    if provider == "openai":
+        st.text_input("Base URL (OpenAI-compatible; empty = OpenAI's)", key=D + "base_url",
+                      placeholder="http://localhost:8000/v1")
+    else:
+        c1, c2 = st.columns(2)
+        c1.text_input("Azure endpoint", key=D + "azure_endpoint", placeholder="https://NAME.openai.azure.com")
+        c2.text_input("API version", key=D + "api_version", placeholder="2024-06-01")
+    st.text_input("API key variable (empty = no key, e.g. a local server)", value="OPENAI_API_KEY",
+                  key=D + "api_key_env")
+    st.text_area("Task", key=D + "task", height=80, placeholder="summarise Reddit posts in a few sentences",
+                 help="What the model that is trained with this constitution should do.")
+    c1, c2 = st.columns(2)
+    c1.number_input("Principles", min_value=1, max_value=20, value=4, step=1, key=D + "n")
+    c2.text_input("Name of the draft (empty = drafted-<job id>)", key=D + "name")
+    st.button("Queue the draft", key=D + "queue", on_click=_queue_draft)
+    for field, reason in st.session_state.get(D + "errors") or []:
+        st.error(f"{field or 'draft'}: {reason}")
+
+    job_id = st.session_state.get(DRAFT_JOB)
+    if job_id is not None:
+        for note in st.session_state.get(D + "notes") or []:
+            st.caption(note)
+        first = state.read(lambda conn: drafts.draft_state(conn, state.workspace(), job_id))
+        live = first is not None and first.status not in ("succeeded", "failed", "cancelled")
+
+        @st.fragment(run_every=LIVE_S if live else None)
+        def _draft_status(job_id: int) -> None:
+            d = state.read(lambda conn: drafts.draft_state(conn, state.workspace(), job_id))
+            if d is None:
+                st.error(f"Draft job #{job_id} no longer exists.")
+                return
+            if d.done:
+                name = d.name or f"drafted-{d.job_id}"
+                if st.session_state.get(DRAFT_LOADED) != d.job_id:  # once: into the editor, for editing
+                    st.session_state[DRAFT_LOADED] = d.job_id
+                    st.session_state[K + "load"] = (name, d.principles)
+                    st.session_state[K + "flash"] = (
+                        f"Draft job #{d.job_id}: {len(d.principles)} principles by {d.writer_model}, in the editor "
+                        "below: edit them, then save as a new version.")
+                    st.rerun(scope="app")
+                st.success(f"Draft job #{d.job_id} is done: {len(d.principles)} principles by {d.writer_model}.")
+                if st.button("Load the draft into the editor again", key=D + "reload"):
+                    st.session_state[K + "load"] = (name, d.principles)
+                    st.rerun(scope="app")
+            elif d.status == "succeeded":  # but its constitution.json cannot be read
+                st.error(f"Draft job #{d.job_id}: {d.message}")
+            elif d.status == "failed":
+                st.error(f"Draft job #{d.job_id} failed: {d.message}")
+            elif d.status in ("cancelled", "blocked"):
+                st.warning(f"Draft job #{d.job_id} is {d.status}.")
+            else:
+                st.info(f"Draft job #{d.job_id} is {d.status}" + (f": {d.message}" if d.message else "")
+                        + (" (a worker, `sami worker`, runs it)" if d.status == "queued" else "") + ".")
+
+        _draft_status(job_id)
+
 # ---- editor -------------------------------------------------------------------------------
 name = st.text_input("Constitution name", key=K + "name", max_chars=constitutions.NAME_MAX + 50,
                      help="Saving under an existing name makes its next version.")
@@ -110,6 +203,27 @@ edited = st.data_editor(
                    "antithesis": st.column_config.TextColumn("antithesis", width="large")},
 )
 rows = edited.to_dict("records")
+
+# The table shows each principle on one line, cut at the column's width: the selected row
+# is read and edited in full here, and "Apply" puts it back into the table.
+full = [i for i, r in enumerate(rows) if any(constitutions.full_text(r, c) for c in constitutions.COLUMNS)]
+if full:
+    with st.expander("Read and edit one principle in full"):
+        if st.session_state.get(K + "full_row") not in full:
+            st.session_state[K + "full_row"] = full[0]
+        i = st.selectbox("Principle", full, key=K + "full_row",
+                         format_func=lambda i: f"{i + 1}: {constitutions.full_text(rows[i], 'principle')[:80]}")
+        stamp = constitutions.row_stamp(rows[i])  # new widgets when the row changes in the table
+        c1, c2 = st.columns(2)
+        p_text = c1.text_area("Principle", value=constitutions.full_text(rows[i], "principle"), height=150,
+                              key=f"{K}full.principle.{i}.{stamp}")
+        a_text = c2.text_area("Antithesis", value=constitutions.full_text(rows[i], "antithesis"), height=150,
+                              key=f"{K}full.antithesis.{i}.{stamp}")
+        if st.button("Apply to the table", key=K + "full_apply"):
+            st.session_state[K + "draft"] = constitutions.replace_row(rows, i, p_text, a_text)
+            st.session_state.pop(K + "editor", None)
+            st.rerun()
+
 result = constitutions.check(name, rows)
 blank = not name.strip() and not constitutions.clean_rows(rows)
 if blank:

@@ -93,6 +93,8 @@ def _on_judging() -> None:
 
 
 def _on_yaml() -> None:
+    ss[ERRORS] = []  # they were about the spec as it was; a submit checks the new one
+    ss[RESULT] = None
     try:
         spec = new_experiment.from_yaml(ss[YAML])
     except SpecError as err:

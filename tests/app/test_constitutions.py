@@ -189,3 +189,122 @@ def test_prompt_preview_of_the_papers_templates(open_page):
     assert [c.value for c in at.code][2].startswith(training_prompt + " <response 1")  # stripped
     at.selectbox(key=K + "task").select("dialogue").run()
     assert any("written for task summarization" in e.value for e in at.error) and not at.exception
+
+
+# ---- draft with a model ------------------------------------------------------------------------
+DRAFTED = [{"principle": "Summaries should be concise.", "antithesis": "Summaries should be long-winded."},
+           {"principle": "Summaries should be neutral.", "antithesis": "Summaries should take sides."}]
+
+
+def _worker_until_idle(workspace, timeout: float = 120) -> str:
+    """A real worker (python -m workers, CPU only) that runs what is queued, then exits."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.app.conftest import ROOT
+
+    env = {**os.environ, "SAMI_HOME": str(workspace.home),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "workers", "--devices", "", "--exit-when-idle",
+                           "--poll-interval", "0.2", "--tick-interval", "0.2"], env=env, cwd=workspace.home,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
+
+
+def test_draft_with_a_model_queues_a_job_and_its_draft_is_edited_and_saved(open_page, workspace):
+    """The form queues a write_constitution job; a real worker runs it against a real
+    OpenAI-speaking server on 127.0.0.1; the draft appears in the editor, is edited, and
+    "Save as new version" stores the edited principles."""
+    from tests.openai_server import OpenAIServer
+
+    at = open_page("constitutions")
+    with OpenAIServer(constitution_reply="```json\n" + json.dumps(DRAFTED) + "\n```") as srv:
+        at.text_input(key=K + "draft.model").input("writer-model")
+        at.text_input(key=K + "draft.base_url").input(srv.base_url)
+        at.text_input(key=K + "draft.api_key_env").input("")
+        at.text_area(key=K + "draft.task").input("summarise Reddit posts")
+        at.number_input(key=K + "draft.n").set_value(2)
+        at.text_input(key=K + "draft.name").input("drafted")
+        at.button(key=K + "draft.queue").click().run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert any("Draft job #1 is queued" in i.value for i in at.info)
+        _worker_until_idle(workspace)
+        assert srv.requests == 1
+    at.run()
+    assert not at.exception
+    assert "2 principles by writer-model" in at.success[0].value  # the flash: the draft is in the editor
+    assert at.text_input(key=K + "name").value == "drafted"
+    assert list(at.data_editor[0].value["antithesis"]) == [p["antithesis"] for p in DRAFTED]
+    assert _count(workspace) == 0  # a draft is a proposal until it is saved
+
+    at.session_state[K + "editor"] = {"edited_rows": {1: {"principle": "Summaries should be balanced."}},
+                                      "added_rows": [], "deleted_rows": []}
+    at.run()
+    at.button(key=K + "save").click().run()
+    assert "Saved drafted as version 1" in at.success[0].value
+    assert _versions(workspace) == [("drafted", 1, [DRAFTED[0], {**DRAFTED[1],
+                                                                 "principle": "Summaries should be balanced."}])]
+    at.run()  # the saved version stays in the editor: the draft is loaded once
+    assert list(at.data_editor[0].value["principle"])[1] == "Summaries should be balanced."
+
+
+def test_a_draft_with_bad_input_names_every_field_and_queues_nothing(open_page, workspace):
+    from db.models import Job
+
+    at = open_page("constitutions")
+    at.text_input(key=K + "draft.model").input("")
+    at.text_input(key=K + "draft.api_key_env").input("sk-not-a-variable-name")
+    at.button(key=K + "draft.queue").click().run()
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("task_description: say what the model should do") for e in errors), errors
+    assert any(e.startswith("writer.api_key_env: must be the NAME of an environment variable") for e in errors)
+    assert any(e.startswith("writer.model: name the writer's model") for e in errors)
+    # Azure OpenAI: its endpoint and API version replace the base URL
+    at.selectbox(key=K + "draft.provider").select("azure").run()
+    assert not [t for t in at.text_input if t.key == K + "draft.base_url"]
+    at.text_input(key=K + "draft.model").input("my-deployment")
+    at.text_input(key=K + "draft.api_key_env").input("AZURE_OPENAI_API_KEY")
+    at.text_area(key=K + "draft.task").input("summarise posts")
+    at.button(key=K + "draft.queue").click().run()
+    assert [e.value for e in at.error] == ["writer: provider 'azure' needs `azure_endpoint` and `api_version`"]
+    assert transact(workspace.engine, lambda c: c.execute(select(func.count()).select_from(Job)).scalar_one(),
+                    write=False) == 0
+
+
+def test_a_failed_draft_shows_why(open_page, workspace):
+    """A server that answers no constitution: the job fails, and the page says so."""
+    from tests.openai_server import OpenAIServer
+
+    at = open_page("constitutions")
+    with OpenAIServer(constitution_reply="I cannot write principles.") as srv:
+        at.text_input(key=K + "draft.base_url").input(srv.base_url)
+        at.text_input(key=K + "draft.api_key_env").input("")
+        at.text_area(key=K + "draft.task").input("summarise posts")
+        at.button(key=K + "draft.queue").click().run()
+        _worker_until_idle(workspace)
+    at.run()
+    assert any("Draft job #1 failed" in e.value and "no valid constitution" in e.value for e in at.error), \
+        [e.value for e in at.error]
+    assert at.text_input(key=K + "name").value == ""
+
+
+def test_a_long_principle_is_read_and_edited_in_full(open_page, workspace):
+    """The table cuts a long principle at the column's width; the selected row's full text
+    shows in text areas, and an edit there goes back into the table (and is saved)."""
+    long = "Summaries should be concise, " + "and keep every detail that matters to the poster, " * 6 + "nothing else."
+    def full(at) -> dict:
+        return {a.label: a for a in at.text_area if a.key and a.key.startswith(K + "full.")}
+
+    at = _draft(open_page("constitutions"), "long", [{"principle": long, "antithesis": "Summaries ramble."}, ROWS[1]])
+    assert full(at)["Principle"].value == long
+    at.selectbox(key=K + "full_row").select(1).run()
+    assert full(at)["Principle"].value == ROWS[1]["principle"]
+    full(at)["Antithesis"].input("Summaries invent details, names and dates.").run()
+    at.button(key=K + "full_apply").click().run()
+    assert list(at.data_editor[0].value["antithesis"]) == ["Summaries ramble.",
+                                                            "Summaries invent details, names and dates."]
+    at.button(key=K + "save").click().run()
+    assert _versions(workspace)[0][2] == [{"principle": long, "antithesis": "Summaries ramble."},
+                                          {**ROWS[1], "antithesis": "Summaries invent details, names and dates."}]

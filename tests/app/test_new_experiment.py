@@ -317,3 +317,72 @@ def test_an_unknown_placeholder_is_refused_next_to_the_template(open_page, works
     at.text_area(key=K + "prompts.generation").input("{constitution}\nPOST: {post}\n{query}\nTL;DR:").run()
     assert any("unknown placeholder {post}" in c.value for c in at.caption)  # the preview says why it has none
     _refused(_submit(at), workspace, "prompts.generation", "unknown placeholder {post}")
+
+
+def test_too_few_uploaded_queries_a_missing_constitution_and_model_all_show_at_submit(open_page, workspace):
+    """30 uploaded queries cannot hold out eval_size 50: refused at submit naming the field and
+    the fix, beside every other error of the spec (not only the first)."""
+    at = _upload_source(open_page("new_experiment"))
+    at.text_input(key=K + "data.field").input("text").run()
+    rows = b"".join(json.dumps({"text": f"post {i}"}).encode() + b"\n" for i in range(30))
+    at.file_uploader(key=K + "upload").set_value(("thirty.jsonl", rows, "application/octet-stream")).run()
+    _refused(_submit(at), workspace, "data.eval_size", "lower data.eval_size to at most 29")
+    spec = {**yaml.safe_load(_yaml(at)), "constitution": {"path": "/no/such/constitution.json"},
+            "model": {"path": "/no/such/model"}}
+    at.text_area(key=K + "yaml").input(yaml.safe_dump(spec)).run()
+    _submit(at)
+    for field, reason in (("model.path", "does not exist"), ("constitution.path", "does not exist"),
+                          ("data.eval_size", "at most 29")):
+        assert sum(e.startswith(f"{field}: ") and reason in e for e in _errors(at)) == 1, _errors(at)
+    _refused(at, workspace, "data.eval_size", "at most 29")
+
+
+def test_errors_of_a_submit_go_when_the_yaml_changes(open_page, workspace):
+    at = open_page("new_experiment")
+    at.number_input(key=K + "n_constitutions").set_value(1).run()
+    _refused(_submit(at), workspace, "n_constitutions", "must be >= 2")
+    at.text_area(key=K + "yaml").input(yaml.safe_dump({**ef.INITIAL, "iterations": 2})).run()
+    assert not _errors(at)
+    # an invalid edit after a failed submit drops the old errors too (its own is shown)
+    at.number_input(key=K + "n_constitutions").set_value(1).run()
+    assert any(e.startswith("n_constitutions: ") for e in _errors(_submit(at)))
+    at.text_area(key=K + "yaml").input("name: [unclosed\n").run()
+    assert [e for e in _errors(at) if not e.startswith("yaml: ")] == [], _errors(at)
+
+
+def test_a_learning_rate_in_scientific_notation_stays_in_the_form(open_page, workspace):
+    at = open_page("new_experiment")
+    at.text_area(key=K + "yaml").input(yaml.safe_dump(ef.INITIAL) + "training: {lr: 1e-5}\n").run()
+    assert not _errors(at) and not [c.value for c in at.caption if "training.lr" in c.value]
+    assert at.number_input(key=K + "training.lr").value == pytest.approx(1e-5)
+    at.number_input(key=K + "training.lr").set_value(2e-6).run()
+    assert yaml.safe_load(_yaml(at))["training"]["lr"] == pytest.approx(2e-6)
+    _submit(at)
+    spec = transact(workspace.engine, lambda c: c.execute(select(Experiment.spec)).scalar_one(), write=False)
+    assert spec["training"]["lr"] == pytest.approx(2e-6)
+
+
+def test_a_submitted_shipped_constitution_is_listed_once(open_page, workspace):
+    at = open_page("new_experiment")
+    _submit(at)
+    assert at.success, _errors(at)
+    at = open_page("new_experiment")
+    options = at.selectbox(key=K + "constitution").options
+    assert "demo:opus/0 (shipped)" in options and "demo:opus/0 v1" not in options
+    assert at.selectbox(key=K + "constitution").value == "demo:opus/0 (shipped)"
+    # an edited version under the shipped name is a version of its own, and listed as one
+    import streamlit as st
+
+    from app.constitutions import load_shipped
+
+    edited = load_shipped("demo:opus/0")
+    edited[0]["principle"] = "Summaries are very short."
+    transact(workspace.engine, lambda c: constitution_version(c, "demo:opus/0", edited))
+    st.cache_data.clear()  # the page's cached read of the versions (written here, not through the app)
+    assert "demo:opus/0 v2" in open_page("new_experiment").selectbox(key=K + "constitution").options
+
+
+def test_the_demo_set_too_is_checked_against_eval_size(open_page, workspace):
+    at = open_page("new_experiment")
+    at.number_input(key=K + "data.eval_size").set_value(250).run()
+    _refused(_submit(at), workspace, "data.eval_size", "the demo set gives at most 250 queries")

@@ -94,6 +94,55 @@ def test_run_dir_resume_and_refuse(tmp_path: Path):
     assert RunDir(tmp_path / "refused").open("generate", spec) is False
 
 
+
+def test_a_run_dir_whose_attempt_failed_before_any_output_takes_the_fixed_spec(tmp_path: Path):
+    """A stage that refuses its input after claiming the directory leaves spec.json, a failed
+    progress.json and exit_status.json: another spec may start there. Anything produced, or a
+    run still going, keeps the directory the first spec's."""
+    from sami_core.rundir import record_exit
+
+    first, fixed = validate_spec("generate", {"n_constitutions": 3}), validate_spec("generate", {})
+    rd = RunDir(tmp_path / "run")
+    rd.open("generate", first)
+    rd.progress("generate", 0, 0, "", "DataError: data.eval_size: too large", status="failed")
+    record_exit(tmp_path / "run", 2, "DataError: data.eval_size: too large")
+    assert RunDir(tmp_path / "run").open("generate", fixed) is False
+    assert json.loads((tmp_path / "run" / "spec.json").read_text())["spec"]["n_constitutions"] == 2
+    assert not (tmp_path / "run" / "exit_status.json").exists() and not (tmp_path / "run" / "progress.json").exists()
+    assert RunDir(tmp_path / "run").open("generate", fixed) is True  # and now it resumes as usual
+
+    for name, progress in (("produced", ("failed", 0)), ("running", ("running", 0)), ("half-done", ("failed", 5))):
+        RunDir(tmp_path / name).open("generate", first)
+        RunDir(tmp_path / name).progress("generate", progress[1], 10, "responses", "", status=progress[0])
+        if name == "produced":
+            (tmp_path / name / "generations.jsonl").write_text("{}\n")
+        with pytest.raises(RunDirError, match="made by another spec"):
+            RunDir(tmp_path / name).open("generate", fixed)
+
+
+def test_the_same_command_with_the_spec_fixed_runs_in_the_refused_run_dir(tmp_path: Path):
+    """`python -m sami_core write_constitution` refused (a writer that can only judge) and
+    then, with the spec fixed, run in the same --run-dir against a real OpenAI-speaking server."""
+    from sami_core.__main__ import main
+    from tests.openai_server import OpenAIServer
+
+    run_dir, spec_file = tmp_path / "draft", tmp_path / "writer.yaml"
+    # refused by the schema (before the run directory is claimed), then by the stage (after)
+    for refused in ("writer: {model: w}\ntask_description: summarise posts\nn_principles: 0\n",
+                    "writer: {provider: hf, model: demo}\ntask_description: summarise posts\nn_principles: 2\n"):
+        spec_file.write_text(refused)
+        assert main(["write_constitution", "--spec", str(spec_file), "--run-dir", str(run_dir)]) == 2
+        assert json.loads((run_dir / "exit_status.json").read_text())["code"] == 2
+    assert (run_dir / "spec.json").exists()
+    with OpenAIServer() as srv:
+        spec_file.write_text(f"writer: {{base_url: '{srv.base_url}', model: writer, api_key_env: null, "
+                             "max_attempts: 2, backoff_initial_s: 0.01}\ntask_description: summarise posts\n"
+                             "n_principles: 2\n")
+        assert main(["write_constitution", "--spec", str(spec_file), "--run-dir", str(run_dir)]) == 0
+    assert json.loads((run_dir / "outputs.json").read_text())["n_principles"] >= 1
+    assert json.loads((run_dir / "spec.json").read_text())["spec"]["writer"]["provider"] == "openai"
+
+
 def test_progress_and_metrics(tmp_path: Path):
     rd = RunDir(tmp_path)
     rd.progress("train", 3, 10, "steps", "loss 0.6")

@@ -161,5 +161,19 @@ def test_yaml_booleans_for_switches_with_an_off_value(tmp_path):
     f.write_text("data: {path: x}\ntraining: {mixed_precision: bf16, fsdp: no}\n")
     t = load_spec("train", f).training
     assert (t.mixed_precision, t.fsdp) == ("bf16", "no")
-    with pytest.raises(SpecError, match="training.mixed_precision"):
+    with pytest.raises(SpecError, match="training.mixed_precision: YAML read a bare yes/on/true .* write bf16"):
         validate_spec("train", {"data": {"path": "x"}, "training": {"mixed_precision": True}})
+    f.write_text("data: {path: x}\ntraining: {mixed_precision: off, fsdp: on}\n")
+    t = load_spec("train", f).training
+    assert (t.mixed_precision, t.fsdp) == ("no", "yes")
+
+
+def test_yaml_floats_without_a_dot_are_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads `1e-5` as a string; spec files read it as YAML 1.2 does: a float."""
+    f = tmp_path / "t.yaml"
+    f.write_text("data: {path: x}\ntraining: {lr: 1e-5, beta: 2E-2}\n")
+    t = load_spec("train", f).training
+    assert (t.lr, t.beta) == (pytest.approx(1e-5), pytest.approx(0.02))
+    from sami_core.spec import yaml_load
+
+    assert yaml_load("a: 1e-5\nb: '1e-5'\nc: 3\nd: 1.5\n") == {"a": 1e-5, "b": "1e-5", "c": 3, "d": 1.5}
