@@ -109,6 +109,17 @@ DRAFT_JOB, DRAFT_LOADED = K + "draft_job", K + "draft_loaded"
 LIVE_S = 2.0  # how often a queued or running draft is looked at
 
 
+# The key variable each provider's client reads by default; switching the provider switches it
+# unless the user wrote a name of their own (or emptied it).
+KEY_ENV_DEFAULTS = {"openai": "OPENAI_API_KEY", "azure": "AZURE_OPENAI_API_KEY"}
+
+
+def _provider_changed() -> None:
+    ss = st.session_state
+    if ss.get(D + "api_key_env") in KEY_ENV_DEFAULTS.values():
+        ss[D + "api_key_env"] = KEY_ENV_DEFAULTS.get(ss.get(D + "provider"), ss[D + "api_key_env"])
+
+
 def _queue_draft() -> None:
     ss = st.session_state
     req = drafts.DraftRequest(
@@ -134,7 +145,8 @@ with st.expander("Draft with a model", expanded=DRAFT_JOB in st.session_state):
                "draft then appears in the editor below, to edit and save as a version. API keys are never "
                "stored: the worker reads the key from the environment variable named here.")
     c1, c2 = st.columns(2)
-    provider = c1.selectbox("Writer provider", drafts.WRITER_PROVIDERS, key=D + "provider",
+    st.session_state.setdefault(D + "api_key_env", KEY_ENV_DEFAULTS["openai"])
+    provider = c1.selectbox("Writer provider", drafts.WRITER_PROVIDERS, key=D + "provider", on_change=_provider_changed,
                             help="openai: any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama); azure: Azure OpenAI.")
     c2.text_input("Writer model (the deployment name on Azure)", value="gpt-4o", key=D + "model")
     if provider == "openai":
@@ -144,8 +156,7 @@ with st.expander("Draft with a model", expanded=DRAFT_JOB in st.session_state):
         c1, c2 = st.columns(2)
         c1.text_input("Azure endpoint", key=D + "azure_endpoint", placeholder="https://NAME.openai.azure.com")
         c2.text_input("API version", key=D + "api_version", placeholder="2024-06-01")
-    st.text_input("API key variable (empty = no key, e.g. a local server)", value="OPENAI_API_KEY",
-                  key=D + "api_key_env")
+    st.text_input("API key variable (empty = no key, e.g. a local server)", key=D + "api_key_env")
     st.text_area("Task", key=D + "task", height=80, placeholder="summarise Reddit posts in a few sentences",
                  help="What the model that is trained with this constitution should do.")
     c1, c2 = st.columns(2)

@@ -308,3 +308,14 @@ def test_a_long_principle_is_read_and_edited_in_full(open_page, workspace):
     at.button(key=K + "save").click().run()
     assert _versions(workspace)[0][2] == [{"principle": long, "antithesis": "Summaries ramble."},
                                           {**ROWS[1], "antithesis": "Summaries invent details, names and dates."}]
+
+
+def test_the_key_variable_follows_the_provider_unless_the_user_named_one(open_page):
+    at = open_page("constitutions")
+    assert at.text_input(key=K + "draft.api_key_env").value == "OPENAI_API_KEY"
+    at.selectbox(key=K + "draft.provider").select("azure").run()
+    assert at.text_input(key=K + "draft.api_key_env").value == "AZURE_OPENAI_API_KEY"
+    at.text_input(key=K + "draft.api_key_env").input("MY_KEY").run()
+    at.selectbox(key=K + "draft.provider").select("openai").run()
+    assert at.text_input(key=K + "draft.api_key_env").value == "MY_KEY"
+    assert not at.exception
