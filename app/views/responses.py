@@ -4,17 +4,12 @@ at a time (paginated in SQL); "Judge these two sources" queues a judge job of on
 the other. Model outputs and judge text are untrusted: st.text, or st.html of fully escaped
 text where search matches are highlighted."""
 
-import os
-
 import streamlit as st
 
-from app import responses, state
+from app import judge_form, responses, state
 from app.formatting import md_escape
 from db import ingest
 from db.reads import responses as reads
-from sami_core.errors import SamiError
-from services import judging
-from services.errors import ServiceError
 
 st.title("Responses")
 
@@ -73,67 +68,13 @@ else:
     st.caption(f"No judgments between these two sources{at_temperature}.")
 
 
-def _judge_section() -> None:
-    """Pick which side is the candidate and the judge; see what is cached and what would be
-    sent; queue the judge job (services.judging, as `sami judge`)."""
-    j1, j2, j3 = st.columns([1, 1, 2])
-    side = j1.radio("Candidate", ("left", "right"), key="responses.judge.candidate", horizontal=True,
-                    help="The candidate is judged against the baseline (the other side).")
-    candidate, baseline = (left, right) if side == "left" else (right, left)
-    provider = j2.selectbox("Judge provider", responses.JUDGE_PROVIDERS, key="responses.judge.provider",
-                            help="auto: OpenAI when the key variable is set, Azure OpenAI when AZURE_OPENAI_API_KEY "
-                                 "and AZURE_OPENAI_ENDPOINT are, else the local hf judge on the demo model "
-                                 "(mechanics only); rule: a deterministic rule named by the model (concision)")
-    model = j3.text_input("Judge model", value="gpt-4o", key="responses.judge.model",
-                          help="a model id (a deployment on Azure; a hub id or folder for hf; a rule's name)")
-    k1, k2, k3, k4 = st.columns(4)
-    key_env = k1.text_input("API key variable", value="OPENAI_API_KEY", key="responses.judge.key_env",
-                            help="the NAME of the environment variable holding the key, never the key itself")
-    limit = k2.number_input("Pairs (0 = all)", min_value=0, value=0, step=1, key="responses.judge.limit")
-    template = k3.selectbox("Template", list(responses.JUDGE_TEMPLATES), key="responses.judge.template")
-    both = k4.checkbox("Both A/B orders", key="responses.judge.both_orders")
-    extra = {}
-    if provider == "openai":
-        extra["base_url"] = st.text_input("Endpoint (optional)", key="responses.judge.base_url",
-                                          placeholder="http://localhost:8000/v1: any OpenAI-compatible server") or None
-    elif provider == "azure":
-        a1, a2 = st.columns(2)
-        extra["azure_endpoint"] = a1.text_input("Azure endpoint", key="responses.judge.azure_endpoint") or None
-        extra["api_version"] = a2.text_input("API version", key="responses.judge.api_version") or None
-    opts = judging.JudgeOptions(
-        candidate=str(candidate), baseline=str(baseline), provider=provider, model=model.strip() or "gpt-4o",
-        api_key_env=key_env.strip() or None, both_orders=both, limit=int(limit) or None, temperature=temperature,
-        template=responses.JUDGE_TEMPLATES[template], experiment_id=by_id[candidate].get("experiment_id"), **extra)
-    try:
-        plan = judging.plan_judge(state.read, state.workspace(), opts, os.environ, require_key=False)
-    except (ServiceError, SamiError, ValueError, OSError) as err:
-        st.error(md_escape(str(err)))
-        return
-    st.info(md_escape(f"{responses.judge_sides(by_id, candidate, baseline)}{at_temperature}: "
-                      f"{responses.plan_text(plan.estimate)}"))
-    if plan.estimate.to_send and plan.spec["judge"]["provider"] != "hf":
-        st.caption(md_escape(f"Before sending: {plan.estimate.tokens_text()}"))
-    for note in plan.notes:
-        (st.warning if plan.key_missing and note.startswith("$") else st.caption)(md_escape(note))
-    if st.button("Queue judge job", key="responses.judge.queue", type="primary", disabled=plan.key_missing):
-        try:
-            job_id = state.write(lambda c: judging.queue_judge(c, plan, experiment_id=opts.experiment_id))
-        except ServiceError as err:
-            st.error(md_escape(str(err)))
-            return
-        st.session_state["responses.judge.queued"] = (job_id, candidate, baseline)
-    queued = st.session_state.get("responses.judge.queued")
-    if queued is not None and queued[1:] == (candidate, baseline):
-        st.success(f"Queued judge job #{queued[0]}: a worker runs it (Queue page); its verdicts then show here.")
-
-
 if st.toggle("Judge these two sources", key="responses.judge.open",
              help="Queue a judge job comparing the two sources shown (at the temperature chosen above)."):
     if left == right:
         st.caption("Pick two different sources to judge one against the other.")
     else:
         with st.container(border=True):
-            _judge_section()
+            judge_form.draw(by_id, (left, right), temperature, key="responses.judge")
 
 total = state.load(reads.count_pairs, left, right, temperature=temperature, search=search or None, verdict=verdict)
 n_queries = state.load(reads.count_pair_queries, left, right, temperature=temperature, search=search or None,

@@ -273,7 +273,7 @@ def test_judge_these_two_sources_shows_cached_and_queues_a_judge_job(open_page, 
     assert spec["candidate"]["name"] == f"{ITER1}#{seeded[ITER1]}" and spec["baseline"]["name"] == f"{BASE}#{seeded[BASE]}"
     assert spec["judge"]["provider"] == "rule" and spec["judge"]["model"] == "concision"
     # the other way round: the right side as the candidate
-    at.radio(key="responses.judge.candidate").set_value("right").run()
+    at.radio(key="responses.judge.candidate").set_value(1).run()  # the right side as the candidate
     assert f"candidate {BASE} against baseline {ITER1}" in " ".join(i.value for i in at.info).replace("\\", "")
 
 
