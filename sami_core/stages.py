@@ -228,8 +228,8 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
                 for i, (r, f, reason) in enumerate(zip(recs, fin, drop_reasons([f["response"] for f in fin],
                                                                                 spec.filters)))]
     atomic_write_text(rd / FILTERED_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in filtered))
-    outputs = {"data": DATA_FILE, "filtered": FILTERED_FILE, "n_queries": len(queries), "n_kept": kept, "n_dropped": dropped,
-               "filter_counts": counts.as_dict(),
+    outputs = {"data": DATA_FILE, "filtered": FILTERED_FILE, "n_queries": len(queries), "n_kept": kept,
+               "n_dropped": dropped, "filter_counts": counts.as_dict(),
                "truncated_queries": build.truncations, "n_duplicate_rows": queries.n_duplicates,
                "n_constitutions": n, "seconds": round(time.time() - t0, 1)}
     rd.progress("generate", len(items), len(items), "responses", f"kept {kept}/{len(queries)} queries", "succeeded")

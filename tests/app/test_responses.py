@@ -270,7 +270,8 @@ def test_judge_these_two_sources_shows_cached_and_queues_a_judge_job(open_page, 
     jobs = transact(workspace.engine, lambda c: c.execute(select(Job.kind, Job.spec).where(Job.kind == "judge")).all())
     assert len(jobs) == 1
     spec = jobs[0].spec
-    assert spec["candidate"]["name"] == f"{ITER1}#{seeded[ITER1]}" and spec["baseline"]["name"] == f"{BASE}#{seeded[BASE]}"
+    assert spec["candidate"]["name"] == f"{ITER1}#{seeded[ITER1]}"
+    assert spec["baseline"]["name"] == f"{BASE}#{seeded[BASE]}"
     assert spec["judge"]["provider"] == "rule" and spec["judge"]["model"] == "concision"
     # the other way round: the right side as the candidate
     at.radio(key="responses.judge.candidate").set_value(1).run()  # the right side as the candidate

@@ -83,7 +83,8 @@ def test_pages_filters_and_search_are_in_sql(engine, tmp_path: Path) -> None:  #
     assert [q["query_id"] for q in first] == order[:10] and [q["query_id"] for q in third] == order[20:]
     q0 = first[0]
     assert [v["variant"] for v in q0["variants"]] == [0, 1, 2] and q0["kept"]
-    assert q0["variants"][1]["prompt"] == records[1]["prompt"] and q0["variants"][1]["response"] == records[1]["response"]
+    assert (q0["variants"][1]["prompt"], q0["variants"][1]["response"]) == (records[1]["prompt"],
+                                                                            records[1]["response"])
     assert page(page=4, page_size=10) == []
     # kept / dropped / one filter: queries with a response of that status
     assert count(status=reads.KEPT) == 10 and count(status=reads.DROPPED) == 13
@@ -111,7 +112,7 @@ def test_a_bad_record_is_refused_naming_the_line(engine, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
-def test_a_real_generate_run_is_stored_with_its_filter_counts(engine, tmp_path: Path, demo_model_dir) -> None:  # noqa: ANN001
+def test_a_real_generate_run_is_stored_with_its_filter_counts(engine, tmp_path, demo_model_dir) -> None:  # noqa: ANN001
     """The demo model generates 6 queries x N=2 under strict filters; what is stored agrees
     with the stage's own outputs.json counts."""
     from sami_core.contract import FILTERED_FILE, OUTPUTS_FILE
