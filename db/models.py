@@ -377,7 +377,8 @@ class GeneratedResponse(Base):
     __table_args__ = (
         # What identifies a row: ingesting a generate job again updates, never duplicates.
         Index("uq_generated_responses_job_query_variant", "job_id", "query_id", "variant", unique=True),
-        Index("ix_generated_responses_job_dropped_by", "job_id", "dropped_by"),
+        # Counts per filter (GROUP BY dropped_by, distinct queries) read this index alone.
+        Index("ix_generated_responses_job_dropped_by", "job_id", "dropped_by", "query_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

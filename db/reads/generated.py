@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection
 
 from db.models import Experiment, GeneratedResponse, Job
@@ -63,11 +63,13 @@ def _where(job_id: int, status: str, search: str | None):  # noqa: ANN202
     elif status != ALL:
         conds.append(rows_t.c.dropped_by == status)
     if search and search.strip():
+        # One scan of the job's rows for the matching queries (not a subquery per row).
         pattern = _like(search.strip())
         other = rows_t.alias("other")
-        conds.append(or_(rows_t.c.query.ilike(pattern, escape="\\"), rows_t.c.response.ilike(pattern, escape="\\"),
-                         exists().where(and_(other.c.job_id == rows_t.c.job_id, other.c.query_id == rows_t.c.query_id,
-                                             other.c.response.ilike(pattern, escape="\\")))))
+        matching = select(other.c.query_id).where(other.c.job_id == job_id, or_(
+            other.c.response.ilike(pattern, escape="\\"),
+            and_(other.c.variant == 0, other.c.query.ilike(pattern, escape="\\"))))  # a query's text: once
+        conds.append(rows_t.c.query_id.in_(matching))
     return and_(*conds)
 
 

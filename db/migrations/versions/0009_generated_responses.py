@@ -45,7 +45,8 @@ def upgrade() -> None:
     )
     op.create_index("uq_generated_responses_job_query_variant", "generated_responses",
                     ["job_id", "query_id", "variant"], unique=True)
-    op.create_index("ix_generated_responses_job_dropped_by", "generated_responses", ["job_id", "dropped_by"])
+    op.create_index("ix_generated_responses_job_dropped_by", "generated_responses",
+                    ["job_id", "dropped_by", "query_id"])
 
 
 def downgrade() -> None:
