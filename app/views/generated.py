@@ -46,7 +46,8 @@ status = f1.selectbox("Show", generated.status_choices(counts), key="generated.s
 search = f2.text_input("Search (query or any response)", key="generated.search", on_change=_first_page)
 needle = search.strip() or None
 
-total = state.load(reads.count_queries, job_id, status=status, search=needle)
+total = n_all if status == reads.ALL and not needle else state.load(reads.count_queries, job_id, status=status,
+                                                                    search=needle)
 p1, p2, p3, p4, p5 = st.columns([1, 1, 0.6, 0.6, 3], vertical_alignment="bottom")
 page_size = p1.selectbox("Per page", generated.PAGE_SIZES, index=1, key="generated.page_size", on_change=_first_page)
 n_pages = max(1, -(-total // page_size))
