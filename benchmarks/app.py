@@ -20,7 +20,10 @@ workspace holds after a real experiment:
 * then 99 more experiments (``--experiments``, 100 in all) submitted as one sweep over
   training.lr x training.beta (services.sweeps), whose train jobs each log the same 200
   steps of metrics and whose evaluate jobs each store a held-out MI row: about 1.1
-  million metric rows in all. Their jobs stay queued.
+  million metric rows in all. Their jobs stay queued;
+* the drained experiment's generate jobs store 100,000 generated responses in all
+  (``--generated``: queries x N=2, a prompt of ~150 words and a response of 20-50 each,
+  kept or dropped by one of the filters), read by the Generated data page.
 
 Then, per page of app.views.PAGES: a new AppTest of the real entry file
 (navigation + sidebar) switched to that page, ``at.run()`` timed (Streamlit's script
@@ -35,6 +38,9 @@ included (the conservative figure).
 Import time: a fresh interpreter importing streamlit, pandas, plotly and every module of
 app/ (what the server imports before the first page; page scripts are run, not
 imported), timed inside the process; also checked that torch and transformers stay out.
+
+The Generated data page is also timed with a search typed in and with a filter chosen
+(each a rerun of the page with cleared caches: the SQL LIKE scan over the job's rows).
 
 Target: every page < 1 s. The last line is ``slowest_page_s: X``.
 """
@@ -217,6 +223,61 @@ def seed_sweep(engine, points: int) -> dict[str, int]:  # noqa: ANN001
     return counts
 
 
+def seed_generated(engine, total: int) -> int:  # noqa: ANN001
+    """``total`` generated responses (N=2 per query) spread over the generate jobs, stored
+    through db.ingest.upsert_generated as the worker stores a generate run's filtered.jsonl."""
+    from sqlalchemy import select
+
+    from db import ingest
+    from db.engine import transact
+    from db.models import Job
+
+    job_ids = transact(engine, lambda c: list(c.execute(select(Job.id).where(Job.kind == "generate")
+                                                        .order_by(Job.id)).scalars()))
+    reasons = (None, None, None, "ends_with", "other_response", "drop_substrings", "require_distinct", None)
+    per_job = total // max(1, len(job_ids)) // 2
+    n = 0
+    for j in job_ids:
+        for start in range(0, per_job, 2000):  # a transaction per 4,000 rows
+            records = []
+            for q in range(start, min(per_job, start + 2000)):
+                reason = reasons[(q * 7 + j) % len(reasons)]
+                for v in range(2):
+                    r = reason if reason in (None, "require_distinct") else (reason if v == 0 else "other_response")
+                    records.append({"query_id": f"t3_{q:06d}", "query": f"Post {q}: " + _text(q, 120), "variant": v,
+                                    "constitution": f"1. Summaries should be {'brief' if v == 0 else 'long'}.",
+                                    "prompt": f"Constitution {v}. Post {q}: " + _text(q, 150),
+                                    "response": _text(q * 3 + v, 20 + (q + v) % 30), "n_tokens": 30 + q % 40,
+                                    "kept": reason is None, "dropped_by": r})
+            n += transact(engine, lambda c, j=j, rec=records: ingest.upsert_generated(c, j, rec))
+    return n
+
+
+def time_generated_filters(repeats: int) -> list[tuple[str, float]]:
+    """The Generated data page rerun with a search typed in, then with a filter chosen:
+    (what, median seconds over ``repeats`` reruns with cleared caches)."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ENTRY), default_timeout=120)
+    at.switch_page("views/generated.py")
+    at.run()
+    out = []
+    for what, act in (("search 'w5 w'", lambda: at.text_input(key="generated.search").input("w5 w")),
+                      ("filter ends_with", lambda: at.selectbox(key="generated.status").set_value("ends_with"))):
+        times = []
+        for _ in range(repeats):
+            st.cache_data.clear()
+            act()
+            t0 = time.perf_counter()
+            at.run()
+            times.append(time.perf_counter() - t0)
+            if at.exception:
+                raise SystemExit(f"generated.py raised: {at.exception[0].value}")
+        out.append((what, statistics.median(times)))
+    return out
+
+
 def time_pages(repeats: int) -> list[tuple]:
     """Per page: (title, first render ever, median and worst of ``repeats`` renders with
     cleared caches, and what the page drew: tables, plotly charts, text elements)."""
@@ -285,6 +346,8 @@ def main() -> None:
     ap.add_argument("--experiments", type=int, default=100,
                     help="experiments in all (default 100): the drained one, and the others as one sweep whose "
                          "train jobs log the same metrics (about 1,100,000 metric rows for 100)")
+    ap.add_argument("--generated", type=int, default=100_000,
+                    help="generated responses over the generate jobs (default 100,000)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="sami-bench-app-") as tmp:
@@ -300,12 +363,14 @@ def main() -> None:
         counts = seed(engine)
         more = seed_sweep(engine, args.experiments - 1) if args.experiments > 1 else {"experiments": 0,
                                                                                         "metrics": 0}
+        n_generated = seed_generated(engine, args.generated) if args.generated else 0
         seed_s = time.perf_counter() - t0
         engine.dispose()
         print(f"seeded in {seed_s:.1f} s: experiment {counts['experiment_id']}, {counts['jobs']} jobs, "
               f"{counts['checkpoints']} checkpoints, {counts['responses']} responses, {counts['judgments']} "
               f"judgments, {counts['metrics']} metric rows; a sweep of {more['experiments']} more experiments "
-              f"with {more['metrics']} metric rows ({counts['metrics'] + more['metrics']:,} in all)")
+              f"with {more['metrics']} metric rows ({counts['metrics'] + more['metrics']:,} in all); "
+              f"{n_generated:,} generated responses")
 
         import_s, import_wall_s, heavy = time_import()
         print(f"app import: {import_s:.2f} s in process ({import_wall_s:.2f} s with interpreter start); "
@@ -317,6 +382,9 @@ def main() -> None:
         for title, first, med, worst, tables, charts, texts in rows:
             flag = "" if worst < 1.0 else "  > 1 s"
             print(f"{title:<16} {first:>12.3f} {med:>9.3f} {worst:>8.3f} {tables:>7} {charts:>7} {texts:>6}{flag}")
+        if n_generated:
+            for what, med in time_generated_filters(args.repeats):
+                print(f"Generated data, {what}: median {med:.3f} s" + ("" if med < 1.0 else "  > 1 s"))
         slowest = max(rows, key=lambda r: max(r[1], r[3]))
         print(f"slowest page: {slowest[0]}")
         print(f"slowest_page_s: {max(slowest[1], slowest[3]):.3f}")

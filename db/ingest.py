@@ -21,7 +21,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from db.experiments import set_label, set_members
-from db.models import Checkpoint, Constitution, Job, Judgment, Metric, MIResult, Response, ResponseSource, utcnow
+from db.models import (Checkpoint, Constitution, GeneratedResponse, Job, Judgment, Metric, MIResult, Response,
+                       ResponseSource, utcnow)
 
 
 
@@ -433,3 +434,59 @@ def response_rows(conn: Connection, *, experiment_id: int | None = None, source:
     if source is not None:
         stmt = stmt.where(response_sources.c.id == source)
     return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+# --- generated data --------------------------------------------------------------------------
+
+GENERATED_KEY = ["job_id", "query_id", "variant"]
+_GENERATED_BATCH = 1000  # rows per INSERT (13 columns: far below SQLite's bound-parameter limit)
+
+
+def upsert_generated(conn: Connection, job_id: int, records: Iterable[Mapping[str, Any]], *,
+                     now: datetime | None = None) -> int:
+    """Store a generate job's responses, the records of its ``filtered.jsonl`` ({"query_id",
+    "variant", "prompt", "response", "kept", "dropped_by", "query"?, "constitution"?,
+    "constitution_name"?, "n_tokens"?}), keyed (job, query, variant) so that a re-ingest
+    updates; return how many. Raises IngestError naming the record and field that is
+    missing."""
+    now = now or utcnow()
+    rows: dict[tuple, dict] = {}
+    for n, r in enumerate(records, 1):
+        if not isinstance(r, Mapping):
+            raise IngestError(f"generated record {n}: expected a JSON object, got {type(r).__name__}")
+        missing = [k for k in ("query_id", "variant", "prompt", "response", "kept") if k not in r]
+        if missing:
+            raise IngestError(f"generated record {n}: missing {', '.join(missing)}")
+        kept = bool(r["kept"])
+        row = {"job_id": job_id, "query_id": str(r["query_id"])[:200], "variant": int(r["variant"]),
+               "query": r.get("query"), "constitution": r.get("constitution"),
+               "constitution_name": None if r.get("constitution_name") is None else str(r["constitution_name"])[:200],
+               "prompt": str(r["prompt"]), "response": str(r["response"]),
+               "n_tokens": None if r.get("n_tokens") is None else int(r["n_tokens"]), "kept": kept,
+               "dropped_by": None if kept else str(r.get("dropped_by") or "unknown")[:32], "created_at": now}
+        rows[(row["query_id"], row["variant"])] = row  # last write wins within a file too
+    batch = list(rows.values())
+    table = GeneratedResponse.__table__
+    for k in range(0, len(batch), _GENERATED_BATCH):
+        _upsert(conn, table, batch[k:k + _GENERATED_BATCH], GENERATED_KEY)
+    return len(batch)
+
+
+def ingest_generated(conn: Connection, job_id: int, path: Path) -> int:
+    """Store a generate run's ``filtered.jsonl`` (``path``) as generated_responses rows;
+    return how many (0 when the file is absent: a run written before the stage kept it)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as err:
+            raise IngestError(f"{path}, line {n}: not JSON ({err})") from None
+    try:
+        return upsert_generated(conn, job_id, records)
+    except IngestError as err:
+        raise IngestError(f"{path}: {err}") from None

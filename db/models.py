@@ -365,3 +365,32 @@ class MIResult(Base):
     col_accuracy_ci_high: Mapped[float] = mapped_column(Float)
     loss: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class GeneratedResponse(Base):
+    """One response a generate job sampled: (job, query, variant) with the prompt it was
+    sampled under, the response as finished, and whether its query was kept for training
+    or the filter that dropped it (RUN_DIR/filtered.jsonl of the job; see
+    sami_core.prompts.drop_reasons)."""
+
+    __tablename__ = "generated_responses"
+    __table_args__ = (
+        # What identifies a row: ingesting a generate job again updates, never duplicates.
+        Index("uq_generated_responses_job_query_variant", "job_id", "query_id", "variant", unique=True),
+        # Counts per filter (GROUP BY dropped_by, distinct queries) read this index alone.
+        Index("ix_generated_responses_job_dropped_by", "job_id", "dropped_by", "query_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    query_id: Mapped[str] = mapped_column(String(200))
+    variant: Mapped[int] = mapped_column(Integer)  # 0 = the positive constitution, then flips
+    query: Mapped[str | None] = mapped_column(Text)
+    constitution: Mapped[str | None] = mapped_column(Text)  # the variant's text, as prompted
+    constitution_name: Mapped[str | None] = mapped_column(String(200))  # the set member it drew, if any
+    prompt: Mapped[str] = mapped_column(Text)  # the generation prompt
+    response: Mapped[str] = mapped_column(Text)
+    n_tokens: Mapped[int | None] = mapped_column(Integer)
+    kept: Mapped[bool] = mapped_column(Boolean)
+    dropped_by: Mapped[str | None] = mapped_column(String(32))  # a filter's name; None when kept
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

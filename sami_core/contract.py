@@ -64,6 +64,7 @@ SLURM_JOB_FILE = "slurm_job.json"  # the Slurm job running this stage (written b
 # What the stages produce (named in outputs.json too), read by other stages and by ingest.
 GENERATIONS_FILE = "generations.jsonl"  # generate: every sampled response, kept or not
 DATA_FILE = "data.jsonl"  # generate: the training data (kept queries)
+FILTERED_FILE = "filtered.jsonl"  # generate: every response as finished, kept or not, and the filter that dropped it
 RESPONSES_FILE = "responses.jsonl"  # sample: one record per (query, temperature)
 JUDGMENTS_FILE = "judgments.jsonl"  # judge: one record per judgment
 MI_FILE = "mi.jsonl"  # evaluate: one N×N log-prob matrix per (query, scoring model)

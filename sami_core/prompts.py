@@ -345,6 +345,26 @@ def keep_query(responses: Sequence[str], *, valid: Sequence[bool], require_disti
     return not require_distinct or len(set(responses)) == len(responses)
 
 
+# Why a response's query was dropped when the response itself passed every filter.
+DROPPED_WITH_QUERY = "other_response"  # another of the query's N responses failed a filter
+
+
+def drop_reasons(responses: Sequence[str], filters: Any) -> list[str | None]:
+    """Per response of one query (its N responses), the filter that dropped it, None
+    when the query is kept: the response's own first failed filter (``min_chars``,
+    ``drop_substrings``, ``ends_with``, as :func:`response_failures`), else
+    :data:`DROPPED_WITH_QUERY` when a sibling failed one, else ``require_distinct``
+    when the N responses are not all different. Agrees with :func:`apply_filters`'
+    keep decision: all None exactly when the query is kept."""
+    failed = [response_failures(r, min_chars=filters.min_chars, drop_substrings=filters.drop_substrings,
+                                ends_with=filters.ends_with) for r in responses]
+    if any(failed):
+        return [f[0] if f else DROPPED_WITH_QUERY for f in failed]
+    if not keep_query(responses, valid=[True] * len(responses), require_distinct=filters.require_distinct):
+        return ["require_distinct"] * len(responses)
+    return [None] * len(responses)
+
+
 @dataclass
 class FilterCounts:
     """What the filters did to a generate run, as reported in its outputs.json.

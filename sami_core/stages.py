@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from sami_core import constitutions
-from sami_core.contract import DATA_FILE, GENERATIONS_FILE, RESPONSES_FILE
+from sami_core.contract import DATA_FILE, FILTERED_FILE, GENERATIONS_FILE, RESPONSES_FILE
 from sami_core.data import load_split
 from sami_core.errors import ModelLoadError, SpecError
-from sami_core.prompts import PromptBuilder, PromptTemplates, apply_filters, use_chat_format
+from sami_core.prompts import PromptBuilder, PromptTemplates, apply_filters, drop_reasons, use_chat_format
 from sami_core.rundir import JsonlWriter, RunDir
 from sami_core.spec import VLLM_OPTIONS, GenerateSpec, GenerationSpec, ModelSpec, SampleSpec
 
@@ -219,8 +219,17 @@ def run_generate(spec: GenerateSpec, run_dir: str | Path) -> dict:
     from sami_core.rundir import atomic_write_text
 
     atomic_write_text(rd / DATA_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    outputs = {"data": DATA_FILE, "n_queries": len(queries), "n_kept": kept, "n_dropped": dropped,
-               "filter_counts": counts.as_dict(),
+    # Every response as finished, kept or not, with the filter that dropped it (the workbench's
+    # "Generated data" view reads this; data.jsonl stays the training set).
+    filtered = [{"query_id": q.id, "query": q.text, "variant": i, "constitution": r["constitution"],
+                 "constitution_name": r.get("constitution_name"), "prompt": r["prompt"], "response": f["response"],
+                 "n_tokens": r["n_tokens"], "eos": f["eos"], "kept": reason is None, "dropped_by": reason}
+                for q, recs, fin in zip(queries, recs_by_query, finished)
+                for i, (r, f, reason) in enumerate(zip(recs, fin, drop_reasons([f["response"] for f in fin],
+                                                                                spec.filters)))]
+    atomic_write_text(rd / FILTERED_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in filtered))
+    outputs = {"data": DATA_FILE, "filtered": FILTERED_FILE, "n_queries": len(queries), "n_kept": kept,
+               "n_dropped": dropped, "filter_counts": counts.as_dict(),
                "truncated_queries": build.truncations, "n_duplicate_rows": queries.n_duplicates,
                "n_constitutions": n, "seconds": round(time.time() - t0, 1)}
     rd.progress("generate", len(items), len(items), "responses", f"kept {kept}/{len(queries)} queries", "succeeded")

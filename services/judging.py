@@ -104,13 +104,16 @@ class JudgePlan:
     estimate: RequestEstimate
     stored: bool
     notes: list[str] = field(default_factory=list)
+    key_missing: bool = False  # requests to send, and the judge's key variable is not set here
 
 
 def plan_judge(conn_tx: Callable[[Callable[[Connection], Any]], Any], ws: Workspace, opts: JudgeOptions,
-               env: Mapping[str, str]) -> JudgePlan:
+               env: Mapping[str, str], *, require_key: bool = True) -> JudgePlan:
     """Resolve both sides (each in its own transaction, through ``conn_tx``), the judge
     (``provider: auto`` against ``env``), validate the spec and count the cached
-    judgments. Refuses (JudgingError) when requests must be sent but the key is not set."""
+    judgments. Refuses (JudgingError) when requests must be sent but the key is not set;
+    with ``require_key=False`` that goes to the plan's notes (and ``key_missing``) instead,
+    so that a form can show the counts before the key is there."""
     cand, cand_src = conn_tx(lambda c: judge_side(c, opts.candidate, opts.experiment_id, ws.home))
     base, base_src = conn_tx(lambda c: judge_side(c, opts.baseline, opts.experiment_id, ws.home))
     if opts.temperature is not None:
@@ -135,10 +138,13 @@ def plan_judge(conn_tx: Callable[[Callable[[Connection], Any]], Any], ws: Worksp
         "unparseable": opts.unparseable})
     est = estimate_judge_job(JudgeSpec.model_validate(spec))
     key_env = judge["api_key_env"]
-    if est.to_send and key_env and judge["provider"] not in ("hf", "rule") and not env.get(key_env):
-        raise JudgingError(f"${key_env} is not set (the judge's API key; --api-key-env names another "
-                           "variable, '' for none)")
-    return JudgePlan(spec, est, cand_src is not None and base_src is not None, notes)
+    missing = bool(est.to_send and key_env and judge["provider"] not in ("hf", "rule") and not env.get(key_env))
+    if missing:
+        why = f"${key_env} is not set (the judge's API key; --api-key-env names another variable, '' for none)"
+        if require_key:
+            raise JudgingError(why)
+        notes.append(why)
+    return JudgePlan(spec, est, cand_src is not None and base_src is not None, notes, key_missing=missing)
 
 
 def estimate_queued(ws: Workspace, spec: Mapping[str, Any], run_dir: str | None = None) -> RequestEstimate | None:

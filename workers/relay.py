@@ -11,8 +11,9 @@ at a time, so a half-written record waits for the next poll).
 When a job succeeds, :func:`ingest_outputs` hands ``outputs.json`` to the handler
 registered for its kind (:func:`output_handler`), in the transaction that marks it
 succeeded: ``train`` -> checkpoints rows, ``sample`` -> a response source and its
-responses, ``judge`` -> judgments rows, ``generate`` -> checked (its counts stay in the
-job's ``outputs``). Every handler is idempotent (db.ingest upserts).
+responses, ``judge`` -> judgments rows, ``generate`` -> generated_responses rows (every
+response, kept or dropped; its counts stay in the job's ``outputs``). Every handler is
+idempotent (db.ingest upserts).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sqlalchemy.engine import Connection, Row
 from db import ingest
 from db.experiments import set_members
 from db.workspace import Workspace
-from sami_core.contract import JUDGMENTS_FILE, METRICS_FILE, OUTPUTS_FILE, PROGRESS_FILE
+from sami_core.contract import FILTERED_FILE, JUDGMENTS_FILE, METRICS_FILE, OUTPUTS_FILE, PROGRESS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -274,10 +275,15 @@ def _checkpoints(conn: Connection, job: Row, outputs: dict, run_dir: Path, works
 
 @output_handler("generate")
 def _generated(conn: Connection, job: Row, outputs: dict, run_dir: Path, workspace: Workspace) -> None:
-    """Nothing to store beyond the job's ``outputs`` column (n_kept, n_dropped, ...): check it."""
+    """Check the counts (kept in the job's ``outputs`` column: n_kept, n_dropped, ...) and
+    store every generated response, kept or dropped (filtered.jsonl -> generated_responses)."""
     for key in ("n_kept", "n_dropped"):
         if not isinstance(outputs.get(key), int):
             raise OutputsError(f'outputs.json: "{key}" must be an integer count of queries')
+    try:
+        ingest.ingest_generated(conn, job.id, run_dir / str(outputs.get("filtered") or FILTERED_FILE))
+    except ingest.IngestError as err:
+        raise OutputsError(str(err)) from None
 
 
 def read_responses(path: Path) -> list[dict]:

@@ -29,6 +29,7 @@ PAGES = (
     PageInfo("new_experiment.py", "New experiment", "new_experiment"),
     PageInfo("queue.py", "Queue", "queue"),
     PageInfo("training.py", "Training", "training"),
+    PageInfo("generated.py", "Generated data", "generated"),
     PageInfo("responses.py", "Responses", "responses"),
     PageInfo("winrates.py", "Win rates", "winrates"),
 )

@@ -1,10 +1,12 @@
 """Responses page: two response sources side by side, query by query (checkpoints,
 baselines, imported files), filtered by temperature, text and the judge's verdict, a page
-at a time (paginated in SQL). Model outputs and judge text are untrusted: st.text only."""
+at a time (paginated in SQL); "Judge these two sources" queues a judge job of one against
+the other. Model outputs and judge text are untrusted: st.text, or st.html of fully escaped
+text where search matches are highlighted."""
 
 import streamlit as st
 
-from app import responses, state
+from app import judge_form, responses, state
 from app.formatting import md_escape
 from db import ingest
 from db.reads import responses as reads
@@ -17,6 +19,7 @@ if not sources:
     st.stop()
 by_id = {s["id"]: s for s in sources}
 ids = list(by_id)
+aliases = responses.short_labels([s["label"] for s in sources])
 
 
 def _first_page() -> None:
@@ -29,10 +32,14 @@ for side, default in zip(("left", "right"), responses.default_pair(sources)):
     st.session_state.setdefault(f"responses.{side}", default)
 
 c1, c2 = st.columns(2)
-left = c1.selectbox("Left source", ids, key="responses.left", format_func=lambda i: responses.source_label(by_id[i]),
-                    on_change=_first_page)
-right = c2.selectbox("Right source", ids, key="responses.right", format_func=lambda i: responses.source_label(by_id[i]),
-                     on_change=_first_page)
+left = c1.selectbox("Left source", ids, key="responses.left", on_change=_first_page,
+                    format_func=lambda i: responses.source_label(by_id[i], aliases[by_id[i]["label"]]))
+right = c2.selectbox("Right source", ids, key="responses.right", on_change=_first_page,
+                     format_func=lambda i: responses.source_label(by_id[i], aliases[by_id[i]["label"]]))
+c1.caption(md_escape(responses.source_details(by_id[left])))
+c2.caption(md_escape(responses.source_details(by_id[right])))
+# The URL names the pair shown, so that it can be shared or reloaded.
+st.query_params["left"], st.query_params["right"] = str(left), str(right)
 if left == right:
     st.caption("Both sides show the same source: pick another one on the right to compare.")
 
@@ -52,14 +59,26 @@ verdict_label = f3.selectbox("Verdict", list(responses.VERDICT_FILTERS), key="re
                                   "judged against the baseline (each verdict line below says which side it is).")
 verdict = responses.VERDICT_FILTERS[verdict_label]
 
-counts = state.load(reads.verdict_counts, left, right)
+at_temperature = "" if temperature is None else f" at temperature {temperature:g}"
+counts = state.load(reads.verdict_counts, left, right, temperature=temperature)
 if counts:
-    st.caption("Judgments between these sources: " + ", ".join(
+    st.caption(f"Judgments between these sources{at_temperature}: " + ", ".join(
         f"{responses.VERDICT_TEXT.get(v, v)}: {n}" for v, n in sorted(counts.items())))
 else:
-    st.caption("No judgments between these two sources.")
+    st.caption(f"No judgments between these two sources{at_temperature}.")
+
+
+if st.toggle("Judge these two sources", key="responses.judge.open",
+             help="Queue a judge job comparing the two sources shown (at the temperature chosen above)."):
+    if left == right:
+        st.caption("Pick two different sources to judge one against the other.")
+    else:
+        with st.container(border=True):
+            judge_form.draw(by_id, (left, right), temperature, key="responses.judge")
 
 total = state.load(reads.count_pairs, left, right, temperature=temperature, search=search or None, verdict=verdict)
+n_queries = state.load(reads.count_pair_queries, left, right, temperature=temperature, search=search or None,
+                       verdict=verdict)
 p1, p2, p3, p4, p5 = st.columns([1, 1, 0.6, 0.6, 3], vertical_alignment="bottom")
 page_size = p1.selectbox("Per page", responses.PAGE_SIZES, index=1, key="responses.page_size", on_change=_first_page)
 n_pages = max(1, -(-total // page_size))
@@ -73,7 +92,8 @@ def _move(delta: int) -> None:
 page = p2.number_input("Page", min_value=1, max_value=n_pages, step=1, key="responses.page")
 p3.button("Previous", key="responses.prev", on_click=_move, args=(-1,), disabled=page <= 1)
 p4.button("Next", key="responses.next", on_click=_move, args=(1,), disabled=page >= n_pages)
-p5.caption(f"{total} queries in both sources match; page {page} of {n_pages}.")
+pairs_note = "" if total == n_queries else f" ({total} response pairs over {len(temps)} temperatures)"
+p5.caption(f"{n_queries} queries in both sources match{pairs_note}; page {page} of {n_pages}.")
 if not total:
     st.info("No query matches these filters.")
     st.stop()
@@ -89,11 +109,25 @@ constitution_ids = tuple(sorted({c for p in pairs for c in (p["left_constitution
 constitutions = state.load(reads.constitutions_by_id, constitution_ids)
 names = (by_id[left]["label"], by_id[right]["label"])
 
+
+def _show(text: str) -> None:
+    """Untrusted text as literal text; with a search, as escaped HTML with the matches marked."""
+    if search and search.strip():
+        st.html(responses.highlight_html(text, search))
+    else:
+        st.text(text)
+
+
 for p in pairs:
     with st.container(border=True):
         st.caption(f"Query {md_escape(p['query_id'])} · temperature {p['temperature']:g}"
                    + (f" · sample {p['sample_index']}" if p["sample_index"] else ""))
-        st.text(p["query"] or "(query text not stored)")
+        post = p["query"] or "(query text not stored)"
+        if responses.is_long_post(post):
+            with st.expander(md_escape(responses.post_title(post))):
+                _show(post)
+        else:
+            _show(post)
         for side in ("left", "right"):
             if side == "right" and p["right_constitution_id"] == p["left_constitution_id"]:
                 continue
@@ -108,7 +142,7 @@ for p in pairs:
         for col, side, name in zip(cols, ("left", "right"), names):
             with col:
                 st.caption(f"{md_escape(name)} · {responses.lengths(p[f'{side}_text'], p[f'{side}_tokens'])}")
-                st.text(p[f"{side}_text"])
+                _show(p[f"{side}_text"])
         for j in judged.get(frozenset((p["left_id"], p["right_id"])), []):
             st.text(responses.verdict_line(j, p["left_id"], names))
             if j.get("rationale"):

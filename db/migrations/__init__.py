@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 # The newest revision in versions/ (checked by tests/unit/test_db_migrations.py).
-HEAD = "0008"
+HEAD = "0009"
 _HERE = Path(__file__).parent
 _PG_LOCK_KEY = 0x5A3105  # any constant shared by all processes of the workbench
 

@@ -77,6 +77,14 @@ def count_pairs(conn: Connection, left: int, right: int, *, temperature: float |
     return conn.execute(select(func.count()).select_from(join).where(where)).scalar_one()
 
 
+def count_pair_queries(conn: Connection, left: int, right: int, *, temperature: float | None = None,
+                       search: str | None = None, verdict: str | None = None) -> int:
+    """How many distinct queries have a pair passing the filters (a query answered at two
+    temperatures is one query, two pairs)."""
+    lr, _, join, where = _pairs(left, right, temperature=temperature, search=search, verdict=verdict)
+    return conn.execute(select(func.count(lr.c.query_id.distinct())).select_from(join).where(where)).scalar_one()
+
+
 def pair_page(conn: Connection, left: int, right: int, *, temperature: float | None = None,
               search: str | None = None, verdict: str | None = None, page: int = 1,
               page_size: int = 10) -> list[dict[str, Any]]:
@@ -117,8 +125,9 @@ def constitutions_by_id(conn: Connection, ids: tuple[int, ...]) -> dict[int, dic
     return {r["id"]: dict(r) for r in conn.execute(stmt).mappings()}
 
 
-def verdict_counts(conn: Connection, left: int, right: int) -> dict[str, int]:
-    """Judgments between the two sources (either as candidate) per stored verdict."""
+def verdict_counts(conn: Connection, left: int, right: int, *, temperature: float | None = None) -> dict[str, int]:
+    """Judgments between the two sources (either as candidate) per stored verdict; only
+    those of responses at ``temperature`` when given."""
     cand, base = responses.alias("c"), responses.alias("b")
     stmt = (select(judgments.c.verdict, func.count())
             .select_from(judgments.join(cand, cand.c.id == judgments.c.candidate_id)
@@ -126,4 +135,6 @@ def verdict_counts(conn: Connection, left: int, right: int) -> dict[str, int]:
             .where(or_(and_(cand.c.source_id == left, base.c.source_id == right),
                        and_(cand.c.source_id == right, base.c.source_id == left)))
             .group_by(judgments.c.verdict))
+    if temperature is not None:
+        stmt = stmt.where(cand.c.temperature == temperature)
     return {v: n for v, n in conn.execute(stmt).all()}

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from db.models import Checkpoint, Job, Judgment, Metric, MIResult, Response, ResponseSource
+from db.models import Checkpoint, GeneratedResponse, Job, Judgment, Metric, MIResult, Response, ResponseSource
 from sami_core.spec import EXAMPLES_DIR
 from tests.integration.conftest import KILL_GRACE_S, SLACK_S, TICK_S, Sami
 from tests.integration.test_train_torchrun import make_training_data
@@ -82,6 +82,12 @@ def test_the_demo_experiment_runs_end_to_end_and_sami_raises_mi_and_concision(
         "generate", "train", "sample", "evaluate", "judge"))}
     assert {j.status for j in jobs.values()} == {"succeeded"}
     assert jobs["generate-1"].outputs["n_kept"] + jobs["generate-1"].outputs["n_dropped"] == spec["data"]["train_size"]
+    # every generated response is stored, kept or dropped; the kept queries are the outputs' n_kept
+    generated = sami.tx(lambda c: c.execute(
+        select(GeneratedResponse.kept, func.count(), func.count(GeneratedResponse.query_id.distinct()))
+        .where(GeneratedResponse.job_id == jobs["generate-1"].id).group_by(GeneratedResponse.kept)).all())
+    assert sum(r[1] for r in generated) == spec["data"]["train_size"] * spec["n_constitutions"]
+    assert {bool(r[0]): r[2] for r in generated}.get(True, 0) == jobs["generate-1"].outputs["n_kept"]
 
     per_source = spec["sampling"]["limit"] * len(spec["sampling"]["temperatures"])
     sources = sami.tx(lambda c: c.execute(

@@ -196,3 +196,21 @@ def test_upgrade_from_0007_keeps_experiments_and_adds_sweeps(url: str) -> None:
                                                      "ORDER BY id")).all(), write=False)
     assert [(r[1], r[2] is None) for r in rows] == [("old", True), ("grid lr=1e-06", False)] and rows[1][0] == new_id
     engine.dispose()
+
+
+def test_upgrade_from_0008_keeps_jobs_and_adds_generated_responses(url: str) -> None:
+    """0009: a generate job stored at 0008 is kept (with no generated rows); rows can be stored for it."""
+    from db.ingest import upsert_generated
+
+    engine = make_engine(url)
+    upgrade(engine, "0008")
+    job_id = transact(engine, lambda c: queue.enqueue(c, "generate", {}))
+    engine.dispose()
+    engine = open_database(url)
+    assert current_revision(engine) == HEAD
+    rec = {"query_id": "q1", "variant": 0, "prompt": "p", "response": "r.", "kept": False, "dropped_by": "min_chars"}
+    assert transact(engine, lambda c: upsert_generated(c, job_id, [rec])) == 1
+    rows = transact(engine, lambda c: c.execute(text("SELECT job_id, dropped_by FROM generated_responses")).all(),
+                    write=False)
+    assert [tuple(r) for r in rows] == [(job_id, "min_chars")]
+    engine.dispose()

@@ -85,3 +85,34 @@ def test_training_helpers():
     assert list(m.index) == ["c_1", "c_2"] and list(m.columns) == ["y_1", "y_2"] and m.iloc[1, 0] == 3.0
     assert set(training.PLOTTED) >= {"loss", "mi_lower_bound", "row_accuracy", "col_accuracy", "kl", "lr",
                                           "grad_norm"}
+
+
+def test_short_labels_cut_what_every_label_shares_so_the_difference_shows():
+    labels = ["iteration-1-epoch-0.12-mistral-opus-constitution-temperature-0.0",
+              "iteration-1-epoch-0.12-mistral-mistral-constitution-temperature-0.0",
+              "base-mistral-opus-constitution-temperature-0.0"]
+    assert list(responses.short_labels(labels).values()) == [
+        "iteration-1-epoch-0.12-mistral-opus…", "iteration-1-epoch-0.12-mistral-mistral…", "base-mistral-opus…"]
+    assert responses.short_labels(["run-a-x", "run-b-x"]) == {"run-a-x": "…a…", "run-b-x": "…b…"}
+    assert responses.short_labels(["a", "a-b"]) == {"a": "a", "a-b": "a-b"}  # one word always stays
+    assert responses.short_labels(["only-one"]) == {"only-one": "only-one"}
+
+
+def test_highlight_escapes_everything_and_marks_each_match():
+    out = responses.highlight_html("<b>Cat</b> & cat\n", "CAT")
+    assert "&lt;b&gt;<mark>Cat</mark>&lt;/b&gt; &amp; <mark>cat</mark>\n" in out and "<b>" not in out
+    assert "<mark>" not in responses.highlight_html("a.b", "") and "<mark>a.b</mark>" in responses.highlight_html(
+        "xa.by", "a.b")  # the needle is literal, not a pattern
+
+
+def test_generated_page_picks_the_experiments_latest_job_with_rows():
+    from app import generated
+
+    jobs = [{"id": 9, "experiment_id": 2, "n_rows": 0}, {"id": 7, "experiment_id": 2, "n_rows": 40},
+            {"id": 5, "experiment_id": 1, "n_rows": 10}]  # newest first
+    assert generated.default_job(jobs) == 7 and generated.default_job(jobs, 1) == 5
+    assert generated.default_job(jobs, 3) == 7 and generated.default_job([]) is None
+    counts = [{"dropped_by": None, "queries": 8, "responses": 16}, {"dropped_by": "ends_with", "queries": 4,
+                                                                     "responses": 4}]
+    assert generated.status_choices(counts) == ["all", "kept", "dropped", "ends_with"]
+    assert generated.kept_summary(counts, 12) == "kept 8 of 12 queries (16 of 20 responses) for training"

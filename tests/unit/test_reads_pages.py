@@ -129,3 +129,34 @@ def test_source_order_gives_checkpoints_their_iteration_and_step(engine) -> None
     assert [(r["label"], r["kind"], r["experiment_id"], r["iteration"], r["step"]) for r in rows] == [
         ("iteration-3", "checkpoint", exp, 3, 32), ("base", "baseline", exp, None, None)]
     assert transact(engine, wr.experiment_choices) == [{"id": exp, "name": "e"}]
+
+
+def test_queries_and_verdicts_are_counted_per_temperature(engine) -> None:  # noqa: ANN001
+    """Four queries at two temperatures are 8 pairs but 4 queries; the judgments' counts
+    follow the temperature filter."""
+    def seed(c):  # noqa: ANN001, ANN202
+        a = ingest.upsert_import_source(c, "a", path="/x/a.json")
+        b = ingest.upsert_import_source(c, "b", path="/x/b.json")
+        for src, name in ((a, "a"), (b, "b")):
+            ingest.upsert_responses(c, src, [{"query_id": str(q), "temperature": t, "text": f"{name} {q} at {t}"}
+                                             for q in range(4) for t in (0.0, 1.0)])
+        ids = {(s, r["query_id"], r["temperature"]): r["id"] for s in (a, b) for r in ingest.source_responses(c, s)}
+
+        def j(q: str, t: float, verdict: str) -> dict:
+            return {"job_id": None, "candidate_id": ids[(a, q, t)], "baseline_id": ids[(b, q, t)],
+                    "constitution_id": None, "candidate_position": "A", "judge_model": "m", "verdict": verdict,
+                    "rationale": None, "raw_text": "A", "cache_key": f"{q}-{t}"}
+
+        ingest.upsert_judgments(c, [j("0", 0.0, "candidate"), j("1", 0.0, "baseline"), j("0", 1.0, "baseline")])
+        return a, b
+
+    a, b = transact(engine, seed)
+    got = transact(engine, lambda c: {
+        "pairs": rr.count_pairs(c, a, b), "queries": rr.count_pair_queries(c, a, b),
+        "queries_hot": rr.count_pair_queries(c, a, b, temperature=1.0),
+        "queries_search": rr.count_pair_queries(c, a, b, search="a 2 at"),
+        "all": rr.verdict_counts(c, a, b), "cold": rr.verdict_counts(c, a, b, temperature=0.0),
+        "hot": rr.verdict_counts(c, b, a, temperature=1.0)})
+    assert (got["pairs"], got["queries"], got["queries_hot"], got["queries_search"]) == (8, 4, 4, 1)
+    assert got["all"] == {"candidate": 1, "baseline": 2}
+    assert got["cold"] == {"candidate": 1, "baseline": 1} and got["hot"] == {"baseline": 1}
