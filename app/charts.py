@@ -303,6 +303,8 @@ def overlay_figure(df: pd.DataFrame, x: str, y: str, title: str, *, x_title: str
     fig.update_layout(title=_title(title), xaxis_title=x_title or x, yaxis_title=y_title or y, legend_title_text="",
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
                       margin={"t": 90, "b": 40}, height=380)
+    if x == "iteration":  # whole iterations, not 1.5
+        fig.update_xaxes(dtick=1)
     return fig
 
 
@@ -331,6 +333,12 @@ def sweep_figure(df: pd.DataFrame, paths: Sequence[str], outcome: str, title: st
         vals = vals[vals > 0]
         if not vals.empty and vals.max() / vals.min() >= 100:
             fig.update_xaxes(type="log")
+        # Ticks at the swept values themselves, written as the spec writes them (3e-05, not
+        # plotly's SI "30µ"); many values: plotly's own ticks, in e-notation.
+        swept = sorted(set(pd.to_numeric(data[x]).tolist()))
+        if len(swept) <= 12:
+            fig.update_xaxes(tickvals=swept, ticktext=[f"{v:g}" for v in swept])
+        fig.update_xaxes(exponentformat="e")
     else:
         fig.update_xaxes(type="category")
     fig.update_layout(title=_title(title or f"{outcome} per point"), xaxis_title=x, yaxis_title=outcome,

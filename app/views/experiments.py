@@ -55,21 +55,22 @@ else:
     loss = experiments.loss_frame(state.load(reads.loss_points, tuple(picked)), labels)
     wr = experiments.winrate_frame(picked_rows, [w for w in winrates if w["experiment_id"] in picked], labels)
     mif = experiments.mi_frame([m for m in mi if m["experiment_id"] in picked], labels)
-    cols = st.columns(3)
+    # The loss over the page's width (iterations one after another make it long); win rate
+    # and MI per iteration side by side below it.
+    if loss.empty:
+        st.caption("Train loss: nothing logged yet.")
+    else:
+        st.plotly_chart(charts.overlay_figure(loss, "total_step", "value", "Train loss per step", markers=False,
+                                              x_title="step (iterations one after another)",
+                                              y_title="symmetric InfoNCE loss (nats)"), key=K + "loss")
+    cols = st.columns(2)
     with cols[0]:
-        if loss.empty:
-            st.caption("Train loss: nothing logged yet.")
-        else:
-            st.plotly_chart(charts.overlay_figure(loss, "total_step", "value", "Train loss per step", markers=False,
-                                                  x_title="step (iterations one after another)",
-                                                  y_title="symmetric InfoNCE loss (nats)"), key=K + "loss")
-    with cols[1]:
         if wr.empty:
             st.caption("Win rate: nothing judged yet.")
         else:
             st.plotly_chart(charts.overlay_figure(wr, "iteration", "win_rate", "Win rate per iteration",
                                                   y_title="win rate vs the first baseline"), key=K + "winrate")
-    with cols[2]:
+    with cols[1]:
         if mif.empty:
             st.caption("Held-out MI: nothing evaluated yet.")
         else:

@@ -199,9 +199,11 @@ def test_sweep_figure_plots_the_outcome_against_the_first_path_one_trace_per_oth
     assert abs(fig.data[0].y[2] - 0.1) < 1e-9 and fig.layout.xaxis.type == "log"  # lr spans 100x
     one = charts.sweep_figure(df[df["training.beta"] == 0.0], ["training.lr"], "win rate")
     assert len(one.data) == 1 and len(one.data[0].x) == 3
+    assert list(one.layout.xaxis.ticktext) == ["1e-07", "1e-06", "1e-05"]  # not plotly's SI "100n"
 
 
 def test_overlay_figure_has_one_trace_per_experiment():
     df = pd.DataFrame({"experiment": ["1: a", "1: a", "2: b"], "iteration": [2, 1, 1], "mi": [0.2, 0.1, 0.05]})
     fig = charts.overlay_figure(df, "iteration", "mi", "MI")
     assert [t.name for t in fig.data] == ["1: a", "2: b"] and list(fig.data[0].x) == [1, 2]
+    assert fig.layout.xaxis.dtick == 1  # whole iterations
