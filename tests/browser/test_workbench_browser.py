@@ -268,10 +268,9 @@ def _compare(page: StreamlitPage, bench: Workbench, left: dict, right: dict):  #
     """Pick ``left`` and ``right`` as the Responses page's two sources and check that
     each pair shows the left source's response in a column left of the right source's;
     returns the first pair's right-hand column (element)."""
-    page.select("Left source", lambda t: t.startswith(f"{left['label']} (#{left['id']},"),
-                search=f"{left['label']} (#{left['id']},")
-    page.select("Right source", lambda t: t.startswith(f"{right['label']} (#{right['id']},"),
-                search=f"{right['label']} (#{right['id']},")
+    # An option reads "#<id> <short alias>" (the full label is the caption under it).
+    page.select("Left source", lambda t: t.startswith(f"#{left['id']} "), search=f"#{left['id']} ")
+    page.select("Right source", lambda t: t.startswith(f"#{right['id']} "), search=f"#{right['id']} ")
     page.wait_text(f"{left['label']} ·")
     page.wait_text(f"{right['label']} ·")
     texts = {side: {_squash(r["text"]) for r in _read(bench, lambda c, s=src: ingest.response_rows(c, source=s["id"]))}
