@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import generated, responses, state
 from app.formatting import md_escape, parse_id
+from app.pager import pager
 from db.reads import generated as reads
 
 st.title("Generated data")
@@ -48,19 +49,7 @@ needle = search.strip() or None
 
 total = n_all if status == reads.ALL and not needle else state.load(reads.count_queries, job_id, status=status,
                                                                     search=needle)
-p1, p2, p3, p4, p5 = st.columns([1, 1, 0.6, 0.6, 3], vertical_alignment="bottom")
-page_size = p1.selectbox("Per page", generated.PAGE_SIZES, index=1, key="generated.page_size", on_change=_first_page)
-n_pages = max(1, -(-total // page_size))
-st.session_state["generated.page"] = min(max(1, int(st.session_state.get("generated.page", 1))), n_pages)
-
-
-def _move(delta: int) -> None:
-    st.session_state["generated.page"] = min(n_pages, max(1, st.session_state.get("generated.page", 1) + delta))
-
-
-page = p2.number_input("Page", min_value=1, max_value=n_pages, step=1, key="generated.page")
-p3.button("Previous", key="generated.prev", on_click=_move, args=(-1,), disabled=page <= 1)
-p4.button("Next", key="generated.next", on_click=_move, args=(1,), disabled=page >= n_pages)
+page, page_size, n_pages, p5 = pager("generated", total, generated.PAGE_SIZES, on_size_change=_first_page)
 p5.caption(f"{total} queries match; page {page} of {n_pages}.")
 if not total:
     st.info("No query matches these filters.")

@@ -8,6 +8,7 @@ import streamlit as st
 
 from app import judge_form, responses, state
 from app.formatting import md_escape
+from app.pager import pager
 from db import ingest
 from db.reads import responses as reads
 
@@ -79,19 +80,7 @@ if st.toggle("Judge these two sources", key="responses.judge.open",
 total = state.load(reads.count_pairs, left, right, temperature=temperature, search=search or None, verdict=verdict)
 n_queries = state.load(reads.count_pair_queries, left, right, temperature=temperature, search=search or None,
                        verdict=verdict)
-p1, p2, p3, p4, p5 = st.columns([1, 1, 0.6, 0.6, 3], vertical_alignment="bottom")
-page_size = p1.selectbox("Per page", responses.PAGE_SIZES, index=1, key="responses.page_size", on_change=_first_page)
-n_pages = max(1, -(-total // page_size))
-st.session_state["responses.page"] = min(max(1, int(st.session_state.get("responses.page", 1))), n_pages)
-
-
-def _move(delta: int) -> None:
-    st.session_state["responses.page"] = min(n_pages, max(1, st.session_state.get("responses.page", 1) + delta))
-
-
-page = p2.number_input("Page", min_value=1, max_value=n_pages, step=1, key="responses.page")
-p3.button("Previous", key="responses.prev", on_click=_move, args=(-1,), disabled=page <= 1)
-p4.button("Next", key="responses.next", on_click=_move, args=(1,), disabled=page >= n_pages)
+page, page_size, n_pages, p5 = pager("responses", total, responses.PAGE_SIZES, on_size_change=_first_page)
 pairs_note = "" if total == n_queries else f" ({total} response pairs over {len(temps)} temperatures)"
 p5.caption(f"{n_queries} queries in both sources match{pairs_note}; page {page} of {n_pages}.")
 if not total:
