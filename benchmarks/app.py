@@ -257,9 +257,9 @@ def time_generated_filters(repeats: int) -> list[tuple[str, float]]:
     """The Generated data page rerun with a search typed in, then with a filter chosen:
     (what, median seconds over ``repeats`` reruns with cleared caches)."""
     import streamlit as st
-    from streamlit.testing.v1 import AppTest
+    from app.testing import app_test
 
-    at = AppTest.from_file(str(ENTRY), default_timeout=120)
+    at = app_test(120)
     at.switch_page("views/generated.py")
     at.run()
     out = []
@@ -283,13 +283,12 @@ def time_pages(repeats: int) -> list[tuple]:
     cleared caches, and what the page drew: tables, plotly charts, text elements)."""
     import streamlit as st
     from streamlit import logger as streamlit_logger
-    from streamlit.testing.v1 import AppTest
 
+    from app.testing import app_test, scan_components
     from app.views import PAGES
 
-
     def render(file: str) -> float:
-        at = AppTest.from_file(str(ENTRY), default_timeout=120)
+        at = app_test(120)
         at.switch_page(f"views/{file}")
         t0 = time.perf_counter()
         at.run()
@@ -306,6 +305,9 @@ def time_pages(repeats: int) -> list[tuple]:
                  "streamlit.runtime.caching.cache_data_api", "streamlit"):
         streamlit_logger.get_logger(name).addFilter(lambda record: record.levelno >= logging.ERROR)
 
+    # What the server does once at start, not per page: scan the installed packages for
+    # Streamlit components (AppTest would do it in every new instance).
+    print(f"component scan (server start, once): {scan_components():.2f} s")
     first = {p.file: render(p.file) for p in PAGES}  # warm-up: imports land here
     out = []
     for p in PAGES:
@@ -323,7 +325,7 @@ t0 = time.perf_counter()
 import streamlit, pandas, plotly.graph_objects
 import app
 for m in pkgutil.iter_modules(app.__path__):
-    if not m.ispkg:
+    if not m.ispkg and m.name != "testing":  # app.testing: AppTest for tests, not served
         __import__(f"app.{m.name}")
 import app.views
 dt = time.perf_counter() - t0

@@ -56,7 +56,9 @@ def panels(specs, prefix: str) -> None:  # noqa: ANN001
 
 
 panels(charts.TRAINING_PANELS, "training.chart")
-with st.expander("More metrics: row/column loss, total loss, gradient norm, throughput"):
+# A toggle, not an expander: an expander's charts are built on every rerun even while it is
+# closed, and these six would double the page's time.
+if st.toggle("More metrics: row/column loss, total loss, gradient norm, throughput", key="training.show_more"):
     panels(charts.MORE_TRAINING_PANELS, "training.more")
 
 st.subheader("Log-prob matrix")

@@ -17,6 +17,8 @@ import pytest
 from sqlalchemy.engine import Engine
 from streamlit.testing.v1 import AppTest
 
+from app.testing import app_test
+
 from db.engine import open_database
 from db.workspace import Workspace
 
@@ -49,7 +51,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppWorkspace:
 def render_page(page: str, *, timeout: float = 60, **query: str) -> AppTest:
     """An AppTest of the entry file showing ``page`` with these query parameters, run
     once against whatever workspace $SAMI_HOME / $SAMI_DATABASE_URL name; no exception."""
-    at = AppTest.from_file(str(ENTRY), default_timeout=timeout)
+    at = app_test(timeout)
     for k, v in query.items():
         at.query_params[k] = v
     at.switch_page(f"views/{page}.py")

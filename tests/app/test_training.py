@@ -71,7 +71,11 @@ def test_charts_have_one_trace_per_iteration_and_the_matrix_at_the_chosen_step(o
     assert len(charts["MI lower bound"]["data"]) == len(charts["Learning rate"]["data"]) == 2
     assert "KL to the reference" not in charts  # beta = 0: nothing logged, said so
     assert any("KL to the reference: not logged" in c.value for c in at.caption)
-    # more metrics: throughput is plotted; the gradient norm (null without clipping) is said to be missing
+    # more metrics, built only when asked for: throughput is plotted; the gradient norm (null
+    # without clipping) is said to be missing
+    assert "Throughput" not in charts
+    at.toggle(key="training.show_more").set_value(True).run()
+    charts = by_title(at)
     assert [t["y"] for t in charts["Throughput"]["data"]] == [[100.0] * STEPS] * 2
     assert any("Gradient norm (before clipping): not logged" in c.value for c in at.caption)
 
