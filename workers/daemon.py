@@ -68,6 +68,9 @@ from workers.diag import record_inline_execution, runs_inline
 log = logging.getLogger("sami.worker")
 T = TypeVar("T")
 
+# How long a member node waits for its own ranks to exit once its leader has succeeded.
+LEADER_DONE_GRACE_S = 60.0
+
 
 @dataclass
 class WorkerConfig:
@@ -361,6 +364,14 @@ class Worker:
         reader = relay.RunDirReader(run_dir, job.metrics_offset or 0, metrics=member_of is None)
         leader = (member_of, leader_attempt) if member_of is not None else None
         outcome = self._watch(job, proc, reader, leader=leader)
+        if outcome == "leader" and self._leader_succeeded(member_of, leader_attempt):
+            # The leader finished the attempt this node joined: its ranks end with it (the
+            # leader's exit may merely have been seen first). Give them time to exit.
+            try:
+                proc.wait(timeout=LEADER_DONE_GRACE_S)
+                outcome = "exited" if proc.returncode == 0 else outcome
+            except subprocess.TimeoutExpired:
+                pass
 
         if outcome == "leader":
             survivors = launch.kill_tree(proc, key=key, grace_s=self.config.kill_grace_s)
@@ -396,6 +407,11 @@ class Worker:
             self._finish_success(job, run_dir)
         else:
             self._stage_failed(job, rc, recorded, log_path, start_offset)
+
+    def _leader_succeeded(self, leader_id: int | None, attempt: int | None) -> bool:
+        """Whether a member's leader succeeded in the attempt the member joined."""
+        row = self._db_or_none(lambda c: queue.get_job(c, leader_id), write=False) if leader_id is not None else None
+        return row is not None and row.status == "succeeded" and row.attempts == (attempt or 0)
 
     def _stage_failed(self, job: Row, rc: int, recorded: dict | None, log_path: Path, start_offset: int,
                       note: str = "") -> None:
