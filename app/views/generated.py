@@ -8,6 +8,7 @@ import streamlit as st
 from app import generated, responses, state
 from app.formatting import md_escape, parse_id
 from app.pager import pager
+from app.texts import show_post, show_text
 from db.reads import generated as reads
 
 st.title("Generated data")
@@ -56,12 +57,6 @@ if not total:
     st.stop()
 
 
-def _show(text: str) -> None:
-    if needle:
-        st.html(responses.highlight_html(text, needle))
-    else:
-        st.text(text)
-
 
 for q in state.load(reads.query_page, job_id, status=status, search=needle, page=int(page), page_size=page_size):
     with st.container(border=True):
@@ -69,11 +64,7 @@ for q in state.load(reads.query_page, job_id, status=status, search=needle, page
         outcome = "kept" if q["kept"] else "dropped: " + "; ".join(generated.reason_text(r) for r in reasons)
         st.caption(md_escape(f"Query {q['query_id']} · {len(q['variants'])} responses · {outcome}"))
         post = q["query"] or "(query text not stored)"
-        if responses.is_long_post(post):
-            with st.expander(md_escape(responses.post_title(post))):
-                _show(post)
-        else:
-            _show(post)
+        show_post(post, needle)
         cols = st.columns(len(q["variants"]))
         for col, v in zip(cols, q["variants"]):
             with col:
@@ -81,6 +72,6 @@ for q in state.load(reads.query_page, job_id, status=status, search=needle, page
                 name = f" · {v['constitution_name']}" if v["constitution_name"] else ""
                 st.caption(md_escape(f"Variant {v['variant']}{name} · {state_text} · "
                                      f"{responses.lengths(v['response'], v['n_tokens'])}"))
-                _show(v["response"])
+                show_text(v["response"], needle)
                 with st.expander("Prompt"):
                     st.text(v["prompt"])

@@ -9,6 +9,7 @@ import streamlit as st
 from app import judge_form, responses, state
 from app.formatting import md_escape
 from app.pager import pager
+from app.texts import show_post, show_text
 from db import ingest
 from db.reads import responses as reads
 
@@ -99,24 +100,13 @@ constitutions = state.load(reads.constitutions_by_id, constitution_ids)
 names = (by_id[left]["label"], by_id[right]["label"])
 
 
-def _show(text: str) -> None:
-    """Untrusted text as literal text; with a search, as escaped HTML with the matches marked."""
-    if search and search.strip():
-        st.html(responses.highlight_html(text, search))
-    else:
-        st.text(text)
-
 
 for p in pairs:
     with st.container(border=True):
         st.caption(f"Query {md_escape(p['query_id'])} · temperature {p['temperature']:g}"
                    + (f" · sample {p['sample_index']}" if p["sample_index"] else ""))
         post = p["query"] or "(query text not stored)"
-        if responses.is_long_post(post):
-            with st.expander(md_escape(responses.post_title(post))):
-                _show(post)
-        else:
-            _show(post)
+        show_post(post, search)
         for side in ("left", "right"):
             if side == "right" and p["right_constitution_id"] == p["left_constitution_id"]:
                 continue
@@ -131,7 +121,7 @@ for p in pairs:
         for col, side, name in zip(cols, ("left", "right"), names):
             with col:
                 st.caption(f"{md_escape(name)} · {responses.lengths(p[f'{side}_text'], p[f'{side}_tokens'])}")
-                _show(p[f"{side}_text"])
+                show_text(p[f"{side}_text"], search)
         for j in judged.get(frozenset((p["left_id"], p["right_id"])), []):
             st.text(responses.verdict_line(j, p["left_id"], names))
             if j.get("rationale"):
